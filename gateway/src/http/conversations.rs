@@ -1,0 +1,127 @@
+//! `POST /api/conversations`, `GET /api/conversations`,
+//! `GET /api/conversations/{id}/messages`.
+
+use super::error::ApiError;
+use super::extract::{Body, Params};
+use crate::auth::AuthUser;
+use crate::state::AppState;
+use crate::store::{Membership, Page};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chat_shared::amqp::{Outgoing, Topology};
+use chat_shared::bus::{self, GatewayEvent};
+use chat_shared::ids::ConversationId;
+use chat_shared::protocol::{Conversation, ConversationList, CreateConversationRequest, MessagePage};
+use chat_shared::time;
+use serde::Deserialize;
+
+const DEFAULT_LIMIT: i64 = 50;
+/// Larger limits are clamped to this (docs/protocol.md).
+pub const MAX_LIMIT: i64 = 200;
+
+fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if n < 1 => Err(ApiError::bad_request("limit must be at least 1")),
+        Some(n) => Ok(n.min(MAX_LIMIT)),
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Body(request): Body<CreateConversationRequest>,
+) -> Result<(StatusCode, Json<Conversation>), ApiError> {
+    let new = request.parse(caller.user_id).map_err(ApiError::bad_request)?;
+    let (id, members, created) = state.store.create(caller.user_id, &new).await?;
+    let conversation = state
+        .store
+        .conversations(caller.user_id, Some(id), None, 1)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal(format!("conversation {id} vanished after create")))?;
+    if created {
+        tracing::info!(conversation.id = %id, user.id = %caller.user_id, members = members.len(), "conversation created");
+        announce(&state, &conversation, &members).await;
+    }
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(conversation)))
+}
+
+/// Tells the members' sessions, on whichever gateway, that the conversation
+/// exists. Best effort: a member who misses it sees it in the list.
+async fn announce(state: &AppState, conversation: &Conversation, members: &[chat_shared::ids::UserId]) {
+    let event = GatewayEvent::ConversationAdded { conversation: conversation.clone(), member_ids: members.to_vec() };
+    let payload = bus::encode(&[event]);
+    let keys: Vec<String> = members.iter().map(|m| Topology::user_key(*m)).collect();
+    let (first, rest) = keys.split_first().map(|(f, r)| (f.as_str(), r)).unwrap_or(("", &[]));
+    let published = state
+        .events
+        .publish(Outgoing {
+            exchange: &state.topo.fanout_exchange(),
+            routing_key: first,
+            cc: rest,
+            payload: &payload,
+            persistent: false,
+            mandatory: false,
+        })
+        .await;
+    if let Err(e) = published {
+        tracing::warn!(conversation.id = %conversation.id, error = %e, "could not announce the new conversation");
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Params(params): Params<ListParams>,
+) -> Result<Json<ConversationList>, ApiError> {
+    let limit = limit(params.limit)?;
+    let before = params
+        .before
+        .map(|raw| time::parse(&raw).map_err(|e| ApiError::bad_request(format!("before: {e}"))))
+        .transpose()?;
+    let conversations = state.store.conversations(caller.user_id, None, before, limit).await?;
+    Ok(Json(ConversationList { conversations }))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    limit: Option<i64>,
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+    Params(params): Params<HistoryParams>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let id = raw_id
+        .parse::<i64>()
+        .ok()
+        .and_then(|raw| ConversationId::new(raw).ok())
+        .ok_or_else(|| ApiError::bad_request("conversation id must be a positive integer"))?;
+    let limit = limit(params.limit)?;
+    let page = match (params.before_seq, params.after_seq) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give before_seq or after_seq, not both")),
+        (Some(seq), None) => Page::Before(seq),
+        (None, Some(seq)) => Page::After(seq),
+        (None, None) => Page::Before(i64::MAX),
+    };
+    match state.store.membership(id, caller.user_id).await? {
+        Membership::Member => {}
+        Membership::NotMember => return Err(ApiError::forbidden("not a member of this conversation")),
+        Membership::NoSuchConversation => return Err(ApiError::not_found("no such conversation")),
+    }
+    let messages = state.store.history(id, page, limit).await?;
+    Ok(Json(MessagePage { messages }))
+}

@@ -1,0 +1,216 @@
+//! The sessions this gateway hosts, by user, and the routing that follows
+//! them: the gateway's queue is bound to `user.<id>` on the fan-out exchange
+//! while at least one session of that user is here, so each gateway receives
+//! only the traffic of the users it hosts.
+
+use crate::metrics::Metrics;
+use axum::extract::ws::Utf8Bytes;
+use chat_shared::amqp::Topology;
+use chat_shared::bus::{GatewayEvent, SendOutcome};
+use chat_shared::ids::{ClientMsgId, UserId};
+use chat_shared::protocol::ServerFrame;
+use lapin::Channel;
+use lapin::options::QueueBindOptions;
+use lapin::types::FieldTable;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, mpsc};
+
+/// What the hub hands a session.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to write as it is.
+    Frame(Utf8Bytes),
+    /// The answer to one of this session's sends (clears it from pending).
+    SendAnswered { client_msg_id: ClientMsgId, frame: Utf8Bytes },
+}
+
+/// The hub's handle on one session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub session_id: Arc<str>,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Woken when the session's queue overflowed: the session closes itself.
+    pub overflow: Arc<Notify>,
+}
+
+pub struct Hub {
+    sessions: Mutex<HashMap<UserId, Vec<SessionHandle>>>,
+    /// Serialises bind and unbind so a user's last session leaving and a new
+    /// one arriving cannot leave the binding in the wrong state.
+    routing: tokio::sync::Mutex<Routing>,
+    metrics: Arc<Metrics>,
+}
+
+struct Routing {
+    channel: Channel,
+    queue: String,
+    exchange: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not route user {user} to this gateway: {source}")]
+pub struct BindError {
+    user: UserId,
+    source: lapin::Error,
+}
+
+impl Hub {
+    pub fn new(channel: Channel, queue: String, topo: &Topology, metrics: Arc<Metrics>) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            routing: tokio::sync::Mutex::new(Routing { channel, queue, exchange: topo.fanout_exchange() }),
+            metrics,
+        }
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<UserId, Vec<SessionHandle>>> {
+        // A panic while holding this lock cannot leave the map half-updated
+        // (every update is a single push or retain), so poisoning is ignored.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a session; binds the user's routing key first if it is the
+    /// user's first session here. Returns once the broker has the binding,
+    /// so nothing stored after `hello` can miss this session.
+    pub async fn register(&self, user: UserId, handle: SessionHandle) -> Result<(), BindError> {
+        let routing = self.routing.lock().await;
+        let first = !self.sessions().contains_key(&user);
+        if first {
+            routing
+                .channel
+                .queue_bind(
+                    routing.queue.clone().into(),
+                    routing.exchange.clone().into(),
+                    Topology::user_key(user).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|source| BindError { user, source })?;
+        }
+        self.sessions().entry(user).or_default().push(handle);
+        Ok(())
+    }
+
+    /// Removes a session; unbinds the user when it was their last one here.
+    pub async fn unregister(&self, user: UserId, session_id: &str) {
+        let routing = self.routing.lock().await;
+        let last = {
+            let mut sessions = self.sessions();
+            let Some(list) = sessions.get_mut(&user) else { return };
+            list.retain(|s| &*s.session_id != session_id);
+            let last = list.is_empty();
+            if last {
+                sessions.remove(&user);
+            }
+            last
+        };
+        if last {
+            let unbound = routing
+                .channel
+                .queue_unbind(
+                    routing.queue.clone().into(),
+                    routing.exchange.clone().into(),
+                    Topology::user_key(user).into(),
+                    FieldTable::default(),
+                )
+                .await;
+            if let Err(e) = unbound {
+                // Harmless: deliveries for a user with no session here are dropped.
+                tracing::warn!(user.id = %user, error = %e, "unbind failed");
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions().values().map(Vec::len).sum()
+    }
+
+    /// Closes every session (shutdown): each is woken as on overflow, but
+    /// with the shutdown flag the session turns that into close code 1012.
+    pub fn all_sessions(&self) -> Vec<SessionHandle> {
+        self.sessions().values().flatten().cloned().collect()
+    }
+
+    /// Delivers one bus event to the local sessions it concerns.
+    pub fn dispatch(&self, event: GatewayEvent) {
+        match event {
+            GatewayEvent::Stored { message, member_ids, origin } => {
+                let origin = origin.map(|o| o.session_id);
+                let delivery = frame(&ServerFrame::Message { message: message.clone() });
+                let mut ack = None;
+                for member in member_ids {
+                    for session in self.sessions_of(member) {
+                        if origin.as_deref() == Some(&*session.session_id) {
+                            let frame = ack
+                                .get_or_insert_with(|| {
+                                    frame(&ServerFrame::Ack {
+                                        client_msg_id: message.client_msg_id.clone(),
+                                        message: message.clone(),
+                                    })
+                                })
+                                .clone();
+                            self.metrics.acks_sent.inc();
+                            let client_msg_id = message.client_msg_id.clone();
+                            self.offer(&session, Outbound::SendAnswered { client_msg_id, frame });
+                        } else {
+                            self.metrics.messages_delivered.inc();
+                            self.offer(&session, Outbound::Frame(delivery.clone()));
+                        }
+                    }
+                }
+            }
+            GatewayEvent::Reply { user_id, session_id, outcome } => {
+                let Some(session) = self.sessions_of(user_id).into_iter().find(|s| *s.session_id == *session_id)
+                else {
+                    return;
+                };
+                let (client_msg_id, reply) = match outcome {
+                    SendOutcome::Stored { message } => {
+                        self.metrics.acks_sent.inc();
+                        let id = message.client_msg_id.clone();
+                        (id.clone(), ServerFrame::Ack { client_msg_id: id, message })
+                    }
+                    SendOutcome::Refused { code, message, client_msg_id } => {
+                        self.metrics.sends_refused.inc();
+                        let frame = ServerFrame::Error {
+                            code,
+                            message,
+                            client_msg_id: Some(client_msg_id.as_str().to_owned()),
+                            retry_after_ms: None,
+                        };
+                        (client_msg_id, frame)
+                    }
+                };
+                self.offer(&session, Outbound::SendAnswered { client_msg_id, frame: frame(&reply) });
+            }
+            GatewayEvent::ConversationAdded { conversation, member_ids } => {
+                let added = frame(&ServerFrame::Conversation { conversation });
+                for member in member_ids {
+                    for session in self.sessions_of(member) {
+                        self.offer(&session, Outbound::Frame(added.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn sessions_of(&self, user: UserId) -> Vec<SessionHandle> {
+        self.sessions().get(&user).cloned().unwrap_or_default()
+    }
+
+    /// Queues a frame without waiting: a session whose queue is full is too
+    /// slow to keep up and is told to close (it catches up from history).
+    fn offer(&self, session: &SessionHandle, out: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(out) {
+            self.metrics.session_overflows.inc();
+            session.overflow.notify_one();
+        }
+    }
+}
+
+/// Serialises a server frame once; the result is shared by every recipient.
+pub fn frame(frame: &ServerFrame) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
+}

@@ -1,0 +1,25 @@
+//! The gateway: the only public entry point, stateless, any number behind a
+//! load balancer. One message's way through it:
+//!
+//! 1. [`ws`] upgrades `/ws` and authenticates ([`auth`]); [`ws::session`]
+//!    reads a `send` frame and parses it at the boundary;
+//! 2. [`sender`] publishes it to the persist exchange (confirmed, persistent);
+//! 3. the persister stores it and publishes it back on the fan-out exchange;
+//! 4. [`fanout`] consumes this gateway's queue and [`hub`] hands the frame to
+//!    every local session of every member (the sender's own gets the `ack`).
+//!
+//! [`http`] is the HTTP API (conversations, history, dev login, health,
+//! readiness, metrics) over [`store`]. [`startup`] builds and runs it all.
+
+pub mod auth;
+pub mod fanout;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod sender;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod ws;
+
+pub use startup::Gateway;

@@ -1,0 +1,12 @@
+use anyhow::Context;
+use chat_gateway::Gateway;
+use chat_shared::config::Settings;
+use chat_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load().context("loading configuration")?;
+    telemetry::init(&settings.log);
+    let gateway = Gateway::build(settings).await?;
+    gateway.run_until(shutdown::signal()).await
+}

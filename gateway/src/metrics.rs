@@ -1,0 +1,56 @@
+//! The gateway's Prometheus metrics (`GET /metrics`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Default)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections_opened: Counter,
+    pub connections_active: Gauge,
+    pub connections_refused: Counter,
+    pub sends_received: Counter,
+    pub sends_refused: Counter,
+    pub acks_sent: Counter,
+    pub messages_delivered: Counter,
+    pub session_overflows: Counter,
+    pub bus_events_received: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self::default();
+        let r = &mut m.registry;
+        r.register("gateway_connections_opened", "WebSocket sessions authenticated", m.connections_opened.clone());
+        r.register("gateway_connections_active", "WebSocket sessions open now", m.connections_active.clone());
+        r.register(
+            "gateway_connections_refused",
+            "WebSocket upgrades refused (auth, origin, limit)",
+            m.connections_refused.clone(),
+        );
+        r.register("gateway_sends_received", "send frames accepted for storing", m.sends_received.clone());
+        r.register("gateway_sends_refused", "send frames answered with an error", m.sends_refused.clone());
+        r.register("gateway_acks_sent", "ack frames sent to senders", m.acks_sent.clone());
+        r.register(
+            "gateway_messages_delivered",
+            "message frames queued to recipients' sessions",
+            m.messages_delivered.clone(),
+        );
+        r.register(
+            "gateway_session_overflows",
+            "sessions closed because their outbound queue was full",
+            m.session_overflows.clone(),
+        );
+        r.register("gateway_bus_events_received", "events consumed from the gateway queue", m.bus_events_received.clone());
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

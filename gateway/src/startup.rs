@@ -1,0 +1,112 @@
+//! Building and running a gateway: connect, declare, bind (port 0 allowed),
+//! then serve until the shutdown future resolves and drain with a deadline.
+
+use crate::auth::JwtKeys;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::sender::Sender;
+use crate::state::AppState;
+use crate::store::Store;
+use crate::{fanout, http};
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
+use chat_shared::config::Settings;
+use chat_shared::schema;
+use lapin::Consumer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub struct Gateway {
+    listener: TcpListener,
+    state: AppState,
+    consumer: Consumer,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Gateway {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = schema::connect(&settings.database).await.context("connecting to Postgres")?;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let conn = amqp::connect(&settings.amqp, &format!("gateway {instance}"), Duration::from_secs(30))
+            .await
+            .context("connecting to RabbitMQ")?;
+        let topo = Topology::new(&settings.amqp);
+
+        let setup = conn.create_channel().await?;
+        amqp::declare_persist_path(&setup, &topo).await.context("declaring the persist path")?;
+        amqp::declare_fanout(&setup, &topo).await.context("declaring the fan-out exchange")?;
+
+        let queue = topo.gateway_queue(&instance);
+        let consume_channel = conn.create_channel().await?;
+        fanout::declare_queue(&consume_channel, &queue, settings.gateway.queue_max_length)
+            .await
+            .context("declaring the gateway queue")?;
+        let consumer = fanout::consume(&consume_channel, &queue).await?;
+
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(setup, queue.clone(), &topo, metrics.clone()));
+        let confirm_timeout = settings.amqp.confirm_timeout();
+        let sender = Sender::new(ConfirmedPublisher::new(&conn, confirm_timeout).await?, &topo);
+        let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
+
+        let listener = TcpListener::bind(settings.gateway.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.gateway.listen))?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let state = AppState {
+            keys: JwtKeys::new(&settings.auth.jwt_secret),
+            settings: Arc::new(settings),
+            store: Store::new(db.get_postgres_connection_pool().clone()),
+            sender,
+            events,
+            hub,
+            metrics,
+            amqp: Arc::new(conn),
+            topo,
+            queue: queue.into(),
+            shutdown,
+        };
+        Ok(Self { listener, state, consumer, shutdown_tx })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then closes every session with
+    /// 1012 and gives them `gateway.shutdown_grace_ms` to finish.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, state, consumer, shutdown_tx } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, queue = %state.queue, "gateway serving");
+        let fanout = tokio::spawn(fanout::run(consumer, state.hub.clone(), state.metrics.clone()));
+        let listener = listener.tap_io(|tcp| {
+            // Without it small frames wait for Nagle and tails reach 40 ms.
+            let _ = tcp.set_nodelay(true);
+        });
+        let hub = state.hub.clone();
+        let amqp = state.amqp.clone();
+        let grace = Duration::from_millis(state.settings.gateway.shutdown_grace_ms);
+        let tx = shutdown_tx.clone();
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = tx.send(true);
+            })
+            .await?;
+        let _ = shutdown_tx.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = amqp.close(200, "gateway shutdown".into()).await;
+        fanout.abort();
+        tracing::info!(%addr, "gateway stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! RabbitMQ support shared by every service: the names of the topology, how
+//! to connect, how to declare it, and a publisher that only reports success
+//! once the broker has confirmed (and routed) the message.
+//!
+//! Topology (prefix `chat` by default):
+//! - `chat.persist` direct exchange -> durable queues `chat.persist.0..N`
+//!   (routing key = partition), single active consumer each, dead letters to
+//!   `chat.persist.dead` -> durable queue `chat.persist.dead`.
+//! - `chat.fanout` direct exchange -> one exclusive queue per gateway
+//!   (`chat.gw.<instance>`), bound with `user.<id>` for each user it hosts.
+//!   A stored message is published once, with the members' keys in the `CC`
+//!   header; RabbitMQ puts it once into each queue that hosts any of them.
+
+use crate::config::AmqpSettings;
+use crate::ids::UserId;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::Confirmation;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::time::Duration;
+
+/// Names of exchanges, queues and routing keys under one prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    pub partitions: u16,
+}
+
+impl Topology {
+    pub fn new(settings: &AmqpSettings) -> Self {
+        Self { prefix: settings.prefix.clone(), partitions: settings.partitions }
+    }
+    pub fn persist_exchange(&self) -> String {
+        format!("{}.persist", self.prefix)
+    }
+    pub fn persist_queue(&self, partition: u16) -> String {
+        format!("{}.persist.{partition}", self.prefix)
+    }
+    pub fn dead_letters(&self) -> String {
+        format!("{}.persist.dead", self.prefix)
+    }
+    pub fn fanout_exchange(&self) -> String {
+        format!("{}.fanout", self.prefix)
+    }
+    pub fn gateway_queue(&self, instance: &str) -> String {
+        format!("{}.gw.{instance}", self.prefix)
+    }
+    pub fn user_key(user: UserId) -> String {
+        format!("user.{user}")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for the message (returned)")]
+    Unroutable,
+    #[error("no confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Connects with lapin's automatic recovery (connection, channels, topology)
+/// switched on, retrying the first connection until `deadline` passes.
+pub async fn connect(settings: &AmqpSettings, name: &str, deadline: Duration) -> Result<Connection, lapin::Error> {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let props = ConnectionProperties::default()
+            .with_connection_name(name.into())
+            .enable_auto_recover();
+        match Connection::connect(&settings.url, props).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if started.elapsed() + delay < deadline => {
+                tracing::warn!(error = %e, "amqp connect failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn durable() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions { durable: true, ..Default::default() }
+}
+
+/// Declares the persist path (idempotent; gateways and persisters both call it).
+pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(topo.persist_exchange().into(), ExchangeKind::Direct, durable(), FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(topo.dead_letters().into(), ExchangeKind::Fanout, durable(), FieldTable::default())
+        .await?;
+    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .queue_declare(topo.dead_letters().into(), durable_queue, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            topo.dead_letters().into(),
+            topo.dead_letters().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for partition in 0..topo.partitions {
+        let mut args = FieldTable::default();
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(topo.dead_letters().into()));
+        let queue = topo.persist_queue(partition);
+        channel.queue_declare(queue.clone().into(), durable_queue, args).await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                topo.persist_exchange().into(),
+                partition.to_string().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares the fan-out exchange (idempotent).
+pub async fn declare_fanout(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(topo.fanout_exchange().into(), ExchangeKind::Direct, durable(), FieldTable::default())
+        .await
+}
+
+/// One outgoing AMQP message.
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    /// Extra routing keys (RabbitMQ's sender-selected distribution).
+    pub cc: &'a [String],
+    pub payload: &'a [u8],
+    /// Persistent (delivery mode 2) for the persist path.
+    pub persistent: bool,
+    /// Mandatory: an unroutable message is an error, not silently dropped.
+    pub mandatory: bool,
+}
+
+/// A channel in confirm mode. `publish` returns once the broker has
+/// confirmed the message, so `Ok` means "the broker has it".
+#[derive(Clone)]
+pub struct ConfirmedPublisher {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl ConfirmedPublisher {
+    pub async fn new(conn: &Connection, timeout: Duration) -> Result<Self, lapin::Error> {
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel, timeout })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Hands the message to the channel in call order (so two calls from one
+    /// task are published in that order) and returns the confirm to await.
+    pub async fn start(&self, msg: Outgoing<'_>) -> Result<PendingConfirm, PublishError> {
+        let mut props = BasicProperties::default().with_content_type("application/json".into());
+        if msg.persistent {
+            props = props.with_delivery_mode(2);
+        }
+        if !msg.cc.is_empty() {
+            let keys: Vec<AMQPValue> = msg
+                .cc
+                .iter()
+                .map(|k| AMQPValue::LongString(LongString::from(k.as_str())))
+                .collect();
+            let mut headers = FieldTable::default();
+            headers.insert(ShortString::from("CC"), AMQPValue::FieldArray(FieldArray::from(keys)));
+            props = props.with_headers(headers);
+        }
+        let options = BasicPublishOptions { mandatory: msg.mandatory, ..Default::default() };
+        let confirm = self
+            .channel
+            .basic_publish(msg.exchange.into(), msg.routing_key.into(), options, msg.payload, props)
+            .await?;
+        Ok(PendingConfirm { confirm, timeout: self.timeout })
+    }
+
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        self.start(msg).await?.wait().await
+    }
+}
+
+/// A published message whose confirm has not arrived yet.
+pub struct PendingConfirm {
+    confirm: lapin::PublisherConfirm,
+    timeout: Duration,
+}
+
+impl PendingConfirm {
+    pub async fn wait(self) -> Result<(), PublishError> {
+        match tokio::time::timeout(self.timeout, self.confirm).await {
+            Err(_) => Err(PublishError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(PublishError::Broker(e)),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
+            Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Ok(()),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The events that travel between services over RabbitMQ. Every AMQP message
+//! body is a JSON array of events, so a publisher can coalesce several events
+//! into one AMQP message when load is high without changing the format.
+
+use crate::ids::{ClientMsgId, ConversationId, UserId};
+use crate::protocol::{Conversation, ErrorCode, Message};
+use serde::{Deserialize, Serialize};
+
+/// gateway -> persister, on the persist exchange, routed to the partition of
+/// `conversation_id`. Stored at most once per (sender, client_msg_id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendCommand {
+    /// The sending session, so the right one gets the `ack`.
+    pub session_id: String,
+    /// The queue of the sender's gateway, for replies meant only for it.
+    pub reply_to: String,
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+}
+
+/// Where a stored message came from: that session gets `ack`, every other
+/// session of every member gets `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub session_id: String,
+}
+
+/// persister or gateway -> gateways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum GatewayEvent {
+    /// A message was stored: deliver it to the local sessions of `member_ids`.
+    /// Published on the fan-out exchange with one routing key per member.
+    Stored {
+        message: Message,
+        member_ids: Vec<UserId>,
+        origin: Option<Origin>,
+    },
+    /// The answer to one session's `send` that concerns only that session
+    /// (a refused send, or a resend answered with the original message).
+    /// Published straight to the sender gateway's queue.
+    Reply {
+        user_id: UserId,
+        session_id: String,
+        outcome: SendOutcome,
+    },
+    /// Users were added to a conversation: their sessions get a
+    /// `conversation` frame. Routed to the added members only.
+    ConversationAdded {
+        conversation: Conversation,
+        member_ids: Vec<UserId>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SendOutcome {
+    Stored { message: Message },
+    Refused {
+        code: ErrorCode,
+        message: String,
+        client_msg_id: ClientMsgId,
+    },
+}
+
+pub fn encode<T: Serialize>(events: &[T]) -> Vec<u8> {
+    // Serialising these plain data types cannot fail.
+    serde_json::to_vec(events).unwrap_or_default()
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<Vec<T>, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+/// The conversation id as a partition key: the same conversation always lands
+/// on the same partition queue, so one consumer orders its messages.
+pub fn partition_of(conversation: ConversationId, partitions: u16) -> u16 {
+    (conversation.get().rem_euclid(i64::from(partitions.max(1)))) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_as_json_arrays() {
+        let cmd = SendCommand {
+            session_id: "s".into(),
+            reply_to: "q".into(),
+            conversation_id: ConversationId::new(3).unwrap_or_else(|_| unreachable!()),
+            sender_id: UserId::new(4).unwrap_or_else(|_| unreachable!()),
+            client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
+            body: "hi".into(),
+        };
+        let bytes = encode(std::slice::from_ref(&cmd));
+        assert_eq!(decode::<SendCommand>(&bytes).ok(), Some(vec![cmd]));
+        assert!(decode::<SendCommand>(b"{not json").is_err());
+    }
+
+    #[test]
+    fn a_conversation_always_maps_to_the_same_partition() {
+        let c = ConversationId::new(12).unwrap_or_else(|_| unreachable!());
+        assert_eq!(partition_of(c, 4), 0);
+        assert_eq!(partition_of(c, 5), 2);
+        assert_eq!(partition_of(c, 0), 0);
+    }
+}

@@ -1,0 +1,197 @@
+//! Typed, layered configuration: `config/default.toml` -> `config/<profile>.toml`
+//! -> the file in `CHAT_CONFIG_FILE` -> `CHAT_<SECTION>__<KEY>` variables.
+//! Every key is documented once, in `config/default.toml`. Settings are
+//! validated before any port opens.
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+const PROFILES: &[(&str, &str)] = &[
+    ("local", include_str!("../../config/local.toml")),
+    ("test", include_str!("../../config/test.toml")),
+    ("production", include_str!("../../config/production.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown profile {0:?} (expected local, test or production)")]
+    UnknownProfile(String),
+    #[error(transparent)]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub log: LogSettings,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub gateway: GatewaySettings,
+    pub persister: PersisterSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub prefix: String,
+    pub partitions: u16,
+    pub confirm_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: String,
+    pub dev_login: bool,
+    pub dev_token_ttl_secs: u64,
+    pub allowed_origins: Vec<String>,
+    pub auth_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    pub heartbeat_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    pub max_body_chars: usize,
+    pub session_queue: usize,
+    pub max_pending_sends: usize,
+    pub send_timeout_ms: u64,
+    pub max_connections: usize,
+    pub shutdown_grace_ms: u64,
+    pub queue_max_length: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PersisterSettings {
+    pub batch_max: usize,
+    pub prefetch: u16,
+}
+
+impl Settings {
+    /// The profile named by `CHAT_PROFILE` (default `local`), with the file
+    /// and environment layers on top.
+    pub fn load() -> Result<Self, ConfigError> {
+        let profile = std::env::var("CHAT_PROFILE").unwrap_or_else(|_| "local".to_owned());
+        Self::load_profile(&profile)
+    }
+
+    pub fn load_profile(profile: &str) -> Result<Self, ConfigError> {
+        let profile_toml = PROFILES
+            .iter()
+            .find(|(name, _)| *name == profile)
+            .map(|(_, toml)| *toml)
+            .ok_or_else(|| ConfigError::UnknownProfile(profile.to_owned()))?;
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(profile_toml, FileFormat::Toml));
+        if let Ok(path) = std::env::var("CHAT_CONFIG_FILE") {
+            builder = builder.add_source(File::with_name(&path).format(FileFormat::Toml));
+        }
+        let settings: Settings = builder
+            .add_source(
+                Environment::with_prefix("CHAT")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("auth.allowed_origins"),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
+        if self.auth.jwt_secret.len() < 32 {
+            return invalid("auth.jwt_secret", "must be set, at least 32 bytes");
+        }
+        if self.amqp.partitions == 0 {
+            return invalid("amqp.partitions", "must be at least 1");
+        }
+        if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
+            return invalid("amqp.prefix", "must be a non-empty word");
+        }
+        if self.persister.batch_max == 0 || self.persister.prefetch == 0 {
+            return invalid("persister.batch_max", "batch_max and prefetch must be at least 1");
+        }
+        if self.gateway.session_queue == 0 || self.gateway.max_pending_sends == 0 {
+            return invalid("gateway.session_queue", "session_queue and max_pending_sends must be at least 1");
+        }
+        if self.gateway.max_body_chars == 0 || self.gateway.max_body_chars * 6 + 1024 > self.gateway.max_frame_bytes {
+            return invalid("gateway.max_body_chars", "must be at least 1 and fit max_frame_bytes escaped (6 bytes a character)");
+        }
+        if self.gateway.heartbeat_timeout_ms <= self.gateway.heartbeat_ms {
+            return invalid("gateway.heartbeat_timeout_ms", "must be longer than heartbeat_ms");
+        }
+        Ok(())
+    }
+}
+
+impl AmqpSettings {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_loads_and_validates_except_production_without_a_secret() {
+        assert!(Settings::load_profile("local").is_ok());
+        assert!(Settings::load_profile("test").is_ok());
+        // Production has no secret in files: it must come from the environment.
+        assert!(matches!(
+            Settings::load_profile("production"),
+            Err(ConfigError::Invalid { key: "auth.jwt_secret", .. })
+        ));
+        assert!(matches!(Settings::load_profile("staging"), Err(ConfigError::UnknownProfile(_))));
+    }
+
+    #[test]
+    fn the_dev_login_exists_only_in_local_and_test() {
+        let local = Settings::load_profile("local").map(|s| s.auth.dev_login);
+        assert_eq!(local.ok(), Some(true));
+        let defaults: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .unwrap_or_else(|e| panic!("defaults must deserialize: {e}"));
+        assert!(!defaults.auth.dev_login);
+    }
+}

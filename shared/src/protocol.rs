@@ -1,0 +1,402 @@
+//! The client contract (`shared/protocol.md`, version 1) as Rust types: the
+//! objects, the WebSocket frames both ways and the HTTP bodies. Field names and
+//! shapes match protocol.md field for field; the snapshot tests at the bottom
+//! pin the JSON so that any change to the wire shows in review.
+
+use crate::ids::{ClientMsgId, ConversationId, InvalidValue, MessageBody, MessageId, UserId};
+use crate::time::{self, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    pub sender_id: UserId,
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+impl ConversationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Group => "group",
+        }
+    }
+}
+
+/// A conversation as one user sees it (`unread_count` is theirs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    pub title: Option<String>,
+    pub member_ids: Vec<UserId>,
+    pub last_message: Option<Message>,
+    pub last_seq: i64,
+    pub unread_count: i64,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Timestamp,
+}
+
+/// Error codes shared by WebSocket error frames and HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    TooLarge,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypingState {
+    Start,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+/// A frame from a client, as parsed at the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Auth { token: String },
+    Send(SendFrame),
+    Typing { conversation_id: ConversationId, state: TypingState },
+    Read { conversation_id: ConversationId, seq: i64 },
+    Ping,
+}
+
+/// `send` before its body is checked against the configured limit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SendFrame {
+    pub conversation_id: ConversationId,
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+}
+
+/// A refused client frame: becomes an `error` frame; the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub client_msg_id: Option<String>,
+}
+
+impl FrameError {
+    pub fn into_frame(self) -> ServerFrame {
+        ServerFrame::Error {
+            code: self.code,
+            message: self.message,
+            client_msg_id: self.client_msg_id,
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Parses one text frame. On failure the error still carries the frame's
+    /// `client_msg_id` when it had a readable one, so the client can match it.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| FrameError {
+            code: ErrorCode::BadRequest,
+            message: format!("frame is not JSON: {e}"),
+            client_msg_id: None,
+        })?;
+        let client_msg_id = value
+            .get("client_msg_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        serde_json::from_value(value).map_err(|e| FrameError {
+            code: ErrorCode::BadRequest,
+            message: format!("invalid frame: {e}"),
+            client_msg_id,
+        })
+    }
+}
+
+impl SendFrame {
+    /// Checks the body against the configured limit: empty is `bad_request`,
+    /// longer than the limit is `too_large`.
+    pub fn body(&self, max_chars: usize) -> Result<MessageBody, FrameError> {
+        MessageBody::parse(self.body.clone(), max_chars).map_err(|e| FrameError {
+            code: match e {
+                InvalidValue::TooLong { .. } => ErrorCode::TooLarge,
+                _ => ErrorCode::BadRequest,
+            },
+            message: e.to_string(),
+            client_msg_id: Some(self.client_msg_id.as_str().to_owned()),
+        })
+    }
+}
+
+/// A frame to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Hello {
+        user_id: UserId,
+        session_id: String,
+        heartbeat_ms: u64,
+    },
+    Ack {
+        client_msg_id: ClientMsgId,
+        message: Message,
+    },
+    Message {
+        message: Message,
+    },
+    Typing {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        state: TypingState,
+    },
+    Read {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: i64,
+    },
+    Presence {
+        user_id: UserId,
+        status: PresenceStatus,
+        #[serde(with = "time::rfc3339_opt")]
+        last_seen: Option<Timestamp>,
+    },
+    Conversation {
+        conversation: Conversation,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        client_msg_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        retry_after_ms: Option<u64>,
+    },
+    Pong,
+}
+
+// --------------------------------------------------------------------- HTTP
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DevTokenRequest {
+    pub user_id: UserId,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TokenResponse {
+    pub token: String,
+}
+
+/// `POST /api/conversations`: `{"peer_id": 7}` or `{"title": "...", "member_ids": [..]}`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct CreateConversationRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_ids: Option<Vec<i64>>,
+}
+
+/// What a create request asks for, once checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewConversation {
+    Direct { peer: UserId },
+    Group { title: String, members: Vec<UserId> },
+}
+
+impl CreateConversationRequest {
+    /// Checks the request on behalf of `caller`; the error is the 400 message.
+    pub fn parse(self, caller: UserId) -> Result<NewConversation, String> {
+        match (self.peer_id, self.title, self.member_ids) {
+            (Some(peer), None, None) => {
+                let peer = UserId::new(peer).map_err(|e| format!("peer_id: {e}"))?;
+                if peer == caller {
+                    return Err("peer_id must be another user than the caller".into());
+                }
+                Ok(NewConversation::Direct { peer })
+            }
+            (None, Some(title), Some(ids)) => {
+                let title = title.trim().to_owned();
+                if title.is_empty() {
+                    return Err("title must not be empty".into());
+                }
+                if title.chars().count() > 200 {
+                    return Err("title is longer than 200 characters".into());
+                }
+                let mut members = vec![caller];
+                for id in ids {
+                    members.push(UserId::new(id).map_err(|e| format!("member_ids: {e}"))?);
+                }
+                members.sort();
+                members.dedup();
+                if members.len() < 2 {
+                    return Err("a group needs at least one member besides the caller".into());
+                }
+                if members.len() > 1000 {
+                    return Err("a group has at most 1000 members".into());
+                }
+                Ok(NewConversation::Group { title, members })
+            }
+            _ => Err("expected either {\"peer_id\": id} or {\"title\": ..., \"member_ids\": [...]}".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConversationList {
+    pub conversations: Vec<Conversation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use insta::assert_snapshot;
+
+    fn uid(n: i64) -> UserId {
+        UserId::new(n).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn sample_message() -> Message {
+        Message {
+            id: MessageId(7_261_523_957_214_822_400),
+            conversation_id: ConversationId::new(12).unwrap_or_else(|_| unreachable!()),
+            seq: 57,
+            sender_id: uid(42),
+            client_msg_id: ClientMsgId::try_from("b7c1".to_owned()).unwrap_or_else(|_| unreachable!()),
+            body: "xin chào".into(),
+            created_at: time::parse("2026-11-26T12:00:00.123Z").unwrap_or_default(),
+        }
+    }
+
+    fn json<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+
+    #[test]
+    fn message_object_matches_the_contract() {
+        assert_snapshot!(json(&sample_message()), @r#"{"id":"7261523957214822400","conversation_id":12,"seq":57,"sender_id":42,"client_msg_id":"b7c1","body":"xin chào","created_at":"2026-11-26T12:00:00.123Z"}"#);
+    }
+
+    #[test]
+    fn server_frames_match_the_contract() {
+        let hello = ServerFrame::Hello { user_id: uid(42), session_id: "s1".into(), heartbeat_ms: 30000 };
+        assert_snapshot!(json(&hello), @r#"{"type":"hello","user_id":42,"session_id":"s1","heartbeat_ms":30000}"#);
+        let m = sample_message();
+        let ack = ServerFrame::Ack { client_msg_id: m.client_msg_id.clone(), message: m };
+        assert_snapshot!(json(&ack), @r#"{"type":"ack","client_msg_id":"b7c1","message":{"id":"7261523957214822400","conversation_id":12,"seq":57,"sender_id":42,"client_msg_id":"b7c1","body":"xin chào","created_at":"2026-11-26T12:00:00.123Z"}}"#);
+        let err = ServerFrame::Error {
+            code: ErrorCode::Unavailable,
+            message: "try again".into(),
+            client_msg_id: Some("b7c1".into()),
+            retry_after_ms: None,
+        };
+        assert_snapshot!(json(&err), @r#"{"type":"error","code":"unavailable","message":"try again","client_msg_id":"b7c1"}"#);
+        assert_snapshot!(json(&ServerFrame::Pong), @r#"{"type":"pong"}"#);
+        let presence = ServerFrame::Presence { user_id: uid(7), status: PresenceStatus::Offline, last_seen: None };
+        assert_snapshot!(json(&presence), @r#"{"type":"presence","user_id":7,"status":"offline","last_seen":null}"#);
+    }
+
+    #[test]
+    fn client_frames_parse_as_the_contract_writes_them() {
+        let send = ClientFrame::parse(r#"{"type":"send","conversation_id":12,"client_msg_id":"b7","body":"hi"}"#);
+        assert!(matches!(send, Ok(ClientFrame::Send(SendFrame { ref body, .. })) if body == "hi"));
+        assert_eq!(ClientFrame::parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"typing","conversation_id":12,"state":"start"}"#),
+            Ok(ClientFrame::Typing { state: TypingState::Start, .. })
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"read","conversation_id":12,"seq":57}"#),
+            Ok(ClientFrame::Read { seq: 57, .. })
+        ));
+    }
+
+    #[test]
+    fn a_refused_frame_keeps_its_client_msg_id() {
+        let err = ClientFrame::parse(r#"{"type":"send","conversation_id":"x","client_msg_id":"c9","body":"hi"}"#);
+        let err = err.err().map(|e| (e.code, e.client_msg_id));
+        assert_eq!(err, Some((ErrorCode::BadRequest, Some("c9".into()))));
+        let not_json = ClientFrame::parse("{oops").err().map(|e| e.code);
+        assert_eq!(not_json, Some(ErrorCode::BadRequest));
+        let unknown = ClientFrame::parse(r#"{"type":"dance"}"#).err().map(|e| e.code);
+        assert_eq!(unknown, Some(ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn an_overlong_body_is_too_large_and_an_empty_one_bad_request() {
+        let frame = SendFrame {
+            conversation_id: ConversationId::new(1).unwrap_or_else(|_| unreachable!()),
+            client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
+            body: "a".repeat(11),
+        };
+        assert_eq!(frame.body(10).err().map(|e| e.code), Some(ErrorCode::TooLarge));
+        let empty = SendFrame { body: String::new(), ..frame };
+        assert_eq!(empty.body(10).err().map(|e| e.code), Some(ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn create_conversation_requests_are_checked() {
+        let me = uid(42);
+        let direct = CreateConversationRequest { peer_id: Some(7), ..Default::default() };
+        assert_eq!(direct.parse(me), Ok(NewConversation::Direct { peer: uid(7) }));
+        let myself = CreateConversationRequest { peer_id: Some(42), ..Default::default() };
+        assert!(myself.parse(me).is_err());
+        let zero = CreateConversationRequest { peer_id: Some(0), ..Default::default() };
+        assert!(zero.parse(me).is_err());
+        let group = CreateConversationRequest {
+            title: Some(" Team ".into()),
+            member_ids: Some(vec![7, 7, 9]),
+            ..Default::default()
+        };
+        assert_eq!(
+            group.parse(me),
+            Ok(NewConversation::Group { title: "Team".into(), members: vec![uid(7), uid(9), uid(42)] })
+        );
+        let untitled = CreateConversationRequest { title: Some("".into()), member_ids: Some(vec![7]), ..Default::default() };
+        assert!(untitled.parse(me).is_err());
+    }
+}

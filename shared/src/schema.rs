@@ -1,0 +1,94 @@
+//! The Postgres schema, as sea-orm migrations, and the database connection.
+//!
+//! Migrations run only through an explicit command (`chat-persister migrate`,
+//! also what `deploy/up.sh` and the Kubernetes migrate Job run), never at
+//! service start: replicas must not race to migrate.
+
+use crate::config::DatabaseSettings;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
+use std::time::Duration;
+
+/// Opens a pool. Statements are plain SQL through sea-orm's sqlx pool
+/// (`db.get_postgres_connection_pool()`), which is what group commit needs.
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(InitialSchema)]
+    }
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+struct InitialSchema;
+
+impl MigrationName for InitialSchema {
+    fn name(&self) -> &str {
+        "m0001_initial_schema"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for InitialSchema {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(INITIAL_SCHEMA).await.map(|_| ())
+    }
+}
+
+const INITIAL_SCHEMA: &str = r#"
+CREATE TABLE conversations (
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind             TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    title            TEXT,
+    -- "<low user id>:<high user id>" for a direct conversation: one per pair.
+    direct_key       TEXT UNIQUE,
+    -- The seq of the newest message; the persister bumps it in the same
+    -- transaction that inserts the messages, so seq is gapless.
+    last_seq         BIGINT NOT NULL DEFAULT 0,
+    last_activity_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CHECK ((kind = 'direct') = (direct_key IS NOT NULL)),
+    CHECK (kind = 'direct' OR (title IS NOT NULL AND title <> ''))
+);
+
+CREATE TABLE members (
+    conversation_id BIGINT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    user_id         BIGINT NOT NULL CHECK (user_id > 0),
+    -- Read marker (the protocol's `read`): never moves backwards.
+    last_read_seq   BIGINT NOT NULL DEFAULT 0,
+    joined_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, user_id)
+);
+-- The conversation list: a user's memberships.
+CREATE INDEX members_by_user ON members (user_id, conversation_id);
+
+CREATE TABLE messages (
+    conversation_id BIGINT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    seq             BIGINT NOT NULL CHECK (seq > 0),
+    id              BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    sender_id       BIGINT NOT NULL,
+    client_msg_id   TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL,
+    -- History pages (before_seq / after_seq) walk this key.
+    PRIMARY KEY (conversation_id, seq),
+    -- Idempotent sending: a resend finds the original.
+    UNIQUE (sender_id, client_msg_id)
+);
+"#;
