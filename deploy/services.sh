@@ -116,6 +116,7 @@ select_instance() {
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
         RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
         ERL_EPMD_ADDRESS=127.0.0.1
+        ERL_CRASH_DUMP="$RABBIT_DIR/erl_crash.dump"
         RABBITMQ_CONF_ENV_FILE="$RABBIT_DIR/rabbitmq-env.conf"
         RABBITMQ_CONFIG_FILE="$RABBIT_DIR/rabbitmq.conf"
         RABBITMQ_ADVANCED_CONFIG_FILE="$RABBIT_DIR/advanced.config"
@@ -654,6 +655,7 @@ main() {
         nginx-start) cmd_nginx_start "$@" ;;
         nginx-stop)  cmd_nginx_stop ;;
         rabbitmqctl|rabbitmq-diagnostics|rabbitmq-queues)
+                     rabbit_proc_alive || die "rabbitmq ($RABBIT_NODE) is not running"
                      "${RABBIT_ENV[@]}" "$RABBIT_LIB_BIN/$cmd" -n "$RABBIT_NODE" "$@" ;;
         *)           die "unknown command '$cmd'" ;;
     esac

@@ -2,18 +2,13 @@
 //! (Messages are written only by the persister.) Plain SQL through
 //! sea-orm's sqlx pool.
 
-use chat_shared::ids::{ClientMsgId, ConversationId, MessageId, UserId};
+use chat_shared::ids::{ConversationId, UserId};
+use chat_shared::schema::{RowError, message_from_row};
 use chat_shared::protocol::{Conversation, ConversationKind, Message, NewConversation};
 use chat_shared::time::Timestamp;
 use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-}
+pub type StoreError = RowError;
 
 pub enum Membership {
     Member,
@@ -88,7 +83,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok((conversation_id(id)?, members, created))
+        Ok((ConversationId::new(id)?, members, created))
     }
 
     pub async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Membership, StoreError> {
@@ -162,35 +157,13 @@ impl Store {
     }
 }
 
-fn conversation_id(raw: i64) -> Result<ConversationId, StoreError> {
-    ConversationId::new(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn user_id(raw: i64) -> Result<UserId, StoreError> {
-    UserId::new(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// A message from seven columns starting at `at`: id, conversation_id, seq,
-/// sender_id, client_msg_id, body, created_at.
-pub fn message_from_row(row: &PgRow, at: usize) -> Result<Message, StoreError> {
-    let client_msg_id: String = row.try_get(at + 4)?;
-    Ok(Message {
-        id: MessageId(row.try_get(at)?),
-        conversation_id: conversation_id(row.try_get(at + 1)?)?,
-        seq: row.try_get(at + 2)?,
-        sender_id: user_id(row.try_get(at + 3)?)?,
-        client_msg_id: ClientMsgId::try_from(client_msg_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        body: row.try_get(at + 5)?,
-        created_at: row.try_get(at + 6)?,
-    })
-}
 
 fn conversation_from_row(row: &PgRow) -> Result<Conversation, StoreError> {
     let id: i64 = row.try_get(0)?;
     let kind = match row.try_get::<String, _>(1)?.as_str() {
         "direct" => ConversationKind::Direct,
         "group" => ConversationKind::Group,
-        other => return Err(StoreError::Corrupt(format!("conversation kind {other:?}"))),
+        other => return Err(RowError::Corrupt(format!("conversation kind {other:?}"))),
     };
     let members: Vec<i64> = row.try_get::<Option<Vec<i64>>, _>(5)?.unwrap_or_default();
     let last_message = match row.try_get::<Option<i64>, _>(7)? {
@@ -198,10 +171,10 @@ fn conversation_from_row(row: &PgRow) -> Result<Conversation, StoreError> {
         None => None,
     };
     Ok(Conversation {
-        id: conversation_id(id)?,
+        id: ConversationId::new(id)?,
         kind,
         title: row.try_get(2)?,
-        member_ids: members.into_iter().map(user_id).collect::<Result<_, _>>()?,
+        member_ids: members.into_iter().map(UserId::new).collect::<Result<_, _>>()?,
         last_message,
         last_seq: row.try_get(3)?,
         unread_count: row.try_get(6)?,

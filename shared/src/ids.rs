@@ -14,6 +14,8 @@ pub enum InvalidValue {
     Empty(&'static str),
     #[error("{what} is longer than {max} characters")]
     TooLong { what: &'static str, max: usize },
+    #[error("{0} must not contain NUL characters")]
+    Nul(&'static str),
 }
 
 macro_rules! positive_id {
@@ -94,6 +96,8 @@ impl TryFrom<String> for ClientMsgId {
         let chars = raw.chars().count();
         if chars == 0 {
             Err(InvalidValue::Empty("client_msg_id"))
+        } else if raw.contains('\0') {
+            Err(InvalidValue::Nul("client_msg_id"))
         } else if chars > Self::MAX_CHARS {
             Err(InvalidValue::TooLong { what: "client_msg_id", max: Self::MAX_CHARS })
         } else {
@@ -118,6 +122,10 @@ impl MessageBody {
     pub fn parse(raw: String, max_chars: usize) -> Result<Self, InvalidValue> {
         if raw.is_empty() {
             return Err(InvalidValue::Empty("body"));
+        }
+        // Postgres text cannot hold NUL; refuse it here rather than fail a batch.
+        if raw.contains('\0') {
+            return Err(InvalidValue::Nul("body"));
         }
         // Count at most max_chars + 1 characters: enough to decide, bounded work.
         if raw.chars().take(max_chars + 1).count() > max_chars {
@@ -156,6 +164,7 @@ mod tests {
             Err(InvalidValue::TooLong { what: "body", max: 4000 })
         );
         assert_eq!(MessageBody::parse(String::new(), 4000), Err(InvalidValue::Empty("body")));
+        assert_eq!(MessageBody::parse("a\0b".into(), 4000), Err(InvalidValue::Nul("body")));
     }
 
     #[test]

@@ -5,17 +5,21 @@
 //! service start: replicas must not race to migrate.
 
 use crate::config::DatabaseSettings;
+use crate::ids::{ClientMsgId, ConversationId, MessageId, UserId};
+use crate::protocol::Message;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
 use std::time::Duration;
 
-/// Opens a pool. Statements are plain SQL through sea-orm's sqlx pool
-/// (`db.get_postgres_connection_pool()`), which is what group commit needs.
+/// Opens a pool, lazily: a service starts while Postgres is down and its
+/// `/ready` says so until it is back. Statements are plain SQL through
+/// sea-orm's sqlx pool (`db.get_postgres_connection_pool()`), which is what
+/// group commit needs.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(settings.url.clone());
     options
         .max_connections(settings.max_connections)
-        .min_connections(1)
+        .connect_lazy(true)
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .sqlx_logging(false);
@@ -92,3 +96,33 @@ CREATE TABLE messages (
     UNIQUE (sender_id, client_msg_id)
 );
 "#;
+
+/// A row that does not hold what the schema promises.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<crate::ids::InvalidValue> for RowError {
+    fn from(e: crate::ids::InvalidValue) -> Self {
+        RowError::Corrupt(e.to_string())
+    }
+}
+
+/// A message from seven columns starting at `at`, in this order: id,
+/// conversation_id, seq, sender_id, client_msg_id, body, created_at.
+pub fn message_from_row(row: &sea_orm::sqlx::postgres::PgRow, at: usize) -> Result<Message, RowError> {
+    use sea_orm::sqlx::Row;
+    Ok(Message {
+        id: MessageId(row.try_get(at)?),
+        conversation_id: ConversationId::new(row.try_get(at + 1)?)?,
+        seq: row.try_get(at + 2)?,
+        sender_id: UserId::new(row.try_get(at + 3)?)?,
+        client_msg_id: ClientMsgId::try_from(row.try_get::<String, _>(at + 4)?)?,
+        body: row.try_get(at + 5)?,
+        created_at: row.try_get(at + 6)?,
+    })
+}

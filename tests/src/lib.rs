@@ -1,1 +1,187 @@
-//! stub
+//! The whole system in one process, for tests: real Postgres, RabbitMQ and
+//! Redis (the `test` instance that `deploy/test.sh` starts), real gateways
+//! and persisters started as libraries. Each [`TestSystem`] has its own
+//! database and its own exchange and queue names, so tests run in parallel
+//! without seeing each other.
+//!
+//! [`Client`] speaks the public contract only: HTTP with a bearer token and
+//! JSON frames over a WebSocket, exactly as a browser or an app would.
+
+pub mod client;
+
+pub use client::Client;
+
+use chat_gateway::Gateway;
+use chat_persister::Persister;
+use chat_shared::config::Settings;
+use chat_shared::schema;
+use sea_orm::sqlx::{self, Connection as _};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub struct TestSystem {
+    pub settings: Settings,
+    pub gateways: Vec<SocketAddr>,
+    http: reqwest::Client,
+    /// Dropping a sender stops the service it belongs to.
+    stops: Vec<oneshot::Sender<()>>,
+    gateway_stops: Vec<Option<oneshot::Sender<()>>>,
+}
+
+impl TestSystem {
+    /// Two gateways and one persister.
+    pub async fn start() -> Self {
+        Self::start_with(2, 1, |_| {}).await
+    }
+
+    /// `gateways` gateways and `persisters` persisters, with `adjust` applied
+    /// to the settings first.
+    pub async fn start_with(gateways: usize, persisters: usize, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings::load_profile("test")
+            .unwrap_or_else(|e| panic!("test settings: {e} (run the tests through deploy/test.sh)"));
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        settings.amqp.prefix = format!("t{}", &unique[..12]);
+        settings.database.url = create_database(&settings.database.url, &format!("test_{}", &unique[..16])).await;
+        chat_shared::telemetry::init(&settings.log);
+        let db = schema::connect(&settings.database).await.unwrap_or_else(|e| panic!("test database: {e}"));
+        schema::migrate(&db).await.unwrap_or_else(|e| panic!("migrating the test database: {e}"));
+        db.close().await.ok();
+        adjust(&mut settings);
+
+        let mut system = TestSystem {
+            settings: settings.clone(),
+            gateways: Vec::new(),
+            http: reqwest::Client::new(),
+            stops: Vec::new(),
+            gateway_stops: Vec::new(),
+        };
+        for _ in 0..persisters {
+            system.start_persister().await;
+        }
+        for _ in 0..gateways {
+            let gateway = Gateway::build(settings.clone()).await.unwrap_or_else(|e| panic!("gateway: {e:#}"));
+            system.gateways.push(gateway.local_addr());
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(gateway.run_until(async move {
+                let _ = stopped.await;
+            }));
+            system.gateway_stops.push(Some(stop));
+        }
+        system
+    }
+
+    pub async fn start_persister(&mut self) {
+        let persister = Persister::build(self.settings.clone()).await.unwrap_or_else(|e| panic!("persister: {e:#}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(persister.run_until(async move {
+            let _ = stopped.await;
+        }));
+        self.stops.push(stop);
+    }
+
+    /// Stops gateway `index` gracefully (its sessions get close code 1012).
+    pub fn stop_gateway(&mut self, index: usize) {
+        if let Some(stop) = self.gateway_stops.get_mut(index).and_then(Option::take) {
+            let _ = stop.send(());
+        }
+    }
+
+    pub fn url(&self, gateway: usize, path: &str) -> String {
+        format!("http://{}{path}", self.gateways[gateway])
+    }
+
+    /// A token for `user`, from the dev login of gateway 0.
+    pub async fn token(&self, user: i64) -> String {
+        let (status, body) = self.post(0, "/api/dev/token", None, json!({"user_id": user, "name": format!("user {user}")})).await;
+        assert_eq!(status, 200, "dev token: {body}");
+        body["token"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// A connected, authenticated client of `user` on `gateway` (header auth).
+    pub async fn connect(&self, gateway: usize, user: i64) -> Client {
+        let token = self.token(user).await;
+        Client::connect(self.gateways[gateway], Some(&token), None)
+            .await
+            .unwrap_or_else(|e| panic!("connect user {user}: {e}"))
+            .authenticated()
+            .await
+    }
+
+    pub async fn get(&self, gateway: usize, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(self.url(gateway, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        respond(request).await
+    }
+
+    pub async fn post(&self, gateway: usize, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = self.http.post(self.url(gateway, path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        respond(request).await
+    }
+
+    /// The direct conversation of `user` and `peer`; returns its id.
+    pub async fn direct(&self, user: i64, peer: i64) -> i64 {
+        let token = self.token(user).await;
+        let (status, body) = self.post(0, "/api/conversations", Some(&token), json!({"peer_id": peer})).await;
+        assert!(status == 200 || status == 201, "create direct: {status} {body}");
+        body["id"].as_i64().unwrap_or_default()
+    }
+
+    /// A group created by `user` with `others`; returns its id.
+    pub async fn group(&self, user: i64, others: &[i64]) -> i64 {
+        let token = self.token(user).await;
+        let body = json!({"title": "group", "member_ids": others});
+        let (status, body) = self.post(0, "/api/conversations", Some(&token), body).await;
+        assert_eq!(status, 201, "create group: {body}");
+        body["id"].as_i64().unwrap_or_default()
+    }
+
+    /// History as `user` sees it, through gateway `gateway`.
+    pub async fn history(&self, gateway: usize, user: i64, conversation: i64, query: &str) -> Vec<Value> {
+        let token = self.token(user).await;
+        let path = format!("/api/conversations/{conversation}/messages{query}");
+        let (status, body) = self.get(gateway, &path, Some(&token)).await;
+        assert_eq!(status, 200, "history: {body}");
+        body["messages"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for stop in self.gateway_stops.iter_mut().filter_map(Option::take) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn respond(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap_or_else(|e| panic!("http request: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Creates database `name` next to the one in `url`; returns its URL.
+async fn create_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap_or_else(|e| panic!("test Postgres at {base}: {e} (run the tests through deploy/test.sh)"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    admin.close().await.ok();
+    format!("{base}/{name}")
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test of mapmo-chat on a fresh Debian machine or a developer's:
+# installs what is missing, starts the private `test` servers (Postgres,
+# RabbitMQ, Redis; see deploy/services.sh), clears what earlier runs left in
+# them, then runs the unit tests and the end-to-end tests (tests/tests/e2e),
+# which start gateways and persisters in process against those servers.
+#
+#   deploy/test.sh                 everything
+#   deploy/test.sh -p chat-tests   extra arguments go to `cargo test`
+#
+# The servers keep running afterwards (quicker next time) unless CI=true;
+# stop them with `deploy/services.sh stop test`. Logs: .data/test/logs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deploy/services.sh install test
+deploy/services.sh start test >/dev/null
+if [ "${CI:-}" = "true" ]; then
+  trap 'deploy/services.sh stop test || true' EXIT
+fi
+eval "$(deploy/services.sh env test)"
+export CHAT_PROFILE=test
+
+# Each test makes its own database and its own exchanges and queues; clear
+# those of earlier runs so they do not pile up.
+echo "[test] clearing state left by earlier runs"
+psql "${CHAT_DATABASE__URL%/*}/postgres" -Atqc \
+  "SELECT 'DROP DATABASE \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'test\_%'" \
+  | psql "${CHAT_DATABASE__URL%/*}/postgres" -q >/dev/null
+deploy/services.sh rabbitmqctl test -q stop_app
+deploy/services.sh rabbitmqctl test -q reset
+deploy/services.sh rabbitmqctl test -q start_app
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+echo "[test] cargo test (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace --all-targets --no-fail-fast "$@"

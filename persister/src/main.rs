@@ -1,0 +1,23 @@
+//! `chat-persister` runs the persister; `chat-persister migrate` applies the
+//! schema migrations and exits (run it once per deploy, before the services).
+
+use anyhow::Context;
+use chat_persister::Persister;
+use chat_shared::config::Settings;
+use chat_shared::{schema, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load().context("loading configuration")?;
+    telemetry::init(&settings.log);
+    match std::env::args().nth(1).as_deref() {
+        Some("migrate") => {
+            let db = schema::connect(&settings.database).await.context("connecting to Postgres")?;
+            schema::migrate(&db).await.context("migrating")?;
+            tracing::info!("schema is up to date");
+            Ok(())
+        }
+        None => Persister::build(settings).await?.run_until(shutdown::signal()).await,
+        Some(other) => anyhow::bail!("unknown command {other:?} (expected no argument, or `migrate`)"),
+    }
+}

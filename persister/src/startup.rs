@@ -1,0 +1,174 @@
+//! Building and running a persister: consumer -> batcher -> writer ->
+//! announcer -> acker, one batch at a time.
+
+use crate::announcer::Announcer;
+use crate::batcher::{self, Weighed};
+use crate::consumer::{Incoming, PartitionConsumers};
+use crate::writer::{Outcome, Request, Writer};
+use anyhow::Context;
+use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
+use chat_shared::config::Settings;
+use chat_shared::schema;
+use lapin::options::BasicAckOptions;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+impl Weighed for Incoming {
+    fn weight(&self) -> usize {
+        self.commands.len()
+    }
+}
+
+pub struct Persister {
+    settings: Settings,
+    conn: lapin::Connection,
+    consumers: PartitionConsumers,
+    writer: Writer,
+    announcer: Announcer,
+}
+
+impl Persister {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = schema::connect(&settings.database).await.context("connecting to Postgres")?;
+        let conn = amqp::connect(&settings.amqp, "persister", Duration::from_secs(30))
+            .await
+            .context("connecting to RabbitMQ")?;
+        let topo = Topology::new(&settings.amqp);
+        let setup = conn.create_channel().await?;
+        amqp::declare_persist_path(&setup, &topo).await.context("declaring the persist path")?;
+        amqp::declare_fanout(&setup, &topo).await.context("declaring the fan-out exchange")?;
+        let _ = setup.close(200, "declared".into()).await;
+        let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch)
+            .await
+            .context("consuming the persist partitions")?;
+        let announcer = Announcer::new(ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout()).await?, &topo);
+        let writer = Writer::new(db.get_postgres_connection_pool().clone());
+        Ok(Self { settings, conn, consumers, writer, announcer })
+    }
+
+    /// Runs until `shutdown` resolves. The batch in hand is finished (stored,
+    /// announced, acked) before it returns; whatever was not acked is
+    /// redelivered by the broker to the next persister.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { settings, conn, consumers, writer, announcer } = self;
+        let batch_max = settings.persister.batch_max;
+        let (tx, mut rx) = mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));
+        let feeders = consumers.spawn(tx);
+        let (stop_tx, mut stop) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        tracing::info!(batch_max, "persister running");
+
+        let mut spill = None;
+        loop {
+            let batch = tokio::select! {
+                _ = stop.changed() => break,
+                batch = batcher::next_batch(&mut rx, batch_max, &mut spill) => batch,
+            };
+            let Some(batch) = batch else { break };
+            let requests: Vec<Request> = batch
+                .iter()
+                .flat_map(|i| i.commands.iter().map(|c| Request { command: c.clone(), redelivered: i.redelivered }))
+                .collect();
+            let Some(outcomes) = store(&writer, &requests, &mut stop).await else { break };
+            log_outcomes(&outcomes);
+            if !announce(&announcer, &outcomes, &mut stop).await {
+                break;
+            }
+            ack(&batch).await;
+        }
+        for feeder in feeders {
+            feeder.abort();
+        }
+        let _ = conn.close(200, "persister shutdown".into()).await;
+        tracing::info!("persister stopped");
+        Ok(())
+    }
+}
+
+/// Retries transient failures until they pass (the deliveries stay unacked
+/// meanwhile, and the bounded prefetch stops more from coming). `None` if
+/// shutdown came first.
+async fn store(writer: &Writer, requests: &[Request], stop: &mut watch::Receiver<bool>) -> Option<Vec<Outcome>> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let result = match writer.write(requests).await {
+            Err(e) if !e.is_transient() => {
+                tracing::warn!(error = %e, batch.size = requests.len(), "batch failed, storing one by one");
+                writer.write_each(requests).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(outcomes) => return Some(outcomes),
+            Err(e) => tracing::warn!(error = %e, batch.size = requests.len(), "batch not stored, retrying"),
+        }
+        if sleep_or_stop(delay, stop).await {
+            return None;
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn announce(announcer: &Announcer, outcomes: &[Outcome], stop: &mut watch::Receiver<bool>) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match announcer.announce(outcomes).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, "fan-out not confirmed, retrying"),
+        }
+        if sleep_or_stop(delay, stop).await {
+            return false;
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Acks, per channel, everything up to the newest delivery of the batch.
+async fn ack(batch: &[Incoming]) {
+    let mut newest: BTreeMap<u16, &Incoming> = BTreeMap::new();
+    for incoming in batch {
+        newest
+            .entry(incoming.channel)
+            .and_modify(|n| {
+                if incoming.delivery_tag > n.delivery_tag {
+                    *n = incoming;
+                }
+            })
+            .or_insert(incoming);
+    }
+    for incoming in newest.values() {
+        if let Err(e) = incoming.acker.ack(BasicAckOptions { multiple: true }).await {
+            // The channel is gone; the broker will redeliver, and the
+            // idempotency key turns that into a harmless re-delivery.
+            tracing::warn!(error = %e, "ack failed");
+        }
+    }
+}
+
+fn log_outcomes(outcomes: &[Outcome]) {
+    for outcome in outcomes {
+        if let Outcome::Deliver { message, members, .. } = outcome {
+            tracing::debug!(
+                message.id = message.id.0,
+                conversation.id = %message.conversation_id,
+                message.seq = message.seq,
+                user.id = %message.sender_id,
+                members = members.len(),
+                "message stored"
+            );
+        }
+    }
+    tracing::debug!(batch.size = outcomes.len(), "batch committed");
+}

@@ -1,0 +1,11 @@
+use anyhow::Context;
+use chat_shared::config::Settings;
+use chat_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load().context("loading configuration")?;
+    telemetry::init(&settings.log);
+    chat_presence::run_until(shutdown::signal()).await;
+    Ok(())
+}

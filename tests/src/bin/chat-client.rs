@@ -1,0 +1,99 @@
+//! A terminal client for trying mapmo-chat by hand (README, "Try it").
+//!
+//!   chat-client --url http://127.0.0.1:28080 --user 42
+//!
+//! Gets a dev token, connects, prints every frame. Type:
+//!   /direct 7          open (or create) the direct conversation with user 7
+//!   /group Team 7 9    create a group with users 7 and 9
+//!   /to 12             talk in conversation 12
+//!   /list              your conversations
+//!   /history           the newest page of the current conversation
+//!   anything else      is sent to the current conversation
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let base = arg("--url").unwrap_or_else(|| "http://127.0.0.1:28080".into());
+    let user: i64 = arg("--user").context("--user <id> is required")?.parse().context("--user must be a number")?;
+    let http = reqwest::Client::new();
+
+    let token: Value = http
+        .post(format!("{base}/api/dev/token"))
+        .json(&json!({"user_id": user}))
+        .send()
+        .await?
+        .error_for_status()
+        .context("dev login (is auth.dev_login on?)")?
+        .json()
+        .await?;
+    let token = token["token"].as_str().context("no token in the dev login answer")?.to_owned();
+
+    let mut request = format!("{}/ws", base.replacen("http", "ws", 1)).into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.context("connecting to /ws")?;
+    let (mut write, mut read) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = read.next().await {
+            if let Message::Text(text) = msg {
+                println!("<< {text}");
+            }
+        }
+        println!("connection closed");
+        std::process::exit(0);
+    });
+
+    let mut current: Option<i64> = None;
+    let mut counter = 0u64;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let auth = format!("Bearer {token}");
+        let answer: Option<Value> = match words.as_slice() {
+            ["/direct", peer] => {
+                let body = json!({"peer_id": peer.parse::<i64>()?});
+                let v: Value = http.post(format!("{base}/api/conversations")).header("authorization", &auth).json(&body).send().await?.json().await?;
+                current = v["id"].as_i64().or(current);
+                Some(v)
+            }
+            ["/group", title, members @ ..] => {
+                let ids: Vec<i64> = members.iter().filter_map(|m| m.parse().ok()).collect();
+                let body = json!({"title": title, "member_ids": ids});
+                let v: Value = http.post(format!("{base}/api/conversations")).header("authorization", &auth).json(&body).send().await?.json().await?;
+                current = v["id"].as_i64().or(current);
+                Some(v)
+            }
+            ["/to", id] => {
+                current = Some(id.parse()?);
+                None
+            }
+            ["/list"] => Some(http.get(format!("{base}/api/conversations")).header("authorization", &auth).send().await?.json().await?),
+            ["/history"] => {
+                let Some(id) = current else { bail!("no current conversation: /direct, /group or /to first") };
+                Some(http.get(format!("{base}/api/conversations/{id}/messages")).header("authorization", &auth).send().await?.json().await?)
+            }
+            [] => None,
+            _ => {
+                let Some(id) = current else {
+                    eprintln!("no current conversation: /direct, /group or /to first");
+                    continue;
+                };
+                counter += 1;
+                let frame = json!({"type": "send", "conversation_id": id, "client_msg_id": format!("cli-{user}-{}-{counter}", std::process::id()), "body": line});
+                write.send(Message::Text(frame.to_string().into())).await?;
+                None
+            }
+        };
+        if let Some(answer) = answer {
+            println!("{answer}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! mapmo-chat end to end, on real Postgres and RabbitMQ, from a client's
+//! point of view. Run through `deploy/test.sh`, which starts the servers.
+
+mod auth;
+mod history;
+mod http_api;
+mod idempotency;
+mod messaging;
+mod ordering;
+mod sessions;

@@ -1,0 +1,78 @@
+//! Messages go from one socket to the sockets of every member, on whichever
+//! gateway each is connected.
+
+use chat_tests::TestSystem;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_on_two_gateways_exchange_messages() {
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    let mut binh = system.connect(1, 2).await;
+
+    let stored = an.send_and_ack(conversation, "a-1", "xin chào").await;
+    let delivered = binh.next_of("message").await;
+    assert_eq!(delivered["message"], stored);
+    assert_eq!(stored["seq"], 1);
+    assert_eq!(stored["body"], "xin chào");
+    assert_eq!(stored["sender_id"], 1);
+    assert!(stored["id"].is_string(), "id travels as a string: {stored}");
+
+    let reply = binh.send_and_ack(conversation, "b-1", "chào An").await;
+    assert_eq!(an.next_of("message").await["message"], reply);
+    assert_eq!(reply["seq"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_spread_over_both_gateways_all_receive_each_message() {
+    let system = TestSystem::start().await;
+    let group = system.group(1, &[2, 3]).await;
+    let mut one = system.connect(0, 1).await;
+    let mut two = system.connect(1, 2).await;
+    let mut three = system.connect(0, 3).await;
+
+    let stored = two.send_and_ack(group, "two-1", "hello group").await;
+    assert_eq!(one.next_of("message").await["message"], stored);
+    assert_eq!(three.next_of("message").await["message"], stored);
+    // The sender's only session got the ack, not a second copy.
+    assert!(two.drain().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_senders_other_session_gets_the_message_too() {
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut phone = system.connect(0, 1).await;
+    let mut laptop = system.connect(1, 1).await;
+
+    let stored = phone.send_and_ack(conversation, "p-1", "from my phone").await;
+    assert_eq!(laptop.next_of("message").await["message"], stored);
+    assert!(phone.drain().await.is_empty(), "the sending session gets the ack only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_while_connected_receives_without_reconnecting() {
+    let system = TestSystem::start().await;
+    let mut newcomer = system.connect(1, 3).await;
+    let mut creator = system.connect(0, 1).await;
+
+    let group = system.group(1, &[2, 3]).await;
+    let announced = newcomer.next_of("conversation").await;
+    assert_eq!(announced["conversation"]["id"], group);
+    assert_eq!(announced["conversation"]["member_ids"], json!([1, 2, 3]));
+
+    let stored = creator.send_and_ack(group, "c-1", "welcome").await;
+    assert_eq!(newcomer.next_of("message").await["message"], stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_is_not_connected_finds_the_message_in_history() {
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    let stored = an.send_and_ack(conversation, "a-1", "are you there?").await;
+
+    let history = system.history(1, 2, conversation, "").await;
+    assert_eq!(history, vec![stored]);
+}

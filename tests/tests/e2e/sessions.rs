@@ -1,0 +1,100 @@
+//! Bad input gets a clear error on a connection that stays usable; ping and
+//! shutdown behave as the contract says.
+
+use chat_tests::TestSystem;
+use chat_tests::client::Closed;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+
+    let cases = [
+        ("not json", None),
+        (r#"{"type":"dance"}"#, None),
+        (r#"{"no_type":1}"#, None),
+        (r#"{"type":"send","conversation_id":"twelve","client_msg_id":"k1","body":"x"}"#, Some("k1")),
+        (r#"{"type":"send","conversation_id":1,"body":"missing id"}"#, None),
+        (r#"{"type":"send","conversation_id":1,"client_msg_id":"k2","body":""}"#, Some("k2")),
+        (r#"{"type":"send","conversation_id":1,"client_msg_id":"k3","body":"nul\u0000inside"}"#, Some("k3")),
+    ];
+    for (text, client_msg_id) in cases {
+        an.send_raw(text).await;
+        let error = an.next_of("error").await;
+        assert_eq!(error["code"], "bad_request", "{text}: {error}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(error["client_msg_id"].as_str(), client_msg_id, "{text}");
+    }
+    an.send_binary(vec![1, 2, 3]).await;
+    assert_eq!(an.next_of("error").await["code"], "bad_request");
+
+    let stored = an.send_and_ack(conversation, "after-errors", "still here").await;
+    assert_eq!(stored["seq"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_too_large() {
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    an.send_message(conversation, "big", &"ư".repeat(4001)).await;
+    let error = an.next_of("error").await;
+    assert_eq!(error["code"], "too_large");
+    assert_eq!(error["client_msg_id"], "big");
+    let fits = an.send_and_ack(conversation, "fits", &"ư".repeat(4000)).await;
+    assert_eq!(fits["seq"], 1, "the refused one was not stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_to_a_conversation_you_are_not_in_is_forbidden() {
+    let system = TestSystem::start().await;
+    let theirs = system.direct(2, 3).await;
+    let mut intruder = system.connect(0, 1).await;
+    let mut member = system.connect(1, 2).await;
+
+    intruder.send_message(theirs, "sneak", "hi").await;
+    let error = intruder.next_of("error").await;
+    assert_eq!(error["code"], "forbidden");
+    assert_eq!(error["client_msg_id"], "sneak");
+
+    intruder.send_message(999_999, "nowhere", "hi").await;
+    assert_eq!(intruder.next_of("error").await["code"], "not_found");
+
+    // The member's next message is seq 1: nothing was stored.
+    let stored = member.send_and_ack(theirs, "real", "hello").await;
+    assert_eq!(stored["seq"], 1);
+    assert!(intruder.drain().await.is_empty(), "the intruder hears nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_is_answered_with_pong() {
+    let system = TestSystem::start_with(1, 0, |_| {}).await;
+    let mut an = system.connect(0, 1).await;
+    an.send_json(json!({"type": "ping"})).await;
+    assert_eq!(an.next().await, json!({"type": "pong"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutting_down_closes_its_sessions_with_1012() {
+    let mut system = TestSystem::start_with(2, 0, |_| {}).await;
+    let mut leaving = system.connect(0, 1).await;
+    let mut staying = system.connect(1, 2).await;
+    system.stop_gateway(0);
+    assert_eq!(leaving.closed().await, Closed::Code(1012));
+    assert!(staying.drain().await.is_empty(), "the other gateway's sessions are untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_persister_a_send_gets_unavailable_not_a_false_ack() {
+    // No persister runs: the broker takes the message, nobody stores it, and
+    // the send times out into `unavailable` (the test profile: 5 s).
+    let system = TestSystem::start_with(1, 0, |s| s.gateway.send_timeout_ms = 1000).await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    an.send_message(conversation, "lonely", "anyone?").await;
+    let error = an.next_of("error").await;
+    assert_eq!(error["code"], "unavailable");
+    assert_eq!(error["client_msg_id"], "lonely");
+}
