@@ -54,7 +54,9 @@ pub struct JwtKeys {
 
 impl JwtKeys {
     pub fn new(secret: &str) -> Self {
-        Self { secret: secret.as_bytes().to_vec() }
+        Self {
+            secret: secret.as_bytes().to_vec(),
+        }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -65,7 +67,8 @@ impl JwtKeys {
     /// Verifies `token` at unix time `now`.
     pub fn verify(&self, token: &str, now: i64) -> Result<AuthUser, AuthError> {
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
         };
@@ -77,7 +80,8 @@ impl JwtKeys {
         let signed = &token[..token.len() - signature_len(token)];
         let mut mac = self.mac();
         mac.update(signed.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| AuthError::BadSignature)?;
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::BadSignature)?;
         let claims: Claims = decode_part(payload)?;
         if claims.exp <= now {
             return Err(AuthError::Expired);
@@ -88,13 +92,23 @@ impl JwtKeys {
             .ok()
             .and_then(|raw| UserId::new(raw).ok())
             .ok_or(AuthError::BadSubject)?;
-        Ok(AuthUser { user_id, name: claims.name })
+        Ok(AuthUser {
+            user_id,
+            name: claims.name,
+        })
     }
 
     /// Mints a token (the dev login, and tests).
     pub fn issue(&self, user: UserId, name: Option<String>, exp: i64) -> String {
-        let header = Header { alg: "HS256".into(), typ: Some("JWT".into()) };
-        let claims = Claims { sub: user.to_string(), exp, name };
+        let header = Header {
+            alg: "HS256".into(),
+            typ: Some("JWT".into()),
+        };
+        let claims = Claims {
+            sub: user.to_string(),
+            exp,
+            name,
+        };
         let signed = format!("{}.{}", encode_part(&header), encode_part(&claims));
         let mut mac = self.mac();
         mac.update(signed.as_bytes());
@@ -138,7 +152,13 @@ mod tests {
     #[test]
     fn a_token_it_issued_verifies() {
         let token = keys().issue(user(42), Some("An".into()), NOW + 60);
-        assert_eq!(keys().verify(&token, NOW), Ok(AuthUser { user_id: user(42), name: Some("An".into()) }));
+        assert_eq!(
+            keys().verify(&token, NOW),
+            Ok(AuthUser {
+                user_id: user(42),
+                name: Some("An".into())
+            })
+        );
     }
 
     #[test]
@@ -149,20 +169,37 @@ mod tests {
 
     #[test]
     fn another_secret_is_a_bad_signature() {
-        let token = JwtKeys::new("some-other-secret-also-long-enough-0123456").issue(user(42), None, NOW + 60);
+        let token = JwtKeys::new("some-other-secret-also-long-enough-0123456").issue(
+            user(42),
+            None,
+            NOW + 60,
+        );
         assert_eq!(keys().verify(&token, NOW), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn the_algorithm_is_pinned_to_hs256() {
-        let header = encode_part(&Header { alg: "none".into(), typ: None });
-        let claims = encode_part(&Claims { sub: "42".into(), exp: NOW + 60, name: None });
-        assert_eq!(keys().verify(&format!("{header}.{claims}."), NOW), Err(AuthError::WrongAlgorithm));
+        let header = encode_part(&Header {
+            alg: "none".into(),
+            typ: None,
+        });
+        let claims = encode_part(&Claims {
+            sub: "42".into(),
+            exp: NOW + 60,
+            name: None,
+        });
+        assert_eq!(
+            keys().verify(&format!("{header}.{claims}."), NOW),
+            Err(AuthError::WrongAlgorithm)
+        );
     }
 
     #[test]
     fn exp_is_required_and_sub_must_be_a_positive_id() {
-        let header = encode_part(&Header { alg: "HS256".into(), typ: None });
+        let header = encode_part(&Header {
+            alg: "HS256".into(),
+            typ: None,
+        });
         let no_exp = B64.encode(br#"{"sub":"42"}"#);
         let signed = format!("{header}.{no_exp}");
         let mut mac = keys().mac();
@@ -170,7 +207,11 @@ mod tests {
         let token = format!("{signed}.{}", B64.encode(mac.finalize().into_bytes()));
         assert_eq!(keys().verify(&token, NOW), Err(AuthError::Malformed));
 
-        let bad_sub = Claims { sub: "-1".into(), exp: NOW + 60, name: None };
+        let bad_sub = Claims {
+            sub: "-1".into(),
+            exp: NOW + 60,
+            name: None,
+        };
         let signed = format!("{header}.{}", encode_part(&bad_sub));
         let mut mac = keys().mac();
         mac.update(signed.as_bytes());

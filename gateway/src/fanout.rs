@@ -14,20 +14,39 @@ use std::sync::Arc;
 
 /// Declares the gateway queue; `max_length` bounds it (oldest dropped first:
 /// a client that misses a frame fills the gap from history).
-pub async fn declare_queue(channel: &Channel, name: &str, max_length: u32) -> Result<(), lapin::Error> {
+pub async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    max_length: u32,
+) -> Result<(), lapin::Error> {
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongUInt(max_length));
-    args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
-    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    channel.queue_declare(name.into(), options, args).await.map(|_| ())
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), options, args)
+        .await
+        .map(|_| ())
 }
 
 pub async fn consume(channel: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
     channel.basic_qos(1000, BasicQosOptions::default()).await?;
     // No acks: these are live deliveries of already-stored messages; a lost
     // one is recovered by the client from history.
-    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    channel.basic_consume(queue.into(), "".into(), options, FieldTable::default()).await
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    channel
+        .basic_consume(queue.into(), "".into(), options, FieldTable::default())
+        .await
 }
 
 /// Runs until the consumer ends (connection closed at shutdown).
@@ -47,7 +66,9 @@ pub async fn run(mut consumer: Consumer, hub: Arc<Hub>, metrics: Arc<Metrics>) {
                     hub.dispatch(event);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "undecodable event on the gateway queue, dropped"),
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable event on the gateway queue, dropped")
+            }
         }
     }
     tracing::info!("gateway queue consumer stopped");

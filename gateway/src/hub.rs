@@ -22,7 +22,10 @@ pub enum Outbound {
     /// A frame to write as it is.
     Frame(Utf8Bytes),
     /// The answer to one of this session's sends (clears it from pending).
-    SendAnswered { client_msg_id: ClientMsgId, frame: Utf8Bytes },
+    SendAnswered {
+        client_msg_id: ClientMsgId,
+        frame: Utf8Bytes,
+    },
 }
 
 /// The hub's handle on one session.
@@ -59,7 +62,11 @@ impl Hub {
     pub fn new(channel: Channel, queue: String, topo: &Topology, metrics: Arc<Metrics>) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
-            routing: tokio::sync::Mutex::new(Routing { channel, queue, exchange: topo.fanout_exchange() }),
+            routing: tokio::sync::Mutex::new(Routing {
+                channel,
+                queue,
+                exchange: topo.fanout_exchange(),
+            }),
             metrics,
         }
     }
@@ -98,7 +105,9 @@ impl Hub {
         let routing = self.routing.lock().await;
         let last = {
             let mut sessions = self.sessions();
-            let Some(list) = sessions.get_mut(&user) else { return };
+            let Some(list) = sessions.get_mut(&user) else {
+                return;
+            };
             list.retain(|s| &*s.session_id != session_id);
             let last = list.is_empty();
             if last {
@@ -136,11 +145,19 @@ impl Hub {
     /// Delivers one bus event to the local sessions it concerns.
     pub fn dispatch(&self, event: GatewayEvent) {
         match event {
-            GatewayEvent::Stored { message, member_ids, origin } => {
+            GatewayEvent::Stored {
+                message,
+                member_ids,
+                origin,
+            } => {
                 let origin = origin.map(|o| o.session_id);
-                let delivery = frame(&ServerFrame::Message { message: message.clone() });
+                let delivery = frame(&ServerFrame::Message {
+                    message: message.clone(),
+                });
                 let mut ack = None;
-                for member in member_ids {
+                let mut sessions = 0usize;
+                for member in &member_ids {
+                    let member = *member;
                     for session in self.sessions_of(member) {
                         if origin.as_deref() == Some(&*session.session_id) {
                             let frame = ack
@@ -153,16 +170,37 @@ impl Hub {
                                 .clone();
                             self.metrics.acks_sent.inc();
                             let client_msg_id = message.client_msg_id.clone();
-                            self.offer(&session, Outbound::SendAnswered { client_msg_id, frame });
+                            self.offer(
+                                &session,
+                                Outbound::SendAnswered {
+                                    client_msg_id,
+                                    frame,
+                                },
+                            );
                         } else {
                             self.metrics.messages_delivered.inc();
                             self.offer(&session, Outbound::Frame(delivery.clone()));
                         }
+                        sessions += 1;
                     }
                 }
+                tracing::debug!(
+                    message.id = message.id.0,
+                    conversation.id = %message.conversation_id,
+                    message.seq = message.seq,
+                    sessions,
+                    "message delivered to local sessions"
+                );
             }
-            GatewayEvent::Reply { user_id, session_id, outcome } => {
-                let Some(session) = self.sessions_of(user_id).into_iter().find(|s| *s.session_id == *session_id)
+            GatewayEvent::Reply {
+                user_id,
+                session_id,
+                outcome,
+            } => {
+                let Some(session) = self
+                    .sessions_of(user_id)
+                    .into_iter()
+                    .find(|s| *s.session_id == *session_id)
                 else {
                     return;
                 };
@@ -170,9 +208,19 @@ impl Hub {
                     SendOutcome::Stored { message } => {
                         self.metrics.acks_sent.inc();
                         let id = message.client_msg_id.clone();
-                        (id.clone(), ServerFrame::Ack { client_msg_id: id, message })
+                        (
+                            id.clone(),
+                            ServerFrame::Ack {
+                                client_msg_id: id,
+                                message,
+                            },
+                        )
                     }
-                    SendOutcome::Refused { code, message, client_msg_id } => {
+                    SendOutcome::Refused {
+                        code,
+                        message,
+                        client_msg_id,
+                    } => {
                         self.metrics.sends_refused.inc();
                         let frame = ServerFrame::Error {
                             code,
@@ -183,9 +231,18 @@ impl Hub {
                         (client_msg_id, frame)
                     }
                 };
-                self.offer(&session, Outbound::SendAnswered { client_msg_id, frame: frame(&reply) });
+                self.offer(
+                    &session,
+                    Outbound::SendAnswered {
+                        client_msg_id,
+                        frame: frame(&reply),
+                    },
+                );
             }
-            GatewayEvent::ConversationAdded { conversation, member_ids } => {
+            GatewayEvent::ConversationAdded {
+                conversation,
+                member_ids,
+            } => {
                 let added = frame(&ServerFrame::Conversation { conversation });
                 for member in member_ids {
                     for session in self.sessions_of(member) {

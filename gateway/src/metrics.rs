@@ -23,16 +23,36 @@ impl Metrics {
     pub fn new() -> Self {
         let mut m = Self::default();
         let r = &mut m.registry;
-        r.register("gateway_connections_opened", "WebSocket sessions authenticated", m.connections_opened.clone());
-        r.register("gateway_connections_active", "WebSocket sessions open now", m.connections_active.clone());
+        r.register(
+            "gateway_connections_opened",
+            "WebSocket sessions authenticated",
+            m.connections_opened.clone(),
+        );
+        r.register(
+            "gateway_connections_active",
+            "WebSocket sessions open now",
+            m.connections_active.clone(),
+        );
         r.register(
             "gateway_connections_refused",
             "WebSocket upgrades refused (auth, origin, limit)",
             m.connections_refused.clone(),
         );
-        r.register("gateway_sends_received", "send frames accepted for storing", m.sends_received.clone());
-        r.register("gateway_sends_refused", "send frames answered with an error", m.sends_refused.clone());
-        r.register("gateway_acks_sent", "ack frames sent to senders", m.acks_sent.clone());
+        r.register(
+            "gateway_sends_received",
+            "send frames accepted for storing",
+            m.sends_received.clone(),
+        );
+        r.register(
+            "gateway_sends_refused",
+            "send frames answered with an error",
+            m.sends_refused.clone(),
+        );
+        r.register(
+            "gateway_acks_sent",
+            "ack frames sent to senders",
+            m.acks_sent.clone(),
+        );
         r.register(
             "gateway_messages_delivered",
             "message frames queued to recipients' sessions",
@@ -43,7 +63,11 @@ impl Metrics {
             "sessions closed because their outbound queue was full",
             m.session_overflows.clone(),
         );
-        r.register("gateway_bus_events_received", "events consumed from the gateway queue", m.bus_events_received.clone());
+        r.register(
+            "gateway_bus_events_received",
+            "events consumed from the gateway queue",
+            m.bus_events_received.clone(),
+        );
         m
     }
 

@@ -15,7 +15,11 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(publisher: ConfirmedPublisher, topo: &Topology) -> Self {
-        Self { publisher, exchange: topo.persist_exchange(), partitions: topo.partitions }
+        Self {
+            publisher,
+            exchange: topo.persist_exchange(),
+            partitions: topo.partitions,
+        }
     }
 
     /// Publishes in call order; the returned confirm says whether the broker

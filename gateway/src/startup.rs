@@ -30,16 +30,26 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = schema::connect(&settings.database).await.context("connecting to Postgres")?;
-        let instance = uuid::Uuid::new_v4().simple().to_string();
-        let conn = amqp::connect(&settings.amqp, &format!("gateway {instance}"), Duration::from_secs(30))
+        let db = schema::connect(&settings.database)
             .await
-            .context("connecting to RabbitMQ")?;
+            .context("connecting to Postgres")?;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let conn = amqp::connect(
+            &settings.amqp,
+            &format!("gateway {instance}"),
+            Duration::from_secs(30),
+        )
+        .await
+        .context("connecting to RabbitMQ")?;
         let topo = Topology::new(&settings.amqp);
 
         let setup = conn.create_channel().await?;
-        amqp::declare_persist_path(&setup, &topo).await.context("declaring the persist path")?;
-        amqp::declare_fanout(&setup, &topo).await.context("declaring the fan-out exchange")?;
+        amqp::declare_persist_path(&setup, &topo)
+            .await
+            .context("declaring the persist path")?;
+        amqp::declare_fanout(&setup, &topo)
+            .await
+            .context("declaring the fan-out exchange")?;
 
         let queue = topo.gateway_queue(&instance);
         let consume_channel = conn.create_channel().await?;
@@ -51,7 +61,10 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(setup, queue.clone(), &topo, metrics.clone()));
         let confirm_timeout = settings.amqp.confirm_timeout();
-        let sender = Sender::new(ConfirmedPublisher::new(&conn, confirm_timeout).await?, &topo);
+        let sender = Sender::new(
+            ConfirmedPublisher::new(&conn, confirm_timeout).await?,
+            &topo,
+        );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
 
         let listener = TcpListener::bind(settings.gateway.listen)
@@ -71,20 +84,39 @@ impl Gateway {
             queue: queue.into(),
             shutdown,
         };
-        Ok(Self { listener, state, consumer, shutdown_tx })
+        Ok(Self {
+            listener,
+            state,
+            consumer,
+            shutdown_tx,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Serves until `shutdown` resolves, then closes every session with
     /// 1012 and gives them `gateway.shutdown_grace_ms` to finish.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, state, consumer, shutdown_tx } = self;
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            consumer,
+            shutdown_tx,
+        } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, queue = %state.queue, "gateway serving");
-        let fanout = tokio::spawn(fanout::run(consumer, state.hub.clone(), state.metrics.clone()));
+        let fanout = tokio::spawn(fanout::run(
+            consumer,
+            state.hub.clone(),
+            state.metrics.clone(),
+        ));
         let listener = listener.tap_io(|tcp| {
             // Without it small frames wait for Nagle and tails reach 40 ms.
             let _ = tcp.set_nodelay(true);

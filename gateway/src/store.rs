@@ -3,8 +3,8 @@
 //! sea-orm's sqlx pool.
 
 use chat_shared::ids::{ConversationId, UserId};
-use chat_shared::schema::{RowError, message_from_row};
 use chat_shared::protocol::{Conversation, ConversationKind, Message, NewConversation};
+use chat_shared::schema::{RowError, message_from_row};
 use chat_shared::time::Timestamp;
 use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
 
@@ -42,11 +42,19 @@ impl Store {
 
     /// Creates the conversation (a direct one only if the pair has none yet)
     /// and returns its id, its members, and whether it is new.
-    pub async fn create(&self, caller: UserId, new: &NewConversation) -> Result<(ConversationId, Vec<UserId>, bool), StoreError> {
+    pub async fn create(
+        &self,
+        caller: UserId,
+        new: &NewConversation,
+    ) -> Result<(ConversationId, Vec<UserId>, bool), StoreError> {
         let mut tx = self.pool.begin().await?;
         let (id, members, created) = match new {
             NewConversation::Direct { peer } => {
-                let (low, high) = if caller < *peer { (caller, *peer) } else { (*peer, caller) };
+                let (low, high) = if caller < *peer {
+                    (caller, *peer)
+                } else {
+                    (*peer, caller)
+                };
                 let key = format!("{low}:{high}");
                 let inserted: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO conversations (kind, direct_key) VALUES ('direct', $1)
@@ -58,35 +66,45 @@ impl Store {
                 match inserted {
                     Some(id) => (id, vec![low, high], true),
                     None => {
-                        let id: i64 = sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
-                            .bind(&key)
-                            .fetch_one(&mut *tx)
-                            .await?;
+                        let id: i64 = sqlx::query_scalar(
+                            "SELECT id FROM conversations WHERE direct_key = $1",
+                        )
+                        .bind(&key)
+                        .fetch_one(&mut *tx)
+                        .await?;
                         (id, vec![low, high], false)
                     }
                 }
             }
             NewConversation::Group { title, members } => {
-                let id: i64 = sqlx::query_scalar("INSERT INTO conversations (kind, title) VALUES ('group', $1) RETURNING id")
-                    .bind(title)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO conversations (kind, title) VALUES ('group', $1) RETURNING id",
+                )
+                .bind(title)
+                .fetch_one(&mut *tx)
+                .await?;
                 (id, members.clone(), true)
             }
         };
         if created {
             let ids: Vec<i64> = members.iter().map(|u| u.get()).collect();
-            sqlx::query("INSERT INTO members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])")
-                .bind(id)
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])",
+            )
+            .bind(id)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok((ConversationId::new(id)?, members, created))
     }
 
-    pub async fn membership(&self, conversation: ConversationId, user: UserId) -> Result<Membership, StoreError> {
+    pub async fn membership(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<Membership, StoreError> {
         let row: Option<(bool,)> = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)
              FROM conversations WHERE id = $1",
@@ -134,7 +152,12 @@ impl Store {
         rows.iter().map(conversation_from_row).collect()
     }
 
-    pub async fn history(&self, conversation: ConversationId, page: Page, limit: i64) -> Result<Vec<Message>, StoreError> {
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        page: Page,
+        limit: i64,
+    ) -> Result<Vec<Message>, StoreError> {
         let sql = match page {
             Page::Before(_) => {
                 "SELECT * FROM (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at
@@ -157,7 +180,6 @@ impl Store {
     }
 }
 
-
 fn conversation_from_row(row: &PgRow) -> Result<Conversation, StoreError> {
     let id: i64 = row.try_get(0)?;
     let kind = match row.try_get::<String, _>(1)?.as_str() {
@@ -174,7 +196,10 @@ fn conversation_from_row(row: &PgRow) -> Result<Conversation, StoreError> {
         id: ConversationId::new(id)?,
         kind,
         title: row.try_get(2)?,
-        member_ids: members.into_iter().map(UserId::new).collect::<Result<_, _>>()?,
+        member_ids: members
+            .into_iter()
+            .map(UserId::new)
+            .collect::<Result<_, _>>()?,
         last_message,
         last_seq: row.try_get(3)?,
         unread_count: row.try_get(6)?,

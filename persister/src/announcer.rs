@@ -15,23 +15,38 @@ pub struct Announcer {
 
 impl Announcer {
     pub fn new(publisher: ConfirmedPublisher, topo: &Topology) -> Self {
-        Self { publisher, fanout: topo.fanout_exchange() }
+        Self {
+            publisher,
+            fanout: topo.fanout_exchange(),
+        }
     }
 
     pub async fn announce(&self, outcomes: &[Outcome]) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             let (exchange, keys, event) = match outcome {
-                Outcome::Deliver { message, members, origin_session } => {
-                    let keys: Vec<String> = members.iter().map(|m| Topology::user_key(*m)).collect();
+                Outcome::Deliver {
+                    message,
+                    members,
+                    origin_session,
+                } => {
+                    let keys: Vec<String> =
+                        members.iter().map(|m| Topology::user_key(*m)).collect();
                     let event = GatewayEvent::Stored {
                         message: message.clone(),
                         member_ids: members.clone(),
-                        origin: Some(Origin { session_id: origin_session.clone() }),
+                        origin: Some(Origin {
+                            session_id: origin_session.clone(),
+                        }),
                     };
                     (self.fanout.as_str(), keys, event)
                 }
-                Outcome::Reply { user_id, session_id, reply_to, outcome } => {
+                Outcome::Reply {
+                    user_id,
+                    session_id,
+                    reply_to,
+                    outcome,
+                } => {
                     let event = GatewayEvent::Reply {
                         user_id: *user_id,
                         session_id: session_id.clone(),
@@ -40,7 +55,9 @@ impl Announcer {
                     ("", vec![reply_to.clone()], event)
                 }
             };
-            let Some((first, rest)) = keys.split_first() else { continue };
+            let Some((first, rest)) = keys.split_first() else {
+                continue;
+            };
             let payload = bus::encode(&[event]);
             // Not mandatory: a member with no session anywhere routes nowhere,
             // and that is fine (they read history when they come back).

@@ -13,7 +13,11 @@ pub trait Weighed {
 /// The next batch, or `None` when the channel is closed and empty.
 /// A batch holds at least one item; beyond the first, items are added while
 /// the total weight stays within `max`.
-pub async fn next_batch<T: Weighed>(rx: &mut mpsc::Receiver<T>, max: usize, spill: &mut Option<T>) -> Option<Vec<T>> {
+pub async fn next_batch<T: Weighed>(
+    rx: &mut mpsc::Receiver<T>,
+    max: usize,
+    spill: &mut Option<T>,
+) -> Option<Vec<T>> {
     let first = match spill.take() {
         Some(item) => item,
         None => rx.recv().await?,
@@ -52,7 +56,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(10);
         let _ = tx.send(Item(1)).await;
         let mut spill = None;
-        let batch = next_batch(&mut rx, 100, &mut spill).await.unwrap_or_default();
+        let batch = next_batch(&mut rx, 100, &mut spill)
+            .await
+            .unwrap_or_default();
         assert_eq!(batch.len(), 1);
     }
 
@@ -75,9 +81,15 @@ mod tests {
         let _ = tx.send(Item(2)).await;
         let _ = tx.send(Item(2)).await;
         let mut spill = None;
-        assert_eq!(next_batch(&mut rx, 3, &mut spill).await.map(|b| b.len()), Some(1));
+        assert_eq!(
+            next_batch(&mut rx, 3, &mut spill).await.map(|b| b.len()),
+            Some(1)
+        );
         assert!(spill.is_some());
-        assert_eq!(next_batch(&mut rx, 3, &mut spill).await.map(|b| b.len()), Some(1));
+        assert_eq!(
+            next_batch(&mut rx, 3, &mut spill).await.map(|b| b.len()),
+            Some(1)
+        );
         drop(tx);
         assert!(next_batch(&mut rx, 3, &mut spill).await.is_none());
     }

@@ -30,13 +30,19 @@ pub struct PartitionConsumers {
 }
 
 impl PartitionConsumers {
-    pub async fn start(conn: &Connection, topo: &Topology, prefetch: u16) -> Result<Self, lapin::Error> {
+    pub async fn start(
+        conn: &Connection,
+        topo: &Topology,
+        prefetch: u16,
+    ) -> Result<Self, lapin::Error> {
         let per_channel = (prefetch / topo.partitions.max(1)).max(1);
         let mut channels = Vec::new();
         let mut consumers = Vec::new();
         for partition in 0..topo.partitions {
             let channel = conn.create_channel().await?;
-            channel.basic_qos(per_channel, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(per_channel, BasicQosOptions::default())
+                .await?;
             let consumer = channel
                 .basic_consume(
                     topo.persist_queue(partition).into(),
@@ -48,7 +54,10 @@ impl PartitionConsumers {
             channels.push(channel);
             consumers.push((partition, consumer));
         }
-        Ok(Self { channels, consumers })
+        Ok(Self {
+            channels,
+            consumers,
+        })
     }
 
     /// Feeds every partition into `tx` (bounded: when the writer falls behind,
@@ -86,7 +95,10 @@ async fn feed(partition: u16, mut consumer: Consumer, tx: mpsc::Sender<Incoming>
             Err(e) => {
                 // A poison message: retrying cannot help. Dead-letter it.
                 tracing::error!(partition, error = %e, "undecodable persist message, dead-lettered");
-                let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                let _ = delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
             }
         }
     }

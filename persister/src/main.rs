@@ -12,12 +12,21 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&settings.log);
     match std::env::args().nth(1).as_deref() {
         Some("migrate") => {
-            let db = schema::connect(&settings.database).await.context("connecting to Postgres")?;
+            let db = schema::connect(&settings.database)
+                .await
+                .context("connecting to Postgres")?;
             schema::migrate(&db).await.context("migrating")?;
             tracing::info!("schema is up to date");
             Ok(())
         }
-        None => Persister::build(settings).await?.run_until(shutdown::signal()).await,
-        Some(other) => anyhow::bail!("unknown command {other:?} (expected no argument, or `migrate`)"),
+        None => {
+            Persister::build(settings)
+                .await?
+                .run_until(shutdown::signal())
+                .await
+        }
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?} (expected no argument, or `migrate`)")
+        }
     }
 }

@@ -31,30 +31,55 @@ pub struct Persister {
 
 impl Persister {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = schema::connect(&settings.database).await.context("connecting to Postgres")?;
+        let db = schema::connect(&settings.database)
+            .await
+            .context("connecting to Postgres")?;
         let conn = amqp::connect(&settings.amqp, "persister", Duration::from_secs(30))
             .await
             .context("connecting to RabbitMQ")?;
         let topo = Topology::new(&settings.amqp);
         let setup = conn.create_channel().await?;
-        amqp::declare_persist_path(&setup, &topo).await.context("declaring the persist path")?;
-        amqp::declare_fanout(&setup, &topo).await.context("declaring the fan-out exchange")?;
+        amqp::declare_persist_path(&setup, &topo)
+            .await
+            .context("declaring the persist path")?;
+        amqp::declare_fanout(&setup, &topo)
+            .await
+            .context("declaring the fan-out exchange")?;
         let _ = setup.close(200, "declared".into()).await;
         let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch)
             .await
             .context("consuming the persist partitions")?;
-        let announcer = Announcer::new(ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout()).await?, &topo);
+        let announcer = Announcer::new(
+            ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout()).await?,
+            &topo,
+        );
         let writer = Writer::new(db.get_postgres_connection_pool().clone());
-        Ok(Self { settings, conn, consumers, writer, announcer })
+        Ok(Self {
+            settings,
+            conn,
+            consumers,
+            writer,
+            announcer,
+        })
     }
 
     /// Runs until `shutdown` resolves. The batch in hand is finished (stored,
     /// announced, acked) before it returns; whatever was not acked is
     /// redelivered by the broker to the next persister.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { settings, conn, consumers, writer, announcer } = self;
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            conn,
+            consumers,
+            writer,
+            announcer,
+        } = self;
         let batch_max = settings.persister.batch_max;
-        let (tx, mut rx) = mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));
+        let (tx, mut rx) =
+            mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));
         let feeders = consumers.spawn(tx);
         let (stop_tx, mut stop) = watch::channel(false);
         tokio::spawn(async move {
@@ -72,9 +97,16 @@ impl Persister {
             let Some(batch) = batch else { break };
             let requests: Vec<Request> = batch
                 .iter()
-                .flat_map(|i| i.commands.iter().map(|c| Request { command: c.clone(), redelivered: i.redelivered }))
+                .flat_map(|i| {
+                    i.commands.iter().map(|c| Request {
+                        command: c.clone(),
+                        redelivered: i.redelivered,
+                    })
+                })
                 .collect();
-            let Some(outcomes) = store(&writer, &requests, &mut stop).await else { break };
+            let Some(outcomes) = store(&writer, &requests, &mut stop).await else {
+                break;
+            };
             log_outcomes(&outcomes);
             if !announce(&announcer, &outcomes, &mut stop).await {
                 break;
@@ -93,7 +125,11 @@ impl Persister {
 /// Retries transient failures until they pass (the deliveries stay unacked
 /// meanwhile, and the bounded prefetch stops more from coming). `None` if
 /// shutdown came first.
-async fn store(writer: &Writer, requests: &[Request], stop: &mut watch::Receiver<bool>) -> Option<Vec<Outcome>> {
+async fn store(
+    writer: &Writer,
+    requests: &[Request],
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<Outcome>> {
     let mut delay = Duration::from_millis(50);
     loop {
         let result = match writer.write(requests).await {
@@ -105,7 +141,9 @@ async fn store(writer: &Writer, requests: &[Request], stop: &mut watch::Receiver
         };
         match result {
             Ok(outcomes) => return Some(outcomes),
-            Err(e) => tracing::warn!(error = %e, batch.size = requests.len(), "batch not stored, retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, batch.size = requests.len(), "batch not stored, retrying")
+            }
         }
         if sleep_or_stop(delay, stop).await {
             return None;
@@ -114,7 +152,11 @@ async fn store(writer: &Writer, requests: &[Request], stop: &mut watch::Receiver
     }
 }
 
-async fn announce(announcer: &Announcer, outcomes: &[Outcome], stop: &mut watch::Receiver<bool>) -> bool {
+async fn announce(
+    announcer: &Announcer,
+    outcomes: &[Outcome],
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let mut delay = Duration::from_millis(50);
     loop {
         match announcer.announce(outcomes).await {
@@ -159,7 +201,10 @@ async fn ack(batch: &[Incoming]) {
 
 fn log_outcomes(outcomes: &[Outcome]) {
     for outcome in outcomes {
-        if let Outcome::Deliver { message, members, .. } = outcome {
+        if let Outcome::Deliver {
+            message, members, ..
+        } = outcome
+        {
             tracing::debug!(
                 message.id = message.id.0,
                 conversation.id = %message.conversation_id,

@@ -29,10 +29,19 @@ pub struct Request {
 pub enum Outcome {
     /// Stored (now, or before and this is a redelivery after a crash):
     /// every member's sessions get it, the origin session gets the ack.
-    Deliver { message: Message, members: Vec<UserId>, origin_session: String },
+    Deliver {
+        message: Message,
+        members: Vec<UserId>,
+        origin_session: String,
+    },
     /// Concerns only the sending session: a resend answered with the
     /// original, or a refusal.
-    Reply { user_id: UserId, session_id: String, reply_to: String, outcome: SendOutcome },
+    Reply {
+        user_id: UserId,
+        session_id: String,
+        reply_to: String,
+        outcome: SendOutcome,
+    },
 }
 
 impl Outcome {
@@ -79,10 +88,17 @@ impl WriteError {
         match self {
             WriteError::Db(sqlx::Error::Database(db)) => {
                 let code = db.code().unwrap_or_default();
-                code == "23505" || code == "40001" || code == "40P01" || code.starts_with("08") || code.starts_with("57")
+                code == "23505"
+                    || code == "40001"
+                    || code == "40P01"
+                    || code.starts_with("08")
+                    || code.starts_with("57")
             }
             WriteError::Db(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_),
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Protocol(_),
             ) => true,
             _ => false,
         }
@@ -114,7 +130,10 @@ impl Writer {
 
         // 1. Already stored?
         let senders: Vec<i64> = batch.iter().map(|r| r.command.sender_id.get()).collect();
-        let keys: Vec<&str> = batch.iter().map(|r| r.command.client_msg_id.as_str()).collect();
+        let keys: Vec<&str> = batch
+            .iter()
+            .map(|r| r.command.client_msg_id.as_str())
+            .collect();
         let rows = sqlx::query(
             "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.body, m.created_at
                FROM messages m
@@ -132,7 +151,10 @@ impl Writer {
         }
 
         // 2. Members of every conversation involved.
-        let mut conversations: Vec<i64> = batch.iter().map(|r| r.command.conversation_id.get()).collect();
+        let mut conversations: Vec<i64> = batch
+            .iter()
+            .map(|r| r.command.conversation_id.get())
+            .collect();
         conversations.extend(existing.values().map(|m| m.conversation_id.get()));
         conversations.sort_unstable();
         conversations.dedup();
@@ -208,9 +230,9 @@ impl Writer {
             if let Plan::New { ordinal } = plan {
                 let c = &r.command;
                 let conversation = c.conversation_id.get();
-                let first = base
-                    .get(&conversation)
-                    .ok_or_else(|| WriteError::Corrupt(format!("conversation {conversation} vanished")))?;
+                let first = base.get(&conversation).ok_or_else(|| {
+                    WriteError::Corrupt(format!("conversation {conversation} vanished"))
+                })?;
                 new_rows.push(c, first + ordinal);
             }
         }
@@ -245,10 +267,9 @@ impl Writer {
                 Plan::New { ordinal } => {
                     let conversation = c.conversation_id.get();
                     let seq = base.get(&conversation).copied().unwrap_or_default() + ordinal;
-                    let id = ids
-                        .get(&(conversation, seq))
-                        .copied()
-                        .ok_or_else(|| WriteError::Corrupt(format!("no id returned for {conversation}/{seq}")))?;
+                    let id = ids.get(&(conversation, seq)).copied().ok_or_else(|| {
+                        WriteError::Corrupt(format!("no id returned for {conversation}/{seq}"))
+                    })?;
                     let message = Message {
                         id: MessageId(id),
                         conversation_id: c.conversation_id,
@@ -266,7 +287,10 @@ impl Writer {
                     }
                 }
                 Plan::Existing(message) if r.redelivered => Outcome::Deliver {
-                    members: members.get(&message.conversation_id.get()).cloned().unwrap_or_default(),
+                    members: members
+                        .get(&message.conversation_id.get())
+                        .cloned()
+                        .unwrap_or_default(),
                     message,
                     origin_session: c.session_id.clone(),
                 },
@@ -293,7 +317,11 @@ impl Writer {
                 Err(e) => {
                     let c = &request.command;
                     tracing::error!(conversation.id = %c.conversation_id, user.id = %c.sender_id, error = %e, "send cannot be stored, refused");
-                    outcomes.push(Outcome::refused(c, ErrorCode::Internal, "message could not be stored"));
+                    outcomes.push(Outcome::refused(
+                        c,
+                        ErrorCode::Internal,
+                        "message could not be stored",
+                    ));
                 }
             }
         }

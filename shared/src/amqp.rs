@@ -13,10 +13,11 @@
 
 use crate::config::AmqpSettings;
 use crate::ids::UserId;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
 use lapin::Confirmation;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::time::Duration;
@@ -30,7 +31,10 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(settings: &AmqpSettings) -> Self {
-        Self { prefix: settings.prefix.clone(), partitions: settings.partitions }
+        Self {
+            prefix: settings.prefix.clone(),
+            partitions: settings.partitions,
+        }
     }
     pub fn persist_exchange(&self) -> String {
         format!("{}.persist", self.prefix)
@@ -66,7 +70,11 @@ pub enum PublishError {
 
 /// Connects with lapin's automatic recovery (connection, channels, topology)
 /// switched on, retrying the first connection until `deadline` passes.
-pub async fn connect(settings: &AmqpSettings, name: &str, deadline: Duration) -> Result<Connection, lapin::Error> {
+pub async fn connect(
+    settings: &AmqpSettings,
+    name: &str,
+    deadline: Duration,
+) -> Result<Connection, lapin::Error> {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
@@ -86,20 +94,40 @@ pub async fn connect(settings: &AmqpSettings, name: &str, deadline: Duration) ->
 }
 
 fn durable() -> ExchangeDeclareOptions {
-    ExchangeDeclareOptions { durable: true, ..Default::default() }
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
 }
 
 /// Declares the persist path (idempotent; gateways and persisters both call it).
 pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
     channel
-        .exchange_declare(topo.persist_exchange().into(), ExchangeKind::Direct, durable(), FieldTable::default())
+        .exchange_declare(
+            topo.persist_exchange().into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(topo.dead_letters().into(), ExchangeKind::Fanout, durable(), FieldTable::default())
+        .exchange_declare(
+            topo.dead_letters().into(),
+            ExchangeKind::Fanout,
+            durable(),
+            FieldTable::default(),
+        )
         .await?;
-    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .queue_declare(topo.dead_letters().into(), durable_queue, FieldTable::default())
+        .queue_declare(
+            topo.dead_letters().into(),
+            durable_queue,
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -113,9 +141,14 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
     for partition in 0..topo.partitions {
         let mut args = FieldTable::default();
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(topo.dead_letters().into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(topo.dead_letters().into()),
+        );
         let queue = topo.persist_queue(partition);
-        channel.queue_declare(queue.clone().into(), durable_queue, args).await?;
+        channel
+            .queue_declare(queue.clone().into(), durable_queue, args)
+            .await?;
         channel
             .queue_bind(
                 queue.into(),
@@ -132,7 +165,12 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
 /// Declares the fan-out exchange (idempotent).
 pub async fn declare_fanout(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
     channel
-        .exchange_declare(topo.fanout_exchange().into(), ExchangeKind::Direct, durable(), FieldTable::default())
+        .exchange_declare(
+            topo.fanout_exchange().into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
         .await
 }
 
@@ -160,7 +198,9 @@ pub struct ConfirmedPublisher {
 impl ConfirmedPublisher {
     pub async fn new(conn: &Connection, timeout: Duration) -> Result<Self, lapin::Error> {
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel, timeout })
     }
 
@@ -182,15 +222,30 @@ impl ConfirmedPublisher {
                 .map(|k| AMQPValue::LongString(LongString::from(k.as_str())))
                 .collect();
             let mut headers = FieldTable::default();
-            headers.insert(ShortString::from("CC"), AMQPValue::FieldArray(FieldArray::from(keys)));
+            headers.insert(
+                ShortString::from("CC"),
+                AMQPValue::FieldArray(FieldArray::from(keys)),
+            );
             props = props.with_headers(headers);
         }
-        let options = BasicPublishOptions { mandatory: msg.mandatory, ..Default::default() };
+        let options = BasicPublishOptions {
+            mandatory: msg.mandatory,
+            ..Default::default()
+        };
         let confirm = self
             .channel
-            .basic_publish(msg.exchange.into(), msg.routing_key.into(), options, msg.payload, props)
+            .basic_publish(
+                msg.exchange.into(),
+                msg.routing_key.into(),
+                options,
+                msg.payload,
+                props,
+            )
             .await?;
-        Ok(PendingConfirm { confirm, timeout: self.timeout })
+        Ok(PendingConfirm {
+            confirm,
+            timeout: self.timeout,
+        })
     }
 
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {

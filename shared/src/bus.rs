@@ -57,7 +57,9 @@ pub enum GatewayEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SendOutcome {
-    Stored { message: Message },
+    Stored {
+        message: Message,
+    },
     Refused {
         code: ErrorCode,
         message: String,

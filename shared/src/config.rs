@@ -135,7 +135,12 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
         if self.auth.jwt_secret.len() < 32 {
             return invalid("auth.jwt_secret", "must be set, at least 32 bytes");
         }
@@ -146,16 +151,30 @@ impl Settings {
             return invalid("amqp.prefix", "must be a non-empty word");
         }
         if self.persister.batch_max == 0 || self.persister.prefetch == 0 {
-            return invalid("persister.batch_max", "batch_max and prefetch must be at least 1");
+            return invalid(
+                "persister.batch_max",
+                "batch_max and prefetch must be at least 1",
+            );
         }
         if self.gateway.session_queue == 0 || self.gateway.max_pending_sends == 0 {
-            return invalid("gateway.session_queue", "session_queue and max_pending_sends must be at least 1");
+            return invalid(
+                "gateway.session_queue",
+                "session_queue and max_pending_sends must be at least 1",
+            );
         }
-        if self.gateway.max_body_chars == 0 || self.gateway.max_body_chars * 6 + 1024 > self.gateway.max_frame_bytes {
-            return invalid("gateway.max_body_chars", "must be at least 1 and fit max_frame_bytes escaped (6 bytes a character)");
+        if self.gateway.max_body_chars == 0
+            || self.gateway.max_body_chars * 6 + 1024 > self.gateway.max_frame_bytes
+        {
+            return invalid(
+                "gateway.max_body_chars",
+                "must be at least 1 and fit max_frame_bytes escaped (6 bytes a character)",
+            );
         }
         if self.gateway.heartbeat_timeout_ms <= self.gateway.heartbeat_ms {
-            return invalid("gateway.heartbeat_timeout_ms", "must be longer than heartbeat_ms");
+            return invalid(
+                "gateway.heartbeat_timeout_ms",
+                "must be longer than heartbeat_ms",
+            );
         }
         Ok(())
     }
@@ -178,9 +197,15 @@ mod tests {
         // Production has no secret in files: it must come from the environment.
         assert!(matches!(
             Settings::load_profile("production"),
-            Err(ConfigError::Invalid { key: "auth.jwt_secret", .. })
+            Err(ConfigError::Invalid {
+                key: "auth.jwt_secret",
+                ..
+            })
         ));
-        assert!(matches!(Settings::load_profile("staging"), Err(ConfigError::UnknownProfile(_))));
+        assert!(matches!(
+            Settings::load_profile("staging"),
+            Err(ConfigError::UnknownProfile(_))
+        ));
     }
 
     #[test]

@@ -99,7 +99,10 @@ impl TryFrom<String> for ClientMsgId {
         } else if raw.contains('\0') {
             Err(InvalidValue::Nul("client_msg_id"))
         } else if chars > Self::MAX_CHARS {
-            Err(InvalidValue::TooLong { what: "client_msg_id", max: Self::MAX_CHARS })
+            Err(InvalidValue::TooLong {
+                what: "client_msg_id",
+                max: Self::MAX_CHARS,
+            })
         } else {
             Ok(Self(raw))
         }
@@ -129,7 +132,10 @@ impl MessageBody {
         }
         // Count at most max_chars + 1 characters: enough to decide, bounded work.
         if raw.chars().take(max_chars + 1).count() > max_chars {
-            return Err(InvalidValue::TooLong { what: "body", max: max_chars });
+            return Err(InvalidValue::TooLong {
+                what: "body",
+                max: max_chars,
+            });
         }
         Ok(Self(raw))
     }
@@ -161,10 +167,19 @@ mod tests {
         assert!(MessageBody::parse(vietnamese.clone(), 4000).is_ok());
         assert_eq!(
             MessageBody::parse(format!("{vietnamese}!"), 4000),
-            Err(InvalidValue::TooLong { what: "body", max: 4000 })
+            Err(InvalidValue::TooLong {
+                what: "body",
+                max: 4000
+            })
         );
-        assert_eq!(MessageBody::parse(String::new(), 4000), Err(InvalidValue::Empty("body")));
-        assert_eq!(MessageBody::parse("a\0b".into(), 4000), Err(InvalidValue::Nul("body")));
+        assert_eq!(
+            MessageBody::parse(String::new(), 4000),
+            Err(InvalidValue::Empty("body"))
+        );
+        assert_eq!(
+            MessageBody::parse("a\0b".into(), 4000),
+            Err(InvalidValue::Nul("body"))
+        );
     }
 
     #[test]

@@ -84,10 +84,18 @@ pub enum PresenceStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
     Send(SendFrame),
-    Typing { conversation_id: ConversationId, state: TypingState },
-    Read { conversation_id: ConversationId, seq: i64 },
+    Typing {
+        conversation_id: ConversationId,
+        state: TypingState,
+    },
+    Read {
+        conversation_id: ConversationId,
+        seq: i64,
+    },
     Ping,
 }
 
@@ -265,7 +273,10 @@ impl CreateConversationRequest {
                 }
                 Ok(NewConversation::Group { title, members })
             }
-            _ => Err("expected either {\"peer_id\": id} or {\"title\": ..., \"member_ids\": [...]}".into()),
+            _ => Err(
+                "expected either {\"peer_id\": id} or {\"title\": ..., \"member_ids\": [...]}"
+                    .into(),
+            ),
         }
     }
 }
@@ -306,7 +317,8 @@ mod tests {
             conversation_id: ConversationId::new(12).unwrap_or_else(|_| unreachable!()),
             seq: 57,
             sender_id: uid(42),
-            client_msg_id: ClientMsgId::try_from("b7c1".to_owned()).unwrap_or_else(|_| unreachable!()),
+            client_msg_id: ClientMsgId::try_from("b7c1".to_owned())
+                .unwrap_or_else(|_| unreachable!()),
             body: "xin chào".into(),
             created_at: time::parse("2026-11-26T12:00:00.123Z").unwrap_or_default(),
         }
@@ -323,10 +335,17 @@ mod tests {
 
     #[test]
     fn server_frames_match_the_contract() {
-        let hello = ServerFrame::Hello { user_id: uid(42), session_id: "s1".into(), heartbeat_ms: 30000 };
+        let hello = ServerFrame::Hello {
+            user_id: uid(42),
+            session_id: "s1".into(),
+            heartbeat_ms: 30000,
+        };
         assert_snapshot!(json(&hello), @r#"{"type":"hello","user_id":42,"session_id":"s1","heartbeat_ms":30000}"#);
         let m = sample_message();
-        let ack = ServerFrame::Ack { client_msg_id: m.client_msg_id.clone(), message: m };
+        let ack = ServerFrame::Ack {
+            client_msg_id: m.client_msg_id.clone(),
+            message: m,
+        };
         assert_snapshot!(json(&ack), @r#"{"type":"ack","client_msg_id":"b7c1","message":{"id":"7261523957214822400","conversation_id":12,"seq":57,"sender_id":42,"client_msg_id":"b7c1","body":"xin chào","created_at":"2026-11-26T12:00:00.123Z"}}"#);
         let err = ServerFrame::Error {
             code: ErrorCode::Unavailable,
@@ -336,18 +355,30 @@ mod tests {
         };
         assert_snapshot!(json(&err), @r#"{"type":"error","code":"unavailable","message":"try again","client_msg_id":"b7c1"}"#);
         assert_snapshot!(json(&ServerFrame::Pong), @r#"{"type":"pong"}"#);
-        let presence = ServerFrame::Presence { user_id: uid(7), status: PresenceStatus::Offline, last_seen: None };
+        let presence = ServerFrame::Presence {
+            user_id: uid(7),
+            status: PresenceStatus::Offline,
+            last_seen: None,
+        };
         assert_snapshot!(json(&presence), @r#"{"type":"presence","user_id":7,"status":"offline","last_seen":null}"#);
     }
 
     #[test]
     fn client_frames_parse_as_the_contract_writes_them() {
-        let send = ClientFrame::parse(r#"{"type":"send","conversation_id":12,"client_msg_id":"b7","body":"hi"}"#);
+        let send = ClientFrame::parse(
+            r#"{"type":"send","conversation_id":12,"client_msg_id":"b7","body":"hi"}"#,
+        );
         assert!(matches!(send, Ok(ClientFrame::Send(SendFrame { ref body, .. })) if body == "hi"));
-        assert_eq!(ClientFrame::parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        );
         assert!(matches!(
             ClientFrame::parse(r#"{"type":"typing","conversation_id":12,"state":"start"}"#),
-            Ok(ClientFrame::Typing { state: TypingState::Start, .. })
+            Ok(ClientFrame::Typing {
+                state: TypingState::Start,
+                ..
+            })
         ));
         assert!(matches!(
             ClientFrame::parse(r#"{"type":"read","conversation_id":12,"seq":57}"#),
@@ -357,12 +388,16 @@ mod tests {
 
     #[test]
     fn a_refused_frame_keeps_its_client_msg_id() {
-        let err = ClientFrame::parse(r#"{"type":"send","conversation_id":"x","client_msg_id":"c9","body":"hi"}"#);
+        let err = ClientFrame::parse(
+            r#"{"type":"send","conversation_id":"x","client_msg_id":"c9","body":"hi"}"#,
+        );
         let err = err.err().map(|e| (e.code, e.client_msg_id));
         assert_eq!(err, Some((ErrorCode::BadRequest, Some("c9".into()))));
         let not_json = ClientFrame::parse("{oops").err().map(|e| e.code);
         assert_eq!(not_json, Some(ErrorCode::BadRequest));
-        let unknown = ClientFrame::parse(r#"{"type":"dance"}"#).err().map(|e| e.code);
+        let unknown = ClientFrame::parse(r#"{"type":"dance"}"#)
+            .err()
+            .map(|e| e.code);
         assert_eq!(unknown, Some(ErrorCode::BadRequest));
     }
 
@@ -373,19 +408,40 @@ mod tests {
             client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
             body: "a".repeat(11),
         };
-        assert_eq!(frame.body(10).err().map(|e| e.code), Some(ErrorCode::TooLarge));
-        let empty = SendFrame { body: String::new(), ..frame };
-        assert_eq!(empty.body(10).err().map(|e| e.code), Some(ErrorCode::BadRequest));
+        assert_eq!(
+            frame.body(10).err().map(|e| e.code),
+            Some(ErrorCode::TooLarge)
+        );
+        let empty = SendFrame {
+            body: String::new(),
+            ..frame
+        };
+        assert_eq!(
+            empty.body(10).err().map(|e| e.code),
+            Some(ErrorCode::BadRequest)
+        );
     }
 
     #[test]
     fn create_conversation_requests_are_checked() {
         let me = uid(42);
-        let direct = CreateConversationRequest { peer_id: Some(7), ..Default::default() };
-        assert_eq!(direct.parse(me), Ok(NewConversation::Direct { peer: uid(7) }));
-        let myself = CreateConversationRequest { peer_id: Some(42), ..Default::default() };
+        let direct = CreateConversationRequest {
+            peer_id: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(
+            direct.parse(me),
+            Ok(NewConversation::Direct { peer: uid(7) })
+        );
+        let myself = CreateConversationRequest {
+            peer_id: Some(42),
+            ..Default::default()
+        };
         assert!(myself.parse(me).is_err());
-        let zero = CreateConversationRequest { peer_id: Some(0), ..Default::default() };
+        let zero = CreateConversationRequest {
+            peer_id: Some(0),
+            ..Default::default()
+        };
         assert!(zero.parse(me).is_err());
         let group = CreateConversationRequest {
             title: Some(" Team ".into()),
@@ -394,9 +450,16 @@ mod tests {
         };
         assert_eq!(
             group.parse(me),
-            Ok(NewConversation::Group { title: "Team".into(), members: vec![uid(7), uid(9), uid(42)] })
+            Ok(NewConversation::Group {
+                title: "Team".into(),
+                members: vec![uid(7), uid(9), uid(42)]
+            })
         );
-        let untitled = CreateConversationRequest { title: Some("".into()), member_ids: Some(vec![7]), ..Default::default() };
+        let untitled = CreateConversationRequest {
+            title: Some("".into()),
+            member_ids: Some(vec![7]),
+            ..Default::default()
+        };
         assert!(untitled.parse(me).is_err());
     }
 }

@@ -51,7 +51,11 @@ impl MigrationName for InitialSchema {
 #[async_trait::async_trait]
 impl MigrationTrait for InitialSchema {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(INITIAL_SCHEMA).await.map(|_| ())
+        manager
+            .get_connection()
+            .execute_unprepared(INITIAL_SCHEMA)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -114,7 +118,10 @@ impl From<crate::ids::InvalidValue> for RowError {
 
 /// A message from seven columns starting at `at`, in this order: id,
 /// conversation_id, seq, sender_id, client_msg_id, body, created_at.
-pub fn message_from_row(row: &sea_orm::sqlx::postgres::PgRow, at: usize) -> Result<Message, RowError> {
+pub fn message_from_row(
+    row: &sea_orm::sqlx::postgres::PgRow,
+    at: usize,
+) -> Result<Message, RowError> {
     use sea_orm::sqlx::Row;
     Ok(Message {
         id: MessageId(row.try_get(at)?),

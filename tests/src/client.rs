@@ -28,18 +28,28 @@ pub enum Closed {
 impl Client {
     /// Opens `/ws`, with an `Authorization` header if `token` is given and an
     /// `Origin` header if `origin` is.
-    pub async fn connect(gateway: SocketAddr, token: Option<&str>, origin: Option<&str>) -> Result<Self, tungstenite::Error> {
+    pub async fn connect(
+        gateway: SocketAddr,
+        token: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<Self, tungstenite::Error> {
         let mut request = format!("ws://{gateway}/ws").into_client_request()?;
         if let Some(token) = token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
             request.headers_mut().insert("authorization", value);
         }
         if let Some(origin) = origin {
-            let value = HeaderValue::from_str(origin).map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
+            let value = HeaderValue::from_str(origin)
+                .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
             request.headers_mut().insert("origin", value);
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-        Ok(Self { ws, user_id: 0, session_id: String::new() })
+        Ok(Self {
+            ws,
+            user_id: 0,
+            session_id: String::new(),
+        })
     }
 
     /// Waits for `hello` and remembers who the server says we are.
@@ -52,11 +62,17 @@ impl Client {
     }
 
     pub async fn send_raw(&mut self, text: &str) {
-        self.ws.send(WsMessage::Text(text.into())).await.unwrap_or_else(|e| panic!("send: {e}"));
+        self.ws
+            .send(WsMessage::Text(text.into()))
+            .await
+            .unwrap_or_else(|e| panic!("send: {e}"));
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
-        self.ws.send(WsMessage::Binary(bytes.into())).await.unwrap_or_else(|e| panic!("send: {e}"));
+        self.ws
+            .send(WsMessage::Binary(bytes.into()))
+            .await
+            .unwrap_or_else(|e| panic!("send: {e}"));
     }
 
     pub async fn send_json(&mut self, frame: Value) {
@@ -70,10 +86,18 @@ impl Client {
     }
 
     /// Sends a message and returns the ack's message object.
-    pub async fn send_and_ack(&mut self, conversation: i64, client_msg_id: &str, body: &str) -> Value {
+    pub async fn send_and_ack(
+        &mut self,
+        conversation: i64,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Value {
         self.send_message(conversation, client_msg_id, body).await;
         let ack = self.next_of("ack").await;
-        assert_eq!(ack["client_msg_id"], client_msg_id, "ack for another message: {ack}");
+        assert_eq!(
+            ack["client_msg_id"], client_msg_id,
+            "ack for another message: {ack}"
+        );
         ack["message"].clone()
     }
 
@@ -82,7 +106,10 @@ impl Client {
     pub async fn next(&mut self) -> Value {
         match self.next_or_close().await {
             Ok(frame) => frame,
-            Err(closed) => panic!("user {} expected a frame, connection closed: {closed:?}", self.user_id),
+            Err(closed) => panic!(
+                "user {} expected a frame, connection closed: {closed:?}",
+                self.user_id
+            ),
         }
     }
 
@@ -94,7 +121,8 @@ impl Client {
                 .unwrap_or_else(|_| panic!("user {}: no frame within {DEADLINE:?}", self.user_id));
             match msg {
                 Some(Ok(WsMessage::Text(text))) => {
-                    return Ok(serde_json::from_str(&text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")));
+                    return Ok(serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")));
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
                     return Err(frame.map_or(Closed::Abruptly, |f| Closed::Code(u16::from(f.code))));
@@ -113,7 +141,11 @@ impl Client {
             if frame["type"] == kind {
                 return frame;
             }
-            assert_eq!(frame["type"], "conversation", "user {} expected {kind}, got {frame}", self.user_id);
+            assert_eq!(
+                frame["type"], "conversation",
+                "user {} expected {kind}, got {frame}",
+                self.user_id
+            );
         }
     }
 
@@ -142,6 +174,12 @@ impl Client {
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+        let _ = self
+            .ws
+            .close(Some(tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
     }
 }

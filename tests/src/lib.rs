@@ -40,15 +40,25 @@ impl TestSystem {
 
     /// `gateways` gateways and `persisters` persisters, with `adjust` applied
     /// to the settings first.
-    pub async fn start_with(gateways: usize, persisters: usize, adjust: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = Settings::load_profile("test")
-            .unwrap_or_else(|e| panic!("test settings: {e} (run the tests through deploy/test.sh)"));
+    pub async fn start_with(
+        gateways: usize,
+        persisters: usize,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let mut settings = Settings::load_profile("test").unwrap_or_else(|e| {
+            panic!("test settings: {e} (run the tests through deploy/test.sh)")
+        });
         let unique = uuid::Uuid::new_v4().simple().to_string();
         settings.amqp.prefix = format!("t{}", &unique[..12]);
-        settings.database.url = create_database(&settings.database.url, &format!("test_{}", &unique[..16])).await;
+        settings.database.url =
+            create_database(&settings.database.url, &format!("test_{}", &unique[..16])).await;
         chat_shared::telemetry::init(&settings.log);
-        let db = schema::connect(&settings.database).await.unwrap_or_else(|e| panic!("test database: {e}"));
-        schema::migrate(&db).await.unwrap_or_else(|e| panic!("migrating the test database: {e}"));
+        let db = schema::connect(&settings.database)
+            .await
+            .unwrap_or_else(|e| panic!("test database: {e}"));
+        schema::migrate(&db)
+            .await
+            .unwrap_or_else(|e| panic!("migrating the test database: {e}"));
         db.close().await.ok();
         adjust(&mut settings);
 
@@ -63,7 +73,9 @@ impl TestSystem {
             system.start_persister().await;
         }
         for _ in 0..gateways {
-            let gateway = Gateway::build(settings.clone()).await.unwrap_or_else(|e| panic!("gateway: {e:#}"));
+            let gateway = Gateway::build(settings.clone())
+                .await
+                .unwrap_or_else(|e| panic!("gateway: {e:#}"));
             system.gateways.push(gateway.local_addr());
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(gateway.run_until(async move {
@@ -75,7 +87,9 @@ impl TestSystem {
     }
 
     pub async fn start_persister(&mut self) {
-        let persister = Persister::build(self.settings.clone()).await.unwrap_or_else(|e| panic!("persister: {e:#}"));
+        let persister = Persister::build(self.settings.clone())
+            .await
+            .unwrap_or_else(|e| panic!("persister: {e:#}"));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(persister.run_until(async move {
             let _ = stopped.await;
@@ -96,7 +110,14 @@ impl TestSystem {
 
     /// A token for `user`, from the dev login of gateway 0.
     pub async fn token(&self, user: i64) -> String {
-        let (status, body) = self.post(0, "/api/dev/token", None, json!({"user_id": user, "name": format!("user {user}")})).await;
+        let (status, body) = self
+            .post(
+                0,
+                "/api/dev/token",
+                None,
+                json!({"user_id": user, "name": format!("user {user}")}),
+            )
+            .await;
         assert_eq!(status, 200, "dev token: {body}");
         body["token"].as_str().unwrap_or_default().to_owned()
     }
@@ -119,7 +140,13 @@ impl TestSystem {
         respond(request).await
     }
 
-    pub async fn post(&self, gateway: usize, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    pub async fn post(
+        &self,
+        gateway: usize,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
         let mut request = self.http.post(self.url(gateway, path)).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -130,8 +157,18 @@ impl TestSystem {
     /// The direct conversation of `user` and `peer`; returns its id.
     pub async fn direct(&self, user: i64, peer: i64) -> i64 {
         let token = self.token(user).await;
-        let (status, body) = self.post(0, "/api/conversations", Some(&token), json!({"peer_id": peer})).await;
-        assert!(status == 200 || status == 201, "create direct: {status} {body}");
+        let (status, body) = self
+            .post(
+                0,
+                "/api/conversations",
+                Some(&token),
+                json!({"peer_id": peer}),
+            )
+            .await;
+        assert!(
+            status == 200 || status == 201,
+            "create direct: {status} {body}"
+        );
         body["id"].as_i64().unwrap_or_default()
     }
 
@@ -145,7 +182,13 @@ impl TestSystem {
     }
 
     /// History as `user` sees it, through gateway `gateway`.
-    pub async fn history(&self, gateway: usize, user: i64, conversation: i64, query: &str) -> Vec<Value> {
+    pub async fn history(
+        &self,
+        gateway: usize,
+        user: i64,
+        conversation: i64,
+        query: &str,
+    ) -> Vec<Value> {
         let token = self.token(user).await;
         let path = format!("/api/conversations/{conversation}/messages{query}");
         let (status, body) = self.get(gateway, &path, Some(&token)).await;
@@ -166,10 +209,16 @@ impl Drop for TestSystem {
 }
 
 async fn respond(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.unwrap_or_else(|e| panic!("http request: {e}"));
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("http request: {e}"));
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Creates database `name` next to the one in `url`; returns its URL.
@@ -177,7 +226,9 @@ async fn create_database(url: &str, name: &str) -> String {
     let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
     let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
         .await
-        .unwrap_or_else(|e| panic!("test Postgres at {base}: {e} (run the tests through deploy/test.sh)"));
+        .unwrap_or_else(|e| {
+            panic!("test Postgres at {base}: {e} (run the tests through deploy/test.sh)")
+        });
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await

@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use chat_shared::amqp::{Outgoing, Topology};
 use chat_shared::bus::{self, GatewayEvent};
 use chat_shared::ids::ConversationId;
-use chat_shared::protocol::{Conversation, ConversationList, CreateConversationRequest, MessagePage};
+use chat_shared::protocol::{
+    Conversation, ConversationList, CreateConversationRequest, MessagePage,
+};
 use chat_shared::time;
 use serde::Deserialize;
 
@@ -33,7 +35,9 @@ pub async fn create(
     caller: AuthUser,
     Body(request): Body<CreateConversationRequest>,
 ) -> Result<(StatusCode, Json<Conversation>), ApiError> {
-    let new = request.parse(caller.user_id).map_err(ApiError::bad_request)?;
+    let new = request
+        .parse(caller.user_id)
+        .map_err(ApiError::bad_request)?;
     let (id, members, created) = state.store.create(caller.user_id, &new).await?;
     let conversation = state
         .store
@@ -45,17 +49,31 @@ pub async fn create(
         tracing::info!(conversation.id = %id, user.id = %caller.user_id, members = members.len(), "conversation created");
         announce(&state, &conversation, &members).await;
     }
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(conversation)))
 }
 
 /// Tells the members' sessions, on whichever gateway, that the conversation
 /// exists. Best effort: a member who misses it sees it in the list.
-async fn announce(state: &AppState, conversation: &Conversation, members: &[chat_shared::ids::UserId]) {
-    let event = GatewayEvent::ConversationAdded { conversation: conversation.clone(), member_ids: members.to_vec() };
+async fn announce(
+    state: &AppState,
+    conversation: &Conversation,
+    members: &[chat_shared::ids::UserId],
+) {
+    let event = GatewayEvent::ConversationAdded {
+        conversation: conversation.clone(),
+        member_ids: members.to_vec(),
+    };
     let payload = bus::encode(&[event]);
     let keys: Vec<String> = members.iter().map(|m| Topology::user_key(*m)).collect();
-    let (first, rest) = keys.split_first().map(|(f, r)| (f.as_str(), r)).unwrap_or(("", &[]));
+    let (first, rest) = keys
+        .split_first()
+        .map(|(f, r)| (f.as_str(), r))
+        .unwrap_or(("", &[]));
     let published = state
         .events
         .publish(Outgoing {
@@ -88,7 +106,10 @@ pub async fn list(
         .before
         .map(|raw| time::parse(&raw).map_err(|e| ApiError::bad_request(format!("before: {e}"))))
         .transpose()?;
-    let conversations = state.store.conversations(caller.user_id, None, before, limit).await?;
+    let conversations = state
+        .store
+        .conversations(caller.user_id, None, before, limit)
+        .await?;
     Ok(Json(ConversationList { conversations }))
 }
 
@@ -112,14 +133,20 @@ pub async fn history(
         .ok_or_else(|| ApiError::bad_request("conversation id must be a positive integer"))?;
     let limit = limit(params.limit)?;
     let page = match (params.before_seq, params.after_seq) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give before_seq or after_seq, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give before_seq or after_seq, not both",
+            ));
+        }
         (Some(seq), None) => Page::Before(seq),
         (None, Some(seq)) => Page::After(seq),
         (None, None) => Page::Before(i64::MAX),
     };
     match state.store.membership(id, caller.user_id).await? {
         Membership::Member => {}
-        Membership::NotMember => return Err(ApiError::forbidden("not a member of this conversation")),
+        Membership::NotMember => {
+            return Err(ApiError::forbidden("not a member of this conversation"));
+        }
         Membership::NoSuchConversation => return Err(ApiError::not_found("no such conversation")),
     }
     let messages = state.store.history(id, page, limit).await?;

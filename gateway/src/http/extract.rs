@@ -6,8 +6,8 @@ use super::error::ApiError;
 use crate::auth::{AuthUser, unix_now};
 use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -15,19 +15,32 @@ use serde::de::DeserializeOwned;
 /// is no such header, a 401 when it is malformed, wrongly signed or expired.
 pub fn header_user(state: &AppState, headers: &HeaderMap) -> Option<Result<AuthUser, ApiError>> {
     let value = headers.get(AUTHORIZATION)?;
-    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
     Some(match token {
         None => Err(ApiError::unauthorized("malformed Authorization header")),
-        Some(token) => state.keys.verify(token, unix_now()).map_err(|e| ApiError::unauthorized(e.to_string())),
+        Some(token) => state
+            .keys
+            .verify(token, unix_now())
+            .map_err(|e| ApiError::unauthorized(e.to_string())),
     })
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        header_user(state, &parts.headers)
-            .unwrap_or_else(|| Err(ApiError::unauthorized("missing Authorization: Bearer token")))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        header_user(state, &parts.headers).unwrap_or_else(|| {
+            Err(ApiError::unauthorized(
+                "missing Authorization: Bearer token",
+            ))
+        })
     }
 }
 

@@ -13,8 +13,14 @@ use axum::routing::{get, post};
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
-        .route("/api/conversations", post(conversations::create).get(conversations::list))
-        .route("/api/conversations/{id}/messages", get(conversations::history))
+        .route(
+            "/api/conversations",
+            post(conversations::create).get(conversations::list),
+        )
+        .route(
+            "/api/conversations/{id}/messages",
+            get(conversations::history),
+        )
         .route("/api/dev/token", post(ops::dev_token))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

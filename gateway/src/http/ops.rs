@@ -30,9 +30,15 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    state.metrics.connections_active.set(state.hub.session_count() as i64);
+    state
+        .metrics
+        .connections_active
+        .set(state.hub.session_count() as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

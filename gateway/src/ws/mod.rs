@@ -15,7 +15,11 @@ use axum::response::{IntoResponse, Response};
 /// an idle connection's memory; frames larger than this still work.
 const READ_BUFFER_BYTES: usize = 4096;
 
-pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if let Some(origin) = headers.get(ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
         let allowed = &state.settings.auth.allowed_origins;
@@ -24,7 +28,9 @@ pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebS
             return ApiError::forbidden("origin not allowed").into_response();
         }
     }
-    if state.hub.session_count() >= state.settings.gateway.max_connections || *state.shutdown.borrow() {
+    if state.hub.session_count() >= state.settings.gateway.max_connections
+        || *state.shutdown.borrow()
+    {
         state.metrics.connections_refused.inc();
         return ApiError::unavailable("gateway at capacity").into_response();
     }

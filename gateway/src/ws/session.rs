@@ -40,7 +40,11 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
     let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let (tx, rx) = mpsc::channel(state.settings.gateway.session_queue);
     let overflow = Arc::new(Notify::new());
-    let handle = SessionHandle { session_id: session_id.clone(), tx: tx.clone(), overflow: overflow.clone() };
+    let handle = SessionHandle {
+        session_id: session_id.clone(),
+        tx: tx.clone(),
+        overflow: overflow.clone(),
+    };
     if let Err(e) = state.hub.register(user.user_id, handle).await {
         tracing::error!(user.id = %user.user_id, error = %e, "session could not be routed");
         close_with(&mut socket, close::INTERNAL, "try another gateway").await;
@@ -48,9 +52,19 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
     }
     state.metrics.connections_opened.inc();
     tracing::debug!(user.id = %user.user_id, session.id = %session_id, "session opened");
-    let mut session = Session { socket, state: state.clone(), user, session_id, tx, pending: HashMap::new() };
+    let mut session = Session {
+        socket,
+        state: state.clone(),
+        user,
+        session_id,
+        tx,
+        pending: HashMap::new(),
+    };
     let reason = session.serve(rx, overflow).await;
-    state.hub.unregister(session.user.user_id, &session.session_id).await;
+    state
+        .hub
+        .unregister(session.user.user_id, &session.session_id)
+        .await;
     tracing::debug!(user.id = %session.user.user_id, session.id = %session.session_id, ?reason, "session closed");
 }
 
@@ -62,13 +76,19 @@ async fn auth_frame(socket: &mut WebSocket, state: &AppState) -> Result<AuthUser
         return Err("expected an auth frame first");
     };
     match ClientFrame::parse(&text) {
-        Ok(ClientFrame::Auth { token }) => state.keys.verify(&token, unix_now()).map_err(|_| "invalid token"),
+        Ok(ClientFrame::Auth { token }) => state
+            .keys
+            .verify(&token, unix_now())
+            .map_err(|_| "invalid token"),
         _ => Err("expected an auth frame first"),
     }
 }
 
 async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
-    let frame = CloseFrame { code, reason: reason.into() };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
     let _ = socket.send(WsMessage::Close(Some(frame))).await;
 }
 
@@ -169,7 +189,12 @@ impl Session {
 
     async fn refuse(&mut self, code: ErrorCode, message: &str, client_msg_id: Option<String>) {
         self.state.metrics.sends_refused.inc();
-        let frame = ServerFrame::Error { code, message: message.to_owned(), client_msg_id, retry_after_ms: None };
+        let frame = ServerFrame::Error {
+            code,
+            message: message.to_owned(),
+            client_msg_id,
+            retry_after_ms: None,
+        };
         let _ = self.write(hub::frame(&frame)).await;
     }
 
@@ -183,7 +208,8 @@ impl Session {
             }
             Ok(ClientFrame::Send(send)) => self.on_send(send).await,
             Ok(ClientFrame::Auth { .. }) => {
-                self.refuse(ErrorCode::BadRequest, "already authenticated", None).await;
+                self.refuse(ErrorCode::BadRequest, "already authenticated", None)
+                    .await;
             }
             // Typing and read markers arrive with the presence service (issue 3).
             Ok(ClientFrame::Typing { .. } | ClientFrame::Read { .. }) => {
@@ -201,7 +227,9 @@ impl Session {
                 return;
             }
         };
-        if self.pending.len() >= self.state.settings.gateway.max_pending_sends && !self.pending.contains_key(&client_msg_id) {
+        if self.pending.len() >= self.state.settings.gateway.max_pending_sends
+            && !self.pending.contains_key(&client_msg_id)
+        {
             self.state.metrics.sends_refused.inc();
             let frame = ServerFrame::Error {
                 code: ErrorCode::RateLimited,
@@ -225,11 +253,22 @@ impl Session {
         match self.state.sender.start(&command).await {
             Err(e) => {
                 tracing::warn!(user.id = %self.user.user_id, conversation.id = %command.conversation_id, error = %e, "send not accepted by the broker");
-                self.refuse(ErrorCode::Unavailable, "message not accepted, send it again", Some(client_msg_id.as_str().to_owned()))
-                    .await;
+                self.refuse(
+                    ErrorCode::Unavailable,
+                    "message not accepted, send it again",
+                    Some(client_msg_id.as_str().to_owned()),
+                )
+                .await;
             }
             Ok(confirm) => {
                 self.state.metrics.sends_received.inc();
+                tracing::debug!(
+                    user.id = %self.user.user_id,
+                    session.id = %self.session_id,
+                    conversation.id = %command.conversation_id,
+                    client_msg_id = client_msg_id.as_str(),
+                    "send published"
+                );
                 self.pending.insert(client_msg_id.clone(), Instant::now());
                 let tx = self.tx.clone();
                 let user = self.user.user_id;
@@ -237,7 +276,12 @@ impl Session {
                     if let Err(e) = confirm.wait().await {
                         tracing::warn!(user.id = %user, error = %e, "send not confirmed by the broker");
                         let frame = unavailable(&client_msg_id);
-                        let _ = tx.send(Outbound::SendAnswered { client_msg_id, frame }).await;
+                        let _ = tx
+                            .send(Outbound::SendAnswered {
+                                client_msg_id,
+                                frame,
+                            })
+                            .await;
                     }
                 });
             }

@@ -20,9 +20,17 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let base = arg("--url").unwrap_or_else(|| "http://127.0.0.1:28080".into());
-    let user: i64 = arg("--user").context("--user <id> is required")?.parse().context("--user must be a number")?;
+    let user: i64 = arg("--user")
+        .context("--user <id> is required")?
+        .parse()
+        .context("--user must be a number")?;
     let http = reqwest::Client::new();
 
     let token: Value = http
@@ -34,11 +42,18 @@ async fn main() -> anyhow::Result<()> {
         .context("dev login (is auth.dev_login on?)")?
         .json()
         .await?;
-    let token = token["token"].as_str().context("no token in the dev login answer")?.to_owned();
+    let token = token["token"]
+        .as_str()
+        .context("no token in the dev login answer")?
+        .to_owned();
 
     let mut request = format!("{}/ws", base.replacen("http", "ws", 1)).into_client_request()?;
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async(request).await.context("connecting to /ws")?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .context("connecting to /ws")?;
     let (mut write, mut read) = ws.split();
     tokio::spawn(async move {
         while let Some(Ok(msg)) = read.next().await {
@@ -59,14 +74,28 @@ async fn main() -> anyhow::Result<()> {
         let answer: Option<Value> = match words.as_slice() {
             ["/direct", peer] => {
                 let body = json!({"peer_id": peer.parse::<i64>()?});
-                let v: Value = http.post(format!("{base}/api/conversations")).header("authorization", &auth).json(&body).send().await?.json().await?;
+                let v: Value = http
+                    .post(format!("{base}/api/conversations"))
+                    .header("authorization", &auth)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
                 current = v["id"].as_i64().or(current);
                 Some(v)
             }
             ["/group", title, members @ ..] => {
                 let ids: Vec<i64> = members.iter().filter_map(|m| m.parse().ok()).collect();
                 let body = json!({"title": title, "member_ids": ids});
-                let v: Value = http.post(format!("{base}/api/conversations")).header("authorization", &auth).json(&body).send().await?.json().await?;
+                let v: Value = http
+                    .post(format!("{base}/api/conversations"))
+                    .header("authorization", &auth)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
                 current = v["id"].as_i64().or(current);
                 Some(v)
             }
@@ -74,10 +103,26 @@ async fn main() -> anyhow::Result<()> {
                 current = Some(id.parse()?);
                 None
             }
-            ["/list"] => Some(http.get(format!("{base}/api/conversations")).header("authorization", &auth).send().await?.json().await?),
+            ["/list"] => Some(
+                http.get(format!("{base}/api/conversations"))
+                    .header("authorization", &auth)
+                    .send()
+                    .await?
+                    .json()
+                    .await?,
+            ),
             ["/history"] => {
-                let Some(id) = current else { bail!("no current conversation: /direct, /group or /to first") };
-                Some(http.get(format!("{base}/api/conversations/{id}/messages")).header("authorization", &auth).send().await?.json().await?)
+                let Some(id) = current else {
+                    bail!("no current conversation: /direct, /group or /to first")
+                };
+                Some(
+                    http.get(format!("{base}/api/conversations/{id}/messages"))
+                        .header("authorization", &auth)
+                        .send()
+                        .await?
+                        .json()
+                        .await?,
+                )
             }
             [] => None,
             _ => {

@@ -23,7 +23,8 @@ async fn a_token_signed_with_another_secret_is_refused() {
     let token = foreign.issue(user, None, chat_gateway::auth::unix_now() + 60);
     let (status, _) = system.get(0, "/api/conversations", Some(&token)).await;
     assert_eq!(status, 401);
-    let expired = chat_gateway::auth::JwtKeys::new(&system.settings.auth.jwt_secret).issue(user, None, 1);
+    let expired =
+        chat_gateway::auth::JwtKeys::new(&system.settings.auth.jwt_secret).issue(user, None, 1);
     let (status, body) = system.get(0, "/api/conversations", Some(&expired)).await;
     assert_eq!(status, 401, "{body}");
 }
@@ -33,7 +34,9 @@ async fn a_bad_token_in_the_header_gets_401_and_no_upgrade() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
     let refused = Client::connect(system.gateways[0], Some("garbage"), None).await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
         other => panic!("expected HTTP 401, got {:?}", other.map(|_| "an upgrade")),
     }
 }
@@ -42,8 +45,12 @@ async fn a_bad_token_in_the_header_gets_401_and_no_upgrade() {
 async fn a_token_in_the_first_frame_authenticates() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
     let token = system.token(42).await;
-    let mut client = Client::connect(system.gateways[0], None, None).await.unwrap_or_else(|e| panic!("{e}"));
-    client.send_json(json!({"type": "auth", "token": token})).await;
+    let mut client = Client::connect(system.gateways[0], None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    client
+        .send_json(json!({"type": "auth", "token": token}))
+        .await;
     let client = client.authenticated().await;
     assert_eq!(client.user_id, 42);
 }
@@ -51,15 +58,21 @@ async fn a_token_in_the_first_frame_authenticates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_in_the_first_frame_closes_with_4001() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
-    let mut client = Client::connect(system.gateways[0], None, None).await.unwrap_or_else(|e| panic!("{e}"));
-    client.send_json(json!({"type": "auth", "token": "nope"})).await;
+    let mut client = Client::connect(system.gateways[0], None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    client
+        .send_json(json!({"type": "auth", "token": "nope"}))
+        .await;
     assert_eq!(client.closed().await, Closed::Code(4001));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anything_but_auth_first_closes_with_4001() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
-    let mut client = Client::connect(system.gateways[0], None, None).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut client = Client::connect(system.gateways[0], None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     client.send_json(json!({"type": "ping"})).await;
     assert_eq!(client.closed().await, Closed::Code(4001));
 }
@@ -68,7 +81,9 @@ async fn anything_but_auth_first_closes_with_4001() {
 async fn silence_instead_of_auth_closes_with_4001_after_the_timeout() {
     // The test profile sets auth.auth_timeout_ms to one second.
     let system = TestSystem::start_with(1, 0, |_| {}).await;
-    let mut client = Client::connect(system.gateways[0], None, None).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut client = Client::connect(system.gateways[0], None, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(client.closed().await, Closed::Code(4001));
 }
 
@@ -76,12 +91,27 @@ async fn silence_instead_of_auth_closes_with_4001_after_the_timeout() {
 async fn a_browser_origin_must_be_on_the_allow_list() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
     let token = system.token(1).await;
-    let refused = Client::connect(system.gateways[0], Some(&token), Some("http://evil.example")).await;
+    let refused = Client::connect(
+        system.gateways[0],
+        Some(&token),
+        Some("http://evil.example"),
+    )
+    .await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
         other => panic!("expected HTTP 403, got {:?}", other.map(|_| "an upgrade")),
     }
-    let allowed = Client::connect(system.gateways[0], Some(&token), Some("http://allowed.example")).await;
-    let client = allowed.unwrap_or_else(|e| panic!("allowed origin refused: {e}")).authenticated().await;
+    let allowed = Client::connect(
+        system.gateways[0],
+        Some(&token),
+        Some("http://allowed.example"),
+    )
+    .await;
+    let client = allowed
+        .unwrap_or_else(|e| panic!("allowed origin refused: {e}"))
+        .authenticated()
+        .await;
     assert_eq!(client.user_id, 1);
 }

@@ -4,7 +4,10 @@ use chat_tests::TestSystem;
 use serde_json::Value;
 
 fn seqs(messages: &[Value]) -> Vec<i64> {
-    messages.iter().map(|m| m["seq"].as_i64().unwrap_or_default()).collect()
+    messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap_or_default())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,12 +23,20 @@ async fn history_pages_backwards_and_forwards_and_caps_at_two_hundred() {
     }
 
     let newest = system.history(1, 2, conversation, "").await;
-    assert_eq!(seqs(&newest), (201..=250).collect::<Vec<_>>(), "default: the newest 50, ascending");
+    assert_eq!(
+        seqs(&newest),
+        (201..=250).collect::<Vec<_>>(),
+        "default: the newest 50, ascending"
+    );
 
-    let before = system.history(1, 2, conversation, "?before_seq=201&limit=10").await;
+    let before = system
+        .history(1, 2, conversation, "?before_seq=201&limit=10")
+        .await;
     assert_eq!(seqs(&before), (191..=200).collect::<Vec<_>>());
 
-    let after = system.history(1, 2, conversation, "?after_seq=5&limit=3").await;
+    let after = system
+        .history(1, 2, conversation, "?after_seq=5&limit=3")
+        .await;
     assert_eq!(seqs(&after), vec![6, 7, 8]);
 
     let capped = system.history(1, 2, conversation, "?limit=1000").await;
@@ -41,10 +52,14 @@ async fn a_history_request_right_after_an_ack_finds_the_message() {
     let conversation = system.direct(1, 2).await;
     let mut an = system.connect(0, 1).await;
     for i in 0..20 {
-        let stored = an.send_and_ack(conversation, &format!("ryw-{i}"), "x").await;
+        let stored = an
+            .send_and_ack(conversation, &format!("ryw-{i}"), "x")
+            .await;
         // Through the other gateway, at once.
         let seq = stored["seq"].as_i64().unwrap_or_default();
-        let page = system.history(1, 1, conversation, &format!("?after_seq={}", seq - 1)).await;
+        let page = system
+            .history(1, 1, conversation, &format!("?after_seq={}", seq - 1))
+            .await;
         assert_eq!(page.first(), Some(&stored));
     }
 }

@@ -8,8 +8,12 @@ async fn the_direct_conversation_of_a_pair_is_the_same_every_time() {
     let system = TestSystem::start_with(2, 0, |_| {}).await;
     let an = system.token(1).await;
     let binh = system.token(2).await;
-    let (created, first) = system.post(0, "/api/conversations", Some(&an), json!({"peer_id": 2})).await;
-    let (again, second) = system.post(1, "/api/conversations", Some(&binh), json!({"peer_id": 1})).await;
+    let (created, first) = system
+        .post(0, "/api/conversations", Some(&an), json!({"peer_id": 2}))
+        .await;
+    let (again, second) = system
+        .post(1, "/api/conversations", Some(&binh), json!({"peer_id": 1}))
+        .await;
     assert_eq!((created, again), (201, 200));
     assert_eq!(first["id"], second["id"]);
     assert_eq!(first["kind"], "direct");
@@ -33,7 +37,9 @@ async fn bad_conversation_requests_get_400() {
         json!({"title": "both", "member_ids": [2], "peer_id": 2}),
         json!("not an object"),
     ] {
-        let (status, answer) = system.post(0, "/api/conversations", Some(&an), body.clone()).await;
+        let (status, answer) = system
+            .post(0, "/api/conversations", Some(&an), body.clone())
+            .await;
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"]["code"], "bad_request");
     }
@@ -51,8 +57,14 @@ async fn the_conversation_list_shows_the_last_message_and_unread_count_most_rece
     let token = system.token(1).await;
     let (status, body) = system.get(1, "/api/conversations", Some(&token)).await;
     assert_eq!(status, 200, "{body}");
-    let list = body["conversations"].as_array().cloned().unwrap_or_default();
-    let ids: Vec<_> = list.iter().map(|c| c["id"].as_i64().unwrap_or_default()).collect();
+    let list = body["conversations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ids: Vec<_> = list
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap_or_default())
+        .collect();
     assert_eq!(ids, vec![older, newer], "most recent activity first");
     assert_eq!(list[0]["last_message"], last);
     assert_eq!(list[0]["last_seq"], 2);
@@ -62,7 +74,9 @@ async fn the_conversation_list_shows_the_last_message_and_unread_count_most_rece
 
     // Binh's own messages are never unread for Binh.
     let token = system.token(2).await;
-    let (_, body) = system.get(0, "/api/conversations?limit=1", Some(&token)).await;
+    let (_, body) = system
+        .get(0, "/api/conversations?limit=1", Some(&token))
+        .await;
     assert_eq!(body["conversations"][0]["unread_count"], 0);
     assert_eq!(body["conversations"].as_array().map(Vec::len), Some(1));
 }
@@ -72,16 +86,32 @@ async fn history_of_someone_elses_conversation_is_403_and_of_none_404() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
     let theirs = system.direct(2, 3).await;
     let token = system.token(1).await;
-    let (status, body) = system.get(0, &format!("/api/conversations/{theirs}/messages"), Some(&token)).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
-    let (status, body) = system.get(0, "/api/conversations/987654/messages", Some(&token)).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = system
+        .get(
+            0,
+            &format!("/api/conversations/{theirs}/messages"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, body) = system
+        .get(0, "/api/conversations/987654/messages", Some(&token))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dev_login_exists_only_when_configured() {
     let system = TestSystem::start_with(1, 0, |s| s.auth.dev_login = false).await;
-    let (status, body) = system.post(0, "/api/dev/token", None, json!({"user_id": 1})).await;
+    let (status, body) = system
+        .post(0, "/api/dev/token", None, json!({"user_id": 1}))
+        .await;
     assert_eq!(status, 404, "{body}");
 }
 
@@ -98,7 +128,10 @@ async fn health_ready_and_metrics_answer() {
     let (status, metrics) = system.get(0, "/metrics", None).await;
     assert_eq!(status, 200);
     let text = metrics.as_str().unwrap_or_default();
-    assert!(text.contains("gateway_connections_opened_total 1"), "{text}");
+    assert!(
+        text.contains("gateway_connections_opened_total 1"),
+        "{text}"
+    );
     assert!(text.contains("gateway_connections_active 1"), "{text}");
     assert!(text.contains("gateway_sends_received_total 1"), "{text}");
     assert!(text.contains("gateway_acks_sent_total 1"), "{text}");

@@ -10,7 +10,9 @@ async fn a_resend_on_the_other_gateway_after_other_messages_returns_the_original
     let mut first = system.connect(0, 1).await;
     let original = first.send_and_ack(conversation, "same-id", "once").await;
     first.send_and_ack(conversation, "other-1", "later").await;
-    first.send_and_ack(conversation, "other-2", "even later").await;
+    first
+        .send_and_ack(conversation, "other-2", "even later")
+        .await;
     first.close().await;
 
     let mut second = system.connect(1, 1).await;

@@ -2,6 +2,7 @@
 //! point of view. Run through `deploy/test.sh`, which starts the servers.
 
 mod auth;
+mod durability;
 mod history;
 mod http_api;
 mod idempotency;

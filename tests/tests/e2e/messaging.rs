@@ -46,9 +46,14 @@ async fn the_senders_other_session_gets_the_message_too() {
     let mut phone = system.connect(0, 1).await;
     let mut laptop = system.connect(1, 1).await;
 
-    let stored = phone.send_and_ack(conversation, "p-1", "from my phone").await;
+    let stored = phone
+        .send_and_ack(conversation, "p-1", "from my phone")
+        .await;
     assert_eq!(laptop.next_of("message").await["message"], stored);
-    assert!(phone.drain().await.is_empty(), "the sending session gets the ack only");
+    assert!(
+        phone.drain().await.is_empty(),
+        "the sending session gets the ack only"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

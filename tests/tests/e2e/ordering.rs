@@ -20,7 +20,10 @@ async fn ack_seqs(client: &mut chat_tests::Client, n: usize) -> Vec<i64> {
 }
 
 fn seqs(messages: &[Value]) -> Vec<i64> {
-    messages.iter().map(|m| m["seq"].as_i64().unwrap_or_default()).collect()
+    messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap_or_default())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +34,8 @@ async fn two_hundred_back_to_back_sends_keep_their_order() {
     let mut binh = system.connect(1, 2).await;
 
     for i in 0..200 {
-        an.send_message(conversation, &format!("m-{i}"), &format!("message {i}")).await;
+        an.send_message(conversation, &format!("m-{i}"), &format!("message {i}"))
+            .await;
     }
     let mut acks = Vec::new();
     for _ in 0..200 {
@@ -40,13 +44,25 @@ async fn two_hundred_back_to_back_sends_keep_their_order() {
     acks.sort_by_key(|m| m["seq"].as_i64());
     for (i, message) in acks.iter().enumerate() {
         assert_eq!(message["seq"], i as i64 + 1);
-        assert_eq!(message["client_msg_id"], format!("m-{i}"), "seq follows sending order");
+        assert_eq!(
+            message["client_msg_id"],
+            format!("m-{i}"),
+            "seq follows sending order"
+        );
     }
     let mut delivered = Vec::new();
     for _ in 0..200 {
-        delivered.push(binh.next_of("message").await["message"]["seq"].as_i64().unwrap_or_default());
+        delivered.push(
+            binh.next_of("message").await["message"]["seq"]
+                .as_i64()
+                .unwrap_or_default(),
+        );
     }
-    assert_eq!(delivered, (1..=200).collect::<Vec<_>>(), "delivered in seq order");
+    assert_eq!(
+        delivered,
+        (1..=200).collect::<Vec<_>>(),
+        "delivered in seq order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,8 +92,16 @@ async fn two_senders_racing_with_two_persisters_get_gapless_unique_seq() {
     assert_eq!(mine, sorted_mine, "one sender's messages keep their order");
 
     let history = system.history(0, 1, group, "?limit=200").await;
-    assert_eq!(seqs(&history), (1..=2 * per_sender as i64).collect::<Vec<_>>(), "gapless, unique");
+    assert_eq!(
+        seqs(&history),
+        (1..=2 * per_sender as i64).collect::<Vec<_>>(),
+        "gapless, unique"
+    );
     let mut all: Vec<i64> = mine.into_iter().chain(theirs).collect();
     all.sort_unstable();
-    assert_eq!(all, (1..=2 * per_sender as i64).collect::<Vec<_>>(), "every ack has its own seq");
+    assert_eq!(
+        all,
+        (1..=2 * per_sender as i64).collect::<Vec<_>>(),
+        "every ack has its own seq"
+    );
 }

@@ -15,10 +15,22 @@ async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
         ("not json", None),
         (r#"{"type":"dance"}"#, None),
         (r#"{"no_type":1}"#, None),
-        (r#"{"type":"send","conversation_id":"twelve","client_msg_id":"k1","body":"x"}"#, Some("k1")),
-        (r#"{"type":"send","conversation_id":1,"body":"missing id"}"#, None),
-        (r#"{"type":"send","conversation_id":1,"client_msg_id":"k2","body":""}"#, Some("k2")),
-        (r#"{"type":"send","conversation_id":1,"client_msg_id":"k3","body":"nul\u0000inside"}"#, Some("k3")),
+        (
+            r#"{"type":"send","conversation_id":"twelve","client_msg_id":"k1","body":"x"}"#,
+            Some("k1"),
+        ),
+        (
+            r#"{"type":"send","conversation_id":1,"body":"missing id"}"#,
+            None,
+        ),
+        (
+            r#"{"type":"send","conversation_id":1,"client_msg_id":"k2","body":""}"#,
+            Some("k2"),
+        ),
+        (
+            r#"{"type":"send","conversation_id":1,"client_msg_id":"k3","body":"nul\u0000inside"}"#,
+            Some("k3"),
+        ),
     ];
     for (text, client_msg_id) in cases {
         an.send_raw(text).await;
@@ -30,7 +42,9 @@ async fn malformed_frames_get_bad_request_and_the_connection_stays_usable() {
     an.send_binary(vec![1, 2, 3]).await;
     assert_eq!(an.next_of("error").await["code"], "bad_request");
 
-    let stored = an.send_and_ack(conversation, "after-errors", "still here").await;
+    let stored = an
+        .send_and_ack(conversation, "after-errors", "still here")
+        .await;
     assert_eq!(stored["seq"], 1);
 }
 
@@ -39,11 +53,14 @@ async fn a_body_over_the_limit_is_too_large() {
     let system = TestSystem::start().await;
     let conversation = system.direct(1, 2).await;
     let mut an = system.connect(0, 1).await;
-    an.send_message(conversation, "big", &"ư".repeat(4001)).await;
+    an.send_message(conversation, "big", &"ư".repeat(4001))
+        .await;
     let error = an.next_of("error").await;
     assert_eq!(error["code"], "too_large");
     assert_eq!(error["client_msg_id"], "big");
-    let fits = an.send_and_ack(conversation, "fits", &"ư".repeat(4000)).await;
+    let fits = an
+        .send_and_ack(conversation, "fits", &"ư".repeat(4000))
+        .await;
     assert_eq!(fits["seq"], 1, "the refused one was not stored");
 }
 
@@ -65,7 +82,10 @@ async fn sending_to_a_conversation_you_are_not_in_is_forbidden() {
     // The member's next message is seq 1: nothing was stored.
     let stored = member.send_and_ack(theirs, "real", "hello").await;
     assert_eq!(stored["seq"], 1);
-    assert!(intruder.drain().await.is_empty(), "the intruder hears nothing");
+    assert!(
+        intruder.drain().await.is_empty(),
+        "the intruder hears nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +103,10 @@ async fn a_gateway_shutting_down_closes_its_sessions_with_1012() {
     let mut staying = system.connect(1, 2).await;
     system.stop_gateway(0);
     assert_eq!(leaving.closed().await, Closed::Code(1012));
-    assert!(staying.drain().await.is_empty(), "the other gateway's sessions are untouched");
+    assert!(
+        staying.drain().await.is_empty(),
+        "the other gateway's sessions are untouched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

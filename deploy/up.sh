@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Brings up the whole of mapmo-chat on this machine, from nothing:
+# installs what is missing (deploy/services.sh install), starts private
+# Postgres, RabbitMQ and Redis (the `local` instance), builds the services,
+# migrates the schema, starts two gateways, one persister and presence, and
+# nginx in front of the gateways. Running it again is harmless: what runs is
+# left running. Stop everything with deploy/down.sh.
+#
+#   deploy/up.sh
+#
+# Environment: CHAT_BUILD_PROFILE (release, or dev for a quicker build),
+# CARGO_TARGET_DIR (default ~/.cache/mapmo-chat/target, shared with tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$(pwd -P)"
+
+PUBLIC_PORT=28080
+GATEWAY_PORTS=(28081 28082)
+RUN="$REPO/.data/local/run"
+LOGS="$REPO/.data/local/logs"
+BUILD_PROFILE="${CHAT_BUILD_PROFILE:-release}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
+
+say() { printf '[up] %s\n' "$*" >&2; }
+
+deploy/services.sh install local
+deploy/services.sh start local >/dev/null
+eval "$(deploy/services.sh env local)"
+export CHAT_PROFILE=local
+mkdir -p "$RUN" "$LOGS"
+
+say "building the services ($BUILD_PROFILE profile; the first build takes 10-15 minutes on 2 cores)"
+cargo build --profile "$BUILD_PROFILE" -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
+case "$BUILD_PROFILE" in dev) BIN="$CARGO_TARGET_DIR/debug" ;; *) BIN="$CARGO_TARGET_DIR/$BUILD_PROFILE" ;; esac
+
+say "migrating the schema"
+"$BIN/chat-persister" migrate
+
+# start NAME COMMAND [ENV=VALUE...]: runs COMMAND in the background with its
+# log in $LOGS/NAME.log and its pid in $RUN/NAME.pid, unless it already runs.
+start() {
+  local name=$1 cmd=$2
+  shift 2
+  local pidfile="$RUN/$name.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "$name already running (pid $(cat "$pidfile"))"
+    return
+  fi
+  env "$@" nohup "$cmd" >>"$LOGS/$name.log" 2>&1 &
+  echo $! >"$pidfile"
+  say "$name started (pid $!, log $LOGS/$name.log)"
+}
+
+start persister "$BIN/chat-persister"
+start presence "$BIN/chat-presence"
+i=0
+for port in "${GATEWAY_PORTS[@]}"; do
+  i=$((i + 1))
+  start "gateway-$i" "$BIN/chat-gateway" "CHAT_GATEWAY__LISTEN=127.0.0.1:$port"
+done
+
+# ready PORT: true when the gateway on PORT answers /ready with 200 (no curl needed).
+ready() {
+  local status
+  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+  printf 'GET /ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+  read -r _ status _ <&3 || true
+  exec 3<&- 3>&-
+  [ "$status" = 200 ]
+}
+for port in "${GATEWAY_PORTS[@]}"; do
+  for _ in $(seq 1 150); do
+    ready "$port" && break
+    sleep 0.2
+  done
+  ready "$port" || {
+    say "gateway on port $port is not ready after 30 s; see $LOGS/gateway-*.log"
+    exit 1
+  }
+done
+
+upstreams=()
+for port in "${GATEWAY_PORTS[@]}"; do upstreams+=("127.0.0.1:$port"); done
+deploy/services.sh nginx-start local "$PUBLIC_PORT" "${upstreams[@]}"
+
+secret=$(sed -n 's/^jwt_secret = "\(.*\)"/\1/p' config/local.toml)
+cat <<MSG
+
+mapmo-chat is up.
+
+  Public entry point (nginx, load-balancing both gateways):
+    http://127.0.0.1:$PUBLIC_PORT        WebSocket: ws://127.0.0.1:$PUBLIC_PORT/ws
+  Gateways, directly:
+    http://127.0.0.1:${GATEWAY_PORTS[0]}   http://127.0.0.1:${GATEWAY_PORTS[1]}
+
+  A token (the local profile's dev login):
+    curl -s -XPOST http://127.0.0.1:$PUBLIC_PORT/api/dev/token -H 'content-type: application/json' -d '{"user_id": 42, "name": "An"}'
+  JWT secret of the local profile (HS256): $secret
+
+  Try it with the shipped client, in two terminals:
+    $BIN/chat-client --url http://127.0.0.1:$PUBLIC_PORT --user 1     then: /direct 2, and type
+    $BIN/chat-client --url http://127.0.0.1:$PUBLIC_PORT --user 2     then: /direct 1, and type
+
+  Logs: $LOGS/ (gateway-1.log, gateway-2.log, persister.log, presence.log, postgres.log, rabbitmq.log, redis.log, nginx-*.log)
+  Stop: deploy/down.sh
+MSG
