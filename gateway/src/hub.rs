@@ -79,8 +79,9 @@ impl Hub {
 
     /// Adds a session; binds the user's routing key first if it is the
     /// user's first session here. Returns once the broker has the binding,
-    /// so nothing stored after `hello` can miss this session.
-    pub async fn register(&self, user: UserId, handle: SessionHandle) -> Result<(), BindError> {
+    /// so nothing stored after `hello` can miss this session; `true` when it
+    /// was the user's first session here.
+    pub async fn register(&self, user: UserId, handle: SessionHandle) -> Result<bool, BindError> {
         let routing = self.routing.lock().await;
         let first = !self.sessions().contains_key(&user);
         if first {
@@ -97,16 +98,17 @@ impl Hub {
                 .map_err(|source| BindError { user, source })?;
         }
         self.sessions().entry(user).or_default().push(handle);
-        Ok(())
+        Ok(first)
     }
 
-    /// Removes a session; unbinds the user when it was their last one here.
-    pub async fn unregister(&self, user: UserId, session_id: &str) {
+    /// Removes a session; unbinds the user when it was their last one here
+    /// (and then returns `true`).
+    pub async fn unregister(&self, user: UserId, session_id: &str) -> bool {
         let routing = self.routing.lock().await;
         let last = {
             let mut sessions = self.sessions();
             let Some(list) = sessions.get_mut(&user) else {
-                return;
+                return false;
             };
             list.retain(|s| &*s.session_id != session_id);
             let last = list.is_empty();
@@ -130,6 +132,16 @@ impl Hub {
                 tracing::warn!(user.id = %user, error = %e, "unbind failed");
             }
         }
+        last
+    }
+
+    /// The users with at least one session here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.sessions().keys().copied().collect()
+    }
+
+    pub fn hosts(&self, user: UserId) -> bool {
+        self.sessions().contains_key(&user)
     }
 
     pub fn session_count(&self) -> usize {
@@ -239,16 +251,60 @@ impl Hub {
                     },
                 );
             }
+            GatewayEvent::Typing {
+                conversation_id,
+                user_id,
+                state,
+                recipients,
+            } => {
+                let typing = frame(&ServerFrame::Typing {
+                    conversation_id,
+                    user_id,
+                    state,
+                });
+                self.offer_all(&recipients, &typing);
+            }
+            GatewayEvent::Read {
+                conversation_id,
+                user_id,
+                seq,
+                recipients,
+            } => {
+                let read = frame(&ServerFrame::Read {
+                    conversation_id,
+                    user_id,
+                    seq,
+                });
+                self.offer_all(&recipients, &read);
+            }
+            GatewayEvent::Presence {
+                user_id,
+                status,
+                last_seen,
+                recipients,
+            } => {
+                let presence = frame(&ServerFrame::Presence {
+                    user_id,
+                    status,
+                    last_seen,
+                });
+                self.offer_all(&recipients, &presence);
+            }
             GatewayEvent::ConversationAdded {
                 conversation,
                 member_ids,
             } => {
                 let added = frame(&ServerFrame::Conversation { conversation });
-                for member in member_ids {
-                    for session in self.sessions_of(member) {
-                        self.offer(&session, Outbound::Frame(added.clone()));
-                    }
-                }
+                self.offer_all(&member_ids, &added);
+            }
+        }
+    }
+
+    /// Queues one frame to every local session of `users`.
+    fn offer_all(&self, users: &[UserId], frame: &Utf8Bytes) {
+        for user in users {
+            for session in self.sessions_of(*user) {
+                self.offer(&session, Outbound::Frame(frame.clone()));
             }
         }
     }

@@ -8,14 +8,16 @@
 //! 4. [`fanout`] consumes this gateway's queue and [`hub`] hands the frame to
 //!    every local session of every member (the sender's own gets the `ack`).
 //!
-//! [`http`] is the HTTP API (conversations, history, dev login, health,
-//! readiness, metrics) over [`store`]. [`startup`] builds and runs it all.
+//! [`http`] is the HTTP API (conversations, history, presence, dev login,
+//! health, readiness, metrics) over [`store`] and Redis. [`presence_feed`]
+//! tells the presence service who is here and who is typing. [`startup`] builds and runs it all.
 
 pub mod auth;
 pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod presence_feed;
 pub mod sender;
 pub mod startup;
 pub mod state;

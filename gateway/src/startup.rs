@@ -4,6 +4,7 @@
 use crate::auth::JwtKeys;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence_feed::PresenceFeed;
 use crate::sender::Sender;
 use crate::state::AppState;
 use crate::store::Store;
@@ -11,6 +12,7 @@ use crate::{fanout, http};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
+use chat_shared::cache;
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use lapin::Consumer;
@@ -50,6 +52,9 @@ impl Gateway {
         amqp::declare_fanout(&setup, &topo)
             .await
             .context("declaring the fan-out exchange")?;
+        amqp::declare_presence_path(&setup, &topo)
+            .await
+            .context("declaring the presence queue")?;
 
         let queue = topo.gateway_queue(&instance);
         let consume_channel = conn.create_channel().await?;
@@ -66,6 +71,9 @@ impl Gateway {
             &topo,
         );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
+        let presence = PresenceFeed::new(conn.create_channel().await?, &topo, &instance);
+        let redis = cache::connect(&settings.redis).context("the Redis URL")?;
+        let cache_keys = cache::Keys::new(&settings.redis);
 
         let listener = TcpListener::bind(settings.gateway.listen)
             .await
@@ -80,6 +88,9 @@ impl Gateway {
             hub,
             metrics,
             amqp: Arc::new(conn),
+            presence,
+            redis,
+            cache_keys,
             topo,
             queue: queue.into(),
             shutdown,
@@ -117,6 +128,10 @@ impl Gateway {
             state.hub.clone(),
             state.metrics.clone(),
         ));
+        let heartbeats = tokio::spawn(state.presence.clone().heartbeats(
+            state.hub.clone(),
+            Duration::from_millis(state.settings.presence.heartbeat_ms),
+        ));
         let listener = listener.tap_io(|tcp| {
             // Without it small frames wait for Nagle and tails reach 40 ms.
             let _ = tcp.set_nodelay(true);
@@ -138,6 +153,7 @@ impl Gateway {
         }
         let _ = amqp.close(200, "gateway shutdown".into()).await;
         fanout.abort();
+        heartbeats.abort();
         tracing::info!(%addr, "gateway stopped");
         Ok(())
     }

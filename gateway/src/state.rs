@@ -3,6 +3,7 @@
 use crate::auth::JwtKeys;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence_feed::PresenceFeed;
 use crate::sender::Sender;
 use crate::store::Store;
 use chat_shared::amqp::{ConfirmedPublisher, Topology};
@@ -21,6 +22,11 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub amqp: Arc<lapin::Connection>,
+    /// Session and typing events to the presence service.
+    pub presence: PresenceFeed,
+    /// Where presence is read from (`GET /api/presence`).
+    pub redis: redis::aio::ConnectionManager,
+    pub cache_keys: chat_shared::cache::Keys,
     pub topo: Topology,
     /// This gateway's queue: where replies for its sessions are sent.
     pub queue: Arc<str>,

@@ -54,6 +54,17 @@ impl Announcer {
                     };
                     ("", vec![reply_to.clone()], event)
                 }
+                Outcome::ReadMoved { read, recipients } => {
+                    let keys: Vec<String> =
+                        recipients.iter().map(|m| Topology::user_key(*m)).collect();
+                    let event = GatewayEvent::Read {
+                        conversation_id: read.conversation_id,
+                        user_id: read.user_id,
+                        seq: read.seq,
+                        recipients: recipients.clone(),
+                    };
+                    (self.fanout.as_str(), keys, event)
+                }
             };
             let Some((first, rest)) = keys.split_first() else {
                 continue;

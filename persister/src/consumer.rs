@@ -5,7 +5,7 @@
 //! in order and "ack everything up to tag N" is exact.
 
 use chat_shared::amqp::Topology;
-use chat_shared::bus::{self, SendCommand};
+use chat_shared::bus::{self, PersistCommand};
 use futures_util::StreamExt;
 use lapin::Acker;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
@@ -21,7 +21,7 @@ pub struct Incoming {
     pub acker: Acker,
     /// Set when the broker delivers it again (a persister died holding it).
     pub redelivered: bool,
-    pub commands: Vec<SendCommand>,
+    pub commands: Vec<PersistCommand>,
 }
 
 pub struct PartitionConsumers {
@@ -79,7 +79,7 @@ async fn feed(partition: u16, mut consumer: Consumer, tx: mpsc::Sender<Incoming>
                 continue;
             }
         };
-        match bus::decode::<SendCommand>(&delivery.data) {
+        match bus::decode::<PersistCommand>(&delivery.data) {
             Ok(commands) => {
                 let incoming = Incoming {
                     channel: partition,

@@ -6,11 +6,13 @@
 //! 3. reserves a run of `seq` per conversation with one UPDATE of
 //!    `conversations.last_seq` (the row lock orders writers; seq is gapless
 //!    because nothing is reserved that is not inserted in the same commit),
-//! 4. inserts every new message with one `INSERT ... SELECT FROM unnest(...)`.
+//! 4. inserts every new message with one `INSERT ... SELECT FROM unnest(...)`,
+//! 5. moves read markers forward (never back, never past `last_seq`) with one
+//!    `UPDATE members ... FROM unnest(...)`, after the messages of the batch.
 //!
 //! Nothing is acknowledged or fanned out before this returns Ok.
 
-use chat_shared::bus::{SendCommand, SendOutcome};
+use chat_shared::bus::{PersistCommand, ReadCommand, SendCommand, SendOutcome};
 use chat_shared::ids::{ClientMsgId, MessageId, UserId};
 use chat_shared::protocol::{ErrorCode, Message};
 use chat_shared::schema::{RowError, message_from_row};
@@ -18,10 +20,16 @@ use chat_shared::time;
 use sea_orm::sqlx::{self, PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
 
-/// One send to store, and whether the broker delivered it before.
+/// One command to apply, and whether the broker delivered it before.
 pub struct Request {
-    pub command: SendCommand,
+    pub command: PersistCommand,
     pub redelivered: bool,
+}
+
+/// A send of the batch, with whether it is a redelivery.
+struct Send<'a> {
+    command: &'a SendCommand,
+    redelivered: bool,
 }
 
 /// What to tell the gateways about one request, once committed.
@@ -41,6 +49,11 @@ pub enum Outcome {
         session_id: String,
         reply_to: String,
         outcome: SendOutcome,
+    },
+    /// A read marker moved forward: the other members get a `read` frame.
+    ReadMoved {
+        read: ReadCommand,
+        recipients: Vec<UserId>,
     },
 }
 
@@ -123,9 +136,26 @@ impl Writer {
         Self { pool }
     }
 
-    /// Stores a batch in one transaction; one outcome per request, in order.
-    pub async fn write(&self, batch: &[Request]) -> Result<Vec<Outcome>, WriteError> {
+    /// Applies a batch in one transaction. One outcome per send, in order,
+    /// then one per read marker that moved.
+    pub async fn write(&self, requests: &[Request]) -> Result<Vec<Outcome>, WriteError> {
         let now = time::now_millis();
+        let mut batch = Vec::with_capacity(requests.len());
+        let mut reads: HashMap<(i64, i64), i64> = HashMap::new();
+        for r in requests {
+            match &r.command {
+                PersistCommand::Send(command) => batch.push(Send {
+                    command,
+                    redelivered: r.redelivered,
+                }),
+                PersistCommand::Read(read) => {
+                    let seq = reads
+                        .entry((read.conversation_id.get(), read.user_id.get()))
+                        .or_insert(0);
+                    *seq = (*seq).max(read.seq);
+                }
+            }
+        }
         let mut tx = self.pool.begin().await?;
 
         // 1. Already stored?
@@ -177,7 +207,7 @@ impl Writer {
         let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
         let mut plans = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            let c = &r.command;
+            let c = r.command;
             let key = (c.sender_id, &c.client_msg_id);
             let plan = if let Some(m) = existing.get(&(c.sender_id, c.client_msg_id.clone())) {
                 Plan::Existing(m.clone())
@@ -228,7 +258,7 @@ impl Writer {
         let mut new_rows = NewRows::default();
         for (r, plan) in batch.iter().zip(&plans) {
             if let Plan::New { ordinal } = plan {
-                let c = &r.command;
+                let c = r.command;
                 let conversation = c.conversation_id.get();
                 let first = base.get(&conversation).ok_or_else(|| {
                     WriteError::Corrupt(format!("conversation {conversation} vanished"))
@@ -256,13 +286,14 @@ impl Writer {
                 ids.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
             }
         }
+        let moved = move_read_markers(&mut tx, &reads).await?;
         tx.commit().await?;
 
         // 6. Outcomes, now that it is durable.
         let mut stored: Vec<Option<Message>> = vec![None; batch.len()];
         let mut outcomes = Vec::with_capacity(batch.len());
         for (i, (r, plan)) in batch.iter().zip(plans).enumerate() {
-            let c = &r.command;
+            let c = r.command;
             let outcome = match plan {
                 Plan::New { ordinal } => {
                     let conversation = c.conversation_id.get();
@@ -303,6 +334,13 @@ impl Writer {
             };
             outcomes.push(outcome);
         }
+        for (read, conversation_members) in moved {
+            let recipients = conversation_members
+                .into_iter()
+                .filter(|m| *m != read.user_id)
+                .collect();
+            outcomes.push(Outcome::ReadMoved { read, recipients });
+        }
         Ok(outcomes)
     }
 
@@ -314,15 +352,19 @@ impl Writer {
             match self.write(std::slice::from_ref(request)).await {
                 Ok(mut one) => outcomes.append(&mut one),
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
-                    let c = &request.command;
-                    tracing::error!(conversation.id = %c.conversation_id, user.id = %c.sender_id, error = %e, "send cannot be stored, refused");
-                    outcomes.push(Outcome::refused(
-                        c,
-                        ErrorCode::Internal,
-                        "message could not be stored",
-                    ));
-                }
+                Err(e) => match &request.command {
+                    PersistCommand::Send(c) => {
+                        tracing::error!(conversation.id = %c.conversation_id, user.id = %c.sender_id, error = %e, "send cannot be stored, refused");
+                        outcomes.push(Outcome::refused(
+                            c,
+                            ErrorCode::Internal,
+                            "message could not be stored",
+                        ));
+                    }
+                    PersistCommand::Read(r) => {
+                        tracing::error!(conversation.id = %r.conversation_id, user.id = %r.user_id, error = %e, "read marker cannot be stored, dropped");
+                    }
+                },
             }
         }
         Ok(outcomes)
@@ -346,6 +388,54 @@ impl<'a> NewRows<'a> {
         self.keys.push(c.client_msg_id.as_str());
         self.bodies.push(&c.body);
     }
+}
+
+/// Moves read markers forward, clamped to the conversation's last seq, and
+/// only for members. Returns the markers that moved, with the members of
+/// their conversation.
+async fn move_read_markers(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    reads: &HashMap<(i64, i64), i64>,
+) -> Result<Vec<(ReadCommand, Vec<UserId>)>, WriteError> {
+    if reads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<(&(i64, i64), &i64)> = reads.iter().collect();
+    keys.sort_unstable(); // lock member rows in one order
+    let conversations: Vec<i64> = keys.iter().map(|((c, _), _)| *c).collect();
+    let users: Vec<i64> = keys.iter().map(|((_, u), _)| *u).collect();
+    let seqs: Vec<i64> = keys.iter().map(|(_, s)| **s).collect();
+    let rows = sqlx::query(
+        "UPDATE members m
+            SET last_read_seq = LEAST(d.seq, c.last_seq)
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (conversation_id, user_id, seq),
+                conversations c
+          WHERE m.conversation_id = d.conversation_id AND m.user_id = d.user_id
+            AND c.id = d.conversation_id
+            AND LEAST(d.seq, c.last_seq) > m.last_read_seq
+         RETURNING m.conversation_id, m.user_id, m.last_read_seq,
+                   (SELECT array_agg(user_id ORDER BY user_id) FROM members WHERE conversation_id = m.conversation_id)",
+    )
+    .bind(&conversations)
+    .bind(&users)
+    .bind(&seqs)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut moved = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let members: Vec<i64> = row.try_get(3)?;
+        let read = ReadCommand {
+            conversation_id: chat_shared::ids::ConversationId::new(row.try_get(0)?)
+                .map_err(|e| WriteError::Corrupt(e.to_string()))?,
+            user_id: user_id(row.try_get(1)?)?,
+            seq: row.try_get(2)?,
+        };
+        moved.push((
+            read,
+            members.into_iter().map(user_id).collect::<Result<_, _>>()?,
+        ));
+    }
+    Ok(moved)
 }
 
 fn user_id(raw: i64) -> Result<UserId, WriteError> {

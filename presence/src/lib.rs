@@ -1,10 +1,18 @@
 //! The presence service: online status and typing, kept in Redis, fed by the
-//! gateways over RabbitMQ. Not built yet (issue 3): today the service starts,
-//! reports that it does nothing, and waits for its stop signal, so the
-//! bring-up and the manifests already have their place for it.
+//! gateways over RabbitMQ (the presence queue), announced to the people
+//! concerned through the fan-out exchange.
+//!
+//! - [`online`]: sessions, gateway heartbeats, expiry and the offline grace;
+//! - [`typing`]: relay, throttle and lapse of typing;
+//! - [`directory`]: conversation members and contacts, from Postgres;
+//! - [`announce`]: publishing to the gateways;
+//! - [`service`]: one event or one sweep at a time; [`startup`]: wiring.
 
-/// Runs until `shutdown` resolves.
-pub async fn run_until(shutdown: impl std::future::Future<Output = ()>) {
-    tracing::warn!("presence service: not implemented yet (issue 3); idling");
-    shutdown.await;
-}
+pub mod announce;
+pub mod directory;
+pub mod online;
+pub mod service;
+pub mod startup;
+pub mod typing;
+
+pub use startup::Presence;

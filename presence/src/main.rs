@@ -1,4 +1,5 @@
 use anyhow::Context;
+use chat_presence::Presence;
 use chat_shared::config::Settings;
 use chat_shared::{shutdown, telemetry};
 
@@ -6,6 +7,8 @@ use chat_shared::{shutdown, telemetry};
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading configuration")?;
     telemetry::init(&settings.log);
-    chat_presence::run_until(shutdown::signal()).await;
-    Ok(())
+    Presence::build(settings)
+        .await?
+        .run_until(shutdown::signal())
+        .await
 }

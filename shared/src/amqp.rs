@@ -6,6 +6,8 @@
 //! - `chat.persist` direct exchange -> durable queues `chat.persist.0..N`
 //!   (routing key = partition), single active consumer each, dead letters to
 //!   `chat.persist.dead` -> durable queue `chat.persist.dead`.
+//! - `chat.presence` durable queue (single active consumer, bounded): session
+//!   and typing events from the gateways to the presence service.
 //! - `chat.fanout` direct exchange -> one exclusive queue per gateway
 //!   (`chat.gw.<instance>`), bound with `user.<id>` for each user it hosts.
 //!   A stored message is published once, with the members' keys in the `CC`
@@ -47,6 +49,9 @@ impl Topology {
     }
     pub fn fanout_exchange(&self) -> String {
         format!("{}.fanout", self.prefix)
+    }
+    pub fn presence_queue(&self) -> String {
+        format!("{}.presence", self.prefix)
     }
     pub fn gateway_queue(&self, instance: &str) -> String {
         format!("{}.gw.{instance}", self.prefix)
@@ -160,6 +165,29 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
             .await?;
     }
     Ok(())
+}
+
+/// Declares the presence queue (idempotent): gateways publish session and
+/// typing events to it; one presence service at a time consumes it (single
+/// active consumer keeps the events of a user in order). Bounded: if no
+/// presence service runs, the oldest events are dropped, and the next
+/// heartbeats rebuild the state.
+pub async fn declare_presence_path(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert("x-max-length".into(), AMQPValue::LongUInt(100_000));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(topo.presence_queue().into(), options, args)
+        .await
+        .map(|_| ())
 }
 
 /// Declares the fan-out exchange (idempotent).

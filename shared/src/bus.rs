@@ -3,7 +3,8 @@
 //! into one AMQP message when load is high without changing the format.
 
 use crate::ids::{ClientMsgId, ConversationId, UserId};
-use crate::protocol::{Conversation, ErrorCode, Message};
+use crate::protocol::{Conversation, ErrorCode, Message, PresenceStatus, TypingState};
+use crate::time::{self, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// gateway -> persister, on the persist exchange, routed to the partition of
@@ -18,6 +19,53 @@ pub struct SendCommand {
     pub sender_id: UserId,
     pub client_msg_id: ClientMsgId,
     pub body: String,
+}
+
+/// gateway -> persister: what goes through the persist path, in order per
+/// conversation. A read marker travels the same way as the messages it
+/// follows, so it is stored in the same group commits and never overtakes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum PersistCommand {
+    Send(SendCommand),
+    Read(ReadCommand),
+}
+
+impl PersistCommand {
+    pub fn conversation_id(&self) -> ConversationId {
+        match self {
+            PersistCommand::Send(c) => c.conversation_id,
+            PersistCommand::Read(c) => c.conversation_id,
+        }
+    }
+}
+
+/// `read`: `user_id` has read `conversation_id` up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadCommand {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub seq: i64,
+}
+
+/// gateway -> presence service (the presence queue, one active consumer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PresenceEvent {
+    /// The user's first session on `gateway` opened.
+    SessionOpened { gateway: String, user_id: UserId },
+    /// The user's last session on `gateway` closed.
+    SessionClosed { gateway: String, user_id: UserId },
+    /// Every `presence.heartbeat_ms`: the gateway lives, and hosts these users.
+    Heartbeat {
+        gateway: String,
+        user_ids: Vec<UserId>,
+    },
+    Typing {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        state: TypingState,
+    },
 }
 
 /// Where a stored message came from: that session gets `ack`, every other
@@ -45,6 +93,29 @@ pub enum GatewayEvent {
         user_id: UserId,
         session_id: String,
         outcome: SendOutcome,
+    },
+    /// A member started or stopped typing; for `recipients` (never the typist).
+    Typing {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        state: TypingState,
+        recipients: Vec<UserId>,
+    },
+    /// A member's read marker moved forward; for the other members.
+    Read {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: i64,
+        recipients: Vec<UserId>,
+    },
+    /// A user came online or went offline; for the users who share a
+    /// conversation with them (and are online).
+    Presence {
+        user_id: UserId,
+        status: PresenceStatus,
+        #[serde(with = "time::rfc3339_opt")]
+        last_seen: Option<Timestamp>,
+        recipients: Vec<UserId>,
     },
     /// Users were added to a conversation: their sessions get a
     /// `conversation` frame. Routed to the added members only.
@@ -96,9 +167,10 @@ mod tests {
             client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
             body: "hi".into(),
         };
+        let cmd = PersistCommand::Send(cmd);
         let bytes = encode(std::slice::from_ref(&cmd));
-        assert_eq!(decode::<SendCommand>(&bytes).ok(), Some(vec![cmd]));
-        assert!(decode::<SendCommand>(b"{not json").is_err());
+        assert_eq!(decode::<PersistCommand>(&bytes).ok(), Some(vec![cmd]));
+        assert!(decode::<PersistCommand>(b"{not json").is_err());
     }
 
     #[test]

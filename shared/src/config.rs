@@ -34,6 +34,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub gateway: GatewaySettings,
     pub persister: PersisterSettings,
+    pub presence: PresenceSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +68,17 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PresenceSettings {
+    pub heartbeat_ms: u64,
+    pub gateway_ttl_ms: u64,
+    pub offline_grace_ms: u64,
+    pub sweep_ms: u64,
+    pub typing_lapse_ms: u64,
+    pub typing_throttle_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +180,20 @@ impl Settings {
             return invalid(
                 "gateway.max_body_chars",
                 "must be at least 1 and fit max_frame_bytes escaped (6 bytes a character)",
+            );
+        }
+        if self.presence.gateway_ttl_ms < 2 * self.presence.heartbeat_ms {
+            return invalid(
+                "presence.gateway_ttl_ms",
+                "must be at least twice presence.heartbeat_ms",
+            );
+        }
+        if self.presence.sweep_ms == 0
+            || self.presence.typing_throttle_ms >= self.presence.typing_lapse_ms
+        {
+            return invalid(
+                "presence.typing_throttle_ms",
+                "sweep_ms must be positive, throttle shorter than lapse",
             );
         }
         if self.gateway.heartbeat_timeout_ms <= self.gateway.heartbeat_ms {

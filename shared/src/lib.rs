@@ -4,12 +4,14 @@
 //! - [`ids`]: typed ids and validated values (`UserId`, `MessageBody`, ...);
 //! - [`bus`]: the events services exchange over RabbitMQ;
 //! - [`amqp`]: topology names, connecting, declaring, confirmed publishing;
+//! - [`cache`]: Redis connection and key layout (presence);
 //! - [`schema`]: the Postgres schema as sea-orm migrations, and connecting;
 //! - [`config`]: typed layered settings; [`telemetry`]: logging;
 //!   [`shutdown`]: the stop signal; [`time`]: wire timestamps.
 
 pub mod amqp;
 pub mod bus;
+pub mod cache;
 pub mod config;
 pub mod ids;
 pub mod protocol;

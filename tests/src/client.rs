@@ -133,19 +133,30 @@ impl Client {
         }
     }
 
-    /// The next frame of type `kind`, failing on any other frame type in between
-    /// except those listed as ignorable (`conversation` announcements).
+    /// The next frame of type `kind`, failing on any other frame type in
+    /// between except the incidental ones (`conversation` announcements and
+    /// `presence` changes), which are skipped.
     pub async fn next_of(&mut self, kind: &str) -> Value {
         loop {
             let frame = self.next().await;
             if frame["type"] == kind {
                 return frame;
             }
-            assert_eq!(
-                frame["type"], "conversation",
+            assert!(
+                frame["type"] == "conversation" || frame["type"] == "presence",
                 "user {} expected {kind}, got {frame}",
                 self.user_id
             );
+        }
+    }
+
+    /// The next `presence` frame about `user` (other frames are skipped).
+    pub async fn next_presence_of(&mut self, user: i64) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == "presence" && frame["user_id"] == user {
+                return frame;
+            }
         }
     }
 
@@ -159,9 +170,16 @@ impl Client {
     }
 
     /// Proves the connection is alive and that every frame the server queued
-    /// before now has been read: ping, then expect the pong next (returns
-    /// the frames that came before it).
+    /// before now has been read: ping, then expect the pong next. Returns the
+    /// frames that came before it, `presence` changes left out.
     pub async fn drain(&mut self) -> Vec<Value> {
+        let mut frames = self.drain_all().await;
+        frames.retain(|f| f["type"] != "presence");
+        frames
+    }
+
+    /// Like [`Client::drain`], with every frame kept.
+    pub async fn drain_all(&mut self) -> Vec<Value> {
         self.send_json(json!({"type": "ping"})).await;
         let mut before = Vec::new();
         loop {

@@ -13,6 +13,7 @@ pub use client::Client;
 
 use chat_gateway::Gateway;
 use chat_persister::Persister;
+use chat_presence::Presence;
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use sea_orm::sqlx::{self, Connection as _};
@@ -50,6 +51,7 @@ impl TestSystem {
         });
         let unique = uuid::Uuid::new_v4().simple().to_string();
         settings.amqp.prefix = format!("t{}", &unique[..12]);
+        settings.redis.prefix = settings.amqp.prefix.clone();
         settings.database.url =
             create_database(&settings.database.url, &format!("test_{}", &unique[..16])).await;
         chat_shared::telemetry::init(&settings.log);
@@ -72,6 +74,7 @@ impl TestSystem {
         for _ in 0..persisters {
             system.start_persister().await;
         }
+        system.start_presence().await;
         for _ in 0..gateways {
             let gateway = Gateway::build(settings.clone())
                 .await
@@ -95,6 +98,63 @@ impl TestSystem {
             let _ = stopped.await;
         }));
         self.stops.push(stop);
+    }
+
+    pub async fn start_presence(&mut self) {
+        let presence = Presence::build(self.settings.clone())
+            .await
+            .unwrap_or_else(|e| panic!("presence: {e:#}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(presence.run_until(async move {
+            let _ = stopped.await;
+        }));
+        self.stops.push(stop);
+    }
+
+    /// A gateway in its own process (the `chat-gateway` binary), so a test
+    /// can kill it with SIGKILL.
+    pub async fn spawn_gateway_process(&self) -> GatewayProcess {
+        let port = free_port();
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("chat-gateway")))
+            .unwrap_or_else(|| panic!("cannot locate the chat-gateway binary"));
+        let s = &self.settings;
+        let child = tokio::process::Command::new(&binary)
+            .env("CHAT_PROFILE", "test")
+            .env("CHAT_DATABASE__URL", &s.database.url)
+            .env("CHAT_AMQP__URL", &s.amqp.url)
+            .env("CHAT_AMQP__PREFIX", &s.amqp.prefix)
+            .env("CHAT_REDIS__URL", &s.redis.url)
+            .env("CHAT_REDIS__PREFIX", &s.redis.prefix)
+            .env(
+                "CHAT_PRESENCE__HEARTBEAT_MS",
+                s.presence.heartbeat_ms.to_string(),
+            )
+            .env("CHAT_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "spawning {}: {e} (build it: cargo build -p chat-gateway)",
+                    binary.display()
+                )
+            });
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let ready = format!("http://{addr}/ready?require=broker,database");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let answer = self.http.get(&ready).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway process not ready at {addr}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        GatewayProcess { child, addr }
     }
 
     /// Stops gateway `index` gracefully (its sessions get close code 1012).
@@ -206,6 +266,30 @@ impl Drop for TestSystem {
             let _ = stop.send(());
         }
     }
+}
+
+/// A gateway running as a child process.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// SIGKILL: no goodbye to anyone.
+    pub async fn kill_9(&mut self) {
+        self.child
+            .kill()
+            .await
+            .unwrap_or_else(|e| panic!("kill -9: {e}"));
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 async fn respond(request: reqwest::RequestBuilder) -> (u16, Value) {

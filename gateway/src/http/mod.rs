@@ -4,6 +4,7 @@ pub mod conversations;
 pub mod error;
 pub mod extract;
 pub mod ops;
+pub mod presence;
 
 use crate::state::AppState;
 use crate::ws;
@@ -21,6 +22,7 @@ pub fn router(state: AppState) -> Router {
             "/api/conversations/{id}/messages",
             get(conversations::history),
         )
+        .route("/api/presence", get(presence::presence))
         .route("/api/dev/token", post(ops::dev_token))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

@@ -1,7 +1,7 @@
 //! `/health`, `/ready`, `/metrics`, and the dev login.
 
 use super::error::ApiError;
-use super::extract::Body;
+use super::extract::{Body, Params};
 use crate::auth::unix_now;
 use crate::state::AppState;
 use axum::Json;
@@ -14,18 +14,43 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
-/// 200 when the broker and the database answer, 503 with the reason otherwise.
-pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if !state.amqp.status().connected() {
-        return Err(ApiError::unavailable("broker not connected"));
-    }
+/// 200 when the broker, the database and the cache answer, 503 with the
+/// reason otherwise. (Chat itself goes on without the cache: only presence
+/// degrades. An orchestrator that should keep routing to a gateway whose
+/// Redis is down can probe `/ready?require=broker,database`.)
+#[derive(serde::Deserialize)]
+pub struct ReadyParams {
+    require: Option<String>,
+}
+
+pub async fn ready(
+    State(state): State<AppState>,
+    Params(params): Params<ReadyParams>,
+) -> Result<&'static str, ApiError> {
+    let require = params
+        .require
+        .unwrap_or_else(|| "broker,database,cache".into());
+    let wants = |what: &str| require.split(',').any(|r| r.trim() == what);
     if *state.shutdown.borrow() {
         return Err(ApiError::unavailable("shutting down"));
     }
-    state.store.ping().await.map_err(|e| {
-        tracing::warn!(error = %e, "readiness: database unreachable");
-        ApiError::unavailable("database unreachable")
-    })?;
+    if wants("broker") && !state.amqp.status().connected() {
+        return Err(ApiError::unavailable("broker not connected"));
+    }
+    if wants("database") {
+        state.store.ping().await.map_err(|e| {
+            tracing::warn!(error = %e, "readiness: database unreachable");
+            ApiError::unavailable("database unreachable")
+        })?;
+    }
+    if wants("cache") {
+        let mut redis = state.redis.clone();
+        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut redis).await;
+        pong.map_err(|e| {
+            tracing::warn!(error = %e, "readiness: cache unreachable");
+            ApiError::unavailable("cache unreachable")
+        })?;
+    }
     Ok("ready")
 }
 

@@ -7,8 +7,9 @@ use crate::auth::{AuthUser, unix_now};
 use crate::hub::{self, Outbound, SessionHandle};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use chat_shared::bus::SendCommand;
+use chat_shared::bus::{PersistCommand, PresenceEvent, ReadCommand, SendCommand};
 use chat_shared::ids::ClientMsgId;
+use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{ClientFrame, ErrorCode, SendFrame, ServerFrame};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,10 +46,14 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
         tx: tx.clone(),
         overflow: overflow.clone(),
     };
-    if let Err(e) = state.hub.register(user.user_id, handle).await {
-        tracing::error!(user.id = %user.user_id, error = %e, "session could not be routed");
-        close_with(&mut socket, close::INTERNAL, "try another gateway").await;
-        return;
+    match state.hub.register(user.user_id, handle).await {
+        Ok(true) => state.presence.opened(user.user_id).await,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(user.id = %user.user_id, error = %e, "session could not be routed");
+            close_with(&mut socket, close::INTERNAL, "try another gateway").await;
+            return;
+        }
     }
     state.metrics.connections_opened.inc();
     tracing::debug!(user.id = %user.user_id, session.id = %session_id, "session opened");
@@ -61,10 +66,13 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
         pending: HashMap::new(),
     };
     let reason = session.serve(rx, overflow).await;
-    state
+    let last = state
         .hub
         .unregister(session.user.user_id, &session.session_id)
         .await;
+    if last {
+        state.presence.closed(session.user.user_id).await;
+    }
     tracing::debug!(user.id = %session.user.user_id, session.id = %session.session_id, ?reason, "session closed");
 }
 
@@ -211,9 +219,50 @@ impl Session {
                 self.refuse(ErrorCode::BadRequest, "already authenticated", None)
                     .await;
             }
-            // Typing and read markers arrive with the presence service (issue 3).
-            Ok(ClientFrame::Typing { .. } | ClientFrame::Read { .. }) => {
-                tracing::debug!(user.id = %self.user.user_id, "typing/read frame ignored: not implemented yet");
+            Ok(ClientFrame::Typing {
+                conversation_id,
+                state,
+            }) => {
+                // Relayed (and throttled) by the presence service.
+                let user_id = self.user.user_id;
+                let event = PresenceEvent::Typing {
+                    conversation_id,
+                    user_id,
+                    state,
+                };
+                self.state.presence.publish(event).await;
+            }
+            Ok(ClientFrame::Read {
+                conversation_id,
+                seq,
+            }) => self.on_read(conversation_id, seq).await,
+        }
+    }
+
+    /// A read marker goes down the persist path with the messages, so it is
+    /// stored in the same group commits; the persister relays it if it moved.
+    async fn on_read(&mut self, conversation_id: ConversationId, seq: i64) {
+        if seq < 0 {
+            self.refuse(ErrorCode::BadRequest, "seq must not be negative", None)
+                .await;
+            return;
+        }
+        let command = PersistCommand::Read(ReadCommand {
+            conversation_id,
+            user_id: self.user.user_id,
+            seq,
+        });
+        match self.state.sender.start(&command).await {
+            Ok(confirm) => {
+                let user = self.user.user_id;
+                tokio::spawn(async move {
+                    if let Err(e) = confirm.wait().await {
+                        tracing::warn!(user.id = %user, conversation.id = %conversation_id, error = %e, "read marker not confirmed by the broker");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "read marker not accepted by the broker");
             }
         }
     }
@@ -250,9 +299,15 @@ impl Session {
         };
         // Published here, in frame order, so one session's sends keep their
         // order; the confirm is awaited off this loop.
-        match self.state.sender.start(&command).await {
+        let conversation_id = command.conversation_id;
+        match self
+            .state
+            .sender
+            .start(&PersistCommand::Send(command))
+            .await
+        {
             Err(e) => {
-                tracing::warn!(user.id = %self.user.user_id, conversation.id = %command.conversation_id, error = %e, "send not accepted by the broker");
+                tracing::warn!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "send not accepted by the broker");
                 self.refuse(
                     ErrorCode::Unavailable,
                     "message not accepted, send it again",
@@ -265,7 +320,7 @@ impl Session {
                 tracing::debug!(
                     user.id = %self.user.user_id,
                     session.id = %self.session_id,
-                    conversation.id = %command.conversation_id,
+                    conversation.id = %conversation_id,
                     client_msg_id = client_msg_id.as_str(),
                     "send published"
                 );

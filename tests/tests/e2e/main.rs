@@ -8,4 +8,8 @@ mod http_api;
 mod idempotency;
 mod messaging;
 mod ordering;
+mod presence;
+mod read_markers;
+mod redis_down;
 mod sessions;
+mod typing;

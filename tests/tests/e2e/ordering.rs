@@ -12,7 +12,7 @@ async fn ack_seqs(client: &mut chat_tests::Client, n: usize) -> Vec<i64> {
         let frame = client.next().await;
         match frame["type"].as_str() {
             Some("ack") => seqs.push(frame["message"]["seq"].as_i64().unwrap_or_default()),
-            Some("message" | "conversation") => {}
+            Some("message" | "conversation" | "presence") => {}
             _ => panic!("unexpected frame {frame}"),
         }
     }

@@ -1,0 +1,116 @@
+//! `GET /api/presence?user_ids=7,42`: read from Redis, where the presence
+//! service keeps it. When Redis cannot be reached, chat goes on and this
+//! answers what the gateway itself knows: users with a session here are
+//! online, the others offline with no `last_seen`.
+
+use super::error::ApiError;
+use super::extract::Params;
+use crate::auth::AuthUser;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use chat_shared::ids::UserId;
+use chat_shared::protocol::PresenceStatus;
+use chat_shared::time::{self, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Most ids one request may ask about.
+pub const MAX_USERS: usize = 200;
+
+#[derive(Deserialize)]
+pub struct PresenceParams {
+    user_ids: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct PresenceList {
+    presence: Vec<UserPresence>,
+}
+
+#[derive(Serialize)]
+pub struct UserPresence {
+    user_id: UserId,
+    status: PresenceStatus,
+    #[serde(with = "time::rfc3339_opt")]
+    last_seen: Option<Timestamp>,
+}
+
+pub async fn presence(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    Params(params): Params<PresenceParams>,
+) -> Result<Json<PresenceList>, ApiError> {
+    let users = parse_ids(params.user_ids.as_deref().unwrap_or_default())?;
+    let presence = match from_redis(&state, &users).await {
+        Ok(presence) => presence,
+        Err(e) => {
+            tracing::warn!(error = %e, "presence from Redis failed; answering what this gateway knows");
+            users
+                .iter()
+                .map(|&user_id| UserPresence {
+                    user_id,
+                    status: if state.hub.hosts(user_id) {
+                        PresenceStatus::Online
+                    } else {
+                        PresenceStatus::Offline
+                    },
+                    last_seen: None,
+                })
+                .collect()
+        }
+    };
+    Ok(Json(PresenceList { presence }))
+}
+
+fn parse_ids(raw: &str) -> Result<Vec<UserId>, ApiError> {
+    let ids: Vec<UserId> = raw
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            part.trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| UserId::new(n).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::bad_request("user_ids must be comma-separated positive ids"))?;
+    if ids.is_empty() || ids.len() > MAX_USERS {
+        return Err(ApiError::bad_request(format!(
+            "give 1 to {MAX_USERS} user_ids"
+        )));
+    }
+    Ok(ids)
+}
+
+async fn from_redis(
+    state: &AppState,
+    users: &[UserId],
+) -> Result<Vec<UserPresence>, redis::RedisError> {
+    let keys = &state.cache_keys;
+    let mut online = redis::cmd("SMISMEMBER");
+    online.arg(keys.online());
+    for user in users {
+        online.arg(user.get());
+    }
+    let mut seen = redis::cmd("MGET");
+    for user in users {
+        seen.arg(keys.last_seen(*user));
+    }
+    let mut pipe = redis::pipe();
+    pipe.add_command(online).add_command(seen);
+    let mut conn = state.redis.clone();
+    let (online, seen): (Vec<bool>, Vec<Option<i64>>) = pipe.query_async(&mut conn).await?;
+    Ok(users
+        .iter()
+        .zip(online.into_iter().zip(seen))
+        .map(|(&user_id, (online, seen))| UserPresence {
+            user_id,
+            status: if online {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Offline
+            },
+            last_seen: seen.and_then(chrono::DateTime::from_timestamp_millis),
+        })
+        .collect())
+}

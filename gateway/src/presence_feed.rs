@@ -1,0 +1,81 @@
+//! What the gateway tells the presence service: a user's first session here
+//! opened, their last one closed, who is typing, and, every
+//! `presence.heartbeat_ms`, that this gateway lives and whom it hosts. The
+//! heartbeat is what lets the presence service notice a gateway that died
+//! without a word (kill -9), and rebuild its state after Redis was down.
+//!
+//! Fire and forget: presence is ephemeral, and a lost event is repaired by the
+//! next heartbeat.
+
+use crate::hub::Hub;
+use chat_shared::amqp::Topology;
+use chat_shared::bus::{self, PresenceEvent};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct PresenceFeed {
+    channel: Channel,
+    queue: String,
+    /// This gateway's id in presence events.
+    pub gateway: Arc<str>,
+}
+
+impl PresenceFeed {
+    pub fn new(channel: Channel, topo: &Topology, gateway: &str) -> Self {
+        Self {
+            channel,
+            queue: topo.presence_queue(),
+            gateway: gateway.into(),
+        }
+    }
+
+    pub async fn publish(&self, event: PresenceEvent) {
+        let payload = bus::encode(&[event]);
+        let published = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.clone().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default(),
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(error = %e, "presence event not published");
+        }
+    }
+
+    pub async fn opened(&self, user: chat_shared::ids::UserId) {
+        self.publish(PresenceEvent::SessionOpened {
+            gateway: self.gateway.to_string(),
+            user_id: user,
+        })
+        .await;
+    }
+
+    pub async fn closed(&self, user: chat_shared::ids::UserId) {
+        self.publish(PresenceEvent::SessionClosed {
+            gateway: self.gateway.to_string(),
+            user_id: user,
+        })
+        .await;
+    }
+
+    /// Sends a heartbeat every `every` until the task is dropped.
+    pub async fn heartbeats(self, hub: Arc<Hub>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let event = PresenceEvent::Heartbeat {
+                gateway: self.gateway.to_string(),
+                user_ids: hub.users(),
+            };
+            self.publish(event).await;
+        }
+    }
+}

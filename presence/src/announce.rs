@@ -1,0 +1,43 @@
+//! Publishing typing and presence changes to the gateways that host the
+//! people concerned: one AMQP message per change, routed by their user keys
+//! (RabbitMQ `CC`), so only gateways hosting a recipient get it.
+
+use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PublishError, Topology};
+use chat_shared::bus::{self, GatewayEvent};
+use chat_shared::ids::UserId;
+
+pub struct Announcer {
+    publisher: ConfirmedPublisher,
+    fanout: String,
+}
+
+impl Announcer {
+    pub fn new(publisher: ConfirmedPublisher, topo: &Topology) -> Self {
+        Self {
+            publisher,
+            fanout: topo.fanout_exchange(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        recipients: &[UserId],
+        event: GatewayEvent,
+    ) -> Result<(), PublishError> {
+        let keys: Vec<String> = recipients.iter().map(|u| Topology::user_key(*u)).collect();
+        let Some((first, rest)) = keys.split_first() else {
+            return Ok(());
+        };
+        let payload = bus::encode(&[event]);
+        self.publisher
+            .publish(Outgoing {
+                exchange: &self.fanout,
+                routing_key: first,
+                cc: rest,
+                payload: &payload,
+                persistent: false,
+                mandatory: false,
+            })
+            .await
+    }
+}

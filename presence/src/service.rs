@@ -1,0 +1,162 @@
+//! The presence service: consumes the presence queue and sweeps on a timer,
+//! turning both into changes for the people concerned.
+
+use crate::announce::Announcer;
+use crate::directory::Directory;
+use crate::online::{Change, Online};
+use crate::typing::Typing;
+use chat_shared::bus::{GatewayEvent, PresenceEvent};
+use chat_shared::cache::{Keys, unix_ms};
+use chat_shared::ids::{ConversationId, UserId};
+use chat_shared::protocol::TypingState;
+use redis::aio::ConnectionManager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::sqlx::Error),
+    #[error("publish: {0}")]
+    Publish(#[from] chat_shared::amqp::PublishError),
+}
+
+pub struct Service {
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub online: Online,
+    pub typing: Typing,
+    pub directory: Directory,
+    pub announcer: Announcer,
+}
+
+impl Service {
+    pub async fn handle(&mut self, event: PresenceEvent) -> Result<(), PresenceError> {
+        let now = unix_ms();
+        match event {
+            PresenceEvent::SessionOpened { gateway, user_id } => {
+                let change = self
+                    .online
+                    .opened(&mut self.redis, &gateway, user_id, now)
+                    .await?;
+                self.announce_changes(change.into_iter().collect()).await
+            }
+            PresenceEvent::SessionClosed { gateway, user_id } => Ok(self
+                .online
+                .closed(&mut self.redis, &gateway, user_id, now)
+                .await?),
+            PresenceEvent::Heartbeat { gateway, user_ids } => {
+                let changes = self
+                    .online
+                    .heartbeat(&mut self.redis, &gateway, &user_ids, now)
+                    .await?;
+                self.announce_changes(changes).await
+            }
+            PresenceEvent::Typing {
+                conversation_id,
+                user_id,
+                state,
+            } => self.on_typing(conversation_id, user_id, state, now).await,
+        }
+    }
+
+    async fn on_typing(
+        &mut self,
+        c: ConversationId,
+        u: UserId,
+        state: TypingState,
+        now: i64,
+    ) -> Result<(), PresenceError> {
+        let broadcast = match state {
+            TypingState::Start => {
+                if self
+                    .typing
+                    .refresh_if_recent(&mut self.redis, c, u, now)
+                    .await?
+                {
+                    false
+                } else {
+                    let members = self.directory.members(c).await?;
+                    if !members.contains(&u) {
+                        return Ok(()); // not a member: nothing to relay
+                    }
+                    self.typing.started(&mut self.redis, c, u, now).await?;
+                    return self.relay_typing(c, u, state, members).await;
+                }
+            }
+            TypingState::Stop => self.typing.stopped(&mut self.redis, c, u).await?,
+        };
+        if broadcast {
+            let members = self.directory.members(c).await?;
+            self.relay_typing(c, u, state, members).await?;
+        }
+        Ok(())
+    }
+
+    async fn relay_typing(
+        &self,
+        c: ConversationId,
+        u: UserId,
+        state: TypingState,
+        members: Vec<UserId>,
+    ) -> Result<(), PresenceError> {
+        let recipients: Vec<UserId> = members.into_iter().filter(|m| *m != u).collect();
+        let event = GatewayEvent::Typing {
+            conversation_id: c,
+            user_id: u,
+            state,
+            recipients: recipients.clone(),
+        };
+        Ok(self.announcer.send(&recipients, event).await?)
+    }
+
+    pub async fn sweep(&mut self) -> Result<(), PresenceError> {
+        let now = unix_ms();
+        let changes = self.online.sweep(&mut self.redis, now).await?;
+        self.announce_changes(changes).await?;
+        for (c, u, state) in self.typing.sweep(&mut self.redis, now).await? {
+            let members = self.directory.members(c).await?;
+            self.relay_typing(c, u, state, members).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the online contacts of each user whose status changed.
+    async fn announce_changes(&mut self, changes: Vec<Change>) -> Result<(), PresenceError> {
+        for change in changes {
+            tracing::debug!(user.id = %change.user, status = ?change.status, "presence changed");
+            let contacts = self.directory.contacts(change.user).await?;
+            let recipients = self.online_among(&contacts).await?;
+            let event = GatewayEvent::Presence {
+                user_id: change.user,
+                status: change.status,
+                last_seen: chrono_ms(change.at),
+                recipients: recipients.clone(),
+            };
+            self.announcer.send(&recipients, event).await?;
+        }
+        Ok(())
+    }
+
+    async fn online_among(&mut self, users: &[UserId]) -> Result<Vec<UserId>, PresenceError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("SMISMEMBER");
+        cmd.arg(self.keys.online());
+        for u in users {
+            cmd.arg(u.get());
+        }
+        let online: Vec<bool> = cmd.query_async(&mut self.redis).await?;
+        Ok(users
+            .iter()
+            .zip(online)
+            .filter(|(_, on)| *on)
+            .map(|(u, _)| *u)
+            .collect())
+    }
+}
+
+fn chrono_ms(ms: i64) -> Option<chat_shared::time::Timestamp> {
+    chat_shared::time::Timestamp::from_timestamp_millis(ms)
+}

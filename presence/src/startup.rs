@@ -1,0 +1,122 @@
+//! Building and running the presence service.
+
+use crate::announce::Announcer;
+use crate::directory::Directory;
+use crate::online::Online;
+use crate::service::Service;
+use crate::typing::Typing;
+use anyhow::Context;
+use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
+use chat_shared::bus::{self, PresenceEvent};
+use chat_shared::cache::{self, Keys};
+use chat_shared::config::Settings;
+use chat_shared::schema;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::future::Future;
+use std::time::Duration;
+
+pub struct Presence {
+    conn: lapin::Connection,
+    consumer: lapin::Consumer,
+    service: Service,
+    sweep_every: Duration,
+}
+
+impl Presence {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = schema::connect(&settings.database)
+            .await
+            .context("connecting to Postgres")?;
+        let conn = amqp::connect(&settings.amqp, "presence", Duration::from_secs(30))
+            .await
+            .context("connecting to RabbitMQ")?;
+        let topo = Topology::new(&settings.amqp);
+        let channel = conn.create_channel().await?;
+        amqp::declare_fanout(&channel, &topo).await?;
+        amqp::declare_presence_path(&channel, &topo).await?;
+        channel.basic_qos(500, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                topo.presence_queue().into(),
+                "presence".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("consuming the presence queue")?;
+        let keys = Keys::new(&settings.redis);
+        let service = Service {
+            redis: cache::connect(&settings.redis).context("the Redis URL")?,
+            online: Online::new(keys.clone(), &settings.presence),
+            typing: Typing::new(keys.clone(), &settings.presence),
+            keys,
+            directory: Directory::new(db.get_postgres_connection_pool().clone()),
+            announcer: Announcer::new(
+                ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout()).await?,
+                &topo,
+            ),
+        };
+        let sweep_every = Duration::from_millis(settings.presence.sweep_ms);
+        Ok(Self {
+            conn,
+            consumer,
+            service,
+            sweep_every,
+        })
+    }
+
+    /// Runs until `shutdown` resolves. Failures (Redis or Postgres down) are
+    /// logged and the event dropped: presence is ephemeral, and the gateways'
+    /// next heartbeats rebuild it once the store is back.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            conn,
+            mut consumer,
+            mut service,
+            sweep_every,
+        } = self;
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        tracing::info!("presence running");
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = sweep.tick() => {
+                    if let Err(e) = service.sweep().await {
+                        tracing::warn!(error = %e, "presence sweep failed");
+                    }
+                }
+                delivery = consumer.next() => {
+                    let Some(delivery) = delivery else { break };
+                    let delivery = match delivery {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!(error = %e, "presence consumer failed");
+                            continue;
+                        }
+                    };
+                    match bus::decode::<PresenceEvent>(&delivery.data) {
+                        Ok(events) => {
+                            for event in events {
+                                if let Err(e) = service.handle(event).await {
+                                    tracing::warn!(error = %e, "presence event dropped");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "undecodable presence event dropped"),
+                    }
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
+            }
+        }
+        let _ = conn.close(200, "presence shutdown".into()).await;
+        tracing::info!("presence stopped");
+        Ok(())
+    }
+}
