@@ -8,6 +8,7 @@
 //! JSON frames over a WebSocket, exactly as a browser or an app would.
 
 pub mod client;
+pub mod load;
 
 pub use client::Client;
 

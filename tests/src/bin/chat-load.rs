@@ -1,0 +1,163 @@
+//! The load generator. It speaks only the public contract.
+//!
+//!   chat-load run  --url http://127.0.0.1:28080 --users 2000 --group-size 2 \
+//!                  --rate 1000 --duration 60 --warmup 10 [--skip-history]
+//!   chat-load idle --url http://127.0.0.1:28081 --connections 19000 --pid <gateway pid> \
+//!                  [--jwt-secret <secret>] [--hold 5]
+//!
+//! `--url` takes a comma-separated list (users are spread over it). `run`
+//! prints a progress line every second, then a table and one JSON line, and
+//! exits non-zero if any acked message was lost, duplicated or out of place
+//! in history. `idle` prints how many connections held and the gateway's
+//! resident memory per connection.
+
+use anyhow::{Context, bail};
+use chat_tests::load::{Scenario, idle, report, run, setup, verify};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+    match arg(args, name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .with_context(|| format!("{name} must be a number")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let urls: Vec<String> = arg(&args, "--url")
+        .unwrap_or_else(|| "http://127.0.0.1:28080".into())
+        .split(',')
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
+    match args.get(1).map(String::as_str) {
+        Some("run") => {
+            let scenario = Scenario {
+                urls,
+                users: num(&args, "--users", 2000)?,
+                group_size: num(&args, "--group-size", 2)?,
+                rate: num(&args, "--rate", 1000.0)?,
+                warmup_secs: num(&args, "--warmup", 10.0)?,
+                duration_secs: num(&args, "--duration", 60.0)?,
+                drain_secs: num(&args, "--drain", 30.0)?,
+                skip_history: args.iter().any(|a| a == "--skip-history"),
+            };
+            run_scenario(scenario).await
+        }
+        Some("idle") => {
+            let connections: usize = num(&args, "--connections", 1000)?;
+            let pid: Option<u32> = arg(&args, "--pid").and_then(|p| p.parse().ok());
+            let hold: f64 = num(&args, "--hold", 5.0)?;
+            idle_connections(&urls[0], connections, pid, arg(&args, "--jwt-secret"), hold).await
+        }
+        _ => {
+            bail!("usage: chat-load run|idle [options] (see the top of tests/src/bin/chat-load.rs)")
+        }
+    }
+}
+
+async fn run_scenario(scenario: Scenario) -> anyhow::Result<()> {
+    if scenario.group_size < 2 || scenario.users % scenario.group_size != 0 {
+        bail!("--users must be a multiple of --group-size (at least 2)");
+    }
+    let http = reqwest::Client::new();
+    let url = &scenario.urls[0];
+    let users = setup::user_ids(scenario.users);
+    eprintln!("setup: {} tokens", users.len());
+    let tokens = setup::tokens(&http, url, &users).await?;
+    let conversations =
+        setup::conversations(&http, url, &users, &tokens, scenario.group_size).await?;
+    eprintln!("setup: {} conversations; connecting", conversations.len());
+    let mut conversation_of = vec![0; users.len()];
+    let mut members = HashMap::new();
+    for (id, group) in &conversations {
+        for &m in group {
+            conversation_of[m] = *id;
+        }
+        members.insert(*id, group.clone());
+    }
+    let plan = run::Plan {
+        conversation_of,
+        members,
+    };
+    let sockets = setup::connect_all(&scenario, &tokens, 64).await?;
+    // Let the conversation announcements and presence changes settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "run: {} msg/s for {} s after {} s warm-up",
+        scenario.rate, scenario.duration_secs, scenario.warmup_secs
+    );
+    let result = run::run(&scenario, &plan, sockets).await;
+    let mut verdict = verify::deliveries(&result, &plan);
+    if !scenario.skip_history {
+        eprintln!("verify: reading history back");
+        verify::history(&mut verdict, &http, url, &tokens, &plan, &result).await;
+        for problem in verdict.history_problems.iter().take(10) {
+            eprintln!("  {problem}");
+        }
+    }
+    let summary = report::summary(&scenario, &result, &verdict);
+    println!("{}", report::table(&summary));
+    println!("{summary}");
+    if !verdict.ok() {
+        bail!("verification failed");
+    }
+    Ok(())
+}
+
+async fn idle_connections(
+    url: &str,
+    count: usize,
+    pid: Option<u32>,
+    secret: Option<String>,
+    hold: f64,
+) -> anyhow::Result<()> {
+    let users = setup::user_ids(count);
+    let tokens: Vec<String> = match secret {
+        Some(secret) => {
+            let keys = chat_gateway::auth::JwtKeys::new(&secret);
+            let exp = chat_gateway::auth::unix_now() + 3600;
+            users
+                .iter()
+                .map(|u| chat_shared::ids::UserId::new(*u).map(|u| keys.issue(u, None, exp)))
+                .collect::<Result<_, _>>()?
+        }
+        None => setup::tokens(&reqwest::Client::new(), url, &users).await?,
+    };
+    let before = pid.and_then(idle::rss_kib);
+    let (sockets, failed) = idle::hold(url, &tokens, 256).await;
+    tokio::time::sleep(Duration::from_secs_f64(hold)).await;
+    let after = pid.and_then(idle::rss_kib);
+    let held = sockets.len();
+    let per_connection = match (before, after) {
+        (Some(b), Some(a)) if held > 0 => Some((a.saturating_sub(b)) as f64 / held as f64),
+        _ => None,
+    };
+    println!(
+        "idle: {held} of {count} connections held ({failed} failed); gateway RSS {} KiB -> {} KiB; {} KiB per connection",
+        before.map_or("?".into(), |v| v.to_string()),
+        after.map_or("?".into(), |v| v.to_string()),
+        per_connection.map_or("?".into(), |v| format!("{v:.2}")),
+    );
+    println!(
+        "{}",
+        serde_json::json!({"mode": "idle", "requested": count, "held": held, "failed": failed,
+            "rss_before_kib": before, "rss_after_kib": after, "kib_per_connection": per_connection})
+    );
+    drop(sockets);
+    if failed > 0 {
+        bail!("{failed} connections failed");
+    }
+    Ok(())
+}

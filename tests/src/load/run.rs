@@ -1,0 +1,249 @@
+//! The measured part: an open-loop sender (message i is due at i / rate
+//! seconds, whatever the server does, so a slow server cannot slow the
+//! offered load and hide its latency), and one reader per connection that
+//! timestamps acks and deliveries against the time each message was due.
+
+use super::Scenario;
+use super::setup::Socket;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Who talks where: `conversation_of[user index]`, and each conversation's members.
+pub struct Plan {
+    pub conversation_of: Vec<i64>,
+    pub members: HashMap<i64, Vec<usize>>,
+}
+
+/// Counters the progress line reads while the run goes on.
+#[derive(Default)]
+pub struct Live {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub errors: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// A message the server acknowledged.
+pub struct Acked {
+    pub id: String,
+    pub conversation: i64,
+    pub client_msg_id: String,
+}
+
+/// What one connection saw.
+pub struct ReaderResult {
+    pub user: usize,
+    pub ack_us: Histogram<u64>,
+    pub delivery_us: Histogram<u64>,
+    pub acked: Vec<Acked>,
+    /// Message id -> how many times it arrived as a `message` frame.
+    pub received: HashMap<String, u32>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+pub struct RunResult {
+    pub readers: Vec<ReaderResult>,
+    pub sent: u64,
+    pub measured_sent: u64,
+    pub elapsed: Duration,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 us .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3)
+        .unwrap_or_else(|e| panic!("histogram bounds: {e}"))
+}
+
+/// The body carries when the message was due (us since the start) and
+/// whether it counts (after the warm-up): "<due_us> <m|w>".
+fn body(due_us: u64, measured: bool) -> String {
+    format!("{due_us} {}", if measured { 'm' } else { 'w' })
+}
+
+fn parse_body(body: &str) -> Option<(u64, bool)> {
+    let (due, kind) = body.split_once(' ')?;
+    Some((due.parse().ok()?, kind == "m"))
+}
+
+pub async fn run(scenario: &Scenario, plan: &Plan, sockets: Vec<Socket>) -> RunResult {
+    let base = Instant::now();
+    let live = Arc::new(Live::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let mut writers = Vec::with_capacity(sockets.len());
+    let mut readers = Vec::with_capacity(sockets.len());
+    for (user, socket) in sockets.into_iter().enumerate() {
+        let (mut sink, stream) = socket.split();
+        // Unbounded on purpose: the offered load must not wait for the server.
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if sink.send(WsMessage::Text(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        writers.push(tx);
+        readers.push(tokio::spawn(read(
+            stream,
+            user,
+            base,
+            live.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let users = writers.len() as u64;
+    let rate = scenario.rate;
+    let total = ((scenario.warmup_secs + scenario.duration_secs) * rate) as u64;
+    let mut next = 0u64;
+    let mut measured_sent = 0u64;
+    let mut last_progress = Instant::now();
+    while next < total {
+        let due = ((base.elapsed().as_secs_f64() * rate) as u64).min(total);
+        while next < due {
+            let due_us = (next as f64 / rate * 1e6) as u64;
+            let measured = due_us as f64 >= scenario.warmup_secs * 1e6;
+            measured_sent += u64::from(measured);
+            let user = (next % users) as usize;
+            let frame = json!({
+                "type": "send",
+                "conversation_id": plan.conversation_of[user],
+                "client_msg_id": format!("l{next}"),
+                "body": body(due_us, measured),
+            });
+            let _ = writers[user].send(frame.to_string());
+            live.sent.fetch_add(1, Ordering::Relaxed);
+            next += 1;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            progress(base, &live);
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    // Wait for the stragglers: every send answered, every delivery in.
+    let expected_deliveries: u64 = (0..total)
+        .map(|i| {
+            plan.members
+                .get(&plan.conversation_of[(i % users) as usize])
+                .map_or(0, |m| m.len() as u64 - 1)
+        })
+        .sum();
+    let drain_until = Instant::now() + Duration::from_secs_f64(scenario.drain_secs);
+    while Instant::now() < drain_until {
+        let answered = live.acked.load(Ordering::Relaxed) + live.errors.load(Ordering::Relaxed);
+        if answered >= total && live.delivered.load(Ordering::Relaxed) >= expected_deliveries {
+            break;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            progress(base, &live);
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress(base, &live);
+    let elapsed = base.elapsed();
+    let _ = stop_tx.send(true);
+    let mut results = Vec::with_capacity(readers.len());
+    for reader in readers {
+        if let Ok(result) = reader.await {
+            results.push(result);
+        }
+    }
+    RunResult {
+        readers: results,
+        sent: total,
+        measured_sent,
+        elapsed,
+    }
+}
+
+fn progress(base: Instant, live: &Live) {
+    eprintln!(
+        "t={:>6.1}s sent={} acked={} delivered={} errors={}",
+        base.elapsed().as_secs_f64(),
+        live.sent.load(Ordering::Relaxed),
+        live.acked.load(Ordering::Relaxed),
+        live.delivered.load(Ordering::Relaxed),
+        live.errors.load(Ordering::Relaxed),
+    );
+}
+
+async fn read(
+    mut stream: futures_util::stream::SplitStream<Socket>,
+    user: usize,
+    base: Instant,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+) -> ReaderResult {
+    let mut result = ReaderResult {
+        user,
+        ack_us: histogram(),
+        delivery_us: histogram(),
+        acked: Vec::new(),
+        received: HashMap::new(),
+        errors: BTreeMap::new(),
+    };
+    loop {
+        let frame = tokio::select! {
+            _ = stop.changed() => break,
+            frame = stream.next() => frame,
+        };
+        let Some(Ok(WsMessage::Text(text))) = frame else {
+            if matches!(frame, None | Some(Err(_))) {
+                break;
+            }
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let now_us = base.elapsed().as_micros() as u64;
+        let message = &frame["message"];
+        let due = message["body"].as_str().and_then(parse_body);
+        match frame["type"].as_str() {
+            Some("ack") => {
+                if let Some((due_us, true)) = due {
+                    let _ = result.ack_us.record(now_us.saturating_sub(due_us).max(1));
+                }
+                result.acked.push(Acked {
+                    id: message["id"].as_str().unwrap_or_default().to_owned(),
+                    conversation: message["conversation_id"].as_i64().unwrap_or_default(),
+                    client_msg_id: message["client_msg_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+                live.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Some("message") => {
+                let id = message["id"].as_str().unwrap_or_default().to_owned();
+                let seen = result.received.entry(id).or_insert(0);
+                *seen += 1;
+                if *seen == 1
+                    && let Some((due_us, true)) = due
+                {
+                    let _ = result
+                        .delivery_us
+                        .record(now_us.saturating_sub(due_us).max(1));
+                }
+                live.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Some("error") => {
+                let code = frame["code"].as_str().unwrap_or("?").to_owned();
+                *result.errors.entry(code).or_insert(0) += 1;
+                live.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+    result
+}

@@ -1,0 +1,122 @@
+//! Getting ready: a token per user (the dev login), conversations (pairs or
+//! groups of consecutive users), and one WebSocket per user.
+
+use super::Scenario;
+use anyhow::{Context, bail};
+use futures_util::{StreamExt, stream};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Users of this run: ids unique per run, so runs never share conversations.
+pub fn user_ids(count: usize) -> Vec<i64> {
+    let base = (chrono::Utc::now().timestamp() % 1_000_000) * 100_000 + 1;
+    (0..count as i64).map(|i| base + i).collect()
+}
+
+pub async fn tokens(
+    http: &reqwest::Client,
+    url: &str,
+    users: &[i64],
+) -> anyhow::Result<Vec<String>> {
+    let results: Vec<anyhow::Result<String>> = stream::iter(users.iter().copied())
+        .map(|user| async move {
+            let answer: Value = http
+                .post(format!("{url}/api/dev/token"))
+                .json(&json!({"user_id": user}))
+                .send()
+                .await?
+                .error_for_status()
+                .context("dev login (is auth.dev_login on?)")?
+                .json()
+                .await?;
+            answer["token"]
+                .as_str()
+                .map(str::to_owned)
+                .context("no token")
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// One conversation per `group_size` consecutive users. Returns, per
+/// conversation, its id and member indexes.
+pub async fn conversations(
+    http: &reqwest::Client,
+    url: &str,
+    users: &[i64],
+    tokens: &[String],
+    group_size: usize,
+) -> anyhow::Result<Vec<(i64, Vec<usize>)>> {
+    let groups: Vec<Vec<usize>> = (0..users.len())
+        .collect::<Vec<_>>()
+        .chunks(group_size)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let results: Vec<anyhow::Result<(i64, Vec<usize>)>> = stream::iter(groups)
+        .map(|members| async move {
+            if members.len() < 2 {
+                bail!("{} users do not split into groups of {group_size}", users.len());
+            }
+            let creator = members[0];
+            let body = if group_size == 2 {
+                json!({"peer_id": users[members[1]]})
+            } else {
+                json!({"title": "load", "member_ids": members[1..].iter().map(|&m| users[m]).collect::<Vec<_>>()})
+            };
+            let answer: Value = http
+                .post(format!("{url}/api/conversations"))
+                .bearer_auth(&tokens[creator])
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            Ok((answer["id"].as_i64().context("no conversation id")?, members))
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Opens an authenticated WebSocket and waits for `hello`.
+pub async fn connect(url: &str, token: &str) -> anyhow::Result<Socket> {
+    let mut request = format!("{}/ws", url.replacen("http", "ws", 1)).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    while let Some(frame) = socket.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame? {
+            let hello: Value = serde_json::from_str(&text)?;
+            if hello["type"] == "hello" {
+                return Ok(socket);
+            }
+            bail!("expected hello, got {text}");
+        }
+    }
+    bail!("closed before hello")
+}
+
+/// Connects every user, `parallel` at a time, spread over `urls`.
+pub async fn connect_all(
+    scenario: &Scenario,
+    tokens: &[String],
+    parallel: usize,
+) -> anyhow::Result<Vec<Socket>> {
+    let results: Vec<anyhow::Result<Socket>> = stream::iter(tokens.iter().enumerate())
+        .map(|(i, token)| {
+            let url = scenario.urls[i % scenario.urls.len()].clone();
+            async move { connect(&url, token).await }
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
