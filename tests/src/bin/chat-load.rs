@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_scenario(scenario: Scenario) -> anyhow::Result<()> {
-    if scenario.group_size < 2 || scenario.users % scenario.group_size != 0 {
+    if scenario.group_size < 2 || !scenario.users.is_multiple_of(scenario.group_size) {
         bail!("--users must be a multiple of --group-size (at least 2)");
     }
     let http = reqwest::Client::new();
