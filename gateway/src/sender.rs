@@ -1,42 +1,124 @@
 //! The send path out of the gateway: a `send` frame becomes a `SendCommand`
-//! (and a `read` frame a `ReadCommand`)
-//! published, persistent and mandatory, to the partition of its conversation,
-//! and only the broker's confirm counts. The ack itself comes later, from the
-//! persister, once the message is committed.
+//! (a `read` frame a `ReadCommand`), published persistent and mandatory to
+//! the partition of its conversation; only the broker's confirm counts. The
+//! ack itself comes later, from the persister, once the message is committed.
+//!
+//! One task publishes for the whole gateway. It takes whatever commands are
+//! waiting (up to [`MAX_COMMANDS_PER_MESSAGE`]) and publishes one AMQP
+//! message per partition: alone under light load, so nobody waits, and many
+//! to a message under heavy load, which is what lets the broker keep up.
+//! One task on one channel also keeps every session's commands in order.
 
-use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PendingConfirm, PublishError, Topology};
+use chat_shared::amqp::{ConfirmedPublisher, Outgoing, Topology};
 use chat_shared::bus::{self, PersistCommand};
+use std::collections::BTreeMap;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most commands coalesced into one AMQP message.
+pub const MAX_COMMANDS_PER_MESSAGE: usize = 256;
+/// Commands waiting for the publishing task; a full queue makes sessions
+/// wait (and so their clients), rather than grow without bound.
+const QUEUE: usize = 8192;
+
+/// The broker's verdict on one command: `Err` carries the reason, for logs.
+pub type Verdict = Result<(), String>;
+
+struct Queued {
+    command: PersistCommand,
+    verdict: oneshot::Sender<Verdict>,
+}
+
+/// A command handed to the publisher; `wait` gives the broker's verdict.
+pub struct Accepted(oneshot::Receiver<Verdict>);
+
+impl Accepted {
+    pub async fn wait(self) -> Verdict {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err("the publisher stopped".into()))
+    }
+}
 
 #[derive(Clone)]
 pub struct Sender {
-    publisher: ConfirmedPublisher,
-    exchange: String,
-    partitions: u16,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl Sender {
-    pub fn new(publisher: ConfirmedPublisher, topo: &Topology) -> Self {
-        Self {
+    /// Starts the publishing task.
+    pub fn spawn(publisher: ConfirmedPublisher, topo: &Topology) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(publish_loop(
+            rx,
             publisher,
-            exchange: topo.persist_exchange(),
-            partitions: topo.partitions,
-        }
+            topo.persist_exchange(),
+            topo.partitions,
+        ));
+        Self { tx }
     }
 
-    /// Publishes in call order; the returned confirm says whether the broker
-    /// took it. Awaited by the caller off the session's read loop.
-    pub async fn start(&self, cmd: &PersistCommand) -> Result<PendingConfirm, PublishError> {
-        let key = bus::partition_of(cmd.conversation_id(), self.partitions).to_string();
-        let payload = bus::encode(std::slice::from_ref(cmd));
-        self.publisher
-            .start(Outgoing {
-                exchange: &self.exchange,
-                routing_key: &key,
-                cc: &[],
-                payload: &payload,
-                persistent: true,
-                mandatory: true,
-            })
+    /// Queues `command`, in call order.
+    pub async fn start(&self, command: PersistCommand) -> Result<Accepted, String> {
+        let (verdict, rx) = oneshot::channel();
+        self.tx
+            .send(Queued { command, verdict })
             .await
+            .map_err(|_| "the publisher stopped".to_owned())?;
+        Ok(Accepted(rx))
+    }
+}
+
+async fn publish_loop(
+    mut rx: mpsc::Receiver<Queued>,
+    publisher: ConfirmedPublisher,
+    exchange: String,
+    partitions: u16,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while waiting.len() < MAX_COMMANDS_PER_MESSAGE {
+            match rx.try_recv() {
+                Ok(queued) => waiting.push(queued),
+                Err(_) => break,
+            }
+        }
+        let mut by_partition: BTreeMap<u16, Vec<Queued>> = BTreeMap::new();
+        for queued in waiting {
+            let partition = bus::partition_of(queued.command.conversation_id(), partitions);
+            by_partition.entry(partition).or_default().push(queued);
+        }
+        for (partition, queued) in by_partition {
+            let commands: Vec<&PersistCommand> = queued.iter().map(|q| &q.command).collect();
+            let payload = bus::encode(&commands);
+            let key = partition.to_string();
+            let started = publisher
+                .start(Outgoing {
+                    exchange: &exchange,
+                    routing_key: &key,
+                    cc: &[],
+                    payload: &payload,
+                    persistent: true,
+                    mandatory: true,
+                })
+                .await;
+            let verdicts: Vec<oneshot::Sender<Verdict>> =
+                queued.into_iter().map(|q| q.verdict).collect();
+            match started {
+                // The confirm is awaited off this loop: the next publish goes at once.
+                Ok(confirm) => {
+                    tokio::spawn(async move {
+                        let verdict = confirm.wait().await.map_err(|e| e.to_string());
+                        for v in verdicts {
+                            let _ = v.send(verdict.clone());
+                        }
+                    });
+                }
+                Err(e) => {
+                    for v in verdicts {
+                        let _ = v.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
     }
 }

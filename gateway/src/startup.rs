@@ -66,7 +66,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(setup, queue.clone(), &topo, metrics.clone()));
         let confirm_timeout = settings.amqp.confirm_timeout();
-        let sender = Sender::new(
+        let sender = Sender::spawn(
             ConfirmedPublisher::new(&conn, confirm_timeout).await?,
             &topo,
         );

@@ -1,16 +1,30 @@
-//! After commit: tell the gateways. Stored messages go to the fan-out
-//! exchange once each, routed to every member's key (RabbitMQ's `CC`
-//! header), so each gateway hosting any member gets one copy. Replies for one
-//! session go straight to its gateway's queue. All confirms are awaited
-//! before the input deliveries are acked.
+//! After commit: tell the gateways. Stored messages and moved read markers go
+//! to the fan-out exchange, routed by the user keys of everyone concerned
+//! (RabbitMQ's `CC` header), so each gateway hosting any of them gets one
+//! copy. Replies for one session go straight to its gateway's queue. Events
+//! are coalesced, up to [`MAX_EVENTS_PER_MESSAGE`] per AMQP message: a lone
+//! message travels alone, a big batch in a few AMQP messages (each gateway
+//! delivers the events that concern its own sessions and skips the rest).
+//! All confirms are awaited before the input deliveries are acked.
 
 use crate::writer::Outcome;
 use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PublishError, Topology};
 use chat_shared::bus::{self, GatewayEvent, Origin};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most events in one AMQP message.
+pub const MAX_EVENTS_PER_MESSAGE: usize = 256;
 
 pub struct Announcer {
     publisher: ConfirmedPublisher,
     fanout: String,
+}
+
+/// Events bound for the fan-out exchange, with the union of their routing keys.
+#[derive(Default)]
+struct Chunk {
+    keys: BTreeSet<String>,
+    events: Vec<GatewayEvent>,
 }
 
 impl Announcer {
@@ -22,25 +36,34 @@ impl Announcer {
     }
 
     pub async fn announce(&self, outcomes: &[Outcome]) -> Result<(), PublishError> {
-        let mut confirms = Vec::with_capacity(outcomes.len());
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut current = Chunk::default();
+        let mut replies: BTreeMap<&str, Vec<GatewayEvent>> = BTreeMap::new();
         for outcome in outcomes {
-            let (exchange, keys, event) = match outcome {
+            let (recipients, event) = match outcome {
                 Outcome::Deliver {
                     message,
                     members,
                     origin_session,
-                } => {
-                    let keys: Vec<String> =
-                        members.iter().map(|m| Topology::user_key(*m)).collect();
-                    let event = GatewayEvent::Stored {
+                } => (
+                    members,
+                    GatewayEvent::Stored {
                         message: message.clone(),
                         member_ids: members.clone(),
                         origin: Some(Origin {
                             session_id: origin_session.clone(),
                         }),
-                    };
-                    (self.fanout.as_str(), keys, event)
-                }
+                    },
+                ),
+                Outcome::ReadMoved { read, recipients } => (
+                    recipients,
+                    GatewayEvent::Read {
+                        conversation_id: read.conversation_id,
+                        user_id: read.user_id,
+                        seq: read.seq,
+                        recipients: recipients.clone(),
+                    },
+                ),
                 Outcome::Reply {
                     user_id,
                     session_id,
@@ -52,42 +75,61 @@ impl Announcer {
                         session_id: session_id.clone(),
                         outcome: outcome.clone(),
                     };
-                    ("", vec![reply_to.clone()], event)
-                }
-                Outcome::ReadMoved { read, recipients } => {
-                    let keys: Vec<String> =
-                        recipients.iter().map(|m| Topology::user_key(*m)).collect();
-                    let event = GatewayEvent::Read {
-                        conversation_id: read.conversation_id,
-                        user_id: read.user_id,
-                        seq: read.seq,
-                        recipients: recipients.clone(),
-                    };
-                    (self.fanout.as_str(), keys, event)
+                    replies.entry(reply_to.as_str()).or_default().push(event);
+                    continue;
                 }
             };
+            if recipients.is_empty() {
+                continue;
+            }
+            current
+                .keys
+                .extend(recipients.iter().map(|u| Topology::user_key(*u)));
+            current.events.push(event);
+            if current.events.len() >= MAX_EVENTS_PER_MESSAGE {
+                chunks.push(std::mem::take(&mut current));
+            }
+        }
+        if !current.events.is_empty() {
+            chunks.push(current);
+        }
+
+        let mut confirms = Vec::with_capacity(chunks.len() + replies.len());
+        for chunk in chunks {
+            let keys: Vec<String> = chunk.keys.into_iter().collect();
             let Some((first, rest)) = keys.split_first() else {
                 continue;
             };
-            let payload = bus::encode(&[event]);
-            // Not mandatory: a member with no session anywhere routes nowhere,
-            // and that is fine (they read history when they come back).
-            let confirm = self
-                .publisher
-                .start(Outgoing {
-                    exchange,
-                    routing_key: first,
-                    cc: rest,
-                    payload: &payload,
-                    persistent: false,
-                    mandatory: false,
-                })
-                .await?;
-            confirms.push(confirm);
+            confirms.push(self.start(&self.fanout, first, rest, &chunk.events).await?);
+        }
+        for (queue, events) in replies {
+            confirms.push(self.start("", queue, &[], &events).await?);
         }
         for confirm in confirms {
             confirm.wait().await?;
         }
         Ok(())
+    }
+
+    async fn start(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        cc: &[String],
+        events: &[GatewayEvent],
+    ) -> Result<chat_shared::amqp::PendingConfirm, PublishError> {
+        let payload = bus::encode(events);
+        // Not mandatory: a user with no session anywhere routes nowhere, and
+        // that is fine (they read history when they come back).
+        self.publisher
+            .start(Outgoing {
+                exchange,
+                routing_key,
+                cc,
+                payload: &payload,
+                persistent: false,
+                mandatory: false,
+            })
+            .await
     }
 }

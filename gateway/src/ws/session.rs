@@ -252,7 +252,7 @@ impl Session {
             user_id: self.user.user_id,
             seq,
         });
-        match self.state.sender.start(&command).await {
+        match self.state.sender.start(command).await {
             Ok(confirm) => {
                 let user = self.user.user_id;
                 tokio::spawn(async move {
@@ -300,12 +300,7 @@ impl Session {
         // Published here, in frame order, so one session's sends keep their
         // order; the confirm is awaited off this loop.
         let conversation_id = command.conversation_id;
-        match self
-            .state
-            .sender
-            .start(&PersistCommand::Send(command))
-            .await
-        {
+        match self.state.sender.start(PersistCommand::Send(command)).await {
             Err(e) => {
                 tracing::warn!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "send not accepted by the broker");
                 self.refuse(
