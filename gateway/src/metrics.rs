@@ -17,6 +17,8 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     pub session_overflows: Counter,
     pub bus_events_received: Counter,
+    pub persist_publishes: Counter,
+    pub persist_commands: Counter,
 }
 
 impl Metrics {
@@ -67,6 +69,16 @@ impl Metrics {
             "gateway_bus_events_received",
             "events consumed from the gateway queue",
             m.bus_events_received.clone(),
+        );
+        r.register(
+            "gateway_persist_publishes",
+            "AMQP messages published on the persist path (each carries one or more commands)",
+            m.persist_publishes.clone(),
+        );
+        r.register(
+            "gateway_persist_commands",
+            "commands (sends, read markers) published on the persist path",
+            m.persist_commands.clone(),
         );
         m
     }

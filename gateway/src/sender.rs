@@ -9,9 +9,11 @@
 //! to a message under heavy load, which is what lets the broker keep up.
 //! One task on one channel also keeps every session's commands in order.
 
+use crate::metrics::Metrics;
 use chat_shared::amqp::{ConfirmedPublisher, Outgoing, Topology};
 use chat_shared::bus::{self, PersistCommand};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands coalesced into one AMQP message.
@@ -46,14 +48,13 @@ pub struct Sender {
 
 impl Sender {
     /// Starts the publishing task.
-    pub fn spawn(publisher: ConfirmedPublisher, topo: &Topology) -> Self {
+    pub fn spawn(publisher: ConfirmedPublisher, topo: &Topology, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(publish_loop(
-            rx,
-            publisher,
-            topo.persist_exchange(),
-            topo.partitions,
-        ));
+        let target = Target {
+            exchange: topo.persist_exchange(),
+            partitions: topo.partitions,
+        };
+        tokio::spawn(publish_loop(rx, publisher, target, metrics));
         Self { tx }
     }
 
@@ -68,12 +69,21 @@ impl Sender {
     }
 }
 
+struct Target {
+    exchange: String,
+    partitions: u16,
+}
+
 async fn publish_loop(
     mut rx: mpsc::Receiver<Queued>,
     publisher: ConfirmedPublisher,
-    exchange: String,
-    partitions: u16,
+    target: Target,
+    metrics: Arc<Metrics>,
 ) {
+    let Target {
+        exchange,
+        partitions,
+    } = target;
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while waiting.len() < MAX_COMMANDS_PER_MESSAGE {
@@ -89,6 +99,8 @@ async fn publish_loop(
         }
         for (partition, queued) in by_partition {
             let commands: Vec<&PersistCommand> = queued.iter().map(|q| &q.command).collect();
+            metrics.persist_publishes.inc();
+            metrics.persist_commands.inc_by(commands.len() as u64);
             let payload = bus::encode(&commands);
             let key = partition.to_string();
             let started = publisher

@@ -69,6 +69,7 @@ impl Gateway {
         let sender = Sender::spawn(
             ConfirmedPublisher::new(&conn, confirm_timeout).await?,
             &topo,
+            metrics.clone(),
         );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
         let presence = PresenceFeed::new(conn.create_channel().await?, &topo, &instance);

@@ -31,6 +31,14 @@ fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// Counted events per second, from the end of the warm-up to the last one
+/// (so a server that falls behind shows a lower rate than was offered).
+fn rate(count: u64, last_us: Option<u64>, scenario: &Scenario) -> f64 {
+    let window =
+        (last_us.unwrap_or(0) as f64 / 1e6 - scenario.warmup_secs).max(scenario.duration_secs);
+    (count as f64 / window).round()
+}
+
 pub fn summary(scenario: &Scenario, run: &RunResult, verdict: &Verdict) -> Value {
     let ack = merged(run, |r| &r.ack_us);
     let delivery = merged(run, |r| &r.delivery_us);
@@ -54,8 +62,8 @@ pub fn summary(scenario: &Scenario, run: &RunResult, verdict: &Verdict) -> Value
         "errors": errors,
         "ack_latency": percentiles(&ack),
         "delivery_latency": percentiles(&delivery),
-        "acks_per_s": (ack.len() as f64 / scenario.duration_secs).round(),
-        "deliveries_per_s": (delivery.len() as f64 / scenario.duration_secs).round(),
+        "acks_per_s": rate(ack.len(), run.readers.iter().map(|r| r.last_ack_us).max(), scenario),
+        "deliveries_per_s": rate(delivery.len(), run.readers.iter().map(|r| r.last_delivery_us).max(), scenario),
         "verification": {
             "ok": verdict.ok(),
             "unanswered": verdict.unanswered,

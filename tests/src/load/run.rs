@@ -46,6 +46,9 @@ pub struct ReaderResult {
     /// Message id -> how many times it arrived as a `message` frame.
     pub received: HashMap<String, u32>,
     pub errors: BTreeMap<String, u64>,
+    /// When the last counted ack / delivery arrived (us since the start).
+    pub last_ack_us: u64,
+    pub last_delivery_us: u64,
 }
 
 pub struct RunResult {
@@ -191,6 +194,8 @@ async fn read(
         acked: Vec::new(),
         received: HashMap::new(),
         errors: BTreeMap::new(),
+        last_ack_us: 0,
+        last_delivery_us: 0,
     };
     loop {
         let frame = tokio::select! {
@@ -213,6 +218,7 @@ async fn read(
             Some("ack") => {
                 if let Some((due_us, true)) = due {
                     let _ = result.ack_us.record(now_us.saturating_sub(due_us).max(1));
+                    result.last_ack_us = now_us;
                 }
                 result.acked.push(Acked {
                     id: message["id"].as_str().unwrap_or_default().to_owned(),
@@ -234,6 +240,7 @@ async fn read(
                     let _ = result
                         .delivery_us
                         .record(now_us.saturating_sub(due_us).max(1));
+                    result.last_delivery_us = now_us;
                 }
                 live.delivered.fetch_add(1, Ordering::Relaxed);
             }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Runs the standard benchmark scenarios of docs/benchmarks.md against the
+# local bring-up (deploy/up.sh must have run; release build). Each scenario
+# prints the load generator's table and JSON line; the database and broker
+# work per message is read from Postgres's statistics and the gateways'
+# /metrics around the run. Results go to .data/local/bench/<time>/.
+#
+#   deploy/bench.sh                 every scenario, 60 s each
+#   DURATION=20 deploy/bench.sh     shorter
+#   deploy/bench.sh direct-1000     one scenario (see the case below)
+#
+# Not a test: nothing here asserts a figure. It is what produced the numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
+BIN="$CARGO_TARGET_DIR/release"
+DURATION="${DURATION:-60}"
+WARMUP="${WARMUP:-10}"
+URL=http://127.0.0.1:28080
+GATEWAYS=(28081 28082)
+OUT=".data/local/bench/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+eval "$(deploy/services.sh env local)"
+
+cargo build --release -p chat-tests --bin chat-load >&2
+
+# Sums a counter over both gateways' /metrics.
+gateway_counter() {
+  local name=$1 total=0 port value
+  for port in "${GATEWAYS[@]}"; do
+    value=$(exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep "^$name " <&3 | awk '{print $2}')
+    total=$((total + ${value:-0}))
+  done
+  echo "$total"
+}
+
+db_counters() {
+  psql "$CHAT_DATABASE__URL" -Atc \
+    "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
+            (SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages')" | tr '|' ' '
+}
+
+# scenario NAME ARGS...: one load-generator run with the work counters around it.
+scenario() {
+  local name=$1
+  shift
+  echo "== $name: chat-load run $*" | tee "$OUT/$name.txt" >&2
+  read -r tx0 ins0 < <(db_counters)
+  local pub0 cmd0
+  pub0=$(gateway_counter gateway_persist_publishes_total)
+  cmd0=$(gateway_counter gateway_persist_commands_total)
+  "$BIN/chat-load" run --url "$URL" --duration "$DURATION" --warmup "$WARMUP" "$@" 2>>"$OUT/$name.progress" | tee -a "$OUT/$name.txt" || true
+  read -r tx1 ins1 < <(db_counters)
+  local pub1 cmd1
+  pub1=$(gateway_counter gateway_persist_publishes_total)
+  cmd1=$(gateway_counter gateway_persist_commands_total)
+  awk -v tx=$((tx1 - tx0)) -v ins=$((ins1 - ins0)) -v pub=$((pub1 - pub0)) -v cmd=$((cmd1 - cmd0)) 'BEGIN {
+    printf "work: %d messages inserted in %d transactions (%.1f per transaction, one INSERT each); %d persist-path AMQP publishes for %d commands (%.3f per command)\n",
+      ins, tx, (tx ? ins / tx : 0), pub, cmd, (cmd ? pub / cmd : 0) }' | tee -a "$OUT/$name.txt"
+}
+
+run() {
+  case "$1" in
+    direct-1000) scenario direct-1000 --users 2000 --group-size 2 --rate 1000 ;;
+    direct-5000) scenario direct-5000 --users 2000 --group-size 2 --rate 5000 --skip-history ;;
+    direct-max) scenario direct-max --users 2000 --group-size 2 --rate "${MAX_RATE:-10000}" --skip-history ;;
+    group10-2000) scenario group10-2000 --users 2000 --group-size 10 --rate 2000 --skip-history ;;
+    group100-100) scenario group100-100 --users 2000 --group-size 100 --rate 100 ;;
+    idle)
+      local port
+      for port in "${GATEWAYS[@]}"; do
+        local pid
+        pid=$(ss -ltnp "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+        echo "== idle: chat-load idle --url http://127.0.0.1:$port --connections ${IDLE:-19000} --pid $pid" | tee "$OUT/idle-$port.txt" >&2
+        "$BIN/chat-load" idle --url "http://127.0.0.1:$port" --connections "${IDLE:-19000}" --pid "$pid" \
+          --jwt-secret "$(sed -n 's/^jwt_secret = "\(.*\)"/\1/p' config/local.toml)" | tee -a "$OUT/idle-$port.txt" || true
+      done
+      ;;
+    *) echo "unknown scenario $1" >&2; exit 2 ;;
+  esac
+}
+
+if [ $# -gt 0 ]; then
+  for s in "$@"; do run "$s"; done
+else
+  for s in direct-1000 direct-5000 direct-max group10-2000 group100-100 idle; do run "$s"; done
+fi
+echo "results in $OUT" >&2
