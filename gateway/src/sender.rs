@@ -7,17 +7,22 @@
 //! waiting (up to [`MAX_COMMANDS_PER_MESSAGE`]) and publishes one AMQP
 //! message per partition: alone under light load, so nobody waits, and many
 //! to a message under heavy load, which is what lets the broker keep up.
-//! One task on one channel also keeps every session's commands in order.
+//! One task on one channel also keeps every session's commands in order. At
+//! most [`MAX_IN_FLIGHT`] rounds await their confirms at once; while they do,
+//! new sends wait and then go out together, so the busier the broker, the
+//! fewer and larger the messages.
 
 use crate::metrics::Metrics;
 use chat_shared::amqp::{ConfirmedPublisher, Outgoing, Topology};
 use chat_shared::bus::{self, PersistCommand};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Most commands coalesced into one AMQP message.
 pub const MAX_COMMANDS_PER_MESSAGE: usize = 256;
+/// Rounds of publishes whose confirms may be outstanding at once.
+const MAX_IN_FLIGHT: usize = 4;
 /// Commands waiting for the publishing task; a full queue makes sessions
 /// wait (and so their clients), rather than grow without bound.
 const QUEUE: usize = 8192;
@@ -84,7 +89,13 @@ async fn publish_loop(
         exchange,
         partitions,
     } = target;
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        // While the broker still owes the confirms of earlier rounds, sends
+        // pile up here and go out together: coalescing grows with load.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut waiting = vec![first];
         while waiting.len() < MAX_COMMANDS_PER_MESSAGE {
             match rx.try_recv() {
@@ -97,6 +108,7 @@ async fn publish_loop(
             let partition = bus::partition_of(queued.command.conversation_id(), partitions);
             by_partition.entry(partition).or_default().push(queued);
         }
+        let mut round = Vec::with_capacity(by_partition.len());
         for (partition, queued) in by_partition {
             let commands: Vec<&PersistCommand> = queued.iter().map(|q| &q.command).collect();
             metrics.persist_publishes.inc();
@@ -116,15 +128,7 @@ async fn publish_loop(
             let verdicts: Vec<oneshot::Sender<Verdict>> =
                 queued.into_iter().map(|q| q.verdict).collect();
             match started {
-                // The confirm is awaited off this loop: the next publish goes at once.
-                Ok(confirm) => {
-                    tokio::spawn(async move {
-                        let verdict = confirm.wait().await.map_err(|e| e.to_string());
-                        for v in verdicts {
-                            let _ = v.send(verdict.clone());
-                        }
-                    });
-                }
+                Ok(confirm) => round.push((confirm, verdicts)),
                 Err(e) => {
                     for v in verdicts {
                         let _ = v.send(Err(e.to_string()));
@@ -132,5 +136,16 @@ async fn publish_loop(
                 }
             }
         }
+        // The confirms are awaited off this loop; the permit goes back when
+        // the whole round is confirmed.
+        tokio::spawn(async move {
+            for (confirm, verdicts) in round {
+                let verdict = confirm.wait().await.map_err(|e| e.to_string());
+                for v in verdicts {
+                    let _ = v.send(verdict.clone());
+                }
+            }
+            drop(permit);
+        });
     }
 }
