@@ -144,6 +144,15 @@ impl Hub {
         self.sessions().contains_key(&user)
     }
 
+    /// Frames queued towards all sessions, not yet written.
+    pub fn queued_frames(&self) -> usize {
+        self.sessions()
+            .values()
+            .flatten()
+            .map(|s| s.tx.max_capacity() - s.tx.capacity())
+            .sum()
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions().values().map(Vec::len).sum()
     }

@@ -3,9 +3,9 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Default)]
 pub struct Metrics {
     registry: Registry,
     pub connections_opened: Counter,
@@ -19,11 +19,28 @@ pub struct Metrics {
     pub bus_events_received: Counter,
     pub persist_publishes: Counter,
     pub persist_commands: Counter,
+    pub persist_confirm_seconds: Histogram,
+    pub session_queued_frames: Gauge,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut m = Self::default();
+        let mut m = Self {
+            registry: Registry::default(),
+            connections_opened: Counter::default(),
+            connections_active: Gauge::default(),
+            connections_refused: Counter::default(),
+            sends_received: Counter::default(),
+            sends_refused: Counter::default(),
+            acks_sent: Counter::default(),
+            messages_delivered: Counter::default(),
+            session_overflows: Counter::default(),
+            bus_events_received: Counter::default(),
+            persist_publishes: Counter::default(),
+            persist_commands: Counter::default(),
+            persist_confirm_seconds: Histogram::new(chat_shared::metrics::seconds_buckets()),
+            session_queued_frames: Gauge::default(),
+        };
         let r = &mut m.registry;
         r.register(
             "gateway_connections_opened",
@@ -79,6 +96,16 @@ impl Metrics {
             "gateway_persist_commands",
             "commands (sends, read markers) published on the persist path",
             m.persist_commands.clone(),
+        );
+        r.register(
+            "gateway_persist_confirm_seconds",
+            "from publishing a persist-path message to the broker's confirm",
+            m.persist_confirm_seconds.clone(),
+        );
+        r.register(
+            "gateway_session_queued_frames",
+            "frames waiting in all sessions' outbound queues (delivery queue depth)",
+            m.session_queued_frames.clone(),
         );
         m
     }

@@ -17,6 +17,7 @@ use chat_shared::amqp::{ConfirmedPublisher, Outgoing, Topology};
 use chat_shared::bus::{self, PersistCommand};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Most commands coalesced into one AMQP message.
@@ -128,7 +129,7 @@ async fn publish_loop(
             let verdicts: Vec<oneshot::Sender<Verdict>> =
                 queued.into_iter().map(|q| q.verdict).collect();
             match started {
-                Ok(confirm) => round.push((confirm, verdicts)),
+                Ok(confirm) => round.push((confirm, verdicts, Instant::now())),
                 Err(e) => {
                     for v in verdicts {
                         let _ = v.send(Err(e.to_string()));
@@ -138,9 +139,13 @@ async fn publish_loop(
         }
         // The confirms are awaited off this loop; the permit goes back when
         // the whole round is confirmed.
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            for (confirm, verdicts) in round {
+            for (confirm, verdicts, published) in round {
                 let verdict = confirm.wait().await.map_err(|e| e.to_string());
+                metrics
+                    .persist_confirm_seconds
+                    .observe(published.elapsed().as_secs_f64());
                 for v in verdicts {
                     let _ = v.send(verdict.clone());
                 }

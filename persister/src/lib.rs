@@ -10,6 +10,7 @@
 pub mod announcer;
 pub mod batcher;
 pub mod consumer;
+pub mod metrics;
 pub mod startup;
 pub mod writer;
 

@@ -4,15 +4,19 @@
 use crate::announcer::Announcer;
 use crate::batcher::{self, Weighed};
 use crate::consumer::{Incoming, PartitionConsumers};
+use crate::metrics::Metrics;
 use crate::writer::{Outcome, Request, Writer};
 use anyhow::Context;
 use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use lapin::options::BasicAckOptions;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 impl Weighed for Incoming {
@@ -27,6 +31,9 @@ pub struct Persister {
     consumers: PartitionConsumers,
     writer: Writer,
     announcer: Announcer,
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    metrics_listener: TcpListener,
 }
 
 impl Persister {
@@ -53,14 +60,29 @@ impl Persister {
             ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout()).await?,
             &topo,
         );
-        let writer = Writer::new(db.get_postgres_connection_pool().clone());
+        let (metrics, registry) = Metrics::new();
+        let writer = Writer::new(
+            db.get_postgres_connection_pool().clone(),
+            metrics.statements.clone(),
+        );
+        let metrics_listener = TcpListener::bind(settings.persister.metrics_listen)
+            .await
+            .with_context(|| format!("binding {}", settings.persister.metrics_listen))?;
         Ok(Self {
             settings,
             conn,
             consumers,
             writer,
             announcer,
+            metrics,
+            registry: Arc::new(registry),
+            metrics_listener,
         })
+    }
+
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener.local_addr().ok()
     }
 
     /// Runs until `shutdown` resolves. The batch in hand is finished (stored,
@@ -76,7 +98,11 @@ impl Persister {
             consumers,
             writer,
             announcer,
+            metrics,
+            registry,
+            metrics_listener,
         } = self;
+        let metrics_server = tokio::spawn(chat_shared::metrics::serve(metrics_listener, registry));
         let batch_max = settings.persister.batch_max;
         let (tx, mut rx) =
             mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));
@@ -104,15 +130,31 @@ impl Persister {
                     })
                 })
                 .collect();
+            let started = Instant::now();
             let Some(outcomes) = store(&writer, &requests, &mut stop).await else {
                 break;
             };
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.batch_size.observe(requests.len() as f64);
+            metrics.batches.inc();
+            let stored = outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Deliver { .. }))
+                .count();
+            metrics.messages_stored.inc_by(stored as u64);
             log_outcomes(&outcomes);
+            let started = Instant::now();
             if !announce(&announcer, &outcomes, &mut stop).await {
                 break;
             }
+            metrics
+                .announce_seconds
+                .observe(started.elapsed().as_secs_f64());
             ack(&batch).await;
         }
+        metrics_server.abort();
         for feeder in feeders {
             feeder.abort();
         }

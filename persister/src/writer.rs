@@ -129,11 +129,13 @@ enum Plan {
 #[derive(Clone)]
 pub struct Writer {
     pool: PgPool,
+    /// Counts every statement sent (BEGIN and COMMIT included).
+    statements: prometheus_client::metrics::counter::Counter,
 }
 
 impl Writer {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, statements: prometheus_client::metrics::counter::Counter) -> Self {
+        Self { pool, statements }
     }
 
     /// Applies a batch in one transaction. One outcome per send, in order,
@@ -156,6 +158,7 @@ impl Writer {
                 }
             }
         }
+        self.statements.inc_by(4); // BEGIN, existing, members, COMMIT
         let mut tx = self.pool.begin().await?;
 
         // 1. Already stored?
@@ -286,6 +289,8 @@ impl Writer {
                 ids.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
             }
         }
+        self.statements
+            .inc_by(u64::from(!counts.is_empty()) * 2 + u64::from(!reads.is_empty()));
         let moved = move_read_markers(&mut tx, &reads).await?;
         tx.commit().await?;
 

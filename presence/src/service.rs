@@ -21,7 +21,52 @@ pub enum PresenceError {
     Publish(#[from] chat_shared::amqp::PublishError),
 }
 
+/// The presence service's metrics (`presence.metrics_listen`).
+#[derive(Clone)]
+pub struct Metrics {
+    pub events: prometheus_client::metrics::counter::Counter,
+    pub changes: prometheus_client::metrics::counter::Counter,
+    pub typing_relayed: prometheus_client::metrics::counter::Counter,
+    pub sweep_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> (Self, prometheus_client::registry::Registry) {
+        let m = Self {
+            events: Default::default(),
+            changes: Default::default(),
+            typing_relayed: Default::default(),
+            sweep_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                chat_shared::metrics::seconds_buckets(),
+            ),
+        };
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register(
+            "presence_events",
+            "events consumed from the gateways",
+            m.events.clone(),
+        );
+        r.register(
+            "presence_changes",
+            "online/offline changes announced",
+            m.changes.clone(),
+        );
+        r.register(
+            "presence_typing_relayed",
+            "typing starts and stops relayed",
+            m.typing_relayed.clone(),
+        );
+        r.register(
+            "presence_sweep_seconds",
+            "one sweep (expired gateways, due offlines, lapsed typing)",
+            m.sweep_seconds.clone(),
+        );
+        (m, r)
+    }
+}
+
 pub struct Service {
+    pub metrics: Metrics,
     pub redis: ConnectionManager,
     pub keys: Keys,
     pub online: Online,
@@ -32,6 +77,7 @@ pub struct Service {
 
 impl Service {
     pub async fn handle(&mut self, event: PresenceEvent) -> Result<(), PresenceError> {
+        self.metrics.events.inc();
         let now = unix_ms();
         match event {
             PresenceEvent::SessionOpened { gateway, user_id } => {
@@ -100,6 +146,7 @@ impl Service {
         state: TypingState,
         members: Vec<UserId>,
     ) -> Result<(), PresenceError> {
+        self.metrics.typing_relayed.inc();
         let recipients: Vec<UserId> = members.into_iter().filter(|m| *m != u).collect();
         let event = GatewayEvent::Typing {
             conversation_id: c,
@@ -111,6 +158,15 @@ impl Service {
     }
 
     pub async fn sweep(&mut self) -> Result<(), PresenceError> {
+        let started = std::time::Instant::now();
+        let result = self.sweep_once().await;
+        self.metrics
+            .sweep_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn sweep_once(&mut self) -> Result<(), PresenceError> {
         let now = unix_ms();
         let changes = self.online.sweep(&mut self.redis, now).await?;
         self.announce_changes(changes).await?;
@@ -124,6 +180,7 @@ impl Service {
     /// Tells the online contacts of each user whose status changed.
     async fn announce_changes(&mut self, changes: Vec<Change>) -> Result<(), PresenceError> {
         for change in changes {
+            self.metrics.changes.inc();
             tracing::debug!(user.id = %change.user, status = ?change.status, "presence changed");
             let contacts = self.directory.contacts(change.user).await?;
             let recipients = self.online_among(&contacts).await?;

@@ -3,7 +3,7 @@
 use crate::announce::Announcer;
 use crate::directory::Directory;
 use crate::online::Online;
-use crate::service::Service;
+use crate::service::{Metrics, Service};
 use crate::typing::Typing;
 use anyhow::Context;
 use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
@@ -18,6 +18,8 @@ use std::future::Future;
 use std::time::Duration;
 
 pub struct Presence {
+    metrics_listener: tokio::net::TcpListener,
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
     conn: lapin::Connection,
     consumer: lapin::Consumer,
     service: Service,
@@ -47,7 +49,12 @@ impl Presence {
             .await
             .context("consuming the presence queue")?;
         let keys = Keys::new(&settings.redis);
+        let (metrics, registry) = Metrics::new();
+        let metrics_listener = tokio::net::TcpListener::bind(settings.presence.metrics_listen)
+            .await
+            .with_context(|| format!("binding {}", settings.presence.metrics_listen))?;
         let service = Service {
+            metrics,
             redis: cache::connect(&settings.redis).context("the Redis URL")?,
             online: Online::new(keys.clone(), &settings.presence),
             typing: Typing::new(keys.clone(), &settings.presence),
@@ -60,6 +67,8 @@ impl Presence {
         };
         let sweep_every = Duration::from_millis(settings.presence.sweep_ms);
         Ok(Self {
+            metrics_listener,
+            registry: std::sync::Arc::new(registry),
             conn,
             consumer,
             service,
@@ -75,11 +84,14 @@ impl Presence {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
+            metrics_listener,
+            registry,
             conn,
             mut consumer,
             mut service,
             sweep_every,
         } = self;
+        let metrics_server = tokio::spawn(chat_shared::metrics::serve(metrics_listener, registry));
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -115,6 +127,7 @@ impl Presence {
                 }
             }
         }
+        metrics_server.abort();
         let _ = conn.close(200, "presence shutdown".into()).await;
         tracing::info!("presence stopped");
         Ok(())

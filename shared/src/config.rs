@@ -73,6 +73,7 @@ pub struct RedisSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PresenceSettings {
+    pub metrics_listen: SocketAddr,
     pub heartbeat_ms: u64,
     pub gateway_ttl_ms: u64,
     pub offline_grace_ms: u64,
@@ -109,6 +110,7 @@ pub struct GatewaySettings {
 pub struct PersisterSettings {
     pub batch_max: usize,
     pub prefetch: u16,
+    pub metrics_listen: SocketAddr,
 }
 
 impl Settings {

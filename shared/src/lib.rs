@@ -7,13 +7,15 @@
 //! - [`cache`]: Redis connection and key layout (presence);
 //! - [`schema`]: the Postgres schema as sea-orm migrations, and connecting;
 //! - [`config`]: typed layered settings; [`telemetry`]: logging;
-//!   [`shutdown`]: the stop signal; [`time`]: wire timestamps.
+//!   [`shutdown`]: the stop signal; [`time`]: wire timestamps;
+//!   [`metrics`]: `/metrics` for services without an HTTP server.
 
 pub mod amqp;
 pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod ids;
+pub mod metrics;
 pub mod protocol;
 pub mod schema;
 pub mod shutdown;

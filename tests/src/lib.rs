@@ -28,6 +28,8 @@ pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct TestSystem {
     pub settings: Settings,
     pub gateways: Vec<SocketAddr>,
+    /// Where each persister serves `/metrics`.
+    pub persister_metrics: Vec<SocketAddr>,
     http: reqwest::Client,
     /// Dropping a sender stops the service it belongs to.
     stops: Vec<oneshot::Sender<()>>,
@@ -68,6 +70,7 @@ impl TestSystem {
         let mut system = TestSystem {
             settings: settings.clone(),
             gateways: Vec::new(),
+            persister_metrics: Vec::new(),
             http: reqwest::Client::new(),
             stops: Vec::new(),
             gateway_stops: Vec::new(),
@@ -94,6 +97,7 @@ impl TestSystem {
         let persister = Persister::build(self.settings.clone())
             .await
             .unwrap_or_else(|e| panic!("persister: {e:#}"));
+        self.persister_metrics.extend(persister.metrics_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(persister.run_until(async move {
             let _ = stopped.await;
@@ -191,6 +195,11 @@ impl TestSystem {
             .unwrap_or_else(|e| panic!("connect user {user}: {e}"))
             .authenticated()
             .await
+    }
+
+    /// GET of a full URL (other services' endpoints).
+    pub async fn get_url(&self, url: &str) -> (u16, Value) {
+        respond(self.http.get(url)).await
     }
 
     pub async fn get(&self, gateway: usize, path: &str, token: Option<&str>) -> (u16, Value) {

@@ -59,6 +59,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .metrics
         .connections_active
         .set(state.hub.session_count() as i64);
+    state
+        .metrics
+        .session_queued_frames
+        .set(state.hub.queued_frames() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -148,3 +148,31 @@ async fn ready_says_503_when_the_database_is_unreachable() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_persister_and_gateway_report_batches_and_broker_work_on_metrics() {
+    let system = TestSystem::start_with(2, 1, |_| {}).await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    an.send_and_ack(conversation, "m", "counted").await;
+
+    let (status, metrics) = system
+        .get_url(&format!("http://{}/metrics", system.persister_metrics[0]))
+        .await;
+    assert_eq!(status, 200);
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(text.contains("persister_messages_stored_total 1"), "{text}");
+    assert!(text.contains("persister_batches_total 1"), "{text}");
+    assert!(text.contains("persister_batch_size_count 1"), "{text}");
+    // BEGIN, existing lookup, members, seq bump, insert, COMMIT.
+    assert!(text.contains("persister_statements_total 6"), "{text}");
+
+    let (_, metrics) = system.get(0, "/metrics", None).await;
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(text.contains("gateway_persist_publishes_total 1"), "{text}");
+    assert!(
+        text.contains("gateway_persist_confirm_seconds_count 1"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_session_queued_frames 0"), "{text}");
+}

@@ -1,0 +1,51 @@
+//! A minimal `GET /metrics` endpoint for the services that have no HTTP
+//! server of their own (persister, presence): Prometheus text from a
+//! prometheus-client registry. Anything else gets 404. Requests are read up
+//! to 8 KiB and answered once; the connection is then closed.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Serves `registry` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut request = vec![0u8; 8192];
+            let mut read = 0;
+            while read < request.len() {
+                match socket.read(&mut request[read..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+                if request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let is_metrics = request[..read].starts_with(b"GET /metrics ");
+            let (status, body) = if is_metrics {
+                let mut body = String::new();
+                let _ = encode(&mut body, &registry);
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "not found\n".to_owned())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+/// Buckets for durations in seconds: 0.25 ms to about 4 s.
+pub fn seconds_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 15)
+}
