@@ -117,3 +117,9 @@ impl Metrics {
         out
     }
 }
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
