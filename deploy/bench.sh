@@ -34,6 +34,23 @@ gateway_counter() {
   echo "$total"
 }
 
+# metric URL NAME: one value from a Prometheus text endpoint (0 if absent).
+metric() {
+  local host=${1%%:*} port=${1##*:} value
+  value=$(exec 3<>"/dev/tcp/$host/$port" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep "^$2 " <&3 | awk '{print $2}')
+  echo "${value:-0}"
+}
+PERSISTER_METRICS=127.0.0.1:9101
+
+persister_counters() {
+  local n
+  for n in persister_batches_total persister_messages_stored_total persister_statements_total \
+    persister_commit_seconds_sum persister_announce_seconds_sum; do
+    printf '%s ' "$(metric "$PERSISTER_METRICS" "$n")"
+  done
+  echo
+}
+
 db_counters() {
   psql "$CHAT_DATABASE__URL" -Atc \
     "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
@@ -46,11 +63,18 @@ scenario() {
   shift
   echo "== $name: chat-load run $*" | tee "$OUT/$name.txt" >&2
   read -r tx0 ins0 < <(db_counters)
+  read -r b0 m0 st0 c0 a0 < <(persister_counters)
   local pub0 cmd0
   pub0=$(gateway_counter gateway_persist_publishes_total)
   cmd0=$(gateway_counter gateway_persist_commands_total)
   "$BIN/chat-load" run --url "$URL" --duration "$DURATION" --warmup "$WARMUP" "$@" 2>>"$OUT/$name.progress" | tee -a "$OUT/$name.txt" || true
   read -r tx1 ins1 < <(db_counters)
+  read -r b1 m1 st1 c1 a1 < <(persister_counters)
+  awk -v b="$b0 $b1" -v m="$m0 $m1" -v st="$st0 $st1" -v c="$c0 $c1" -v a="$a0 $a1" 'BEGIN {
+    split(b, B); split(m, M); split(st, S); split(c, C); split(a, A)
+    nb = B[2] - B[1]; nm = M[2] - M[1]; ns = S[2] - S[1]
+    if (nb > 0) printf "persister: %d batches, %.1f messages per batch (= per INSERT), %.3f statements per message, commit %.2f ms and announce %.2f ms per batch on average\n",
+      nb, nm / nb, (nm ? ns / nm : 0), (C[2] - C[1]) * 1000 / nb, (A[2] - A[1]) * 1000 / nb }' | tee -a "$OUT/$name.txt"
   local pub1 cmd1
   pub1=$(gateway_counter gateway_persist_publishes_total)
   cmd1=$(gateway_counter gateway_persist_commands_total)
