@@ -11,7 +11,7 @@ use crate::store::Store;
 use crate::{fanout, http};
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
+use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::cache;
 use chat_shared::config::Settings;
 use chat_shared::schema;
@@ -36,25 +36,11 @@ impl Gateway {
             .await
             .context("connecting to Postgres")?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let conn = amqp::connect(
-            &settings.amqp,
-            &format!("gateway {instance}"),
-            Duration::from_secs(30),
-        )
-        .await
-        .context("connecting to RabbitMQ")?;
-        let topo = Topology::new(&settings.amqp);
-
+        let (conn, topo) =
+            amqp::connect_and_declare(&settings.amqp, &format!("gateway {instance}"))
+                .await
+                .context("connecting to RabbitMQ and declaring the topology")?;
         let setup = conn.create_channel().await?;
-        amqp::declare_persist_path(&setup, &topo)
-            .await
-            .context("declaring the persist path")?;
-        amqp::declare_fanout(&setup, &topo)
-            .await
-            .context("declaring the fan-out exchange")?;
-        amqp::declare_presence_path(&setup, &topo)
-            .await
-            .context("declaring the presence queue")?;
 
         let queue = topo.gateway_queue(&instance);
         let consume_channel = conn.create_channel().await?;

@@ -7,7 +7,7 @@ use crate::consumer::{Incoming, PartitionConsumers};
 use crate::metrics::Metrics;
 use crate::writer::{Outcome, Request, Writer};
 use anyhow::Context;
-use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
+use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use lapin::options::BasicAckOptions;
@@ -41,18 +41,9 @@ impl Persister {
         let db = schema::connect(&settings.database)
             .await
             .context("connecting to Postgres")?;
-        let conn = amqp::connect(&settings.amqp, "persister", Duration::from_secs(30))
+        let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "persister")
             .await
-            .context("connecting to RabbitMQ")?;
-        let topo = Topology::new(&settings.amqp);
-        let setup = conn.create_channel().await?;
-        amqp::declare_persist_path(&setup, &topo)
-            .await
-            .context("declaring the persist path")?;
-        amqp::declare_fanout(&setup, &topo)
-            .await
-            .context("declaring the fan-out exchange")?;
-        let _ = setup.close(200, "declared".into()).await;
+            .context("connecting to RabbitMQ and declaring the topology")?;
         let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch)
             .await
             .context("consuming the persist partitions")?;
@@ -164,58 +155,66 @@ impl Persister {
     }
 }
 
-/// Retries transient failures until they pass (the deliveries stay unacked
-/// meanwhile, and the bounded prefetch stops more from coming). `None` if
-/// shutdown came first.
+/// Stores a batch, retrying failures until they pass (the deliveries stay
+/// unacked meanwhile, and the bounded prefetch stops more from coming). A
+/// batch that fails for a reason retrying cannot fix is stored one by one.
+/// `None` if shutdown came first.
 async fn store(
     writer: &Writer,
     requests: &[Request],
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Vec<Outcome>> {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let result = match writer.write(requests).await {
+    retry("batch not stored", stop, || async {
+        match writer.write(requests).await {
             Err(e) if !e.is_transient() => {
                 tracing::warn!(error = %e, batch.size = requests.len(), "batch failed, storing one by one");
                 writer.write_each(requests).await
             }
             other => other,
-        };
-        match result {
-            Ok(outcomes) => return Some(outcomes),
-            Err(e) => {
-                tracing::warn!(error = %e, batch.size = requests.len(), "batch not stored, retrying")
-            }
         }
-        if sleep_or_stop(delay, stop).await {
-            return None;
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    })
+    .await
 }
 
+/// Announces a committed batch, retrying until the broker confirms.
 async fn announce(
     announcer: &Announcer,
     outcomes: &[Outcome],
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match announcer.announce(outcomes).await {
-            Ok(()) => return true,
-            Err(e) => tracing::warn!(error = %e, "fan-out not confirmed, retrying"),
-        }
-        if sleep_or_stop(delay, stop).await {
-            return false;
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    retry("fan-out not confirmed", stop, || {
+        announcer.announce(outcomes)
+    })
+    .await
+    .is_some()
 }
 
-async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => *stop.borrow(),
-        _ = stop.changed() => true,
+/// Runs `attempt` until it succeeds, backing off from 50 ms to 5 s between
+/// tries; `None` if shutdown came first.
+async fn retry<T, E, F, Fut>(
+    what: &str,
+    stop: &mut watch::Receiver<bool>,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Ok(done) => return Some(done),
+            Err(e) => tracing::warn!(error = %e, "{what}, retrying"),
+        }
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(delay) => *stop.borrow(),
+            _ = stop.changed() => true,
+        };
+        if stopped {
+            return None;
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

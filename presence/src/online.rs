@@ -191,17 +191,8 @@ impl Online {
             return Ok(None);
         }
         let removed: i64 = conn.srem(self.keys.online(), user.get()).await?;
-        if removed == 0 {
-            return Ok(None);
-        }
-        let _: () = conn
-            .set_ex(self.keys.last_seen(user), now, LAST_SEEN_TTL_SECS)
-            .await?;
-        Ok(Some(Change {
-            user,
-            status: PresenceStatus::Offline,
-            at: now,
-        }))
+        self.changed(conn, user, removed, PresenceStatus::Offline, now)
+            .await
     }
 
     async fn came_online(
@@ -211,7 +202,21 @@ impl Online {
         added: i64,
         now: i64,
     ) -> Result<Option<Change>> {
-        if added == 0 {
+        self.changed(conn, user, added, PresenceStatus::Online, now)
+            .await
+    }
+
+    /// When the `online` set really changed (`count` is SADD's or SREM's
+    /// answer), records `last_seen` and returns the change.
+    async fn changed(
+        &self,
+        conn: &mut ConnectionManager,
+        user: UserId,
+        count: i64,
+        status: PresenceStatus,
+        now: i64,
+    ) -> Result<Option<Change>> {
+        if count == 0 {
             return Ok(None);
         }
         let _: () = conn
@@ -219,7 +224,7 @@ impl Online {
             .await?;
         Ok(Some(Change {
             user,
-            status: PresenceStatus::Online,
+            status,
             at: now,
         }))
     }

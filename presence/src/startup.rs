@@ -6,7 +6,7 @@ use crate::online::Online;
 use crate::service::{Metrics, Service};
 use crate::typing::Typing;
 use anyhow::Context;
-use chat_shared::amqp::{self, ConfirmedPublisher, Topology};
+use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::bus::{self, PresenceEvent};
 use chat_shared::cache::{self, Keys};
 use chat_shared::config::Settings;
@@ -31,13 +31,10 @@ impl Presence {
         let db = schema::connect(&settings.database)
             .await
             .context("connecting to Postgres")?;
-        let conn = amqp::connect(&settings.amqp, "presence", Duration::from_secs(30))
+        let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "presence")
             .await
-            .context("connecting to RabbitMQ")?;
-        let topo = Topology::new(&settings.amqp);
+            .context("connecting to RabbitMQ and declaring the topology")?;
         let channel = conn.create_channel().await?;
-        amqp::declare_fanout(&channel, &topo).await?;
-        amqp::declare_presence_path(&channel, &topo).await?;
         channel.basic_qos(500, BasicQosOptions::default()).await?;
         let consumer = channel
             .basic_consume(

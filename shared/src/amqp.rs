@@ -298,3 +298,19 @@ impl PendingConfirm {
         }
     }
 }
+
+/// Connects as `name` and declares the whole topology. Every service
+/// declares all of it (idempotent), so any of them can start first.
+pub async fn connect_and_declare(
+    settings: &AmqpSettings,
+    name: &str,
+) -> Result<(Connection, Topology), lapin::Error> {
+    let conn = connect(settings, name, Duration::from_secs(30)).await?;
+    let topo = Topology::new(settings);
+    let channel = conn.create_channel().await?;
+    declare_persist_path(&channel, &topo).await?;
+    declare_fanout(&channel, &topo).await?;
+    declare_presence_path(&channel, &topo).await?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok((conn, topo))
+}
