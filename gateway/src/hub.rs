@@ -22,8 +22,9 @@ pub enum Outbound {
     /// A frame to write as it is.
     Frame(Utf8Bytes),
     /// The answer to one of this session's sends (clears it from pending).
+    /// The id is boxed to keep this enum, and so every session's queue, small.
     SendAnswered {
-        client_msg_id: ClientMsgId,
+        client_msg_id: Box<ClientMsgId>,
         frame: Utf8Bytes,
     },
 }
@@ -190,7 +191,7 @@ impl Hub {
                                 })
                                 .clone();
                             self.metrics.acks_sent.inc();
-                            let client_msg_id = message.client_msg_id.clone();
+                            let client_msg_id = Box::new(message.client_msg_id.clone());
                             self.offer(
                                 &session,
                                 Outbound::SendAnswered {
@@ -255,7 +256,7 @@ impl Hub {
                 self.offer(
                     &session,
                     Outbound::SendAnswered {
-                        client_msg_id,
+                        client_msg_id: Box::new(client_msg_id),
                         frame: frame(&reply),
                     },
                 );

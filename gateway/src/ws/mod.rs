@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 /// Per-connection read buffer: tungstenite's default (128 KiB) would dominate
 /// an idle connection's memory; frames larger than this still work.
-const READ_BUFFER_BYTES: usize = 4096;
+const READ_BUFFER_BYTES: usize = 1024;
 
 pub async fn upgrade(
     State(state): State<AppState>,

@@ -164,12 +164,14 @@ impl Session {
                         return Ended::SocketError;
                     }
                 }
+                // Frame handling is boxed: it is big, and only exists while a
+                // frame is being handled, so an idle session stays small.
                 incoming = self.socket.recv() => {
                     last_heard = Instant::now();
                     match incoming {
                         None | Some(Ok(WsMessage::Close(_))) => return Ended::ClientLeft,
                         Some(Err(_)) => return Ended::SocketError,
-                        Some(Ok(WsMessage::Text(text))) => self.on_text(&text).await,
+                        Some(Ok(WsMessage::Text(text))) => Box::pin(self.on_text(&text)).await,
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.refuse(ErrorCode::BadRequest, "binary frames are not supported", None).await;
                         }
@@ -186,7 +188,7 @@ impl Session {
                         return Ended::SocketError;
                     }
                 }
-                _ = sweep.tick() => self.expire_pending(send_timeout).await,
+                _ = sweep.tick() => Box::pin(self.expire_pending(send_timeout)).await,
             }
         }
     }
@@ -328,7 +330,7 @@ impl Session {
                         let frame = unavailable(&client_msg_id);
                         let _ = tx
                             .send(Outbound::SendAnswered {
-                                client_msg_id,
+                                client_msg_id: Box::new(client_msg_id),
                                 frame,
                             })
                             .await;
