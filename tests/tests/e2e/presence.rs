@@ -139,3 +139,22 @@ async fn only_conversation_partners_receive_presence_frames() {
         assert!(heard.is_empty(), "a stranger hears nothing: {heard:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_requests_need_one_to_two_hundred_positive_ids() {
+    let system = TestSystem::start_with(1, 0, |_| {}).await;
+    let token = system.token(1).await;
+    let too_many = (1..=201)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for ids in ["", "abc", "0", "-4", "1,,x", too_many.as_str()] {
+        let (status, body) = system
+            .get(0, &format!("/api/presence?user_ids={ids}"), Some(&token))
+            .await;
+        assert_eq!(status, 400, "{ids}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request");
+    }
+    let (status, _) = system.get(0, "/api/presence?user_ids=1", None).await;
+    assert_eq!(status, 401);
+}

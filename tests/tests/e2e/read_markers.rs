@@ -105,3 +105,14 @@ async fn a_read_in_a_conversation_you_are_not_in_changes_nothing() {
         "only the member's read is relayed: {relayed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_read_is_a_bad_request_and_the_session_goes_on() {
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    read(&mut an, conversation, -1).await;
+    assert_eq!(an.next_of("error").await["code"], "bad_request");
+    let stored = an.send_and_ack(conversation, "after", "still fine").await;
+    assert_eq!(stored["seq"], 1);
+}
