@@ -164,16 +164,40 @@ async fn store(
     requests: &[Request],
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Vec<Outcome>> {
-    retry("batch not stored", stop, || async {
-        match writer.write(requests).await {
+    // After a failed attempt the commit may have happened all the same (the
+    // connection broke before its answer): retries treat every command as
+    // redelivered, so a message found stored is fanned out again, not only
+    // acked.
+    let mut retried: Option<Vec<Request>> = None;
+    let mut delay = FIRST_RETRY;
+    loop {
+        let batch = retried.as_deref().unwrap_or(requests);
+        let result = match writer.write(batch).await {
             Err(e) if !e.is_transient() => {
-                tracing::warn!(error = %e, batch.size = requests.len(), "batch failed, storing one by one");
-                writer.write_each(requests).await
+                tracing::warn!(error = %e, batch.size = batch.len(), "batch failed, storing one by one");
+                writer.write_each(batch).await
             }
             other => other,
+        };
+        match result {
+            Ok(outcomes) => return Some(outcomes),
+            Err(e) => {
+                tracing::warn!(error = %e, batch.size = batch.len(), "batch not stored, retrying")
+            }
         }
-    })
-    .await
+        retried.get_or_insert_with(|| {
+            requests
+                .iter()
+                .map(|r| Request {
+                    command: r.command.clone(),
+                    redelivered: true,
+                })
+                .collect()
+        });
+        if back_off(&mut delay, stop).await {
+            return None;
+        }
+    }
 }
 
 /// Announces a committed batch, retrying until the broker confirms.
@@ -182,40 +206,28 @@ async fn announce(
     outcomes: &[Outcome],
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
-    retry("fan-out not confirmed", stop, || {
-        announcer.announce(outcomes)
-    })
-    .await
-    .is_some()
+    let mut delay = FIRST_RETRY;
+    loop {
+        match announcer.announce(outcomes).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, "fan-out not confirmed, retrying"),
+        }
+        if back_off(&mut delay, stop).await {
+            return false;
+        }
+    }
 }
 
-/// Runs `attempt` until it succeeds, backing off from 50 ms to 5 s between
-/// tries; `None` if shutdown came first.
-async fn retry<T, E, F, Fut>(
-    what: &str,
-    stop: &mut watch::Receiver<bool>,
-    mut attempt: F,
-) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match attempt().await {
-            Ok(done) => return Some(done),
-            Err(e) => tracing::warn!(error = %e, "{what}, retrying"),
-        }
-        let stopped = tokio::select! {
-            _ = tokio::time::sleep(delay) => *stop.borrow(),
-            _ = stop.changed() => true,
-        };
-        if stopped {
-            return None;
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+
+/// Waits `delay` (then doubles it, up to 5 s); `true` if shutdown came first.
+async fn back_off(delay: &mut Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(*delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    };
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    stopped
 }
 
 /// Acks, per channel, everything up to the newest delivery of the batch.

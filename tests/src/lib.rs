@@ -7,6 +7,7 @@
 //! [`Client`] speaks the public contract only: HTTP with a bearer token and
 //! JSON frames over a WebSocket, exactly as a browser or an app would.
 
+pub mod chaos;
 pub mod client;
 pub mod load;
 
@@ -94,7 +95,13 @@ impl TestSystem {
     }
 
     pub async fn start_persister(&mut self) {
-        let persister = Persister::build(self.settings.clone())
+        let settings = self.settings.clone();
+        self.start_persister_with(settings).await;
+    }
+
+    /// A persister with its own settings (e.g. its database behind a proxy).
+    pub async fn start_persister_with(&mut self, settings: Settings) {
+        let persister = Persister::build(settings)
             .await
             .unwrap_or_else(|e| panic!("persister: {e:#}"));
         self.persister_metrics.extend(persister.metrics_addr());

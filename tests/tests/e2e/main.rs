@@ -3,6 +3,7 @@
 
 mod auth;
 mod durability;
+mod failures;
 mod history;
 mod http_api;
 mod idempotency;
