@@ -90,11 +90,20 @@ select_instance() {
     DATA_DIR="$REPO_DIR/.data/$INSTANCE"
     LOG_DIR="$DATA_DIR/logs"
 
-    PG_DATA="$DATA_DIR/pg"
-    PG_LOG="$LOG_DIR/postgres.log"
+    # Postgres runs as the `postgres` user when we are root; if that user cannot
+    # enter the repo (a clone under /root, say), its data and log live under
+    # /var/lib/mapmo-chat/<hash of the repo path>/<instance> instead.
+    PG_HOME="$DATA_DIR"
+    if [ "$(id -u)" -eq 0 ] && getent passwd postgres >/dev/null &&
+        ! runuser -u postgres -- test -x "$REPO_DIR" 2>/dev/null; then
+        PG_HOME="/var/lib/mapmo-chat/$(printf '%s' "$REPO_DIR" | md5sum | cut -c1-10)/$INSTANCE"
+    fi
+    PG_DATA="$PG_HOME/pg"
+    if [ "$PG_HOME" = "$DATA_DIR" ]; then PG_LOG="$LOG_DIR/postgres.log"; else PG_LOG="$PG_HOME/postgres.log"; fi
     PG_SOCK_DIR="$DATA_DIR/pgsock"
-    # unix socket paths are limited to 107 bytes; keep ours well below 100
-    if (( ${#PG_SOCK_DIR} + ${#PG_PORT} + 10 >= 100 )); then
+    # unix socket paths are limited to 107 bytes; keep ours well below 100 (and
+    # where postgres can reach it)
+    if (( ${#PG_SOCK_DIR} + ${#PG_PORT} + 10 >= 100 )) || [ "$PG_HOME" != "$DATA_DIR" ]; then
         PG_SOCK_DIR="/tmp/chat-pg-$INSTANCE-$(printf '%s' "$REPO_DIR" | md5sum | cut -c1-10)"
     fi
 
@@ -253,17 +262,21 @@ pg_running() { [ -f "$PG_DATA/PG_VERSION" ] && pg_run "$PG_BIN/pg_ctl" -D "$PG_D
 pg_check_traversable() {
     is_root || return 0
     getent passwd postgres >/dev/null || die "system user 'postgres' missing (is postgresql installed?)"
-    runuser -u postgres -- test -x "$DATA_DIR" && return 0
+    if [ "$PG_HOME" != "$DATA_DIR" ]; then
+        mkdir -p "$PG_HOME"
+        log "postgres: $REPO_DIR is not reachable by user postgres; data and log in $PG_HOME"
+    fi
+    runuser -u postgres -- test -x "$PG_HOME" && return 0
     # report the topmost directory that postgres cannot enter
     local d="" part
     local -a parts
-    IFS=/ read -r -a parts <<<"${DATA_DIR#/}"
+    IFS=/ read -r -a parts <<<"${PG_HOME#/}"
     for part in "${parts[@]}"; do
         d="$d/$part"
         runuser -u postgres -- test -x "$d" ||
             die "user 'postgres' cannot enter $d (mode $(stat -c %A "$d"), owner $(stat -c %U "$d")), so Postgres cannot use $PG_DATA. Make the parent directories traversable (chmod o+x $d) or clone the repo elsewhere."
     done
-    die "user 'postgres' cannot reach $DATA_DIR"
+    die "user 'postgres' cannot reach $PG_HOME"
 }
 
 pg_write_conf() {
