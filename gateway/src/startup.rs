@@ -40,14 +40,16 @@ impl Gateway {
             amqp::connect_and_declare(&settings.amqp, &format!("gateway {instance}"))
                 .await
                 .context("connecting to RabbitMQ and declaring the topology")?;
+        // One channel declares the gateway's queue, binds it (the hub) and
+        // consumes it: lapin's recovery replays a channel's topology in
+        // order, so after a lost connection the exclusive queue exists again
+        // before its bindings and its consumer are restored.
         let setup = conn.create_channel().await?;
-
         let queue = topo.gateway_queue(&instance);
-        let consume_channel = conn.create_channel().await?;
-        fanout::declare_queue(&consume_channel, &queue, settings.gateway.queue_max_length)
+        fanout::declare_queue(&setup, &queue, settings.gateway.queue_max_length)
             .await
             .context("declaring the gateway queue")?;
-        let consumer = fanout::consume(&consume_channel, &queue).await?;
+        let consumer = fanout::consume(&setup, &queue).await?;
 
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(setup, queue.clone(), &topo, metrics.clone()));

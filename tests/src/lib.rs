@@ -81,17 +81,23 @@ impl TestSystem {
         }
         system.start_presence().await;
         for _ in 0..gateways {
-            let gateway = Gateway::build(settings.clone())
-                .await
-                .unwrap_or_else(|e| panic!("gateway: {e:#}"));
-            system.gateways.push(gateway.local_addr());
-            let (stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(gateway.run_until(async move {
-                let _ = stopped.await;
-            }));
-            system.gateway_stops.push(Some(stop));
+            system.start_gateway_with(settings.clone()).await;
         }
         system
+    }
+
+    /// Another gateway, with its own settings; returns its index.
+    pub async fn start_gateway_with(&mut self, settings: Settings) -> usize {
+        let gateway = Gateway::build(settings)
+            .await
+            .unwrap_or_else(|e| panic!("gateway: {e:#}"));
+        self.gateways.push(gateway.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(gateway.run_until(async move {
+            let _ = stopped.await;
+        }));
+        self.gateway_stops.push(Some(stop));
+        self.gateways.len() - 1
     }
 
     pub async fn start_persister(&mut self) {
