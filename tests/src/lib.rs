@@ -291,6 +291,14 @@ impl Drop for TestSystem {
     }
 }
 
+/// The `seq` of each message in a list, in order.
+pub fn seqs(messages: &[Value]) -> Vec<i64> {
+    messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap_or_default())
+        .collect()
+}
+
 /// A gateway running as a child process.
 pub struct GatewayProcess {
     pub child: tokio::process::Child,

@@ -11,11 +11,11 @@
 //!   anything else      is sent to the current conversation
 
 use anyhow::{Context, bail};
+use chat_tests::load::setup;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,27 +33,14 @@ async fn main() -> anyhow::Result<()> {
         .context("--user must be a number")?;
     let http = reqwest::Client::new();
 
-    let token: Value = http
-        .post(format!("{base}/api/dev/token"))
-        .json(&json!({"user_id": user}))
-        .send()
-        .await?
-        .error_for_status()
+    let token = setup::tokens(&http, &base, &[user])
+        .await
         .context("dev login (is auth.dev_login on?)")?
-        .json()
-        .await?;
-    let token = token["token"]
-        .as_str()
-        .context("no token in the dev login answer")?
-        .to_owned();
-
-    let mut request = format!("{}/ws", base.replacen("http", "ws", 1)).into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .remove(0);
+    let ws = setup::connect(&base, &token)
         .await
         .context("connecting to /ws")?;
+    println!("<< connected as user {user}");
     let (mut write, mut read) = ws.split();
     tokio::spawn(async move {
         while let Some(Ok(msg)) = read.next().await {
@@ -74,28 +61,19 @@ async fn main() -> anyhow::Result<()> {
         let answer: Option<Value> = match words.as_slice() {
             ["/direct", peer] => {
                 let body = json!({"peer_id": peer.parse::<i64>()?});
-                let v: Value = http
-                    .post(format!("{base}/api/conversations"))
-                    .header("authorization", &auth)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
+                let v = create(&http, &base, &auth, body).await?;
                 current = v["id"].as_i64().or(current);
                 Some(v)
             }
             ["/group", title, members @ ..] => {
                 let ids: Vec<i64> = members.iter().filter_map(|m| m.parse().ok()).collect();
-                let body = json!({"title": title, "member_ids": ids});
-                let v: Value = http
-                    .post(format!("{base}/api/conversations"))
-                    .header("authorization", &auth)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
+                let v = create(
+                    &http,
+                    &base,
+                    &auth,
+                    json!({"title": title, "member_ids": ids}),
+                )
+                .await?;
                 current = v["id"].as_i64().or(current);
                 Some(v)
             }
@@ -141,4 +119,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `POST /api/conversations`.
+async fn create(
+    http: &reqwest::Client,
+    base: &str,
+    auth: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let answer = http
+        .post(format!("{base}/api/conversations"))
+        .header("authorization", auth)
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(answer)
 }

@@ -1,14 +1,6 @@
 //! History pages both ways, the limit cap, and read-your-writes.
 
-use chat_tests::TestSystem;
-use serde_json::Value;
-
-fn seqs(messages: &[Value]) -> Vec<i64> {
-    messages
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap_or_default())
-        .collect()
-}
+use chat_tests::{TestSystem, seqs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_backwards_and_forwards_and_caps_at_two_hundred() {

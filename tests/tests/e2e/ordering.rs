@@ -1,8 +1,7 @@
 //! seq is gapless and unique per conversation, and one session's messages
 //! keep their sending order.
 
-use chat_tests::TestSystem;
-use serde_json::Value;
+use chat_tests::{TestSystem, seqs};
 
 /// The seqs of the next `n` acks, in arrival order (the other sender's
 /// messages arriving in between are skipped).
@@ -17,13 +16,6 @@ async fn ack_seqs(client: &mut chat_tests::Client, n: usize) -> Vec<i64> {
         }
     }
     seqs
-}
-
-fn seqs(messages: &[Value]) -> Vec<i64> {
-    messages
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap_or_default())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
