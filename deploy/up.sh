@@ -29,7 +29,7 @@ eval "$(deploy/services.sh env local)"
 export CHAT_PROFILE=local
 mkdir -p "$RUN" "$LOGS"
 
-say "building the services ($BUILD_PROFILE profile; the first build takes 10-15 minutes on 2 cores)"
+say "building the services ($BUILD_PROFILE profile; a first release build takes about 5 minutes on 2 cores)"
 cargo build --profile "$BUILD_PROFILE" -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
 case "$BUILD_PROFILE" in dev) BIN="$CARGO_TARGET_DIR/debug" ;; *) BIN="$CARGO_TARGET_DIR/$BUILD_PROFILE" ;; esac
 
