@@ -158,12 +158,6 @@ impl Hub {
         self.sessions().values().map(Vec::len).sum()
     }
 
-    /// Closes every session (shutdown): each is woken as on overflow, but
-    /// with the shutdown flag the session turns that into close code 1012.
-    pub fn all_sessions(&self) -> Vec<SessionHandle> {
-        self.sessions().values().flatten().cloned().collect()
-    }
-
     /// Delivers one bus event to the local sessions it concerns.
     pub fn dispatch(&self, event: GatewayEvent) {
         match event {
@@ -173,9 +167,9 @@ impl Hub {
                 origin,
             } => {
                 let origin = origin.map(|o| o.session_id);
-                let delivery = frame(&ServerFrame::Message {
-                    message: message.clone(),
-                });
+                // Serialised once, and only if a local session needs it: with
+                // coalesced events most of them concern other gateways.
+                let mut delivery = None;
                 let mut ack = None;
                 let mut sessions = 0usize;
                 for member in &member_ids {
@@ -201,7 +195,14 @@ impl Hub {
                             );
                         } else {
                             self.metrics.messages_delivered.inc();
-                            self.offer(&session, Outbound::Frame(delivery.clone()));
+                            let delivery = delivery
+                                .get_or_insert_with(|| {
+                                    frame(&ServerFrame::Message {
+                                        message: message.clone(),
+                                    })
+                                })
+                                .clone();
+                            self.offer(&session, Outbound::Frame(delivery));
                         }
                         sessions += 1;
                     }
@@ -267,12 +268,11 @@ impl Hub {
                 state,
                 recipients,
             } => {
-                let typing = frame(&ServerFrame::Typing {
+                self.offer_all(&recipients, || ServerFrame::Typing {
                     conversation_id,
                     user_id,
                     state,
                 });
-                self.offer_all(&recipients, &typing);
             }
             GatewayEvent::Read {
                 conversation_id,
@@ -280,12 +280,11 @@ impl Hub {
                 seq,
                 recipients,
             } => {
-                let read = frame(&ServerFrame::Read {
+                self.offer_all(&recipients, || ServerFrame::Read {
                     conversation_id,
                     user_id,
                     seq,
                 });
-                self.offer_all(&recipients, &read);
             }
             GatewayEvent::Presence {
                 user_id,
@@ -293,28 +292,31 @@ impl Hub {
                 last_seen,
                 recipients,
             } => {
-                let presence = frame(&ServerFrame::Presence {
+                self.offer_all(&recipients, || ServerFrame::Presence {
                     user_id,
                     status,
                     last_seen,
                 });
-                self.offer_all(&recipients, &presence);
             }
             GatewayEvent::ConversationAdded {
                 conversation,
                 member_ids,
             } => {
-                let added = frame(&ServerFrame::Conversation { conversation });
-                self.offer_all(&member_ids, &added);
+                self.offer_all(&member_ids, || ServerFrame::Conversation {
+                    conversation: conversation.clone(),
+                });
             }
         }
     }
 
-    /// Queues one frame to every local session of `users`.
-    fn offer_all(&self, users: &[UserId], frame: &Utf8Bytes) {
+    /// Queues one frame to every local session of `users`; it is built and
+    /// serialised once, on the first local session found.
+    fn offer_all(&self, users: &[UserId], make: impl Fn() -> ServerFrame) {
+        let mut serialised: Option<Utf8Bytes> = None;
         for user in users {
             for session in self.sessions_of(*user) {
-                self.offer(&session, Outbound::Frame(frame.clone()));
+                let frame = serialised.get_or_insert_with(|| frame(&make())).clone();
+                self.offer(&session, Outbound::Frame(frame));
             }
         }
     }
