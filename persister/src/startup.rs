@@ -116,7 +116,7 @@ impl Persister {
                 .iter()
                 .flat_map(|i| {
                     i.commands.iter().map(|c| Request {
-                        command: c.clone(),
+                        command: c,
                         redelivered: i.redelivered,
                     })
                 })
@@ -161,14 +161,14 @@ impl Persister {
 /// `None` if shutdown came first.
 async fn store(
     writer: &Writer,
-    requests: &[Request],
+    requests: &[Request<'_>],
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Vec<Outcome>> {
     // After a failed attempt the commit may have happened all the same (the
     // connection broke before its answer): retries treat every command as
     // redelivered, so a message found stored is fanned out again, not only
     // acked.
-    let mut retried: Option<Vec<Request>> = None;
+    let mut retried: Option<Vec<Request<'_>>> = None;
     let mut delay = FIRST_RETRY;
     loop {
         let batch = retried.as_deref().unwrap_or(requests);
@@ -189,7 +189,7 @@ async fn store(
             requests
                 .iter()
                 .map(|r| Request {
-                    command: r.command.clone(),
+                    command: r.command,
                     redelivered: true,
                 })
                 .collect()

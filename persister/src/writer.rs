@@ -21,8 +21,9 @@ use sea_orm::sqlx::{self, PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
 
 /// One command to apply, and whether the broker delivered it before.
-pub struct Request {
-    pub command: PersistCommand,
+pub struct Request<'a> {
+    /// Borrowed from the delivery: the hot path copies no bodies.
+    pub command: &'a PersistCommand,
     pub redelivered: bool,
 }
 
@@ -140,12 +141,12 @@ impl Writer {
 
     /// Applies a batch in one transaction. One outcome per send, in order,
     /// then one per read marker that moved.
-    pub async fn write(&self, requests: &[Request]) -> Result<Vec<Outcome>, WriteError> {
+    pub async fn write(&self, requests: &[Request<'_>]) -> Result<Vec<Outcome>, WriteError> {
         let now = time::now_millis();
         let mut batch = Vec::with_capacity(requests.len());
         let mut reads: HashMap<(i64, i64), i64> = HashMap::new();
         for r in requests {
-            match &r.command {
+            match r.command {
                 PersistCommand::Send(command) => batch.push(Send {
                     command,
                     redelivered: r.redelivered,
@@ -351,13 +352,13 @@ impl Writer {
 
     /// Stores requests one by one, after a batch failed for a reason that
     /// retrying cannot fix: the bad one is refused, the others are stored.
-    pub async fn write_each(&self, batch: &[Request]) -> Result<Vec<Outcome>, WriteError> {
+    pub async fn write_each(&self, batch: &[Request<'_>]) -> Result<Vec<Outcome>, WriteError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for request in batch {
             match self.write(std::slice::from_ref(request)).await {
                 Ok(mut one) => outcomes.append(&mut one),
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => match &request.command {
+                Err(e) => match request.command {
                     PersistCommand::Send(c) => {
                         tracing::error!(conversation.id = %c.conversation_id, user.id = %c.sender_id, error = %e, "send cannot be stored, refused");
                         outcomes.push(Outcome::refused(
