@@ -7,7 +7,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use chat_shared::bus::{self, GatewayEvent};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
 use std::sync::Arc;
@@ -37,7 +37,6 @@ pub async fn declare_queue(
 }
 
 pub async fn consume(channel: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
-    channel.basic_qos(1000, BasicQosOptions::default()).await?;
     // No acks: these are live deliveries of already-stored messages; a lost
     // one is recovered by the client from history.
     let options = BasicConsumeOptions {

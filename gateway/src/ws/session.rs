@@ -64,6 +64,7 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
         session_id,
         tx,
         pending: HashMap::new(),
+        typing_window: (Instant::now(), 0),
     };
     let reason = session.serve(rx, overflow).await;
     let last = state
@@ -118,7 +119,13 @@ struct Session {
     tx: mpsc::Sender<Outbound>,
     /// Sends published but not yet answered, with when they were sent.
     pending: HashMap<ClientMsgId, Instant>,
+    /// Typing frames forwarded in the current one-second window.
+    typing_window: (Instant, u32),
 }
+
+/// Typing frames one session may send per second; more are `rate_limited`.
+/// (Every one becomes a presence event, and the presence queue is shared.)
+const MAX_TYPING_PER_SECOND: u32 = 10;
 
 impl Session {
     async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>, overflow: Arc<Notify>) -> Ended {
@@ -226,6 +233,23 @@ impl Session {
                 state,
             }) => {
                 // Relayed (and throttled) by the presence service.
+                let (window, count) = &mut self.typing_window;
+                if window.elapsed() >= Duration::from_secs(1) {
+                    *window = Instant::now();
+                    *count = 0;
+                }
+                if *count >= MAX_TYPING_PER_SECOND {
+                    let wait = Duration::from_secs(1).saturating_sub(window.elapsed());
+                    let frame = ServerFrame::Error {
+                        code: ErrorCode::RateLimited,
+                        message: "too many typing frames".into(),
+                        client_msg_id: None,
+                        retry_after_ms: Some(wait.as_millis() as u64),
+                    };
+                    let _ = self.write(hub::frame(&frame)).await;
+                    return;
+                }
+                *count += 1;
                 let user_id = self.user.user_id;
                 let event = PresenceEvent::Typing {
                     conversation_id,

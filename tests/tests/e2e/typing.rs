@@ -98,3 +98,21 @@ async fn typing_in_a_conversation_you_are_not_in_reaches_nobody() {
     let frame = binh.next_of("typing").await;
     assert_eq!(frame["conversation_id"], mine);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_ten_typing_frames_a_second_are_rate_limited() {
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    for _ in 0..11 {
+        typing(&mut an, conversation, "start").await;
+    }
+    let error = an.next_of("error").await;
+    assert_eq!(error["code"], "rate_limited");
+    assert!(
+        error["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms <= 1000),
+        "{error}"
+    );
+}
