@@ -11,12 +11,9 @@ use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use lapin::options::BasicAckOptions;
-use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 impl Weighed for Incoming {
@@ -32,8 +29,7 @@ pub struct Persister {
     writer: Writer,
     announcer: Announcer,
     metrics: Metrics,
-    registry: Arc<Registry>,
-    metrics_listener: TcpListener,
+    metrics_endpoint: chat_shared::metrics::Endpoint,
 }
 
 impl Persister {
@@ -56,9 +52,10 @@ impl Persister {
             db.get_postgres_connection_pool().clone(),
             metrics.statements.clone(),
         );
-        let metrics_listener = TcpListener::bind(settings.persister.metrics_listen)
-            .await
-            .with_context(|| format!("binding {}", settings.persister.metrics_listen))?;
+        let metrics_endpoint =
+            chat_shared::metrics::Endpoint::bind(settings.persister.metrics_listen, registry)
+                .await
+                .with_context(|| format!("binding {}", settings.persister.metrics_listen))?;
         Ok(Self {
             settings,
             conn,
@@ -66,14 +63,13 @@ impl Persister {
             writer,
             announcer,
             metrics,
-            registry: Arc::new(registry),
-            metrics_listener,
+            metrics_endpoint,
         })
     }
 
     /// Where `GET /metrics` is served.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_listener.local_addr().ok()
+        self.metrics_endpoint.local_addr()
     }
 
     /// Runs until `shutdown` resolves. The batch in hand is finished (stored,
@@ -90,10 +86,9 @@ impl Persister {
             writer,
             announcer,
             metrics,
-            registry,
-            metrics_listener,
+            metrics_endpoint,
         } = self;
-        let metrics_server = tokio::spawn(chat_shared::metrics::serve(metrics_listener, registry));
+        let metrics_server = metrics_endpoint.spawn();
         let batch_max = settings.persister.batch_max;
         let (tx, mut rx) =
             mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));

@@ -18,8 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub struct Presence {
-    metrics_listener: tokio::net::TcpListener,
-    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    metrics_endpoint: chat_shared::metrics::Endpoint,
     conn: lapin::Connection,
     consumer: lapin::Consumer,
     service: Service,
@@ -47,9 +46,10 @@ impl Presence {
             .context("consuming the presence queue")?;
         let keys = Keys::new(&settings.redis);
         let (metrics, registry) = Metrics::new();
-        let metrics_listener = tokio::net::TcpListener::bind(settings.presence.metrics_listen)
-            .await
-            .with_context(|| format!("binding {}", settings.presence.metrics_listen))?;
+        let metrics_endpoint =
+            chat_shared::metrics::Endpoint::bind(settings.presence.metrics_listen, registry)
+                .await
+                .with_context(|| format!("binding {}", settings.presence.metrics_listen))?;
         let service = Service {
             metrics,
             redis: cache::connect(&settings.redis).context("the Redis URL")?,
@@ -64,8 +64,7 @@ impl Presence {
         };
         let sweep_every = Duration::from_millis(settings.presence.sweep_ms);
         Ok(Self {
-            metrics_listener,
-            registry: std::sync::Arc::new(registry),
+            metrics_endpoint,
             conn,
             consumer,
             service,
@@ -81,14 +80,13 @@ impl Presence {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
-            metrics_listener,
-            registry,
+            metrics_endpoint,
             conn,
             mut consumer,
             mut service,
             sweep_every,
         } = self;
-        let metrics_server = tokio::spawn(chat_shared::metrics::serve(metrics_listener, registry));
+        let metrics_server = metrics_endpoint.spawn();
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);

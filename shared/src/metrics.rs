@@ -1,13 +1,16 @@
 //! A minimal `GET /metrics` endpoint for the services that have no HTTP
 //! server of their own (persister, presence): Prometheus text from a
 //! prometheus-client registry. Anything else gets 404. Requests are read up
-//! to 8 KiB and answered once; the connection is then closed.
+//! to 8 KiB within 5 s and answered once; the connection is then closed.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// How long a scraper may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves `registry` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
@@ -19,15 +22,19 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
         tokio::spawn(async move {
             let mut request = vec![0u8; 8192];
             let mut read = 0;
-            while read < request.len() {
-                match socket.read(&mut request[read..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => read += n,
+            // A client that sends nothing is dropped after the timeout.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                while read < request.len() {
+                    match socket.read(&mut request[read..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                    if request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
                 }
-                if request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
+            })
+            .await;
             let is_metrics = request[..read].starts_with(b"GET /metrics ");
             let (status, body) = if is_metrics {
                 let mut body = String::new();
@@ -48,4 +55,29 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
 /// Buckets for durations in seconds: 0.25 ms to about 4 s.
 pub fn seconds_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 15)
+}
+
+/// A bound `/metrics` endpoint, served once the service runs.
+pub struct Endpoint {
+    listener: TcpListener,
+    registry: Arc<Registry>,
+}
+
+impl Endpoint {
+    /// Binds `addr` (port 0 allowed) before the service starts.
+    pub async fn bind(addr: std::net::SocketAddr, registry: Registry) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+            registry: Arc::new(registry),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until the returned task is aborted.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(serve(self.listener, self.registry))
+    }
 }
