@@ -213,7 +213,11 @@ impl Writer {
         for (i, r) in batch.iter().enumerate() {
             let c = r.command;
             let key = (c.sender_id, &c.client_msg_id);
-            let plan = if let Some(m) = existing.get(&(c.sender_id, c.client_msg_id.clone())) {
+            // Resends are rare: look (and copy the key) only when there are any.
+            let resent = (!existing.is_empty())
+                .then(|| existing.get(&(c.sender_id, c.client_msg_id.clone())))
+                .flatten();
+            let plan = if let Some(m) = resent {
                 Plan::Existing(m.clone())
             } else if let Some(&earlier) = first_of.get(&key) {
                 Plan::SameAsEarlier(earlier)
