@@ -57,6 +57,26 @@ db_counters() {
             (SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages')" | tr '|' ' '
 }
 
+# CPU time (clock ticks) used so far by each part of the system, summed over
+# its processes: rabbitmq postgres nginx redis gateways persister presence.
+# (Processes that exited in between, like short-lived Postgres backends, are
+# not counted.)
+cpu_ticks() {
+  awk '{
+    comm = $2; gsub(/[()]/, "", comm); t = $14 + $15
+    if (comm == "beam.smp") c["rabbitmq"] += t
+    else if (comm == "postgres") c["postgres"] += t
+    else if (comm == "nginx") c["nginx"] += t
+    else if (comm == "redis-server") c["redis"] += t
+    else if (comm == "chat-gateway") c["gateways"] += t
+    else if (comm == "chat-persister") c["persister"] += t
+    else if (comm == "chat-presence") c["presence"] += t
+  } END {
+    printf "%d %d %d %d %d %d %d\n", c["rabbitmq"], c["postgres"], c["nginx"], c["redis"], c["gateways"], c["persister"], c["presence"]
+  }' /proc/[0-9]*/stat 2>/dev/null
+}
+TICKS=$(getconf CLK_TCK)
+
 # scenario NAME ARGS...: one load-generator run with the work counters around it.
 scenario() {
   local name=$1
@@ -67,7 +87,13 @@ scenario() {
   local pub0 cmd0
   pub0=$(gateway_counter gateway_persist_publishes_total)
   cmd0=$(gateway_counter gateway_persist_commands_total)
-  "$BIN/chat-load" run --url "$URL" --duration "$DURATION" --warmup "$WARMUP" "$@" 2>>"$OUT/$name.progress" | tee -a "$OUT/$name.txt" || true
+  local cpu0 cpu1
+  cpu0=$(cpu_ticks)
+  {
+    TIMEFORMAT='%U %S'
+    time "$BIN/chat-load" run --url "$URL" --duration "$DURATION" --warmup "$WARMUP" "$@" 2>>"$OUT/$name.progress" | tee -a "$OUT/$name.txt" || true
+  } 2>"$OUT/$name.loadcpu"
+  cpu1=$(cpu_ticks)
   read -r tx1 ins1 < <(db_counters)
   read -r b1 m1 st1 c1 a1 < <(persister_counters)
   awk -v b="$b0 $b1" -v m="$m0 $m1" -v st="$st0 $st1" -v c="$c0 $c1" -v a="$a0 $a1" 'BEGIN {
@@ -81,6 +107,15 @@ scenario() {
   awk -v tx=$((tx1 - tx0)) -v ins=$((ins1 - ins0)) -v pub=$((pub1 - pub0)) -v cmd=$((cmd1 - cmd0)) 'BEGIN {
     printf "work: %d messages inserted in %d transactions (%.1f per transaction, one INSERT each); %d persist-path AMQP publishes for %d commands (%.3f per command)\n",
       ins, tx, (tx ? ins / tx : 0), pub, cmd, (cmd ? pub / cmd : 0) }' | tee -a "$OUT/$name.txt"
+  # CPU per part, in seconds over the whole run (set-up and verification
+  # included) and in microseconds per command sent.
+  awk -v a="$cpu0" -v b="$cpu1" -v hz="$TICKS" -v load="$(tail -1 "$OUT/$name.loadcpu")" -v cmd=$((cmd1 - cmd0)) 'BEGIN {
+    split(a, A); split(b, B); split(load, L)
+    n = split("rabbitmq postgres nginx redis gateways persister presence", name, " ")
+    line = "cpu seconds (us per command):"; total = 0
+    for (i = 1; i <= n; i++) { s = (B[i] - A[i]) / hz; total += s; line = line sprintf(" %s %.1f (%.0f),", name[i], s, cmd ? s * 1e6 / cmd : 0) }
+    g = L[1] + L[2]
+    printf "%s system total %.1f (%.0f); load generator %.1f (%.0f)\n", line, total, cmd ? total * 1e6 / cmd : 0, g, cmd ? g * 1e6 / cmd : 0 }' | tee -a "$OUT/$name.txt"
 }
 
 run() {

@@ -122,7 +122,9 @@ select_instance() {
         RABBITMQ_DIST_PORT="$DIST_PORT"
         RABBITMQ_CTL_DIST_PORT_MIN="$(( DIST_PORT + 1 ))"
         RABBITMQ_CTL_DIST_PORT_MAX="$(( DIST_PORT + 10 ))"
-        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+        # +sbwt none...: Erlang schedulers do not spin while idle (they would
+        # burn the CPU the services on this machine share with the broker).
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
         RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
         ERL_EPMD_ADDRESS=127.0.0.1
         ERL_CRASH_DUMP="$RABBIT_DIR/erl_crash.dump"

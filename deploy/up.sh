@@ -62,7 +62,7 @@ done
 # ready PORT: true when the gateway on PORT answers /ready with 200 (no curl needed).
 ready() {
   local status
-  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
   printf 'GET /ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
   read -r _ status _ <&3 || true
   exec 3<&- 3>&-

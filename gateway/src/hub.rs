@@ -1,7 +1,8 @@
 //! The sessions this gateway hosts, by user, and the routing that follows
-//! them: the gateway's queue is bound to `user.<id>` on the fan-out exchange
-//! while at least one session of that user is here, so each gateway receives
-//! only the traffic of the users it hosts.
+//! them: the gateway's queue is bound to `shard.<n>` on the fan-out exchange
+//! while at least one user of shard `n` has a session here, so each gateway
+//! receives the traffic of the shards it hosts, and delivers each event only
+//! to the recipients it names that are here.
 
 use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
@@ -40,7 +41,7 @@ pub struct SessionHandle {
 
 pub struct Hub {
     sessions: Mutex<HashMap<UserId, Vec<SessionHandle>>>,
-    /// Serialises bind and unbind so a user's last session leaving and a new
+    /// Serialises bind and unbind so a shard's last user leaving and a new
     /// one arriving cannot leave the binding in the wrong state.
     routing: tokio::sync::Mutex<Routing>,
     metrics: Arc<Metrics>,
@@ -50,6 +51,9 @@ struct Routing {
     channel: Channel,
     queue: String,
     exchange: String,
+    topo: Topology,
+    /// Users here per bound shard (a shard is bound while its count is > 0).
+    users_per_shard: HashMap<u16, usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,8 @@ impl Hub {
                 channel,
                 queue,
                 exchange: topo.fanout_exchange(),
+                topo: topo.clone(),
+                users_per_shard: HashMap::new(),
             }),
             metrics,
         }
@@ -78,34 +84,38 @@ impl Hub {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a session; binds the user's routing key first if it is the
-    /// user's first session here. Returns once the broker has the binding,
-    /// so nothing stored after `hello` can miss this session; `true` when it
-    /// was the user's first session here.
+    /// Adds a session; binds the user's shard first if it is the shard's
+    /// first user here. Returns once the broker has the binding, so nothing
+    /// stored after `hello` can miss this session; `true` when it was the
+    /// user's first session here.
     pub async fn register(&self, user: UserId, handle: SessionHandle) -> Result<bool, BindError> {
-        let routing = self.routing.lock().await;
+        let mut routing = self.routing.lock().await;
         let first = !self.sessions().contains_key(&user);
         if first {
-            routing
-                .channel
-                .queue_bind(
-                    routing.queue.clone().into(),
-                    routing.exchange.clone().into(),
-                    Topology::user_key(user).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|source| BindError { user, source })?;
+            let shard = routing.topo.route_shard(user);
+            if routing.users_per_shard.get(&shard).copied().unwrap_or(0) == 0 {
+                routing
+                    .channel
+                    .queue_bind(
+                        routing.queue.clone().into(),
+                        routing.exchange.clone().into(),
+                        Topology::shard_key(shard).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|source| BindError { user, source })?;
+            }
+            *routing.users_per_shard.entry(shard).or_insert(0) += 1;
         }
         self.sessions().entry(user).or_default().push(handle);
         Ok(first)
     }
 
-    /// Removes a session; unbinds the user when it was their last one here
-    /// (and then returns `true`).
+    /// Removes a session (`true` when it was the user's last one here), and
+    /// unbinds the user's shard when no user of it is left here.
     pub async fn unregister(&self, user: UserId, session_id: &str) -> bool {
-        let routing = self.routing.lock().await;
+        let mut routing = self.routing.lock().await;
         let last = {
             let mut sessions = self.sessions();
             let Some(list) = sessions.get_mut(&user) else {
@@ -118,22 +128,34 @@ impl Hub {
             }
             last
         };
-        if last {
+        if !last {
+            return false;
+        }
+        let shard = routing.topo.route_shard(user);
+        let left = match routing.users_per_shard.get_mut(&shard) {
+            Some(count) => {
+                *count = count.saturating_sub(1);
+                *count
+            }
+            None => 0,
+        };
+        if left == 0 {
+            routing.users_per_shard.remove(&shard);
             let unbound = routing
                 .channel
                 .queue_unbind(
                     routing.queue.clone().into(),
                     routing.exchange.clone().into(),
-                    Topology::user_key(user).into(),
+                    Topology::shard_key(shard).into(),
                     FieldTable::default(),
                 )
                 .await;
             if let Err(e) = unbound {
-                // Harmless: deliveries for a user with no session here are dropped.
-                tracing::warn!(user.id = %user, error = %e, "unbind failed");
+                // Harmless: deliveries for users with no session here are dropped.
+                tracing::warn!(shard, error = %e, "unbind failed");
             }
         }
-        last
+        true
     }
 
     /// The users with at least one session here.

@@ -1,6 +1,7 @@
 //! The send path out of the gateway: a `send` frame becomes a `SendCommand`
-//! (a `read` frame a `ReadCommand`), published persistent and mandatory to
-//! the partition of its conversation; only the broker's confirm counts. The
+//! (a `read` frame a `ReadCommand`), published mandatory (and persistent if
+//! `amqp.persistent_sends`) to the partition of its conversation; only the
+//! broker's confirm counts. The
 //! ack itself comes later, from the persister, once the message is committed.
 //!
 //! One task publishes for the whole gateway. It takes whatever commands are
@@ -59,6 +60,7 @@ impl Sender {
         let target = Target {
             exchange: topo.persist_exchange(),
             partitions: topo.partitions,
+            persistent: topo.persistent_sends,
         };
         tokio::spawn(publish_loop(rx, publisher, target, metrics));
         Self { tx }
@@ -78,6 +80,7 @@ impl Sender {
 struct Target {
     exchange: String,
     partitions: u16,
+    persistent: bool,
 }
 
 async fn publish_loop(
@@ -89,6 +92,7 @@ async fn publish_loop(
     let Target {
         exchange,
         partitions,
+        persistent,
     } = target;
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
@@ -122,7 +126,7 @@ async fn publish_loop(
                     routing_key: &key,
                     cc: &[],
                     payload: &payload,
-                    persistent: true,
+                    persistent,
                     mandatory: true,
                 })
                 .await;

@@ -1,5 +1,5 @@
 //! After commit: tell the gateways. Stored messages and moved read markers go
-//! to the fan-out exchange, routed by the user keys of everyone concerned
+//! to the fan-out exchange, routed by the shard keys of everyone concerned
 //! (RabbitMQ's `CC` header), so each gateway hosting any of them gets one
 //! copy. Replies for one session go straight to its gateway's queue. Events
 //! are coalesced, up to [`MAX_EVENTS_PER_MESSAGE`] per AMQP message: a lone
@@ -18,12 +18,14 @@ pub const MAX_EVENTS_PER_MESSAGE: usize = 256;
 pub struct Announcer {
     publisher: ConfirmedPublisher,
     fanout: String,
+    topo: Topology,
 }
 
-/// Events bound for the fan-out exchange, with the union of their routing keys.
+/// Events bound for the fan-out exchange, with the union of their recipients'
+/// routing shards.
 #[derive(Default)]
 struct Chunk {
-    keys: BTreeSet<String>,
+    shards: BTreeSet<u16>,
     events: Vec<GatewayEvent>,
 }
 
@@ -32,6 +34,7 @@ impl Announcer {
         Self {
             publisher,
             fanout: topo.fanout_exchange(),
+            topo: topo.clone(),
         }
     }
 
@@ -83,8 +86,8 @@ impl Announcer {
                 continue;
             }
             current
-                .keys
-                .extend(recipients.iter().map(|u| Topology::user_key(*u)));
+                .shards
+                .extend(recipients.iter().map(|u| self.topo.route_shard(*u)));
             current.events.push(event);
             if current.events.len() >= MAX_EVENTS_PER_MESSAGE {
                 chunks.push(std::mem::take(&mut current));
@@ -96,7 +99,7 @@ impl Announcer {
 
         let mut confirms = Vec::with_capacity(chunks.len() + replies.len());
         for chunk in chunks {
-            let keys: Vec<String> = chunk.keys.into_iter().collect();
+            let keys: Vec<String> = chunk.shards.into_iter().map(Topology::shard_key).collect();
             let Some((first, rest)) = keys.split_first() else {
                 continue;
             };

@@ -1,6 +1,6 @@
 //! Publishing typing and presence changes to the gateways that host the
-//! people concerned: one AMQP message per change, routed by their user keys
-//! (RabbitMQ `CC`), so only gateways hosting a recipient get it.
+//! people concerned: one AMQP message per change, routed by their shard keys
+//! (RabbitMQ `CC`), so only gateways hosting a recipient's shard get it.
 
 use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PublishError, Topology};
 use chat_shared::bus::{self, GatewayEvent};
@@ -9,6 +9,7 @@ use chat_shared::ids::UserId;
 pub struct Announcer {
     publisher: ConfirmedPublisher,
     fanout: String,
+    topo: Topology,
 }
 
 impl Announcer {
@@ -16,6 +17,7 @@ impl Announcer {
         Self {
             publisher,
             fanout: topo.fanout_exchange(),
+            topo: topo.clone(),
         }
     }
 
@@ -24,7 +26,7 @@ impl Announcer {
         recipients: &[UserId],
         event: GatewayEvent,
     ) -> Result<(), PublishError> {
-        let keys: Vec<String> = recipients.iter().map(|u| Topology::user_key(*u)).collect();
+        let keys = self.topo.route_keys(recipients.iter().copied());
         let Some((first, rest)) = keys.split_first() else {
             return Ok(());
         };

@@ -9,9 +9,11 @@
 //! - `chat.presence` durable queue (single active consumer, bounded): session
 //!   and typing events from the gateways to the presence service.
 //! - `chat.fanout` direct exchange -> one exclusive queue per gateway
-//!   (`chat.gw.<instance>`), bound with `user.<id>` for each user it hosts.
-//!   A stored message is published once, with the members' keys in the `CC`
-//!   header; RabbitMQ puts it once into each queue that hosts any of them.
+//!   (`chat.gw.<instance>`), bound with `shard.<user % route_shards>` for each
+//!   shard that has a user it hosts. An event is published once, with its
+//!   recipients' shard keys in the `CC` header; RabbitMQ puts it once into
+//!   each queue bound to any of them, and the gateway delivers it to the
+//!   recipients it hosts.
 
 use crate::config::AmqpSettings;
 use crate::ids::UserId;
@@ -29,6 +31,9 @@ use std::time::Duration;
 pub struct Topology {
     prefix: String,
     pub partitions: u16,
+    pub route_shards: u16,
+    /// Whether sends on the persist path are published persistent.
+    pub persistent_sends: bool,
 }
 
 impl Topology {
@@ -36,6 +41,8 @@ impl Topology {
         Self {
             prefix: settings.prefix.clone(),
             partitions: settings.partitions,
+            route_shards: settings.route_shards,
+            persistent_sends: settings.persistent_sends,
         }
     }
     pub fn persist_exchange(&self) -> String {
@@ -56,8 +63,20 @@ impl Topology {
     pub fn gateway_queue(&self, instance: &str) -> String {
         format!("{}.gw.{instance}", self.prefix)
     }
-    pub fn user_key(user: UserId) -> String {
-        format!("user.{user}")
+    /// The fan-out shard of a user.
+    pub fn route_shard(&self, user: UserId) -> u16 {
+        user.get().rem_euclid(i64::from(self.route_shards.max(1))) as u16
+    }
+    /// The fan-out routing key of a shard.
+    pub fn shard_key(shard: u16) -> String {
+        format!("shard.{shard}")
+    }
+    /// The routing keys that reach every gateway hosting any of `users`,
+    /// each once.
+    pub fn route_keys(&self, users: impl IntoIterator<Item = UserId>) -> Vec<String> {
+        let shards: std::collections::BTreeSet<u16> =
+            users.into_iter().map(|u| self.route_shard(u)).collect();
+        shards.into_iter().map(Self::shard_key).collect()
     }
 }
 
@@ -313,4 +332,46 @@ pub async fn connect_and_declare(
     declare_presence_path(&channel, &topo).await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok((conn, topo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(route_shards: u16) -> Topology {
+        Topology {
+            prefix: "chat".into(),
+            partitions: 2,
+            route_shards,
+            persistent_sends: false,
+        }
+    }
+
+    fn users(ids: &[i64]) -> Vec<UserId> {
+        ids.iter()
+            .map(|id| UserId::new(*id).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    #[test]
+    fn recipients_in_one_shard_make_one_routing_key() {
+        let topo = topology(4);
+        assert_eq!(topo.route_keys(users(&[1, 5, 9])), ["shard.1"]);
+    }
+
+    #[test]
+    fn routing_keys_name_each_shard_of_the_recipients_once() {
+        let topo = topology(4);
+        assert_eq!(
+            topo.route_keys(users(&[7, 2, 3, 6, 11])),
+            ["shard.2", "shard.3"]
+        );
+    }
+
+    #[test]
+    fn with_more_shards_than_users_every_user_has_a_shard_of_their_own() {
+        let topo = topology(64);
+        assert_eq!(topo.route_keys(users(&[1, 2])), ["shard.1", "shard.2"]);
+        assert_eq!(topo.route_shard(users(&[65])[0]), 1);
+    }
 }

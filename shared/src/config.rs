@@ -62,6 +62,8 @@ pub struct AmqpSettings {
     pub url: String,
     pub prefix: String,
     pub partitions: u16,
+    pub route_shards: u16,
+    pub persistent_sends: bool,
     pub confirm_timeout_ms: u64,
 }
 
@@ -160,6 +162,9 @@ impl Settings {
         }
         if self.amqp.partitions == 0 {
             return invalid("amqp.partitions", "must be at least 1");
+        }
+        if self.amqp.route_shards == 0 {
+            return invalid("amqp.route_shards", "must be at least 1");
         }
         if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
             return invalid("amqp.prefix", "must be a non-empty word");

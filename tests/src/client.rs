@@ -115,8 +115,11 @@ impl Client {
 
     /// The next JSON frame, or how the connection closed.
     pub async fn next_or_close(&mut self) -> Result<Value, Closed> {
+        // One deadline for the whole wait: pings arriving meanwhile must not
+        // extend it.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let msg = tokio::time::timeout(DEADLINE, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("user {}: no frame within {DEADLINE:?}", self.user_id));
             match msg {

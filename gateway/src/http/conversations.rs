@@ -9,7 +9,7 @@ use crate::store::{Membership, Page};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chat_shared::amqp::{Outgoing, Topology};
+use chat_shared::amqp::Outgoing;
 use chat_shared::bus::{self, GatewayEvent};
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{
@@ -69,7 +69,7 @@ async fn announce(
         member_ids: members.to_vec(),
     };
     let payload = bus::encode(&[event]);
-    let keys: Vec<String> = members.iter().map(|m| Topology::user_key(*m)).collect();
+    let keys = state.topo.route_keys(members.iter().copied());
     let (first, rest) = keys
         .split_first()
         .map(|(f, r)| (f.as_str(), r))

@@ -62,6 +62,7 @@ pub fn summary(scenario: &Scenario, run: &RunResult, verdict: &Verdict) -> Value
         "errors": errors,
         "ack_latency": percentiles(&ack),
         "delivery_latency": percentiles(&delivery),
+        "generator_lateness": percentiles(&run.lateness_us),
         "acks_per_s": rate(ack.len(), run.readers.iter().map(|r| r.last_ack_us).max(), scenario),
         "deliveries_per_s": rate(delivery.len(), run.readers.iter().map(|r| r.last_delivery_us).max(), scenario),
         "verification": {
@@ -103,6 +104,7 @@ pub fn table(summary: &Value) -> String {
     );
     out += &row("send -> ack", &summary["ack_latency"]);
     out += &row("send -> delivery", &summary["delivery_latency"]);
+    out += &row("(generator late)", &summary["generator_lateness"]);
     out += &format!(
         "\nthroughput: {} acks/s, {} deliveries/s (measured window)\n",
         summary["acks_per_s"], summary["deliveries_per_s"]

@@ -81,3 +81,36 @@ async fn a_user_who_is_not_connected_finds_the_message_in_history() {
     let history = system.history(1, 2, conversation, "").await;
     assert_eq!(history, vec![stored]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_keeps_receiving_when_another_user_of_the_same_routing_shard_leaves_the_gateway() {
+    let system = TestSystem::start().await;
+    // A gateway is bound to a routing shard while any user of it is there.
+    let shards = i64::from(system.settings.amqp.route_shards);
+    let (leaver, stayer, peer) = (1, 1 + shards, 2);
+    let conversation = system.direct(stayer, peer).await;
+    let leaving = system.connect(0, leaver).await;
+    let mut staying = system.connect(0, stayer).await;
+    let mut other_side = system.connect(1, peer).await;
+
+    drop(leaving);
+    for _ in 0..200 {
+        let (_, metrics) = system.get(0, "/metrics", None).await;
+        if metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("gateway_connections_active 1\n")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A session opening waits for any bind or unbind under way, so once it
+    // has its `hello` the leaver's departure has been fully handled.
+    let _later = system.connect(0, peer + 1).await;
+
+    let stored = other_side
+        .send_and_ack(conversation, "after-leave", "still here?")
+        .await;
+    assert_eq!(staying.next_of("message").await["message"], stored);
+}
