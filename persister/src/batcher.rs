@@ -1,43 +1,104 @@
-//! Group commit without a timer: wait for the first delivery, then take
-//! whatever else has already arrived, up to the batch limit, and go. Under
-//! light load a message waits for nobody; under heavy load the queue fills
-//! while a commit runs, and the next batch grows by itself.
+//! Group commit: wait for the first delivery, then take whatever else has
+//! already arrived, up to the batch limit, and go. Under light load a message
+//! waits for nobody; under heavy load the queue fills while a commit runs,
+//! and the next batch grows by itself.
+//!
+//! Under load a batch may also linger, like Postgres's `commit_delay` with
+//! `commit_siblings`: when at least `linger_from` commands were already
+//! waiting, it waits up to `linger` (from its first command) for more, until
+//! it holds `linger_until`. Fewer, larger transactions cost less per message
+//! when the machine is busy; a lone message never waits.
 
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Something that holds a number of commands (an AMQP message may carry several).
 pub trait Weighed {
     fn weight(&self) -> usize;
 }
 
+/// How large a batch may grow, and when it waits to grow.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most commands in one batch.
+    pub max: usize,
+    /// Commands already waiting that make a batch linger.
+    pub linger_from: usize,
+    /// A lingering batch stops waiting once it holds this many.
+    pub linger_until: usize,
+    /// Longest a batch lingers; zero never lingers.
+    pub linger: Duration,
+}
+
 /// The next batch, or `None` when the channel is closed and empty.
 /// A batch holds at least one item; beyond the first, items are added while
-/// the total weight stays within `max`.
+/// the total weight stays within `limits.max`.
 pub async fn next_batch<T: Weighed>(
     rx: &mut mpsc::Receiver<T>,
-    max: usize,
+    limits: &Limits,
     spill: &mut Option<T>,
 ) -> Option<Vec<T>> {
     let first = match spill.take() {
         Some(item) => item,
         None => rx.recv().await?,
     };
-    let mut weight = first.weight();
-    let mut batch = vec![first];
-    while weight < max {
-        match rx.try_recv() {
-            Ok(item) if weight + item.weight() <= max => {
-                weight += item.weight();
-                batch.push(item);
+    let started = Instant::now();
+    let mut batch = Batch {
+        weight: first.weight(),
+        items: vec![first],
+        max: limits.max,
+    };
+    batch.take_ready(rx, spill);
+    if limits.linger.is_zero() || batch.weight < limits.linger_from {
+        return Some(batch.items);
+    }
+    let deadline = started + limits.linger;
+    while spill.is_none() && batch.weight < limits.linger_until.min(limits.max) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(item)) => {
+                if !batch.add(item, spill) {
+                    break;
+                }
+                batch.take_ready(rx, spill);
             }
-            Ok(item) => {
-                *spill = Some(item);
-                break;
-            }
-            Err(_) => break,
+            Ok(None) | Err(_) => break,
         }
     }
-    Some(batch)
+    Some(batch.items)
+}
+
+struct Batch<T> {
+    items: Vec<T>,
+    weight: usize,
+    max: usize,
+}
+
+impl<T: Weighed> Batch<T> {
+    /// Adds `item` if it fits; otherwise it becomes the next batch's first.
+    fn add(&mut self, item: T, spill: &mut Option<T>) -> bool {
+        if self.weight + item.weight() > self.max {
+            *spill = Some(item);
+            return false;
+        }
+        self.weight += item.weight();
+        self.items.push(item);
+        true
+    }
+
+    /// Takes what has already arrived, while it fits.
+    fn take_ready(&mut self, rx: &mut mpsc::Receiver<T>, spill: &mut Option<T>) {
+        while self.weight < self.max {
+            match rx.try_recv() {
+                Ok(item) => {
+                    if !self.add(item, spill) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -51,12 +112,34 @@ mod tests {
         }
     }
 
+    fn no_linger(max: usize) -> Limits {
+        Limits {
+            max,
+            linger_from: 1,
+            linger_until: max,
+            linger: Duration::ZERO,
+        }
+    }
+
+    const LINGER: Limits = Limits {
+        max: 100,
+        linger_from: 3,
+        linger_until: 6,
+        linger: Duration::from_millis(10),
+    };
+
+    async fn send_n(tx: &mpsc::Sender<Item>, n: usize) {
+        for _ in 0..n {
+            let _ = tx.send(Item(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_lone_message_is_taken_at_once() {
         let (tx, mut rx) = mpsc::channel(10);
         let _ = tx.send(Item(1)).await;
         let mut spill = None;
-        let batch = next_batch(&mut rx, 100, &mut spill)
+        let batch = next_batch(&mut rx, &no_linger(100), &mut spill)
             .await
             .unwrap_or_default();
         assert_eq!(batch.len(), 1);
@@ -65,13 +148,15 @@ mod tests {
     #[tokio::test]
     async fn what_has_arrived_is_taken_together_up_to_the_limit() {
         let (tx, mut rx) = mpsc::channel(10);
-        for _ in 0..5 {
-            let _ = tx.send(Item(1)).await;
-        }
+        send_n(&tx, 5).await;
         let mut spill = None;
-        let first = next_batch(&mut rx, 3, &mut spill).await.unwrap_or_default();
+        let first = next_batch(&mut rx, &no_linger(3), &mut spill)
+            .await
+            .unwrap_or_default();
         assert_eq!(first.len(), 3);
-        let second = next_batch(&mut rx, 3, &mut spill).await.unwrap_or_default();
+        let second = next_batch(&mut rx, &no_linger(3), &mut spill)
+            .await
+            .unwrap_or_default();
         assert_eq!(second.len(), 2);
     }
 
@@ -81,16 +166,68 @@ mod tests {
         let _ = tx.send(Item(2)).await;
         let _ = tx.send(Item(2)).await;
         let mut spill = None;
+        let limits = no_linger(3);
         assert_eq!(
-            next_batch(&mut rx, 3, &mut spill).await.map(|b| b.len()),
+            next_batch(&mut rx, &limits, &mut spill)
+                .await
+                .map(|b| b.len()),
             Some(1)
         );
         assert!(spill.is_some());
         assert_eq!(
-            next_batch(&mut rx, 3, &mut spill).await.map(|b| b.len()),
+            next_batch(&mut rx, &limits, &mut spill)
+                .await
+                .map(|b| b.len()),
             Some(1)
         );
         drop(tx);
-        assert!(next_batch(&mut rx, 3, &mut spill).await.is_none());
+        assert!(next_batch(&mut rx, &limits, &mut spill).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_light_load_a_batch_does_not_linger() {
+        let (tx, mut rx) = mpsc::channel(10);
+        send_n(&tx, 2).await; // fewer than linger_from
+        let started = Instant::now();
+        let mut spill = None;
+        let batch = next_batch(&mut rx, &LINGER, &mut spill)
+            .await
+            .unwrap_or_default();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_a_batch_lingers_until_it_is_full_enough() {
+        let (tx, mut rx) = mpsc::channel(10);
+        send_n(&tx, 3).await; // linger_from: this batch waits for more
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(4)).await;
+            send_n(&late, 3).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            send_n(&late, 1).await;
+        });
+        let started = Instant::now();
+        let mut spill = None;
+        let batch = next_batch(&mut rx, &LINGER, &mut spill)
+            .await
+            .unwrap_or_default();
+        // Stopped at linger_until (6), before the deadline, without the 7th.
+        assert_eq!(batch.len(), 6);
+        assert_eq!(started.elapsed(), Duration::from_millis(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_goes_at_the_deadline_with_what_it_has() {
+        let (tx, mut rx) = mpsc::channel(10);
+        send_n(&tx, 4).await;
+        let started = Instant::now();
+        let mut spill = None;
+        let batch = next_batch(&mut rx, &LINGER, &mut spill)
+            .await
+            .unwrap_or_default();
+        assert_eq!(batch.len(), 4);
+        assert_eq!(started.elapsed(), LINGER.linger);
     }
 }

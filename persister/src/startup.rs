@@ -89,7 +89,13 @@ impl Persister {
             metrics_endpoint,
         } = self;
         let metrics_server = metrics_endpoint.spawn();
-        let batch_max = settings.persister.batch_max;
+        let p = &settings.persister;
+        let limits = batcher::Limits {
+            max: p.batch_max,
+            linger_from: p.linger_from,
+            linger_until: p.linger_until,
+            linger: Duration::from_millis(p.linger_ms),
+        };
         let (tx, mut rx) =
             mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));
         let feeders = consumers.spawn(tx);
@@ -98,13 +104,13 @@ impl Persister {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        tracing::info!(batch_max, "persister running");
+        tracing::info!(?limits, "persister running");
 
         let mut spill = None;
         loop {
             let batch = tokio::select! {
                 _ = stop.changed() => break,
-                batch = batcher::next_batch(&mut rx, batch_max, &mut spill) => batch,
+                batch = batcher::next_batch(&mut rx, &limits, &mut spill) => batch,
             };
             let Some(batch) = batch else { break };
             let requests: Vec<Request> = batch

@@ -111,6 +111,9 @@ pub struct GatewaySettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PersisterSettings {
     pub batch_max: usize,
+    pub linger_from: usize,
+    pub linger_until: usize,
+    pub linger_ms: u64,
     pub prefetch: u16,
     pub metrics_listen: SocketAddr,
 }
