@@ -62,7 +62,8 @@ db_counters() {
 # (Processes that exited in between, like short-lived Postgres backends, are
 # not counted.)
 cpu_ticks() {
-  awk '{
+  # (cat, not awk directly: a process may exit between the glob and the read)
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
     comm = $2; gsub(/[()]/, "", comm); t = $14 + $15
     if (comm == "beam.smp") c["rabbitmq"] += t
     else if (comm == "postgres") c["postgres"] += t
@@ -73,7 +74,7 @@ cpu_ticks() {
     else if (comm == "chat-presence") c["presence"] += t
   } END {
     printf "%d %d %d %d %d %d %d\n", c["rabbitmq"], c["postgres"], c["nginx"], c["redis"], c["gateways"], c["persister"], c["presence"]
-  }' /proc/[0-9]*/stat 2>/dev/null
+  }'
 }
 TICKS=$(getconf CLK_TCK)
 

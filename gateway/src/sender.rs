@@ -18,7 +18,7 @@ use chat_shared::amqp::{ConfirmedPublisher, Outgoing, Topology};
 use chat_shared::bus::{self, PersistCommand};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Most commands coalesced into one AMQP message.
@@ -29,6 +29,12 @@ pub const MAX_COMMANDS_PER_MESSAGE: usize = 256;
 /// carries everything that arrived during the previous one (measured against
 /// 4 in docs/benchmarks.md).
 const MAX_IN_FLIGHT: usize = 1;
+/// A round of at least this many commands means the gateway is busy: the
+/// next round then starts no sooner than [`BUSY_ROUND_INTERVAL`] after it, so
+/// under load every AMQP message carries more commands (less broker work per
+/// send), while a quiet gateway publishes each send at once.
+const BUSY_ROUND: usize = 4;
+const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(2);
 /// Commands waiting for the publishing task; a full queue makes sessions
 /// wait (and so their clients), rather than grow without bound.
 const QUEUE: usize = 8192;
@@ -99,12 +105,19 @@ async fn publish_loop(
         persistent,
     } = target;
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // When the last round was busy, when it started: the next one waits for
+    // the busy interval to pass.
+    let mut busy_since: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
         // While the broker still owes the confirms of earlier rounds, sends
         // pile up here and go out together: coalescing grows with load.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        if let Some(since) = busy_since {
+            tokio::time::sleep_until((since + BUSY_ROUND_INTERVAL).into()).await;
+        }
+        let started = Instant::now();
         let mut waiting = vec![first];
         while waiting.len() < MAX_COMMANDS_PER_MESSAGE {
             match rx.try_recv() {
@@ -112,6 +125,7 @@ async fn publish_loop(
                 Err(_) => break,
             }
         }
+        busy_since = (waiting.len() >= BUSY_ROUND).then_some(started);
         let mut by_partition: BTreeMap<u16, Vec<Queued>> = BTreeMap::new();
         for queued in waiting {
             let partition = bus::partition_of(queued.command.conversation_id(), partitions);
