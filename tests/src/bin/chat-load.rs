@@ -14,6 +14,7 @@
 use anyhow::{Context, bail};
 use chat_tests::load::{Scenario, idle, report, run, setup, verify};
 use std::collections::HashMap;
+use std::io::Write;
 use std::time::Duration;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -33,9 +34,35 @@ fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow:
     }
 }
 
+const USAGE: &str = "usage:
+  chat-load run  [--url URL[,URL...]] [--users N] [--group-size N] [--rate MSG_PER_S]
+                 [--duration S] [--warmup S] [--drain S] [--skip-history]
+  chat-load idle [--url URL] [--connections N] [--pid GATEWAY_PID] [--jwt-secret S] [--hold S]";
+
+/// Refuses anything but the subcommand's own flags (a typo must not start a
+/// run with defaults).
+fn check_flags(args: &[String], with_value: &[&str], switches: &[&str]) -> anyhow::Result<()> {
+    let mut rest = args.iter().skip(2);
+    while let Some(flag) = rest.next() {
+        if with_value.contains(&flag.as_str()) {
+            if rest.next().is_none() {
+                bail!("{flag} needs a value\n{USAGE}");
+            }
+        } else if !switches.contains(&flag.as_str()) {
+            bail!("unknown argument {flag}\n{USAGE}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        // (not println!: a closed pipe, as in `| head`, is not an error here)
+        let _ = writeln!(std::io::stdout(), "{USAGE}");
+        return Ok(());
+    }
     let urls: Vec<String> = arg(&args, "--url")
         .unwrap_or_else(|| "http://127.0.0.1:28080".into())
         .split(',')
@@ -43,6 +70,19 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     match args.get(1).map(String::as_str) {
         Some("run") => {
+            check_flags(
+                &args,
+                &[
+                    "--url",
+                    "--users",
+                    "--group-size",
+                    "--rate",
+                    "--warmup",
+                    "--duration",
+                    "--drain",
+                ],
+                &["--skip-history"],
+            )?;
             let scenario = Scenario {
                 urls,
                 users: num(&args, "--users", 2000)?,
@@ -56,13 +96,18 @@ async fn main() -> anyhow::Result<()> {
             run_scenario(scenario).await
         }
         Some("idle") => {
+            check_flags(
+                &args,
+                &["--url", "--connections", "--pid", "--hold", "--jwt-secret"],
+                &[],
+            )?;
             let connections: usize = num(&args, "--connections", 1000)?;
             let pid: Option<u32> = arg(&args, "--pid").and_then(|p| p.parse().ok());
             let hold: f64 = num(&args, "--hold", 5.0)?;
             idle_connections(&urls[0], connections, pid, arg(&args, "--jwt-secret"), hold).await
         }
         _ => {
-            bail!("usage: chat-load run|idle [options] (see the top of tests/src/bin/chat-load.rs)")
+            bail!("{USAGE}")
         }
     }
 }
