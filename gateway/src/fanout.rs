@@ -1,6 +1,6 @@
 //! The gateway's own queue: declared exclusive (it dies with the gateway),
 //! bounded, and consumed here. Everything the gateway must deliver arrives on
-//! it: stored messages (fan-out exchange, by user key), replies meant for one
+//! it: stored messages (fan-out exchange, by shard key), replies meant for one
 //! session (default exchange, by queue name), conversations that appeared.
 
 use crate::hub::Hub;

@@ -32,7 +32,8 @@ const MAX_IN_FLIGHT: usize = 1;
 /// A round of at least this many commands means the gateway is busy: the
 /// next round then starts no sooner than [`BUSY_ROUND_INTERVAL`] after it, so
 /// under load every AMQP message carries more commands (less broker work per
-/// send), while a quiet gateway publishes each send at once.
+/// send), while a quiet gateway publishes each send at once (a lone send
+/// right after a busy round waits out the rest of the interval).
 const BUSY_ROUND: usize = 4;
 const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(2);
 /// Commands waiting for the publishing task; a full queue makes sessions
@@ -159,19 +160,24 @@ async fn publish_loop(
                 }
             }
         }
-        // The confirms are awaited off this loop; the permit goes back when
-        // the whole round is confirmed.
+        // The confirms are awaited off this loop, together (so a round
+        // waits at most one confirm timeout); the permit goes back when the
+        // whole round is answered.
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            for (confirm, verdicts, published) in round {
-                let verdict = confirm.wait().await.map_err(|e| e.to_string());
-                metrics
-                    .persist_confirm_seconds
-                    .observe(published.elapsed().as_secs_f64());
-                for v in verdicts {
-                    let _ = v.send(verdict.clone());
+            let answers = round.into_iter().map(|(confirm, verdicts, published)| {
+                let metrics = metrics.clone();
+                async move {
+                    let verdict = confirm.wait().await.map_err(|e| e.to_string());
+                    metrics
+                        .persist_confirm_seconds
+                        .observe(published.elapsed().as_secs_f64());
+                    for v in verdicts {
+                        let _ = v.send(verdict.clone());
+                    }
                 }
-            }
+            });
+            futures_util::future::join_all(answers).await;
             drop(permit);
         });
     }

@@ -23,7 +23,8 @@ pub trait Weighed {
 pub struct Limits {
     /// Most commands in one batch.
     pub max: usize,
-    /// Commands already waiting that make a batch linger.
+    /// A batch that holds this many commands (its first included) once it
+    /// has taken what was waiting lingers.
     pub linger_from: usize,
     /// A lingering batch stops waiting once it holds this many.
     pub linger_until: usize,
@@ -34,15 +35,34 @@ pub struct Limits {
 /// The next batch, or `None` when the channel is closed and empty.
 /// A batch holds at least one item; beyond the first, items are added while
 /// the total weight stays within `limits.max`.
+#[cfg(test)]
 pub async fn next_batch<T: Weighed>(
     rx: &mut mpsc::Receiver<T>,
     limits: &Limits,
     spill: &mut Option<T>,
 ) -> Option<Vec<T>> {
-    let first = match spill.take() {
-        Some(item) => item,
-        None => rx.recv().await?,
-    };
+    let first = first(rx, spill).await?;
+    Some(fill(first, rx, limits, spill).await)
+}
+
+/// Waits for a batch's first item (the one left over from the last batch,
+/// if any); `None` when the channel is closed and empty. Nothing is taken
+/// until it returns, so dropping it (at shutdown) loses nothing.
+pub async fn first<T>(rx: &mut mpsc::Receiver<T>, spill: &mut Option<T>) -> Option<T> {
+    match spill.take() {
+        Some(item) => Some(item),
+        None => rx.recv().await,
+    }
+}
+
+/// Makes a batch from its first item: whatever has arrived, and under load
+/// what arrives within `limits.linger`. It returns within `limits.linger`.
+pub async fn fill<T: Weighed>(
+    first: T,
+    rx: &mut mpsc::Receiver<T>,
+    limits: &Limits,
+    spill: &mut Option<T>,
+) -> Vec<T> {
     let started = Instant::now();
     let mut batch = Batch {
         weight: first.weight(),
@@ -51,7 +71,7 @@ pub async fn next_batch<T: Weighed>(
     };
     batch.take_ready(rx, spill);
     if limits.linger.is_zero() || batch.weight < limits.linger_from {
-        return Some(batch.items);
+        return batch.items;
     }
     let deadline = started + limits.linger;
     while spill.is_none() && batch.weight < limits.linger_until.min(limits.max) {
@@ -65,7 +85,7 @@ pub async fn next_batch<T: Weighed>(
             Ok(None) | Err(_) => break,
         }
     }
-    Some(batch.items)
+    batch.items
 }
 
 struct Batch<T> {
@@ -216,6 +236,34 @@ mod tests {
         // Stopped at linger_until (6), before the deadline, without the 7th.
         assert_eq!(batch.len(), 6);
         assert_eq!(started.elapsed(), Duration::from_millis(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_never_exceeds_the_limit_and_keeps_the_rest() {
+        let (tx, mut rx) = mpsc::channel(10);
+        let limits = Limits {
+            max: 5,
+            linger_from: 3,
+            linger_until: 5,
+            linger: Duration::from_millis(10),
+        };
+        let _ = tx.send(Item(3)).await; // lingers: 3 >= linger_from
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let _ = late.send(Item(2)).await; // fits: 5
+            let _ = late.send(Item(2)).await; // would make 7
+        });
+        let mut spill = None;
+        let batch = next_batch(&mut rx, &limits, &mut spill)
+            .await
+            .unwrap_or_default();
+        assert_eq!(batch.iter().map(|i| i.0).collect::<Vec<_>>(), [3, 2]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let next = next_batch(&mut rx, &no_linger(5), &mut spill)
+            .await
+            .unwrap_or_default();
+        assert_eq!(next.iter().map(|i| i.0).collect::<Vec<_>>(), [2]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -108,11 +108,14 @@ impl Persister {
 
         let mut spill = None;
         loop {
-            let batch = tokio::select! {
+            let arrived = tokio::select! {
                 _ = stop.changed() => break,
-                batch = batcher::next_batch(&mut rx, &limits, &mut spill) => batch,
+                first = batcher::first(&mut rx, &mut spill) => first,
             };
-            let Some(batch) = batch else { break };
+            let Some(first) = arrived else { break };
+            // Bounded by the linger, and not cancelled: what it takes is
+            // stored, announced and acked before shutdown is looked at again.
+            let batch = batcher::fill(first, &mut rx, &limits, &mut spill).await;
             let requests: Vec<Request> = batch
                 .iter()
                 .flat_map(|i| {

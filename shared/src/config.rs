@@ -178,6 +178,16 @@ impl Settings {
                 "batch_max and prefetch must be at least 1",
             );
         }
+        let p = &self.persister;
+        if p.linger_from < 2 || p.linger_until < p.linger_from || p.linger_until > p.batch_max {
+            return invalid(
+                "persister.linger_from",
+                "need 2 <= linger_from <= linger_until <= batch_max (a lone message never lingers)",
+            );
+        }
+        if p.linger_ms > 1000 {
+            return invalid("persister.linger_ms", "at most 1000");
+        }
         if self.gateway.session_queue == 0 || self.gateway.max_pending_sends == 0 {
             return invalid(
                 "gateway.session_queue",
@@ -242,6 +252,23 @@ mod tests {
             Settings::load_profile("staging"),
             Err(ConfigError::UnknownProfile(_))
         ));
+    }
+
+    #[test]
+    fn a_linger_that_would_hold_a_lone_message_is_refused() {
+        let mut settings =
+            Settings::load_profile("local").unwrap_or_else(|e| panic!("local profile: {e}"));
+        settings.persister.linger_from = 1;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "persister.linger_from",
+                ..
+            })
+        ));
+        settings.persister.linger_from = 16;
+        settings.persister.linger_until = settings.persister.batch_max + 1;
+        assert!(settings.validate().is_err());
     }
 
     #[test]
