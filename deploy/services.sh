@@ -290,7 +290,11 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$PG_SOCK_DIR'
 max_connections = 200
-shared_buffers = 256MB
+# Large enough that a benchmark's writes stay in Postgres's buffers until a
+# checkpoint: with 256MB, evicted dirty pages went to the kernel and came
+# back as 65 MB write-back bursts every few seconds, behind which the WAL
+# fsyncs (and so the commits) waited (docs/benchmarks.md).
+shared_buffers = 1GB
 fsync = on
 synchronous_commit = on
 # Fewer checkpoints under a write-heavy load: each one makes the next write
