@@ -43,11 +43,22 @@ impl TestSystem {
         Self::start_with(2, 1, |_| {}).await
     }
 
-    /// `gateways` gateways and `persisters` persisters, with `adjust` applied
-    /// to the settings first.
+    /// `gateways` gateways and `persisters` persisters (and a presence
+    /// service), with `adjust` applied to the settings first.
     pub async fn start_with(
         gateways: usize,
         persisters: usize,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
+        Self::start_services(gateways, persisters, true, adjust).await
+    }
+
+    /// Like [`Self::start_with`], with or without the presence service (a
+    /// test that starts its own with other settings says `false`).
+    pub async fn start_services(
+        gateways: usize,
+        persisters: usize,
+        presence: bool,
         adjust: impl FnOnce(&mut Settings),
     ) -> Self {
         let mut settings = Settings::load_profile("test").unwrap_or_else(|e| {
@@ -79,7 +90,9 @@ impl TestSystem {
         for _ in 0..persisters {
             system.start_persister().await;
         }
-        system.start_presence().await;
+        if presence {
+            system.start_presence().await;
+        }
         for _ in 0..gateways {
             system.start_gateway_with(settings.clone()).await;
         }
@@ -119,7 +132,13 @@ impl TestSystem {
     }
 
     pub async fn start_presence(&mut self) {
-        let presence = Presence::build(self.settings.clone())
+        let settings = self.settings.clone();
+        self.start_presence_with(settings).await;
+    }
+
+    /// A presence service with its own settings (e.g. its broker behind a proxy).
+    pub async fn start_presence_with(&mut self, settings: Settings) {
+        let presence = Presence::build(settings)
             .await
             .unwrap_or_else(|e| panic!("presence: {e:#}"));
         let (stop, stopped) = oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 
 use chat_tests::TestSystem;
 use chat_tests::chaos::ChaosProxy;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_persister_rides_out_a_database_outage_and_loses_nothing() {
@@ -83,6 +84,107 @@ async fn a_gateway_that_loses_its_broker_connection_delivers_again_once_it_is_ba
         assert!(
             tokio::time::Instant::now() < deadline,
             "no delivery after the broker came back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persister_that_loses_its_broker_connection_stores_again_once_it_is_back() {
+    let mut system = TestSystem::start_with(1, 0, |_| {}).await;
+    let conversation = system.direct(1, 2).await;
+    let broker: std::net::SocketAddr = ([127, 0, 0, 1], 35672).into();
+    let proxy = ChaosProxy::start(broker).await;
+    let mut settings = system.settings.clone();
+    settings.amqp.url = settings
+        .amqp
+        .url
+        .replace("127.0.0.1:35672", &proxy.addr.to_string());
+    system.start_persister_with(settings).await;
+    let mut an = system.connect(0, 1).await;
+    let mut binh = system.connect(0, 2).await;
+    let first = an.send_and_ack(conversation, "before", "one").await;
+    assert_eq!(binh.next_of("message").await["message"], first);
+
+    proxy.cut();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    proxy.restore();
+
+    // A send is answered `ack` once the persister consumes again; until
+    // then it may get `unavailable`, and is sent again with the same id.
+    // The first message's ack to the broker may have died with the
+    // connection: then it is delivered again, and a repeat of its frames
+    // (same id) is allowed.
+    let deadline = tokio::time::Instant::now() + 3 * chat_tests::DEADLINE;
+    let stored = 'resend: loop {
+        an.send_message(conversation, "after", "two").await;
+        loop {
+            let answer = an.next().await;
+            if answer["type"] == "ack" && answer["client_msg_id"] == "before" {
+                assert_eq!(answer["message"], first, "a repeat is the same message");
+                continue;
+            }
+            if answer["type"] == "ack" {
+                break 'resend answer["message"].clone();
+            }
+            assert_eq!(answer["type"], "error", "{answer}");
+            assert_eq!(answer["code"], "unavailable", "{answer}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the persister did not come back: {answer}"
+            );
+            break;
+        }
+    };
+    assert_eq!(stored["client_msg_id"], "after");
+    assert_eq!(stored["seq"], 2, "stored once, after the first: {stored}");
+    loop {
+        let delivered = binh.next_of("message").await["message"].clone();
+        if delivered == first {
+            continue; // the repeat
+        }
+        assert_eq!(delivered, stored);
+        break;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_service_relays_again_after_losing_its_broker_connection() {
+    let mut system = TestSystem::start_services(1, 1, false, |_| {}).await;
+    let conversation = system.direct(1, 2).await;
+    let broker: std::net::SocketAddr = ([127, 0, 0, 1], 35672).into();
+    let proxy = ChaosProxy::start(broker).await;
+    let mut settings = system.settings.clone();
+    settings.amqp.url = settings
+        .amqp
+        .url
+        .replace("127.0.0.1:35672", &proxy.addr.to_string());
+    system.start_presence_with(settings).await;
+    let mut an = system.connect(0, 1).await;
+    let mut binh = system.connect(0, 2).await;
+
+    proxy.cut();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    proxy.restore();
+
+    // Typing is relayed by the presence service only: once it consumes and
+    // publishes again, a `start` reaches the other member.
+    let deadline = tokio::time::Instant::now() + 3 * chat_tests::DEADLINE;
+    loop {
+        an.send_json(json!({"type": "typing", "conversation_id": conversation, "state": "start"}))
+            .await;
+        let heard = tokio::time::timeout(
+            std::time::Duration::from_millis(700),
+            binh.next_of("typing"),
+        )
+        .await;
+        if let Ok(frame) = heard {
+            assert_eq!(frame["user_id"], 1);
+            assert_eq!(frame["state"], "start");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the presence service did not come back"
         );
     }
 }
