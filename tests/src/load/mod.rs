@@ -33,3 +33,50 @@ pub struct Scenario {
     /// Skip the history check (it reads every message back).
     pub skip_history: bool,
 }
+
+/// One whole `chat-load run`: users, conversations, connections, the
+/// open-loop run, then the checks. Returns the summary (the JSON line) and
+/// the verdict. Progress goes to stderr.
+pub async fn execute(scenario: &Scenario) -> anyhow::Result<(serde_json::Value, verify::Verdict)> {
+    if scenario.group_size < 2 || !scenario.users.is_multiple_of(scenario.group_size) {
+        anyhow::bail!("--users must be a multiple of --group-size (at least 2)");
+    }
+    let http = reqwest::Client::new();
+    let url = &scenario.urls[0];
+    let users = setup::user_ids(scenario.users);
+    eprintln!("setup: {} tokens", users.len());
+    let tokens = setup::tokens(&http, url, &users).await?;
+    let conversations =
+        setup::conversations(&http, url, &users, &tokens, scenario.group_size).await?;
+    eprintln!("setup: {} conversations; connecting", conversations.len());
+    let mut conversation_of = vec![0; users.len()];
+    let mut members = std::collections::HashMap::new();
+    for (id, group) in &conversations {
+        for &m in group {
+            conversation_of[m] = *id;
+        }
+        members.insert(*id, group.clone());
+    }
+    let plan = run::Plan {
+        conversation_of,
+        members,
+    };
+    let sockets = setup::connect_all(scenario, &tokens, 64).await?;
+    // Let the conversation announcements and presence changes settle.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    eprintln!(
+        "run: {} msg/s for {} s after {} s warm-up",
+        scenario.rate, scenario.duration_secs, scenario.warmup_secs
+    );
+    let result = run::run(scenario, &plan, sockets).await;
+    let mut verdict = verify::deliveries(&result, &plan);
+    if !scenario.skip_history {
+        eprintln!("verify: reading history back");
+        verify::history(&mut verdict, &http, url, &tokens, &plan, &result).await;
+        for problem in verdict.history_problems.iter().take(10) {
+            eprintln!("  {problem}");
+        }
+    }
+    let summary = report::summary(scenario, &result, &verdict);
+    Ok((summary, verdict))
+}

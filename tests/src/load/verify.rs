@@ -142,3 +142,73 @@ pub async fn history(
     verdict.history_checked = true;
     verdict.history_problems = problems.into_iter().flatten().collect();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::run::{Acked, ReaderResult};
+    use hdrhistogram::Histogram;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn histogram() -> Histogram<u64> {
+        Histogram::new(3).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn reader(user: usize, acked: &[&str], received: &[(&str, u32)]) -> ReaderResult {
+        ReaderResult {
+            user,
+            ack_us: histogram(),
+            delivery_us: histogram(),
+            acked: acked
+                .iter()
+                .map(|id| Acked {
+                    id: (*id).into(),
+                    conversation: 7,
+                    client_msg_id: format!("c-{id}"),
+                })
+                .collect(),
+            received: received.iter().map(|(id, n)| ((*id).into(), *n)).collect(),
+            errors: BTreeMap::new(),
+            last_ack_us: 0,
+            last_delivery_us: 0,
+        }
+    }
+
+    /// Users 0 and 1 in conversation 7; user 0 sent two messages.
+    fn check(received_by_1: &[(&str, u32)]) -> Verdict {
+        let plan = Plan {
+            conversation_of: vec![7, 7],
+            members: HashMap::from([(7, vec![0, 1])]),
+        };
+        let run = RunResult {
+            readers: vec![reader(0, &["a", "b"], &[]), reader(1, &[], received_by_1)],
+            sent: 2,
+            measured_sent: 2,
+            lateness_us: histogram(),
+            elapsed: Duration::from_secs(1),
+        };
+        deliveries(&run, &plan)
+    }
+
+    #[test]
+    fn every_acked_message_delivered_once_passes() {
+        let verdict = check(&[("a", 1), ("b", 1)]);
+        assert!(verdict.ok(), "{verdict:?}");
+        assert_eq!(verdict.acked, 2);
+    }
+
+    #[test]
+    fn a_missing_delivery_fails_the_run() {
+        let verdict = check(&[("a", 1)]);
+        assert_eq!(verdict.missing_deliveries, 1);
+        assert!(!verdict.ok());
+    }
+
+    #[test]
+    fn a_duplicate_delivery_fails_the_run() {
+        let verdict = check(&[("a", 1), ("b", 2)]);
+        assert_eq!(verdict.duplicate_deliveries, 1);
+        assert!(!verdict.ok());
+    }
+}

@@ -7,6 +7,7 @@ mod failures;
 mod history;
 mod http_api;
 mod idempotency;
+mod load;
 mod messaging;
 mod ordering;
 mod presence;
