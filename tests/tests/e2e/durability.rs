@@ -31,3 +31,18 @@ async fn sends_made_while_no_persister_runs_are_stored_and_acked_when_one_starts
         assert_eq!(binh.next_of("message").await["message"], ack["message"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_persistent_sends_on_messages_are_stored_acked_and_delivered_the_same() {
+    let system = TestSystem::start_with(2, 1, |s| s.amqp.persistent_sends = true).await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    let mut binh = system.connect(1, 2).await;
+    for i in 1..=3 {
+        let stored = an
+            .send_and_ack(conversation, &format!("p-{i}"), "bền vững")
+            .await;
+        assert_eq!(stored["seq"], i);
+        assert_eq!(binh.next_of("message").await["message"], stored);
+    }
+}
