@@ -33,5 +33,10 @@ deploy/services.sh rabbitmqctl test -q start_app
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
-echo "[test] cargo test (target dir $CARGO_TARGET_DIR)"
+# One test runs the gateway as a process of its own (to kill it with
+# SIGKILL); `cargo test` builds other packages' binaries only in test form,
+# so build the real one first (it must not depend on a warm target dir).
+echo "[test] cargo build -p chat-gateway (target dir $CARGO_TARGET_DIR)"
+cargo build -p chat-gateway --bin chat-gateway
+echo "[test] cargo test"
 cargo test --workspace --all-targets --no-fail-fast "$@"
