@@ -13,6 +13,7 @@ pub mod load;
 
 pub use client::Client;
 
+use chaos::ChaosProxy;
 use chat_gateway::Gateway;
 use chat_persister::Persister;
 use chat_presence::Presence;
@@ -146,6 +147,22 @@ impl TestSystem {
             let _ = stopped.await;
         }));
         self.stops.push(stop);
+    }
+
+    /// A chaos proxy in front of the test broker, and these settings with
+    /// the AMQP URL pointing through it (for a service a test then starts).
+    pub async fn broker_proxy(&self) -> (ChaosProxy, Settings) {
+        let mut settings = self.settings.clone();
+        let proxy = proxy_for(&mut settings.amqp.url).await;
+        (proxy, settings)
+    }
+
+    /// A chaos proxy in front of the test database, and these settings with
+    /// the database URL pointing through it.
+    pub async fn database_proxy(&self) -> (ChaosProxy, Settings) {
+        let mut settings = self.settings.clone();
+        let proxy = proxy_for(&mut settings.database.url).await;
+        (proxy, settings)
     }
 
     /// A gateway in its own process (the `chat-gateway` binary), so a test
@@ -311,6 +328,21 @@ impl Drop for TestSystem {
 }
 
 /// The `seq` of each message in a list, in order.
+/// Starts a proxy to the server of `url` (`scheme://[user@]host:port/...`)
+/// and points `url` at the proxy.
+async fn proxy_for(url: &mut String) -> ChaosProxy {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let start = after_scheme + rest.find('@').map_or(0, |i| i + 1);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let server: SocketAddr = url[start..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: the server is not host:port ({e})"));
+    let proxy = ChaosProxy::start(server).await;
+    url.replace_range(start..end, &proxy.addr.to_string());
+    proxy
+}
+
 pub fn seqs(messages: &[Value]) -> Vec<i64> {
     messages
         .iter()

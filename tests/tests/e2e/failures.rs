@@ -2,20 +2,13 @@
 //! recovers by itself.
 
 use chat_tests::TestSystem;
-use chat_tests::chaos::ChaosProxy;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_persister_rides_out_a_database_outage_and_loses_nothing() {
     let mut system = TestSystem::start_with(2, 0, |s| s.gateway.send_timeout_ms = 60_000).await;
     let conversation = system.direct(1, 2).await;
-    let postgres: std::net::SocketAddr = ([127, 0, 0, 1], 35432).into();
-    let proxy = ChaosProxy::start(postgres).await;
-    let mut persister = system.settings.clone();
-    persister.database.url = persister
-        .database
-        .url
-        .replace("127.0.0.1:35432", &proxy.addr.to_string());
+    let (proxy, mut persister) = system.database_proxy().await;
     persister.database.connect_timeout_ms = 500;
     system.start_persister_with(persister).await;
     let mut an = system.connect(0, 1).await;
@@ -47,13 +40,7 @@ async fn the_persister_rides_out_a_database_outage_and_loses_nothing() {
 async fn a_gateway_that_loses_its_broker_connection_delivers_again_once_it_is_back() {
     let mut system = TestSystem::start_with(1, 1, |_| {}).await;
     let conversation = system.direct(1, 2).await;
-    let broker: std::net::SocketAddr = ([127, 0, 0, 1], 35672).into();
-    let proxy = ChaosProxy::start(broker).await;
-    let mut settings = system.settings.clone();
-    settings.amqp.url = settings
-        .amqp
-        .url
-        .replace("127.0.0.1:35672", &proxy.addr.to_string());
+    let (proxy, settings) = system.broker_proxy().await;
     let index = system.start_gateway_with(settings).await;
     let mut an = system.connect(0, 1).await;
     let mut binh = system.connect(index, 2).await;
@@ -92,13 +79,7 @@ async fn a_gateway_that_loses_its_broker_connection_delivers_again_once_it_is_ba
 async fn a_persister_that_loses_its_broker_connection_stores_again_once_it_is_back() {
     let mut system = TestSystem::start_with(1, 0, |_| {}).await;
     let conversation = system.direct(1, 2).await;
-    let broker: std::net::SocketAddr = ([127, 0, 0, 1], 35672).into();
-    let proxy = ChaosProxy::start(broker).await;
-    let mut settings = system.settings.clone();
-    settings.amqp.url = settings
-        .amqp
-        .url
-        .replace("127.0.0.1:35672", &proxy.addr.to_string());
+    let (proxy, settings) = system.broker_proxy().await;
     system.start_persister_with(settings).await;
     let mut an = system.connect(0, 1).await;
     let mut binh = system.connect(0, 2).await;
@@ -151,13 +132,7 @@ async fn a_persister_that_loses_its_broker_connection_stores_again_once_it_is_ba
 async fn the_presence_service_relays_again_after_losing_its_broker_connection() {
     let mut system = TestSystem::start_services(1, 1, false, |_| {}).await;
     let conversation = system.direct(1, 2).await;
-    let broker: std::net::SocketAddr = ([127, 0, 0, 1], 35672).into();
-    let proxy = ChaosProxy::start(broker).await;
-    let mut settings = system.settings.clone();
-    settings.amqp.url = settings
-        .amqp
-        .url
-        .replace("127.0.0.1:35672", &proxy.addr.to_string());
+    let (proxy, settings) = system.broker_proxy().await;
     system.start_presence_with(settings).await;
     let mut an = system.connect(0, 1).await;
     let mut binh = system.connect(0, 2).await;
