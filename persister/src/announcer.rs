@@ -100,39 +100,27 @@ impl Announcer {
         let mut confirms = Vec::with_capacity(chunks.len() + replies.len());
         for chunk in chunks {
             let keys: Vec<String> = chunk.shards.into_iter().map(Topology::shard_key).collect();
-            let Some((first, rest)) = keys.split_first() else {
-                continue;
-            };
-            confirms.push(self.start(&self.fanout, first, rest, &chunk.events).await?);
+            let payload = bus::encode(&chunk.events);
+            if let Some(message) = Outgoing::to_gateways(&self.fanout, &keys, &payload) {
+                confirms.push(self.publisher.start(message).await?);
+            }
         }
         for (queue, events) in replies {
-            confirms.push(self.start("", queue, &[], &events).await?);
+            // Straight to the sender gateway's queue (default exchange).
+            let payload = bus::encode(&events);
+            let message = Outgoing {
+                exchange: "",
+                routing_key: queue,
+                cc: &[],
+                payload: &payload,
+                persistent: false,
+                mandatory: false,
+            };
+            confirms.push(self.publisher.start(message).await?);
         }
         for confirm in confirms {
             confirm.wait().await?;
         }
         Ok(())
-    }
-
-    async fn start(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        cc: &[String],
-        events: &[GatewayEvent],
-    ) -> Result<chat_shared::amqp::PendingConfirm, PublishError> {
-        let payload = bus::encode(events);
-        // Not mandatory: a user with no session anywhere routes nowhere, and
-        // that is fine (they read history when they come back).
-        self.publisher
-            .start(Outgoing {
-                exchange,
-                routing_key,
-                cc,
-                payload: &payload,
-                persistent: false,
-                mandatory: false,
-            })
-            .await
     }
 }

@@ -27,19 +27,10 @@ impl Announcer {
         event: GatewayEvent,
     ) -> Result<(), PublishError> {
         let keys = self.topo.route_keys(recipients.iter().copied());
-        let Some((first, rest)) = keys.split_first() else {
-            return Ok(());
-        };
         let payload = bus::encode(&[event]);
-        self.publisher
-            .publish(Outgoing {
-                exchange: &self.fanout,
-                routing_key: first,
-                cc: rest,
-                payload: &payload,
-                persistent: false,
-                mandatory: false,
-            })
-            .await
+        match Outgoing::to_gateways(&self.fanout, &keys, &payload) {
+            Some(message) => self.publisher.publish(message).await,
+            None => Ok(()),
+        }
     }
 }

@@ -234,6 +234,25 @@ pub struct Outgoing<'a> {
     pub mandatory: bool,
 }
 
+impl<'a> Outgoing<'a> {
+    /// Events for the gateways bound to `keys` (from [`Topology::route_keys`])
+    /// on the fan-out exchange: one publish, routed by the first key with the
+    /// rest in `CC`. Transient and not mandatory: a user with no session
+    /// anywhere routes nowhere, and reads history on return. `None` without
+    /// keys (nobody to tell).
+    pub fn to_gateways(exchange: &'a str, keys: &'a [String], payload: &'a [u8]) -> Option<Self> {
+        let (first, rest) = keys.split_first()?;
+        Some(Self {
+            exchange,
+            routing_key: first,
+            cc: rest,
+            payload,
+            persistent: false,
+            mandatory: false,
+        })
+    }
+}
+
 /// A channel in confirm mode. `publish` returns once the broker has
 /// confirmed the message, so `Ok` means "the broker has it".
 #[derive(Clone)]

@@ -70,22 +70,11 @@ async fn announce(
     };
     let payload = bus::encode(&[event]);
     let keys = state.topo.route_keys(members.iter().copied());
-    let (first, rest) = keys
-        .split_first()
-        .map(|(f, r)| (f.as_str(), r))
-        .unwrap_or(("", &[]));
-    let published = state
-        .events
-        .publish(Outgoing {
-            exchange: &state.topo.fanout_exchange(),
-            routing_key: first,
-            cc: rest,
-            payload: &payload,
-            persistent: false,
-            mandatory: false,
-        })
-        .await;
-    if let Err(e) = published {
+    let exchange = state.topo.fanout_exchange();
+    let Some(message) = Outgoing::to_gateways(&exchange, &keys, &payload) else {
+        return;
+    };
+    if let Err(e) = state.events.publish(message).await {
         tracing::warn!(conversation.id = %conversation.id, error = %e, "could not announce the new conversation");
     }
 }
