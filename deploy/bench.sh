@@ -17,7 +17,8 @@ BIN="$CARGO_TARGET_DIR/release"
 DURATION="${DURATION:-60}"
 WARMUP="${WARMUP:-10}"
 URL=http://127.0.0.1:28080
-GATEWAYS=(28081 28082)
+# The gateways' metrics ports (deploy/up.sh: the gateway port + 100).
+GATEWAYS=(28181 28182)
 OUT=".data/local/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 eval "$(deploy/services.sh env local)"

@@ -56,7 +56,8 @@ start presence "$BIN/chat-presence"
 i=0
 for port in "${GATEWAY_PORTS[@]}"; do
   i=$((i + 1))
-  start "gateway-$i" "$BIN/chat-gateway" "CHAT_GATEWAY__LISTEN=127.0.0.1:$port"
+  start "gateway-$i" "$BIN/chat-gateway" "CHAT_GATEWAY__LISTEN=127.0.0.1:$port" \
+    "CHAT_GATEWAY__METRICS_LISTEN=127.0.0.1:$((port + 100))"
 done
 
 # ready PORT: true when the gateway on PORT answers /ready with 200 (no curl needed).

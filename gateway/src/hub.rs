@@ -57,10 +57,11 @@ struct Routing {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not route user {user} to this gateway: {source}")]
-pub struct BindError {
-    user: UserId,
-    source: lapin::Error,
+pub enum RegisterError {
+    #[error("user {0} already has the most sessions allowed here")]
+    TooManySessions(UserId),
+    #[error("could not route user {user} to this gateway: {source}")]
+    Bind { user: UserId, source: lapin::Error },
 }
 
 impl Hub {
@@ -87,9 +88,18 @@ impl Hub {
     /// Adds a session; binds the user's shard first if it is the shard's
     /// first user here. Returns once the broker has the binding, so nothing
     /// stored after `hello` can miss this session; `true` when it was the
-    /// user's first session here.
-    pub async fn register(&self, user: UserId, handle: SessionHandle) -> Result<bool, BindError> {
+    /// user's first session here. A user who already has `max_per_user`
+    /// sessions here gets none.
+    pub async fn register(
+        &self,
+        user: UserId,
+        handle: SessionHandle,
+        max_per_user: usize,
+    ) -> Result<bool, RegisterError> {
         let mut routing = self.routing.lock().await;
+        if self.sessions_of_user(user) >= max_per_user {
+            return Err(RegisterError::TooManySessions(user));
+        }
         let first = !self.sessions().contains_key(&user);
         if first {
             let shard = routing.topo.route_shard(user);
@@ -104,7 +114,7 @@ impl Hub {
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|source| BindError { user, source })?;
+                    .map_err(|source| RegisterError::Bind { user, source })?;
             }
             *routing.users_per_shard.entry(shard).or_insert(0) += 1;
         }
@@ -161,6 +171,11 @@ impl Hub {
     /// The users with at least one session here.
     pub fn users(&self) -> Vec<UserId> {
         self.sessions().keys().copied().collect()
+    }
+
+    /// How many sessions `user` has here.
+    pub fn sessions_of_user(&self, user: UserId) -> usize {
+        self.sessions().get(&user).map_or(0, Vec::len)
     }
 
     pub fn hosts(&self, user: UserId) -> bool {

@@ -8,17 +8,23 @@
 //! 4. [`fanout`] consumes this gateway's queue and [`hub`] hands the frame to
 //!    every local session of every member (the sender's own gets the `ack`).
 //!
-//! [`http`] is the HTTP API (conversations, history, presence, dev login,
-//! health, readiness, metrics) over [`store`] and Redis. [`presence_feed`]
+//! [`listener`] counts connections per client address from the accept and
+//! [`server`] serves HTTP/1.1 on them; [`limits`] holds every per-client
+//! limit. [`http`] is the HTTP API (conversations, history, presence, dev
+//! login, health, readiness; metrics on their own port) over [`store`] and
+//! Redis. [`presence_feed`]
 //! tells the presence service who is here and who is typing. [`startup`] builds and runs it all.
 
 pub mod auth;
 pub mod fanout;
 pub mod http;
 pub mod hub;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod presence_feed;
 pub mod sender;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -21,6 +22,10 @@ pub struct Metrics {
     pub persist_commands: Counter,
     pub persist_confirm_seconds: Histogram,
     pub session_queued_frames: Gauge,
+    /// Refusals by limit (`gateway_limit_refusals_total{limit="..."}`).
+    limit_refusals: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Sessions closed by the gateway, by reason.
+    sessions_closed: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Metrics {
@@ -40,6 +45,8 @@ impl Metrics {
             persist_commands: Counter::default(),
             persist_confirm_seconds: Histogram::new(chat_shared::metrics::seconds_buckets()),
             session_queued_frames: Gauge::default(),
+            limit_refusals: Family::default(),
+            sessions_closed: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -107,7 +114,33 @@ impl Metrics {
             "frames waiting in all sessions' outbound queues (delivery queue depth)",
             m.session_queued_frames.clone(),
         );
+        r.register(
+            "gateway_limit_refusals",
+            "requests, frames and connections refused by a limit, by limit",
+            m.limit_refusals.clone(),
+        );
+        r.register(
+            "gateway_sessions_closed",
+            "sessions closed by the gateway, by reason",
+            m.sessions_closed.clone(),
+        );
         m
+    }
+
+    /// Counts one refusal by `limit` (a `gateway.limits` key or another rule).
+    pub fn refused(&self, limit: &'static str) {
+        self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    pub fn refusals(&self, limit: &'static str) -> u64 {
+        self.limit_refusals.get_or_create(&[("limit", limit)]).get()
+    }
+
+    /// Counts a session the gateway closed, by `reason`.
+    pub fn closed(&self, reason: &'static str) {
+        self.sessions_closed
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -3,14 +3,15 @@
 
 use crate::auth::JwtKeys;
 use crate::hub::Hub;
+use crate::limits::Limits;
+use crate::listener::CountingListener;
 use crate::metrics::Metrics;
 use crate::presence_feed::PresenceFeed;
 use crate::sender::Sender;
 use crate::state::AppState;
 use crate::store::Store;
-use crate::{fanout, http};
+use crate::{fanout, http, server};
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::cache;
 use chat_shared::config::Settings;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 
 pub struct Gateway {
     listener: TcpListener,
+    metrics_listener: TcpListener,
     state: AppState,
     consumer: Consumer,
     shutdown_tx: watch::Sender<bool>,
@@ -67,9 +69,13 @@ impl Gateway {
         let listener = TcpListener::bind(settings.gateway.listen)
             .await
             .with_context(|| format!("binding {}", settings.gateway.listen))?;
+        let metrics_listener = TcpListener::bind(settings.gateway.metrics_listen)
+            .await
+            .with_context(|| format!("binding {}", settings.gateway.metrics_listen))?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
-            keys: JwtKeys::new(&settings.auth.jwt_secret),
+            keys: JwtKeys::from_settings(&settings.auth).context("auth.jwt_secret")?,
+            limits: Arc::new(Limits::new(&settings.gateway.limits)),
             settings: Arc::new(settings),
             store: Store::new(db.get_postgres_connection_pool().clone()),
             sender,
@@ -86,6 +92,7 @@ impl Gateway {
         };
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             consumer,
             shutdown_tx,
@@ -98,6 +105,13 @@ impl Gateway {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Where `GET /metrics` is served (`gateway.metrics_listen`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// Serves until `shutdown` resolves, then closes every session with
     /// 1012 and gives them `gateway.shutdown_grace_ms` to finish.
     pub async fn run_until(
@@ -106,6 +120,7 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             state,
             consumer,
             shutdown_tx,
@@ -121,20 +136,33 @@ impl Gateway {
             state.hub.clone(),
             Duration::from_millis(state.settings.presence.heartbeat_ms),
         ));
-        let listener = listener.tap_io(|tcp| {
-            // Without it small frames wait for Nagle and tails reach 40 ms.
-            let _ = tcp.set_nodelay(true);
-        });
+        let metrics = tokio::spawn(
+            axum::serve(metrics_listener, http::metrics_router(state.clone())).into_future(),
+        );
+        let gateway = &state.settings.gateway;
+        let listener = CountingListener::new(
+            listener,
+            state.limits.connections.clone(),
+            state.limits.settings.connections_per_ip,
+            gateway.trusted_proxies.clone(),
+            state.metrics.clone(),
+        );
+        let header_timeout = Duration::from_millis(gateway.http_header_timeout_ms);
+        let grace = Duration::from_millis(gateway.shutdown_grace_ms);
         let hub = state.hub.clone();
         let amqp = state.amqp.clone();
-        let grace = Duration::from_millis(state.settings.gateway.shutdown_grace_ms);
         let tx = shutdown_tx.clone();
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move {
+        server::serve(
+            listener,
+            http::router(state),
+            header_timeout,
+            grace,
+            async move {
                 shutdown.await;
                 let _ = tx.send(true);
-            })
-            .await?;
+            },
+        )
+        .await;
         let _ = shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + grace;
         while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
@@ -143,6 +171,7 @@ impl Gateway {
         let _ = amqp.close(200, "gateway shutdown".into()).await;
         fanout.abort();
         heartbeats.abort();
+        metrics.abort();
         tracing::info!(%addr, "gateway stopped");
         Ok(())
     }

@@ -2,6 +2,7 @@
 
 use crate::auth::JwtKeys;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence_feed::PresenceFeed;
 use crate::sender::Sender;
@@ -20,6 +21,7 @@ pub struct AppState {
     /// Publishes gateway events (a conversation appeared) to other gateways.
     pub events: ConfirmedPublisher,
     pub hub: Arc<Hub>,
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub amqp: Arc<lapin::Connection>,
     /// Session and typing events to the presence service.

@@ -120,6 +120,34 @@ impl Store {
         })
     }
 
+    /// Those of `users` who share at least one conversation with `caller`
+    /// (the caller counts as sharing with themself).
+    pub async fn co_members(
+        &self,
+        caller: UserId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>, StoreError> {
+        let ids: Vec<i64> = users.iter().map(|u| u.get()).collect();
+        let rows: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT other.user_id
+               FROM members mine
+               JOIN members other ON other.conversation_id = mine.conversation_id
+              WHERE mine.user_id = $1 AND other.user_id = ANY($2)",
+        )
+        .bind(caller.get())
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut shared: Vec<UserId> = rows
+            .into_iter()
+            .filter_map(|id| UserId::new(id).ok())
+            .collect();
+        if users.contains(&caller) {
+            shared.push(caller);
+        }
+        Ok(shared)
+    }
+
     /// The caller's conversations, most recent activity first.
     pub async fn conversations(
         &self,

@@ -74,6 +74,11 @@ impl Keys {
     }
 
     /// ZSET "<conversation>:<user>" -> lapse deadline (unix ms).
+    /// Groups `user` created in the hour `hour` (unix time / 3600); expires.
+    pub fn groups_created(&self, user: UserId, hour: i64) -> String {
+        format!("{}:user:{user}:groups:{hour}", self.prefix)
+    }
+
     pub fn typing_due(&self) -> String {
         format!("{}:typing:due", self.prefix)
     }

@@ -50,14 +50,14 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
     pub connect_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct AmqpSettings {
     pub url: String,
     pub prefix: String,
@@ -67,7 +67,7 @@ pub struct AmqpSettings {
     pub confirm_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
     pub prefix: String,
@@ -86,7 +86,11 @@ pub struct PresenceSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
+    /// Required `iss` of every token; empty: not checked.
+    pub issuer: String,
+    /// Required `aud` of every token; empty: not checked.
+    pub audience: String,
     pub dev_login: bool,
     pub dev_token_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
@@ -106,6 +110,31 @@ pub struct GatewaySettings {
     pub max_connections: usize,
     pub shutdown_grace_ms: u64,
     pub queue_max_length: u32,
+    /// Where `GET /metrics` is served (never on the public `listen`).
+    pub metrics_listen: SocketAddr,
+    pub write_timeout_ms: u64,
+    pub http_request_timeout_ms: u64,
+    pub http_header_timeout_ms: u64,
+    pub http_body_bytes: usize,
+    /// Peers whose `X-Forwarded-For` names the client (the load balancers).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub limits: LimitSettings,
+}
+
+/// What one client may consume (config/default.toml, `[gateway.limits]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub connections_per_ip: usize,
+    pub connections_per_user: usize,
+    pub sends_per_second: f64,
+    pub sends_burst: u32,
+    pub user_sends_per_second: f64,
+    pub user_sends_burst: u32,
+    pub reads_per_second: f64,
+    pub reads_burst: u32,
+    pub http_per_second: f64,
+    pub http_burst: u32,
+    pub groups_per_hour: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,11 +148,11 @@ pub struct PersisterSettings {
 }
 
 impl Settings {
-    /// The profile named by `CHAT_PROFILE` (default `local`), with the file
-    /// and environment layers on top.
+    /// The profile named by `CHAT_PROFILE`, with the file and environment
+    /// layers on top. No profile means production: a process started
+    /// without one must never get the local profile's dev login.
     pub fn load() -> Result<Self, ConfigError> {
-        let profile = std::env::var("CHAT_PROFILE").unwrap_or_else(|_| "local".to_owned());
-        Self::load_profile(&profile)
+        Self::load_profile(&profile_name(std::env::var("CHAT_PROFILE").ok()))
     }
 
     pub fn load_profile(profile: &str) -> Result<Self, ConfigError> {
@@ -145,7 +174,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("auth.allowed_origins"),
+                    .with_list_parse_key("auth.allowed_origins")
+                    .with_list_parse_key("gateway.trusted_proxies"),
             )
             .build()?
             .try_deserialize()?;
@@ -160,8 +190,53 @@ impl Settings {
                 reason: reason.to_owned(),
             })
         };
-        if self.auth.jwt_secret.len() < 32 {
+        if self.auth.jwt_secret.expose().len() < 32 {
             return invalid("auth.jwt_secret", "must be set, at least 32 bytes");
+        }
+        if self.auth.dev_login && !self.gateway.listen.ip().is_loopback() {
+            return invalid(
+                "auth.dev_login",
+                "mints a token for any user: allowed only on a loopback gateway.listen",
+            );
+        }
+        let g = &self.gateway;
+        let positive = [
+            ("gateway.heartbeat_ms", g.heartbeat_ms),
+            ("gateway.send_timeout_ms", g.send_timeout_ms),
+            ("gateway.write_timeout_ms", g.write_timeout_ms),
+            ("gateway.http_request_timeout_ms", g.http_request_timeout_ms),
+            ("auth.auth_timeout_ms", self.auth.auth_timeout_ms),
+            ("amqp.confirm_timeout_ms", self.amqp.confirm_timeout_ms),
+            (
+                "database.connect_timeout_ms",
+                self.database.connect_timeout_ms,
+            ),
+            ("presence.heartbeat_ms", self.presence.heartbeat_ms),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, ms)| *ms == 0) {
+            return invalid(key, "must be positive");
+        }
+        let limits = &g.limits;
+        let rates = [
+            ("gateway.limits.sends_per_second", limits.sends_per_second),
+            (
+                "gateway.limits.user_sends_per_second",
+                limits.user_sends_per_second,
+            ),
+            ("gateway.limits.reads_per_second", limits.reads_per_second),
+            ("gateway.limits.http_per_second", limits.http_per_second),
+        ];
+        if let Some((key, _)) = rates
+            .iter()
+            .find(|(_, rate)| !(*rate > 0.0 && rate.is_finite()))
+        {
+            return invalid(key, "must be a positive number");
+        }
+        if limits.connections_per_user == 0 || limits.connections_per_ip == 0 {
+            return invalid(
+                "gateway.limits.connections_per_user",
+                "connections_per_user and connections_per_ip must be at least 1",
+            );
         }
         if self.amqp.partitions == 0 {
             return invalid("amqp.partitions", "must be at least 1");
@@ -226,6 +301,86 @@ impl Settings {
     }
 }
 
+/// The profile to load: the one named, or production.
+fn profile_name(named: Option<String>) -> String {
+    named
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "production".to_owned())
+}
+
+/// A value that must never reach a log: `Debug` prints `[redacted]`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `url` with the password of its user part replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    match url[after_scheme..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &url[after_scheme..after_scheme + at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let password = if userinfo.contains(':') { ":***" } else { "" };
+            format!(
+                "{}{user}{password}{}",
+                &url[..after_scheme],
+                &url[after_scheme + at..]
+            )
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("partitions", &self.partitions)
+            .field("route_shards", &self.route_shards)
+            .field("persistent_sends", &self.persistent_sends)
+            .field("confirm_timeout_ms", &self.confirm_timeout_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
 impl AmqpSettings {
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
@@ -269,6 +424,74 @@ mod tests {
         settings.persister.linger_from = 16;
         settings.persister.linger_until = settings.persister.batch_max + 1;
         assert!(settings.validate().is_err());
+    }
+
+    fn local() -> Settings {
+        Settings::load_profile("local").unwrap()
+    }
+
+    #[test]
+    fn no_profile_means_production() {
+        assert_eq!(profile_name(None), "production");
+        assert_eq!(profile_name(Some(String::new())), "production");
+        assert_eq!(profile_name(Some("local".into())), "local");
+    }
+
+    #[test]
+    fn the_dev_login_is_refused_on_an_address_that_is_not_loopback() {
+        let mut settings = local();
+        settings.gateway.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "auth.dev_login",
+                ..
+            })
+        ));
+        settings.auth.dev_login = false;
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn zero_intervals_and_rates_are_refused_before_anything_starts() {
+        let mut settings = local();
+        settings.gateway.heartbeat_ms = 0;
+        settings.gateway.heartbeat_timeout_ms = 10;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "gateway.heartbeat_ms",
+                ..
+            })
+        ));
+        let mut settings = local();
+        settings.gateway.limits.sends_per_second = 0.0;
+        assert!(settings.validate().is_err());
+        let mut settings = local();
+        settings.gateway.limits.reads_per_second = f64::NAN;
+        assert!(settings.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut settings = local();
+        settings.database.url = "postgres://chat:pg-password@db:5432/chat".into();
+        settings.amqp.url = "amqp://chat:mq-password@mq:5672/%2f".into();
+        settings.redis.url = "redis://:redis-password@cache:6379/".into();
+        let printed = format!("{settings:?}");
+        for secret in [
+            settings.auth.jwt_secret.expose(),
+            "pg-password",
+            "mq-password",
+            "redis-password",
+        ] {
+            assert!(!printed.contains(secret), "{secret} leaked: {printed}");
+        }
+        assert!(
+            printed.contains("postgres://chat:***@db:5432/chat"),
+            "{printed}"
+        );
+        assert_eq!(redact_url("redis://cache:6379/"), "redis://cache:6379/");
     }
 
     #[test]

@@ -259,6 +259,12 @@ impl CreateConversationRequest {
                 if title.chars().count() > 200 {
                     return Err("title is longer than 200 characters".into());
                 }
+                if title.contains('\0') {
+                    return Err("title must not contain NUL characters".into());
+                }
+                if ids.len() > 1000 {
+                    return Err("a group has at most 1000 members".into());
+                }
                 let mut members = vec![caller];
                 for id in ids {
                     members.push(UserId::new(id).map_err(|e| format!("member_ids: {e}"))?);
@@ -300,6 +306,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: how long to wait before trying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[cfg(test)]
@@ -461,5 +470,17 @@ mod tests {
             ..Default::default()
         };
         assert!(untitled.parse(me).is_err());
+        let nul = CreateConversationRequest {
+            title: Some("a\0b".into()),
+            member_ids: Some(vec![7]),
+            ..Default::default()
+        };
+        assert!(nul.parse(me).is_err());
+        let crowd = CreateConversationRequest {
+            title: Some("crowd".into()),
+            member_ids: Some((1..=1001).collect()),
+            ..Default::default()
+        };
+        assert!(crowd.parse(me).is_err());
     }
 }

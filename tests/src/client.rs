@@ -75,6 +75,17 @@ impl Client {
             .unwrap_or_else(|e| panic!("send: {e}"));
     }
 
+    /// A text frame whose payload is not UTF-8 (RFC 6455 says: close 1007).
+    pub async fn send_invalid_utf8_text(&mut self) {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let frame = Frame::message(vec![0xff, 0xfe, 0x7b], OpCode::Data(Data::Text), true);
+        self.ws
+            .send(WsMessage::Frame(frame))
+            .await
+            .unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
     pub async fn send_json(&mut self, frame: Value) {
         self.send_raw(&frame.to_string()).await;
     }

@@ -30,6 +30,8 @@ pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct TestSystem {
     pub settings: Settings,
     pub gateways: Vec<SocketAddr>,
+    /// Where each gateway serves `/metrics` (not its public address).
+    pub gateway_metrics: Vec<SocketAddr>,
     /// Where each persister serves `/metrics`.
     pub persister_metrics: Vec<SocketAddr>,
     http: reqwest::Client,
@@ -83,6 +85,7 @@ impl TestSystem {
         let mut system = TestSystem {
             settings: settings.clone(),
             gateways: Vec::new(),
+            gateway_metrics: Vec::new(),
             persister_metrics: Vec::new(),
             http: reqwest::Client::new(),
             stops: Vec::new(),
@@ -106,6 +109,7 @@ impl TestSystem {
             .await
             .unwrap_or_else(|e| panic!("gateway: {e:#}"));
         self.gateways.push(gateway.local_addr());
+        self.gateway_metrics.push(gateway.metrics_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(gateway.run_until(async move {
             let _ = stopped.await;
@@ -186,6 +190,7 @@ impl TestSystem {
                 s.presence.heartbeat_ms.to_string(),
             )
             .env("CHAT_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("CHAT_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -244,6 +249,14 @@ impl TestSystem {
             .unwrap_or_else(|e| panic!("connect user {user}: {e}"))
             .authenticated()
             .await
+    }
+
+    /// The Prometheus text of gateway `gateway`.
+    pub async fn gateway_metrics(&self, gateway: usize) -> String {
+        let url = format!("http://{}/metrics", self.gateway_metrics[gateway]);
+        let (status, text) = self.get_url(&url).await;
+        assert_eq!(status, 200, "gateway metrics: {text}");
+        text.as_str().unwrap_or_default().to_owned()
     }
 
     /// GET of a full URL (other services' endpoints).

@@ -13,7 +13,7 @@ use chat_shared::amqp::Outgoing;
 use chat_shared::bus::{self, GatewayEvent};
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{
-    Conversation, ConversationList, CreateConversationRequest, MessagePage,
+    Conversation, ConversationList, CreateConversationRequest, MessagePage, NewConversation,
 };
 use chat_shared::time;
 use serde::Deserialize;
@@ -38,6 +38,9 @@ pub async fn create(
     let new = request
         .parse(caller.user_id)
         .map_err(ApiError::bad_request)?;
+    if matches!(new, NewConversation::Group { .. }) {
+        count_group(&state, caller.user_id).await?;
+    }
     let (id, members, created) = state.store.create(caller.user_id, &new).await?;
     let conversation = state
         .store
@@ -55,6 +58,38 @@ pub async fn create(
         StatusCode::OK
     };
     Ok((status, Json(conversation)))
+}
+
+/// Counts a group created by `user` this hour, over all gateways (Redis);
+/// past `gateway.limits.groups_per_hour` it is 429 until the hour ends.
+/// While Redis is down groups are not counted: creating one goes on.
+async fn count_group(state: &AppState, user: chat_shared::ids::UserId) -> Result<(), ApiError> {
+    let now = chrono::Utc::now().timestamp();
+    let (hour, into_hour) = (now.div_euclid(3600), now.rem_euclid(3600));
+    let key = state.cache_keys.groups_created(user, hour);
+    let mut redis = state.redis.clone();
+    let counted: Result<(u32,), redis::RedisError> = redis::pipe()
+        .atomic()
+        .incr(&key, 1u32)
+        .expire(&key, 3600)
+        .ignore()
+        .query_async(&mut redis)
+        .await;
+    match counted {
+        Ok((count,)) if count > state.limits.settings.groups_per_hour => {
+            state.metrics.refused("groups_per_hour");
+            let wait_ms = ((3600 - into_hour) * 1000) as u64;
+            Err(ApiError::rate_limited(
+                "too many groups created this hour",
+                wait_ms,
+            ))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(user.id = %user, error = %e, "could not count group creation (Redis); allowing it");
+            Ok(())
+        }
+    }
 }
 
 /// Tells the members' sessions, on whichever gateway, that the conversation

@@ -3,7 +3,8 @@
 //! causes are logged here, once, and never sent to the client.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chat_shared::protocol::{ErrorBody, ErrorCode, ErrorDetail};
 
@@ -12,6 +13,7 @@ pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: ErrorCode::BadRequest,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -27,6 +30,15 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             code: ErrorCode::Unauthorized,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: ErrorCode::TooLarge,
+            message: message.into(),
+            retry_after_ms: None,
         }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -34,6 +46,7 @@ impl ApiError {
             status: StatusCode::FORBIDDEN,
             code: ErrorCode::Forbidden,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -41,6 +54,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: ErrorCode::NotFound,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -48,6 +62,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: ErrorCode::Unavailable,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
     /// Logs the cause and answers a bare 500.
@@ -57,6 +72,16 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: ErrorCode::Internal,
             message: "internal error".into(),
+            retry_after_ms: None,
+        }
+    }
+    /// 429 with `retry_after_ms` in the body and `Retry-After` (seconds, rounded up).
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            retry_after_ms: Some(retry_after_ms),
         }
     }
 }
@@ -73,8 +98,15 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
+                retry_after_ms: self.retry_after_ms,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+        }
+        response
     }
 }

@@ -3,7 +3,8 @@
 //! contract's shape instead of axum's plain-text rejections.
 
 use super::error::ApiError;
-use crate::auth::{AuthUser, unix_now};
+use crate::auth::AuthUser;
+use crate::limits::retry_after_ms;
 use crate::state::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::HeaderMap;
@@ -24,7 +25,7 @@ pub fn header_user(state: &AppState, headers: &HeaderMap) -> Option<Result<AuthU
         None => Err(ApiError::unauthorized("malformed Authorization header")),
         Some(token) => state
             .keys
-            .verify(token, unix_now())
+            .verify(token)
             .map_err(|e| ApiError::unauthorized(e.to_string())),
     })
 }
@@ -36,11 +37,24 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        header_user(state, &parts.headers).unwrap_or_else(|| {
+        let user = header_user(state, &parts.headers).unwrap_or_else(|| {
             Err(ApiError::unauthorized(
                 "missing Authorization: Bearer token",
             ))
-        })
+        })?;
+        // Every API request of a user draws on one bucket (per gateway).
+        if let Err(wait) = state
+            .limits
+            .http
+            .take(user.user_id, tokio::time::Instant::now())
+        {
+            state.metrics.refused("http_per_second");
+            return Err(ApiError::rate_limited(
+                "too many requests",
+                retry_after_ms(wait),
+            ));
+        }
+        Ok(user)
     }
 }
 
@@ -54,7 +68,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         axum::Json::<T>::from_request(req, state)
             .await
             .map(|axum::Json(v)| Body(v))
-            .map_err(|e| ApiError::bad_request(e.body_text()))
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large("request body too large")
+                } else {
+                    ApiError::bad_request(e.body_text())
+                }
+            })
     }
 }
 

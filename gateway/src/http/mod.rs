@@ -9,9 +9,16 @@ pub mod presence;
 use crate::state::AppState;
 use crate::ws;
 use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use std::time::Duration;
 
+/// The public API. `/metrics` is not here: it is served on
+/// `gateway.metrics_listen` ([`metrics_router`]), away from the public entry.
 pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.gateway.http_body_bytes;
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route(
@@ -26,7 +33,32 @@ pub fn router(state: AppState) -> Router {
         .route("/api/dev/token", post(ops::dev_token))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
         .fallback(|| async { error::ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// The internal endpoints: `GET /metrics` (and `/health`, for probes).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/health", get(ops::health))
+        .with_state(state)
+}
+
+/// A request that takes longer than `gateway.http_request_timeout_ms` is
+/// answered 503 `unavailable` and its work dropped.
+async fn request_deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let deadline = Duration::from_millis(state.settings.gateway.http_request_timeout_ms);
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            state.metrics.refused("http_request_timeout");
+            error::ApiError::unavailable("request timed out").into_response()
+        }
+    }
 }

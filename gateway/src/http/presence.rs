@@ -1,7 +1,10 @@
 //! `GET /api/presence?user_ids=7,42`: read from Redis, where the presence
-//! service keeps it. When Redis cannot be reached, chat goes on and this
-//! answers what the gateway itself knows: users with a session here are
-//! online, the others offline with no `last_seen`.
+//! service keeps it. Only users who share a conversation with the caller
+//! are looked up: any other id is answered `offline` with no `last_seen`, as
+//! a user never seen, so the endpoint cannot be used to watch strangers.
+//! When Redis cannot be reached, chat goes on and this answers what the
+//! gateway itself knows: users with a session here are online, the others
+//! offline with no `last_seen`.
 
 use super::error::ApiError;
 use super::extract::Params;
@@ -37,11 +40,22 @@ pub struct UserPresence {
 
 pub async fn presence(
     State(state): State<AppState>,
-    _caller: AuthUser,
+    caller: AuthUser,
     Params(params): Params<PresenceParams>,
 ) -> Result<Json<PresenceList>, ApiError> {
-    let users = parse_ids(params.user_ids.as_deref().unwrap_or_default())?;
-    let presence = match from_redis(&state, &users).await {
+    let asked = parse_ids(params.user_ids.as_deref().unwrap_or_default())?;
+    let visible = state.store.co_members(caller.user_id, &asked).await?;
+    let users: Vec<UserId> = asked
+        .iter()
+        .copied()
+        .filter(|u| visible.contains(u))
+        .collect();
+    let from_cache = if users.is_empty() {
+        Ok(Vec::new())
+    } else {
+        from_redis(&state, &users).await
+    };
+    let known = match from_cache {
         Ok(presence) => presence,
         Err(e) => {
             tracing::warn!(error = %e, "presence from Redis failed; answering what this gateway knows");
@@ -59,6 +73,18 @@ pub async fn presence(
                 .collect()
         }
     };
+    let mut known = known.into_iter().peekable();
+    let presence = asked
+        .into_iter()
+        .map(|user_id| match known.next_if(|p| p.user_id == user_id) {
+            Some(found) => found,
+            None => UserPresence {
+                user_id,
+                status: PresenceStatus::Offline,
+                last_seen: None,
+            },
+        })
+        .collect();
     Ok(Json(PresenceList { presence }))
 }
 

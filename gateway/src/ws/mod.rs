@@ -1,15 +1,18 @@
 //! `GET /ws`: the checks before a session exists (origin, capacity, the
-//! header token) and the upgrade. The session itself is in [`session`].
+//! client's connection limits, the header token) and the upgrade. The
+//! session itself is in [`session`].
 
 pub mod session;
 
 use crate::http::error::ApiError;
 use crate::http::extract::header_user;
+use crate::limits::ConnectionSlot;
 use crate::state::AppState;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::{IntoResponse, Response};
+use std::net::{IpAddr, SocketAddr};
 
 /// Per-connection read buffer: tungstenite's default (128 KiB) would dominate
 /// an idle connection's memory; frames larger than this still work.
@@ -17,6 +20,7 @@ const READ_BUFFER_BYTES: usize = 1024;
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -34,6 +38,10 @@ pub async fn upgrade(
         state.metrics.connections_refused.inc();
         return ApiError::unavailable("gateway at capacity").into_response();
     }
+    let slot = match proxied_client_slot(&state, peer.ip(), &headers) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
     // With a header the token is checked before the upgrade (401, no
     // upgrade); without one the first frame must carry it.
     let user = match header_user(&state, &headers) {
@@ -44,9 +52,50 @@ pub async fn upgrade(
             return unauthorized.into_response();
         }
     };
+    let per_user = state.limits.settings.connections_per_user;
+    if let Some(user) = &user
+        && state.hub.sessions_of_user(user.user_id) >= per_user
+    {
+        state.metrics.refused("connections_per_user");
+        let refusal = ApiError::rate_limited("too many sessions for this user", 1000);
+        return refusal.into_response();
+    }
     let max = state.settings.gateway.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(socket, state, user))
+        .on_upgrade(move |socket| session::run(socket, state, user, slot))
+}
+
+/// A connection that a trusted load balancer carries is counted against the
+/// client it names (the last `X-Forwarded-For` entry, which that balancer
+/// wrote); others were counted at the accept already (`listener`).
+fn proxied_client_slot(
+    state: &AppState,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> Result<Option<ConnectionSlot>, ApiError> {
+    if !state.settings.gateway.trusted_proxies.contains(&peer) {
+        return Ok(None);
+    }
+    let client = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer);
+    match state
+        .limits
+        .connections
+        .acquire(client, state.limits.settings.connections_per_ip)
+    {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            state.metrics.refused("connections_per_ip");
+            Err(ApiError::rate_limited(
+                "too many connections from one address",
+                1000,
+            ))
+        }
+    }
 }

@@ -1,32 +1,54 @@
 //! One WebSocket session, from its first frame to its close: authenticate
 //! (if the header did not), register with the hub, say `hello`, then serve
 //! frames both ways until the client leaves, falls too far behind, stops
-//! answering pings, or the gateway shuts down.
+//! answering pings or reading, breaks the protocol, its token expires, or the
+//! gateway shuts down. Every write has a deadline, so a client that stops
+//! reading holds the loop (heartbeat, overflow) for at most
+//! `gateway.write_timeout_ms`.
 
 use crate::auth::{AuthUser, unix_now};
-use crate::hub::{self, Outbound, SessionHandle};
+use crate::hub::{self, Outbound, RegisterError, SessionHandle};
+use crate::limits::{ConnectionSlot, TokenBucket, retry_after_ms};
 use crate::state::AppState;
+use crate::store::Membership;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use chat_shared::bus::{PersistCommand, PresenceEvent, ReadCommand, SendCommand};
 use chat_shared::ids::ClientMsgId;
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{ClientFrame, ErrorCode, SendFrame, ServerFrame};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-/// Close codes (protocol.md and RFC 6455).
+/// Close codes (protocol.md, docs/protocol.md and RFC 6455).
 mod close {
     pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
     pub const TOO_SLOW: u16 = 1013;
     pub const INTERNAL: u16 = 1011;
     pub const SERVICE_RESTART: u16 = 1012;
     pub const UNAUTHORIZED: u16 = 4001;
+    pub const TOO_MANY_SESSIONS: u16 = 4029;
 }
 
-pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>) {
+/// How long a close frame may take to write before the socket is dropped.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Conversations a session remembers it is a member of (then forgets all).
+const MEMBERSHIPS_REMEMBERED: usize = 64;
+
+/// `_slot` is the client address's connection slot (when a load balancer
+/// carried the connection); it is held until the session ends.
+pub async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    user: Option<AuthUser>,
+    _slot: Option<ConnectionSlot>,
+) {
     let user = match user {
         Some(user) => user,
         None => match auth_frame(&mut socket, &state).await {
@@ -46,9 +68,16 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
         tx: tx.clone(),
         overflow: overflow.clone(),
     };
-    match state.hub.register(user.user_id, handle).await {
+    let max_sessions = state.limits.settings.connections_per_user;
+    match state.hub.register(user.user_id, handle, max_sessions).await {
         Ok(true) => state.presence.opened(user.user_id).await,
         Ok(false) => {}
+        Err(RegisterError::TooManySessions(_)) => {
+            state.metrics.refused("connections_per_user");
+            let reason = "too many sessions for this user";
+            close_with(&mut socket, close::TOO_MANY_SESSIONS, reason).await;
+            return;
+        }
         Err(e) => {
             tracing::error!(user.id = %user.user_id, error = %e, "session could not be routed");
             close_with(&mut socket, close::INTERNAL, "try another gateway").await;
@@ -57,6 +86,8 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
     }
     state.metrics.connections_opened.inc();
     tracing::debug!(user.id = %user.user_id, session.id = %session_id, "session opened");
+    let now = Instant::now();
+    let limits = &state.limits.settings;
     let mut session = Session {
         socket,
         state: state.clone(),
@@ -64,7 +95,11 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
         session_id,
         tx,
         pending: HashMap::new(),
-        typing_window: (Instant::now(), 0),
+        typing_window: (now, 0),
+        sends: TokenBucket::new(limits.sends_per_second, limits.sends_burst, now),
+        reads: TokenBucket::new(limits.reads_per_second, limits.reads_burst, now),
+        member_of: HashSet::new(),
+        broken: None,
     };
     let reason = session.serve(rx, overflow).await;
     let last = state
@@ -74,6 +109,7 @@ pub async fn run(mut socket: WebSocket, state: AppState, user: Option<AuthUser>)
     if last {
         state.presence.closed(session.user.user_id).await;
     }
+    state.metrics.closed(reason.label());
     tracing::debug!(user.id = %session.user.user_id, session.id = %session.session_id, ?reason, "session closed");
 }
 
@@ -85,29 +121,51 @@ async fn auth_frame(socket: &mut WebSocket, state: &AppState) -> Result<AuthUser
         return Err("expected an auth frame first");
     };
     match ClientFrame::parse(&text) {
-        Ok(ClientFrame::Auth { token }) => state
-            .keys
-            .verify(&token, unix_now())
-            .map_err(|_| "invalid token"),
+        Ok(ClientFrame::Auth { token }) => state.keys.verify(&token).map_err(|_| "invalid token"),
         _ => Err("expected an auth frame first"),
     }
 }
 
+/// Says goodbye with `code`, unless the client does not even read that.
 async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    let _ = socket.send(WsMessage::Close(Some(frame))).await;
+    let _ = tokio::time::timeout(
+        CLOSE_WRITE_TIMEOUT,
+        socket.send(WsMessage::Close(Some(frame))),
+    )
+    .await;
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Ended {
     ClientLeft,
     TooSlow,
     Unresponsive,
     Shutdown,
     SocketError,
+    /// A write did not complete within `gateway.write_timeout_ms`.
+    WriteStalled,
+    TokenExpired,
+    /// The client broke RFC 6455 (bad UTF-8, an oversized frame, ...).
+    ProtocolError,
+}
+
+impl Ended {
+    fn label(self) -> &'static str {
+        match self {
+            Ended::ClientLeft => "client_left",
+            Ended::TooSlow => "too_slow",
+            Ended::Unresponsive => "heartbeat_timeout",
+            Ended::Shutdown => "shutdown",
+            Ended::SocketError => "socket_error",
+            Ended::WriteStalled => "write_timeout",
+            Ended::TokenExpired => "token_expired",
+            Ended::ProtocolError => "protocol_error",
+        }
+    }
 }
 
 struct Session {
@@ -121,6 +179,13 @@ struct Session {
     pending: HashMap<ClientMsgId, Instant>,
     /// Typing frames forwarded in the current one-second window.
     typing_window: (Instant, u32),
+    /// `send` and `read` frames this session may still send now.
+    sends: TokenBucket,
+    reads: TokenBucket,
+    /// Conversations the user is known to be a member of.
+    member_of: HashSet<ConversationId>,
+    /// Set when a write failed: the loop ends the session with it.
+    broken: Option<Ended>,
 }
 
 /// Typing frames one session may send per second; more are `rate_limited`.
@@ -136,8 +201,8 @@ impl Session {
             session_id: self.session_id.to_string(),
             heartbeat_ms: settings.heartbeat_ms,
         };
-        if self.write(hub::frame(&hello)).await.is_err() {
-            return Ended::SocketError;
+        if let Err(ended) = self.write(hub::frame(&hello)).await {
+            return ended;
         }
         let heartbeat_timeout = Duration::from_millis(settings.heartbeat_timeout_ms);
         let send_timeout = Duration::from_millis(settings.send_timeout_ms);
@@ -150,6 +215,9 @@ impl Session {
         let mut last_heard = Instant::now();
 
         loop {
+            if let Some(ended) = self.broken {
+                return ended;
+            }
             tokio::select! {
                 _ = shutdown.changed() => {
                     close_with(&mut self.socket, close::SERVICE_RESTART, "gateway restarting").await;
@@ -167,8 +235,8 @@ impl Session {
                             frame
                         }
                     };
-                    if self.write(frame).await.is_err() {
-                        return Ended::SocketError;
+                    if let Err(ended) = self.write(frame).await {
+                        return ended;
                     }
                 }
                 // Frame handling is boxed: it is big, and only exists while a
@@ -177,7 +245,7 @@ impl Session {
                     last_heard = Instant::now();
                     match incoming {
                         None | Some(Ok(WsMessage::Close(_))) => return Ended::ClientLeft,
-                        Some(Err(_)) => return Ended::SocketError,
+                        Some(Err(e)) => return self.on_socket_error(e).await,
                         Some(Ok(WsMessage::Text(text))) => Box::pin(self.on_text(&text)).await,
                         Some(Ok(WsMessage::Binary(_))) => {
                             self.refuse(ErrorCode::BadRequest, "binary frames are not supported", None).await;
@@ -191,17 +259,56 @@ impl Session {
                         close_with(&mut self.socket, close::NORMAL, "heartbeat timeout").await;
                         return Ended::Unresponsive;
                     }
-                    if self.socket.send(WsMessage::Ping(Default::default())).await.is_err() {
-                        return Ended::SocketError;
+                    if let Err(ended) = self.send_message(WsMessage::Ping(Default::default())).await {
+                        return ended;
                     }
                 }
-                _ = sweep.tick() => Box::pin(self.expire_pending(send_timeout)).await,
+                _ = sweep.tick() => {
+                    if unix_now() >= self.user.expires_at {
+                        close_with(&mut self.socket, close::UNAUTHORIZED, "token expired").await;
+                        return Ended::TokenExpired;
+                    }
+                    Box::pin(self.expire_pending(send_timeout)).await
+                }
             }
         }
     }
 
-    async fn write(&mut self, frame: axum::extract::ws::Utf8Bytes) -> Result<(), axum::Error> {
-        self.socket.send(WsMessage::Text(frame)).await
+    /// Writes one message within `gateway.write_timeout_ms`. A failure marks
+    /// the session broken, so the loop ends it on its next turn.
+    async fn send_message(&mut self, message: WsMessage) -> Result<(), Ended> {
+        if let Some(ended) = self.broken {
+            return Err(ended);
+        }
+        let deadline = Duration::from_millis(self.state.settings.gateway.write_timeout_ms);
+        let ended = match tokio::time::timeout(deadline, self.socket.send(message)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => Ended::SocketError,
+            Err(_) => {
+                tracing::info!(user.id = %self.user.user_id, session.id = %self.session_id, "client stopped reading; closing the session");
+                Ended::WriteStalled
+            }
+        };
+        self.broken = Some(ended);
+        Err(ended)
+    }
+
+    async fn write(&mut self, frame: axum::extract::ws::Utf8Bytes) -> Result<(), Ended> {
+        self.send_message(WsMessage::Text(frame)).await
+    }
+
+    /// A read that failed below the JSON layer: RFC 6455 says how to close.
+    async fn on_socket_error(&mut self, error: axum::Error) -> Ended {
+        let inner = error.into_inner();
+        let (code, reason) = match inner.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Utf8(_)) => (close::INVALID_DATA, "text frame is not UTF-8"),
+            Some(tungstenite::Error::Capacity(_)) => (close::TOO_BIG, "frame too large"),
+            Some(tungstenite::Error::Protocol(_)) => (close::PROTOCOL_ERROR, "protocol error"),
+            _ => return Ended::SocketError,
+        };
+        tracing::debug!(user.id = %self.user.user_id, code, error = %inner, "closing on a protocol error");
+        close_with(&mut self.socket, code, reason).await;
+        Ended::ProtocolError
     }
 
     async fn refuse(&mut self, code: ErrorCode, message: &str, client_msg_id: Option<String>) {
@@ -213,6 +320,52 @@ impl Session {
             retry_after_ms: None,
         };
         let _ = self.write(hub::frame(&frame)).await;
+    }
+
+    /// `rate_limited`, counted under `limit`.
+    async fn rate_limited(
+        &mut self,
+        limit: &'static str,
+        message: &str,
+        client_msg_id: Option<String>,
+        wait: Duration,
+    ) {
+        self.state.metrics.refused(limit);
+        let frame = ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: message.to_owned(),
+            client_msg_id,
+            retry_after_ms: Some(retry_after_ms(wait)),
+        };
+        let _ = self.write(hub::frame(&frame)).await;
+    }
+
+    /// Whether the user is a member of `conversation`: asked of Postgres
+    /// once per conversation and session, then remembered. When Postgres
+    /// cannot answer, the frame goes on and the service behind decides.
+    async fn is_member(&mut self, conversation: ConversationId) -> bool {
+        if self.member_of.contains(&conversation) {
+            return true;
+        }
+        match self
+            .state
+            .store
+            .membership(conversation, self.user.user_id)
+            .await
+        {
+            Ok(Membership::Member) => {
+                if self.member_of.len() >= MEMBERSHIPS_REMEMBERED {
+                    self.member_of.clear();
+                }
+                self.member_of.insert(conversation);
+                true
+            }
+            Ok(Membership::NotMember | Membership::NoSuchConversation) => false,
+            Err(e) => {
+                tracing::warn!(conversation.id = %conversation, error = %e, "membership check failed; letting the frame through");
+                true
+            }
+        }
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -240,16 +393,20 @@ impl Session {
                 }
                 if *count >= MAX_TYPING_PER_SECOND {
                     let wait = Duration::from_secs(1).saturating_sub(window.elapsed());
-                    let frame = ServerFrame::Error {
-                        code: ErrorCode::RateLimited,
-                        message: "too many typing frames".into(),
-                        client_msg_id: None,
-                        retry_after_ms: Some(wait.as_millis() as u64),
-                    };
-                    let _ = self.write(hub::frame(&frame)).await;
+                    self.rate_limited("typing_per_second", "too many typing frames", None, wait)
+                        .await;
                     return;
                 }
                 *count += 1;
+                if !self.is_member(conversation_id).await {
+                    self.refuse(
+                        ErrorCode::Forbidden,
+                        "not a member of this conversation",
+                        None,
+                    )
+                    .await;
+                    return;
+                }
                 let user_id = self.user.user_id;
                 let event = PresenceEvent::Typing {
                     conversation_id,
@@ -271,6 +428,20 @@ impl Session {
         if seq < 0 {
             self.refuse(ErrorCode::BadRequest, "seq must not be negative", None)
                 .await;
+            return;
+        }
+        if let Err(wait) = self.reads.take(Instant::now()) {
+            self.rate_limited("reads_per_second", "too many read frames", None, wait)
+                .await;
+            return;
+        }
+        if !self.is_member(conversation_id).await {
+            self.refuse(
+                ErrorCode::Forbidden,
+                "not a member of this conversation",
+                None,
+            )
+            .await;
             return;
         }
         let command = PersistCommand::Read(ReadCommand {
@@ -306,13 +477,25 @@ impl Session {
             && !self.pending.contains_key(&client_msg_id)
         {
             self.state.metrics.sends_refused.inc();
-            let frame = ServerFrame::Error {
-                code: ErrorCode::RateLimited,
-                message: "too many sends waiting for their ack".into(),
-                client_msg_id: Some(client_msg_id.as_str().to_owned()),
-                retry_after_ms: Some(1000),
-            };
-            let _ = self.write(hub::frame(&frame)).await;
+            let id = Some(client_msg_id.as_str().to_owned());
+            let message = "too many sends waiting for their ack";
+            self.rate_limited("max_pending_sends", message, id, Duration::from_secs(1))
+                .await;
+            return;
+        }
+        let now = Instant::now();
+        let limited = match self.sends.take(now) {
+            Err(wait) => Some(("sends_per_second", wait)),
+            Ok(()) => match self.state.limits.user_sends.take(self.user.user_id, now) {
+                Err(wait) => Some(("user_sends_per_second", wait)),
+                Ok(()) => None,
+            },
+        };
+        if let Some((limit, wait)) = limited {
+            self.state.metrics.sends_refused.inc();
+            let id = Some(client_msg_id.as_str().to_owned());
+            self.rate_limited(limit, "too many sends; wait and send it again", id, wait)
+                .await;
             return;
         }
         let command = SendCommand {

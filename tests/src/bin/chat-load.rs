@@ -131,7 +131,7 @@ async fn idle_connections(
     let users = setup::user_ids(count);
     let tokens: Vec<String> = match secret {
         Some(secret) => {
-            let keys = chat_gateway::auth::JwtKeys::new(&secret);
+            let keys = chat_gateway::auth::JwtKeys::new(&secret)?;
             let exp = chat_gateway::auth::unix_now() + 3600;
             users
                 .iter()

@@ -18,13 +18,15 @@ async fn http_requests_without_a_valid_token_get_401_in_the_contract_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_signed_with_another_secret_is_refused() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
-    let foreign = chat_gateway::auth::JwtKeys::new("a-different-secret-of-enough-length-000000");
-    let user = chat_shared::ids::UserId::new(1).unwrap_or_else(|_| unreachable!());
+    let foreign =
+        chat_gateway::auth::JwtKeys::new("a-different-secret-of-enough-length-000000").unwrap();
+    let user = chat_shared::ids::UserId::new(1).unwrap();
     let token = foreign.issue(user, None, chat_gateway::auth::unix_now() + 60);
     let (status, _) = system.get(0, "/api/conversations", Some(&token)).await;
     assert_eq!(status, 401);
-    let expired =
-        chat_gateway::auth::JwtKeys::new(&system.settings.auth.jwt_secret).issue(user, None, 1);
+    let expired = chat_gateway::auth::JwtKeys::from_settings(&system.settings.auth)
+        .unwrap()
+        .issue(user, None, 1);
     let (status, body) = system.get(0, "/api/conversations", Some(&expired)).await;
     assert_eq!(status, 401, "{body}");
 }

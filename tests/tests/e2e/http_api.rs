@@ -125,9 +125,7 @@ async fn health_ready_and_metrics_answer() {
     let conversation = system.direct(1, 2).await;
     let mut an = system.connect(0, 1).await;
     an.send_and_ack(conversation, "m", "counted").await;
-    let (status, metrics) = system.get(0, "/metrics", None).await;
-    assert_eq!(status, 200);
-    let text = metrics.as_str().unwrap_or_default();
+    let text = system.gateway_metrics(0).await;
     assert!(
         text.contains("gateway_connections_opened_total 1"),
         "{text}"
@@ -140,7 +138,10 @@ async fn health_ready_and_metrics_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_says_503_when_the_database_is_unreachable() {
     let system = TestSystem::start_with(1, 0, |s| {
-        s.database.url = s.database.url.replace(":35432/", ":1/");
+        // Port 1: nothing listens there.
+        let (server, database) = s.database.url.rsplit_once('/').unwrap();
+        let (host, _port) = server.rsplit_once(':').unwrap();
+        s.database.url = format!("{host}:1/{database}");
         s.database.connect_timeout_ms = 500;
     })
     .await;
@@ -167,8 +168,7 @@ async fn the_persister_and_gateway_report_batches_and_broker_work_on_metrics() {
     // BEGIN, existing lookup, members, seq bump, insert, COMMIT.
     assert!(text.contains("persister_statements_total 6"), "{text}");
 
-    let (_, metrics) = system.get(0, "/metrics", None).await;
-    let text = metrics.as_str().unwrap_or_default();
+    let text = system.gateway_metrics(0).await;
     assert!(text.contains("gateway_persist_publishes_total 1"), "{text}");
     assert!(
         text.contains("gateway_persist_confirm_seconds_count 1"),

@@ -7,6 +7,7 @@ mod failures;
 mod history;
 mod http_api;
 mod idempotency;
+mod limits;
 mod load;
 mod messaging;
 mod ordering;

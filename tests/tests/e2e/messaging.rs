@@ -95,10 +95,9 @@ async fn a_user_keeps_receiving_when_another_user_of_the_same_routing_shard_leav
 
     drop(leaving);
     for _ in 0..200 {
-        let (_, metrics) = system.get(0, "/metrics", None).await;
-        if metrics
-            .as_str()
-            .unwrap_or_default()
+        if system
+            .gateway_metrics(0)
+            .await
             .contains("gateway_connections_active 1\n")
         {
             break;
