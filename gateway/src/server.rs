@@ -60,6 +60,8 @@ pub async fn serve(
             let _ = connection.await;
         });
     }
+    // Stop accepting: the load balancer sends new connections elsewhere.
+    drop(listener);
     let _ = closing_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {

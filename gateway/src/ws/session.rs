@@ -220,6 +220,7 @@ impl Session {
             }
             tokio::select! {
                 _ = shutdown.changed() => {
+                    Box::pin(self.drain(&mut rx)).await;
                     close_with(&mut self.socket, close::SERVICE_RESTART, "gateway restarting").await;
                     return Ended::Shutdown;
                 }
@@ -228,13 +229,7 @@ impl Session {
                     return Ended::TooSlow;
                 }
                 Some(out) = rx.recv() => {
-                    let frame = match out {
-                        Outbound::Frame(frame) => frame,
-                        Outbound::SendAnswered { client_msg_id, frame } => {
-                            self.pending.remove(&client_msg_id);
-                            frame
-                        }
-                    };
+                    let frame = self.outbound_frame(out);
                     if let Err(ended) = self.write(frame).await {
                         return ended;
                     }
@@ -270,6 +265,40 @@ impl Session {
                     }
                     Box::pin(self.expire_pending(send_timeout)).await
                 }
+            }
+        }
+    }
+
+    /// The frame to write for `out`; an answered send leaves `pending`.
+    fn outbound_frame(&mut self, out: Outbound) -> axum::extract::ws::Utf8Bytes {
+        match out {
+            Outbound::Frame(frame) => frame,
+            Outbound::SendAnswered {
+                client_msg_id,
+                frame,
+            } => {
+                self.pending.remove(&client_msg_id);
+                frame
+            }
+        }
+    }
+
+    /// The gateway is shutting down: read nothing more, but let the sends in
+    /// flight get their answers (ack or error) within the shutdown grace, so
+    /// a client is not left guessing about what it sent just before.
+    async fn drain(&mut self, rx: &mut mpsc::Receiver<Outbound>) {
+        let grace = Duration::from_millis(self.state.settings.gateway.shutdown_grace_ms);
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        while !self.pending.is_empty() && self.broken.is_none() {
+            let out = tokio::select! {
+                out = rx.recv() => out,
+                () = &mut deadline => break,
+            };
+            let Some(out) = out else { break };
+            let frame = self.outbound_frame(out);
+            if self.write(frame).await.is_err() {
+                break;
             }
         }
     }

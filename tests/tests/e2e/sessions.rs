@@ -121,3 +121,30 @@ async fn without_a_persister_a_send_gets_unavailable_not_a_false_ack() {
     assert_eq!(error["code"], "unavailable");
     assert_eq!(error["client_msg_id"], "lonely");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutting_down_stops_accepting_and_answers_sends_in_flight_before_1012() {
+    // No persister yet: the send waits in the broker while the gateway drains.
+    let mut system = TestSystem::start_with(1, 0, |s| s.gateway.shutdown_grace_ms = 5000).await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    an.send_message(conversation, "in-flight", "gửi lúc tắt máy")
+        .await;
+    an.drain().await;
+    system.stop_gateway(0);
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    while tokio::net::TcpStream::connect(system.gateways[0])
+        .await
+        .is_ok()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting connections"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    system.start_persister().await;
+    let ack = an.next_of("ack").await;
+    assert_eq!(ack["client_msg_id"], "in-flight");
+    assert_eq!(an.closed().await, Closed::Code(1012));
+}
