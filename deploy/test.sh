@@ -24,9 +24,16 @@ export CHAT_PROFILE=test
 # Each test makes its own database and its own exchanges and queues; clear
 # those of earlier runs so they do not pile up.
 echo "[test] clearing state left by earlier runs"
-psql "${CHAT_DATABASE__URL%/*}/postgres" -Atqc \
+# postgres://user:password@host:port/db -> libpq variables (a password on
+# psql's command line would show in ps).
+db_url=${CHAT_DATABASE__URL#*://}
+db_auth=${db_url%%@*} db_server=${db_url#*@}
+db_server=${db_server%%/*}
+export PGUSER=${db_auth%%:*} PGHOST=${db_server%:*} PGPORT=${db_server##*:} PGDATABASE=postgres
+if [ "$db_auth" != "$PGUSER" ]; then export PGPASSWORD=${db_auth#*:}; fi
+psql -Atqc \
   "SELECT 'DROP DATABASE \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'test\_%'" \
-  | psql "${CHAT_DATABASE__URL%/*}/postgres" -q >/dev/null
+  | psql -q >/dev/null
 deploy/services.sh rabbitmqctl test -q stop_app
 deploy/services.sh rabbitmqctl test -q reset
 deploy/services.sh rabbitmqctl test -q start_app

@@ -41,9 +41,13 @@ say "migrating the schema"
 start() {
   local name=$1 cmd=$2
   shift 2
-  local pidfile="$RUN/$name.pid"
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    say "$name already running (pid $(cat "$pidfile"))"
+  local pidfile="$RUN/$name.pid" pid
+  pid=$(head -c 32 "$pidfile" 2>/dev/null | tr -d '[:space:]' || true)
+  # Already running: the pid file names a live process of this very program
+  # (a stale or planted pid file is ignored, never signalled).
+  if [[ "$pid" =~ ^[0-9]{1,10}$ ]] &&
+    [ "$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -n1)" = "$cmd" ]; then
+    say "$name already running (pid $pid)"
     return
   fi
   env "$@" nohup "$cmd" >>"$LOGS/$name.log" 2>&1 &

@@ -2,13 +2,18 @@
 //!
 //!   chat-load run  --url http://127.0.0.1:28080 --users 2000 --group-size 2 \
 //!                  --rate 1000 --duration 60 --warmup 10 [--skip-history]
+//!   chat-load chaos --url http://127.0.0.1:28080 --users 200 --rate 1000 \
+//!                  --duration 40 [--drain 60]
 //!   chat-load idle --url http://127.0.0.1:28081 --connections 19000 --pid <gateway pid> \
 //!                  [--jwt-secret <secret>] [--hold 5]
 //!
 //! `--url` takes a comma-separated list (users are spread over it). `run`
 //! prints a progress line every second, then a table and one JSON line, and
 //! exits non-zero if any acked message was lost, duplicated or out of place
-//! in history. `idle` prints how many connections held and the gateway's
+//! in history. `chaos` runs users that behave like an app under faults
+//! (reconnect, resend with the same client_msg_id, catch up from history)
+//! while something is broken on purpose, and prints one JSON line: acked
+//! lost, duplicates, seq gaps, retries and how long acks stopped. `idle` prints how many connections held and the gateway's
 //! resident memory per connection.
 
 use anyhow::{Context, bail};
@@ -36,6 +41,7 @@ fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow:
 const USAGE: &str = "usage:
   chat-load run  [--url URL[,URL...]] [--users N] [--group-size N] [--rate MSG_PER_S]
                  [--duration S] [--warmup S] [--drain S] [--skip-history]
+  chat-load chaos [--url URL[,URL...]] [--users N] [--rate MSG_PER_S] [--duration S] [--drain S]
   chat-load idle [--url URL] [--connections N] [--pid GATEWAY_PID] [--jwt-secret S] [--hold S]";
 
 /// Refuses anything but the subcommand's own flags (a typo must not start a
@@ -93,6 +99,29 @@ async fn main() -> anyhow::Result<()> {
                 skip_history: args.iter().any(|a| a == "--skip-history"),
             };
             run_scenario(scenario).await
+        }
+        Some("chaos") => {
+            check_flags(
+                &args,
+                &["--url", "--users", "--rate", "--duration", "--drain"],
+                &[],
+            )?;
+            let scenario = load::resilient::ChaosScenario {
+                urls,
+                users: num(&args, "--users", 200)?,
+                rate: num(&args, "--rate", 1000.0)?,
+                duration_secs: num(&args, "--duration", 40.0)?,
+                drain_secs: num(&args, "--drain", 60.0)?,
+            };
+            if scenario.users < 2 || !scenario.users.is_multiple_of(2) {
+                bail!("--users must be an even number");
+            }
+            let report = load::resilient::execute(&scenario).await?;
+            println!("{}", report.summary);
+            if report.summary["ok"] != true {
+                bail!("verification failed");
+            }
+            Ok(())
         }
         Some("idle") => {
             check_flags(

@@ -7,10 +7,13 @@
 //! - [`run`]: the open-loop sender and the per-connection readers;
 //! - [`verify`]: exactly-once delivery and gapless history;
 //! - [`report`]: histograms, the table and the JSON line;
-//! - [`idle`]: hold N idle connections and measure the gateway's memory.
+//! - [`idle`]: hold N idle connections and measure the gateway's memory;
+//! - [`resilient`]: users that behave like an app under faults (reconnect,
+//!   resend, catch up), for the fault runs (`chat-load chaos`).
 
 pub mod idle;
 pub mod report;
+pub mod resilient;
 pub mod run;
 pub mod setup;
 pub mod verify;

@@ -100,6 +100,9 @@ async fn a_persister_that_loses_its_broker_connection_stores_again_once_it_is_ba
         an.send_message(conversation, "after", "two").await;
         loop {
             let answer = an.next().await;
+            if answer["type"] == "presence" {
+                continue; // Binh's online, whenever presence gets to it
+            }
             if answer["type"] == "ack" && answer["client_msg_id"] == "before" {
                 assert_eq!(answer["message"], first, "a repeat is the same message");
                 continue;

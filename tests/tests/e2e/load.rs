@@ -3,6 +3,7 @@
 //! is checked by the same code the benchmarks run.
 
 use chat_tests::TestSystem;
+use chat_tests::load::resilient as chaos;
 use chat_tests::load::{self, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,4 +30,37 @@ async fn a_short_load_run_over_both_gateways_verifies_every_message() {
     // 200 measured messages, each to the 3 other members of its group.
     assert_eq!(summary["delivery_latency"]["count"], 600, "{summary}");
     assert_eq!(summary["ack_latency"]["count"], 200, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run() {
+    let mut system = TestSystem::start_with(1, 1, |_| {}).await;
+    let mut doomed = system.spawn_gateway_process().await;
+    let urls = vec![
+        format!("http://{}", doomed.addr),
+        system.url(0, "").trim_end_matches('/').to_owned(),
+    ];
+    let scenario = chaos::ChaosScenario {
+        urls,
+        users: 20,
+        rate: 100.0,
+        duration_secs: 4.0,
+        drain_secs: 20.0,
+    };
+    let kill = async {
+        tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+        doomed.kill_9().await;
+    };
+    let (report, ()) = tokio::join!(chaos::execute(&scenario), kill);
+    let report = report.unwrap();
+    let s = &report.summary;
+    assert_eq!(s["ok"], true, "{s}");
+    assert_eq!(s["acked"], 400, "{s}");
+    assert_eq!(s["acked_lost"], 0, "{s}");
+    assert_eq!(s["duplicates_in_history"], 0, "{s}");
+    assert!(
+        s["reconnects"].as_u64().unwrap() >= 1,
+        "half the users were on the killed gateway: {s}"
+    );
+    system.stop_gateway(0);
 }

@@ -1,0 +1,605 @@
+//! The app-like client mode (`chat-load chaos`): each user behaves as a real
+//! app must under faults. On any close it reconnects with a jittered
+//! back-off (at once after 1012), fills what it missed from history with
+//! `after_seq`, and resends every send still without an ack with the same
+//! `client_msg_id`; an `unavailable`, `rate_limited` or `internal` answer is
+//! retried the same way. So every send the users make ends acked, and the
+//! checks at the end hold the system to "every ack in history exactly once,
+//! seq gapless, every member saw every message".
+
+use super::run::{Acked, Plan, ReaderResult, RunResult};
+use super::setup::{self, Socket};
+use super::verify::{self, Verdict};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// One fault run's load.
+#[derive(Debug, Clone)]
+pub struct ChaosScenario {
+    pub urls: Vec<String>,
+    pub users: usize,
+    pub rate: f64,
+    pub duration_secs: f64,
+    /// How long, after the last send, users may take to get every ack.
+    pub drain_secs: f64,
+}
+
+/// A send not yet acked.
+struct Pending {
+    client_msg_id: String,
+    body: String,
+    first_sent_us: u64,
+    /// When to send it again after a refusal (`None`: it is on the wire).
+    retry_at: Option<Instant>,
+}
+
+/// What one user saw.
+struct UserOutcome {
+    user: usize,
+    acked: Vec<Acked>,
+    /// Per acked send: first attempt -> ack (us), and when the ack came.
+    waits: Vec<(u64, u64)>,
+    /// Distinct message ids seen from others (live or from history).
+    seen: HashMap<String, u32>,
+    /// Message frames seen again (allowed by the contract after a crash).
+    repeats: u64,
+    /// Answers that made the user send again, by code.
+    retried: BTreeMap<String, u64>,
+    /// Answers that are final (bad_request, forbidden...): the send is dropped.
+    refused: BTreeMap<String, u64>,
+    reconnects: u64,
+    failed_connects: u64,
+    unacked: usize,
+}
+
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    reconnects: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// The run's figures and the verdict.
+pub struct ChaosReport {
+    pub summary: Value,
+    pub verdict: Verdict,
+}
+
+pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
+    let http = reqwest::Client::new();
+    let url = &scenario.urls[0];
+    let users = setup::user_ids(scenario.users);
+    let tokens = setup::tokens(&http, url, &users).await?;
+    let conversations = setup::conversations(&http, url, &users, &tokens, 2).await?;
+    let mut conversation_of = vec![0; users.len()];
+    let mut members = HashMap::new();
+    for (id, group) in &conversations {
+        for &m in group {
+            conversation_of[m] = *id;
+        }
+        members.insert(*id, group.clone());
+    }
+    let plan = Plan {
+        conversation_of,
+        members,
+    };
+    eprintln!(
+        "chaos: {} users, {} msg/s for {} s",
+        scenario.users, scenario.rate, scenario.duration_secs
+    );
+
+    let base = Instant::now();
+    let live = Arc::new(Live::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let mut inboxes = Vec::new();
+    let mut tasks = Vec::new();
+    for (user, token) in tokens.iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        inboxes.push(tx);
+        let client = UserClient {
+            user,
+            user_id: users[user],
+            urls: scenario.urls.clone(),
+            url: scenario.urls[user % scenario.urls.len()].clone(),
+            token: token.clone(),
+            conversation: plan.conversation_of[user],
+            http: http.clone(),
+            base,
+            live: live.clone(),
+        };
+        tasks.push(tokio::spawn(client.run(rx, stop.clone())));
+    }
+
+    // Open loop: message i is due at i / rate, from user i mod users.
+    let total = (scenario.duration_secs * scenario.rate) as u64;
+    let mut last_progress = Instant::now();
+    for i in 0..total {
+        tokio::time::sleep_until(base + Duration::from_secs_f64(i as f64 / scenario.rate)).await;
+        let user = (i % users.len() as u64) as usize;
+        let _ = inboxes[user].send((format!("f{i}"), format!("chaos {i}")));
+        live.sent.fetch_add(1, Ordering::Relaxed);
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            progress(base, &live);
+            last_progress = Instant::now();
+        }
+    }
+    drop(inboxes);
+    let drain_until = Instant::now() + Duration::from_secs_f64(scenario.drain_secs);
+    while live.acked.load(Ordering::Relaxed) < total && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            progress(base, &live);
+            last_progress = Instant::now();
+        }
+    }
+    // Let the last deliveries land, then stop the users.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    progress(base, &live);
+    let _ = stop_tx.send(true);
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await?);
+    }
+
+    // The same checks as `run`, on what the users saw.
+    let run = as_run_result(&outcomes, total, base.elapsed());
+    let mut verdict = verify::deliveries(&run, &plan);
+    let url = answering(&http, &scenario.urls).await;
+    verify::history(&mut verdict, &http, url, &tokens, &plan, &run).await;
+    for problem in verdict.history_problems.iter().take(10) {
+        eprintln!("  {problem}");
+    }
+    let summary = summarize(scenario, &outcomes, total, &verdict);
+    Ok(ChaosReport { summary, verdict })
+}
+
+/// The first of `urls` that answers `/health` (a fault may have taken
+/// another away), else the first.
+async fn answering<'a>(http: &reqwest::Client, urls: &'a [String]) -> &'a str {
+    for url in urls {
+        let health = http.get(format!("{url}/health")).send().await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return url;
+        }
+    }
+    &urls[0]
+}
+
+fn progress(base: Instant, live: &Live) {
+    eprintln!(
+        "t={:>6.1}s sent={} acked={} retried={} reconnects={}",
+        base.elapsed().as_secs_f64(),
+        live.sent.load(Ordering::Relaxed),
+        live.acked.load(Ordering::Relaxed),
+        live.retried.load(Ordering::Relaxed),
+        live.reconnects.load(Ordering::Relaxed),
+    );
+}
+
+struct UserClient {
+    user: usize,
+    user_id: i64,
+    /// Where to connect: the load balancer, or gateways tried in turn.
+    urls: Vec<String>,
+    url: String,
+    token: String,
+    conversation: i64,
+    http: reqwest::Client,
+    base: Instant,
+    live: Arc<Live>,
+}
+
+/// Why a connection ended.
+enum Dropped {
+    /// 1012: the gateway restarts; reconnect at once (elsewhere).
+    Restart,
+    Other,
+    /// The run is over.
+    Stopped,
+}
+
+struct State {
+    pending: BTreeMap<u64, Pending>,
+    order_of: HashMap<String, u64>,
+    next_order: u64,
+    /// Highest seq of the conversation seen so far (gaps are filled up to it).
+    highest_seq: i64,
+    inbox_open: bool,
+    /// This user's id and every client_msg_id it ever sent.
+    me: Value,
+    own: std::collections::HashSet<String>,
+    outcome: UserOutcome,
+}
+
+impl UserClient {
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    /// After a failure, the next address (an app that knows several).
+    fn rotate(&mut self) {
+        if let Some(i) = self.urls.iter().position(|u| *u == self.url) {
+            self.url = self.urls[(i + 1) % self.urls.len()].clone();
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<(String, String)>,
+        mut stop: watch::Receiver<bool>,
+    ) -> UserOutcome {
+        let mut state = State {
+            pending: BTreeMap::new(),
+            order_of: HashMap::new(),
+            next_order: 0,
+            highest_seq: 0,
+            inbox_open: true,
+            me: json!(self.user_id),
+            own: std::collections::HashSet::new(),
+            outcome: UserOutcome {
+                user: self.user,
+                acked: Vec::new(),
+                waits: Vec::new(),
+                seen: HashMap::new(),
+                repeats: 0,
+                retried: BTreeMap::new(),
+                refused: BTreeMap::new(),
+                reconnects: 0,
+                failed_connects: 0,
+                unacked: 0,
+            },
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        while !*stop.borrow() {
+            let socket = match setup::connect(&self.url, &self.token).await {
+                Ok(socket) => socket,
+                Err(_) => {
+                    state.outcome.failed_connects += 1;
+                    self.rotate();
+                    if pause(jitter(backoff), &mut stop).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            if !first {
+                state.outcome.reconnects += 1;
+                self.live.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            backoff = Duration::from_millis(100);
+            match self.serve(socket, &mut state, &mut inbox, &mut stop).await {
+                Dropped::Stopped => break,
+                Dropped::Restart => self.rotate(),
+                Dropped::Other => {
+                    self.rotate();
+                    if pause(jitter(backoff), &mut stop).await {
+                        break;
+                    }
+                }
+            }
+        }
+        state.outcome.unacked = state.pending.len();
+        state.outcome
+    }
+
+    /// One connection: catch up, resend, then serve until it drops.
+    async fn serve(
+        &self,
+        socket: Socket,
+        state: &mut State,
+        inbox: &mut mpsc::UnboundedReceiver<(String, String)>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Dropped {
+        let (mut sink, mut stream) = socket.split();
+        if self.catch_up(state).await.is_err() {
+            return Dropped::Other;
+        }
+        let resend: Vec<String> = state.pending.values().map(|p| self.frame(p)).collect();
+        for p in state.pending.values_mut() {
+            p.retry_at = None;
+        }
+        for frame in resend {
+            if sink.send(WsMessage::Text(frame.into())).await.is_err() {
+                return Dropped::Other;
+            }
+        }
+        let mut retry_tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return Dropped::Stopped,
+                next = inbox.recv(), if state.inbox_open => {
+                    let Some((client_msg_id, body)) = next else {
+                        state.inbox_open = false;
+                        continue;
+                    };
+                    let order = state.next_order;
+                    state.next_order += 1;
+                    let pending = Pending { client_msg_id: client_msg_id.clone(), body, first_sent_us: self.now_us(), retry_at: None };
+                    let frame = self.frame(&pending);
+                    state.own.insert(client_msg_id.clone());
+                    state.order_of.insert(client_msg_id, order);
+                    state.pending.insert(order, pending);
+                    if sink.send(WsMessage::Text(frame.into())).await.is_err() {
+                        return Dropped::Other;
+                    }
+                }
+                frame = stream.next() => {
+                    let text = match frame {
+                        Some(Ok(WsMessage::Text(text))) => text,
+                        Some(Ok(WsMessage::Close(close))) => {
+                            let restart = close.is_some_and(|c| u16::from(c.code) == 1012);
+                            return if restart { Dropped::Restart } else { Dropped::Other };
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => return Dropped::Other,
+                    };
+                    let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                    if self.on_frame(&frame, state).await.is_err() {
+                        return Dropped::Other;
+                    }
+                }
+                _ = retry_tick.tick() => {
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    for p in state.pending.values_mut() {
+                        if p.retry_at.is_some_and(|at| at <= now) {
+                            p.retry_at = None;
+                            due.push(self.frame(p));
+                        }
+                    }
+                    for frame in due {
+                        if sink.send(WsMessage::Text(frame.into())).await.is_err() {
+                            return Dropped::Other;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn frame(&self, pending: &Pending) -> String {
+        json!({
+            "type": "send",
+            "conversation_id": self.conversation,
+            "client_msg_id": pending.client_msg_id,
+            "body": pending.body,
+        })
+        .to_string()
+    }
+
+    async fn on_frame(&self, frame: &Value, state: &mut State) -> Result<(), reqwest::Error> {
+        match frame["type"].as_str() {
+            Some("ack") => {
+                let client_msg_id = frame["client_msg_id"].as_str().unwrap_or_default();
+                let Some(order) = state.order_of.remove(client_msg_id) else {
+                    return Ok(()); // a second answer to a resend
+                };
+                if let Some(pending) = state.pending.remove(&order) {
+                    let now = self.now_us();
+                    let message = &frame["message"];
+                    state.outcome.acked.push(Acked {
+                        id: message["id"].as_str().unwrap_or_default().to_owned(),
+                        conversation: self.conversation,
+                        client_msg_id: client_msg_id.to_owned(),
+                    });
+                    state
+                        .outcome
+                        .waits
+                        .push((now.saturating_sub(pending.first_sent_us), now));
+                    self.live.acked.fetch_add(1, Ordering::Relaxed);
+                    self.saw_seq(message["seq"].as_i64().unwrap_or_default(), state)
+                        .await?;
+                }
+            }
+            Some("message") => {
+                let message = &frame["message"];
+                self.saw_message(message, state);
+                self.saw_seq(message["seq"].as_i64().unwrap_or_default(), state)
+                    .await?;
+            }
+            Some("error") => {
+                let code = frame["code"].as_str().unwrap_or("?").to_owned();
+                let Some(order) = frame["client_msg_id"]
+                    .as_str()
+                    .and_then(|id| state.order_of.get(id))
+                    .copied()
+                else {
+                    return Ok(());
+                };
+                if matches!(code.as_str(), "unavailable" | "rate_limited" | "internal") {
+                    let wait = frame["retry_after_ms"].as_u64().unwrap_or(200);
+                    if let Some(p) = state.pending.get_mut(&order) {
+                        p.retry_at = Some(Instant::now() + jitter(Duration::from_millis(wait)));
+                    }
+                    *state.outcome.retried.entry(code).or_insert(0) += 1;
+                    self.live.retried.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    if let Some(p) = state.pending.remove(&order) {
+                        state.order_of.remove(&p.client_msg_id);
+                    }
+                    *state.outcome.refused.entry(code).or_insert(0) += 1;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Counts a message of another member (a repeat is allowed, and dropped).
+    fn saw_message(&self, message: &Value, state: &mut State) {
+        let id = message["id"].as_str().unwrap_or_default().to_owned();
+        if state.outcome.seen.insert(id, 1).is_some() {
+            state.outcome.repeats += 1;
+        }
+    }
+
+    /// A seq past the next one means messages were missed: fill from history.
+    async fn saw_seq(&self, seq: i64, state: &mut State) -> Result<(), reqwest::Error> {
+        if seq > state.highest_seq + 1 {
+            self.catch_up(state).await?;
+        }
+        state.highest_seq = state.highest_seq.max(seq);
+        Ok(())
+    }
+
+    /// Reads history after the highest seq seen, page by page.
+    async fn catch_up(&self, state: &mut State) -> Result<(), reqwest::Error> {
+        loop {
+            let page: Value = self
+                .http
+                .get(format!(
+                    "{}/api/conversations/{}/messages?after_seq={}&limit=200",
+                    self.url, self.conversation, state.highest_seq
+                ))
+                .bearer_auth(&self.token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let messages = page["messages"].as_array().cloned().unwrap_or_default();
+            if messages.is_empty() {
+                return Ok(());
+            }
+            for message in &messages {
+                if !self.is_mine(message, state) {
+                    self.saw_message(message, state);
+                }
+                state.highest_seq = state
+                    .highest_seq
+                    .max(message["seq"].as_i64().unwrap_or_default());
+            }
+        }
+    }
+
+    /// Sent by this user (their own sends are checked through acks).
+    fn is_mine(&self, message: &Value, state: &State) -> bool {
+        let client_msg_id = message["client_msg_id"].as_str().unwrap_or_default();
+        message["sender_id"] == state.me && state.own.contains(client_msg_id)
+    }
+}
+
+/// Waits `delay`; `true` if the run stopped meanwhile.
+async fn pause(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// `delay` scaled by a factor in [0.5, 1.5), so clients do not reconnect in step.
+fn jitter(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    delay.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1_000_000_000, 3).unwrap_or_else(|e| panic!("histogram: {e}"))
+}
+
+/// The users' view in the shape the `run` checks read.
+fn as_run_result(outcomes: &[UserOutcome], total: u64, elapsed: Duration) -> RunResult {
+    let readers = outcomes
+        .iter()
+        .map(|o| {
+            let mut ack_us = histogram();
+            for (wait, _) in &o.waits {
+                let _ = ack_us.record((*wait).max(1));
+            }
+            ReaderResult {
+                user: o.user,
+                ack_us,
+                delivery_us: histogram(),
+                acked: o
+                    .acked
+                    .iter()
+                    .map(|a| Acked {
+                        id: a.id.clone(),
+                        conversation: a.conversation,
+                        client_msg_id: a.client_msg_id.clone(),
+                    })
+                    .collect(),
+                received: o.seen.clone(),
+                errors: o.refused.clone(),
+                last_ack_us: 0,
+                last_delivery_us: 0,
+            }
+        })
+        .collect();
+    RunResult {
+        readers,
+        sent: total,
+        measured_sent: total,
+        lateness_us: histogram(),
+        elapsed,
+    }
+}
+
+fn summarize(
+    scenario: &ChaosScenario,
+    outcomes: &[UserOutcome],
+    total: u64,
+    verdict: &Verdict,
+) -> Value {
+    let mut waits: Vec<(u64, u64)> = outcomes.iter().flat_map(|o| o.waits.clone()).collect();
+    waits.sort_by_key(|(_, at)| *at);
+    // The longest stretch with no ack at all while sends were being made:
+    // how long the fault stopped the service, as users saw it.
+    let longest_gap_us = waits
+        .windows(2)
+        .map(|w| w[1].1.saturating_sub(w[0].1))
+        .max()
+        .unwrap_or(0);
+    let mut wait = histogram();
+    for (w, _) in &waits {
+        let _ = wait.record((*w).max(1));
+    }
+    let sum = |f: &dyn Fn(&UserOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+    let mut retried: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+    for o in outcomes {
+        for (code, n) in &o.retried {
+            *retried.entry(code.clone()).or_insert(0) += n;
+        }
+        for (code, n) in &o.refused {
+            *refused.entry(code.clone()).or_insert(0) += n;
+        }
+    }
+    let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
+    json!({
+        "scenario": {"users": scenario.users, "rate": scenario.rate, "duration_s": scenario.duration_secs, "targets": scenario.urls},
+        "sent": total,
+        "acked": verdict.acked,
+        "unacked": sum(&|o| o.unacked as u64),
+        "acked_lost": verdict.history_problems.iter().filter(|p| p.contains("missing from history")).count(),
+        "duplicates_in_history": verdict.history_problems.iter().filter(|p| p.contains("stored twice")).count(),
+        "seq_gaps": verdict.history_problems.iter().filter(|p| p.contains("was due")).count(),
+        "missing_deliveries": verdict.missing_deliveries,
+        "repeated_frames": sum(&|o| o.repeats),
+        "sends_retried": retried,
+        "sends_refused": refused,
+        "reconnects": sum(&|o| o.reconnects),
+        "failed_connects": sum(&|o| o.failed_connects),
+        "longest_ack_gap_ms": ms(longest_gap_us),
+        "send_to_ack_ms": {
+            "p50": ms(wait.value_at_quantile(0.5)),
+            "p99": ms(wait.value_at_quantile(0.99)),
+            "max": ms(wait.max()),
+        },
+        "ok": verdict.ok() && outcomes.iter().all(|o| o.unacked == 0),
+    })
+}
