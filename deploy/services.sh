@@ -18,6 +18,11 @@
 #                                               deploy/nginx.conf.tmpl and start nginx, or
 #                                               reload it if it already runs for the instance
 #   deploy/services.sh nginx-stop  <instance>
+#   deploy/services.sh stop-one    <instance> postgres|rabbitmq|redis
+#                                               stop that server alone (`start` brings it back)
+#   deploy/services.sh redis-cli   <instance> <args>...
+#                                               run redis-cli against the instance (password
+#                                               passed in the environment)
 #   deploy/services.sh rabbitmqctl <instance> <args>...
 #                                               run rabbitmqctl (also: rabbitmq-diagnostics,
 #                                               rabbitmq-queues) against the instance's node
@@ -1085,6 +1090,18 @@ cmd_stop() {
     log "instance '$INSTANCE' stopped"
 }
 
+# stop-one <instance> <postgres|rabbitmq|redis>: stops that server alone (the
+# fault runs of deploy/faults.sh); `start` brings it back.
+cmd_stop_one() {
+    load_secrets optional
+    case "${1:-}" in
+        postgres) find_pg_bin; [ -n "$PG_BIN" ] && pg_stop ;;
+        rabbitmq) rabbit_stop ;;
+        redis)    redis_stop ;;
+        *)        die "stop-one: expected postgres, rabbitmq or redis" ;;
+    esac
+}
+
 cmd_status() {
     load_secrets optional
     find_pg_bin
@@ -1125,6 +1142,8 @@ main() {
         env)         cmd_env ;;
         nginx-start) cmd_nginx_start "$@" ;;
         nginx-stop)  cmd_nginx_stop ;;
+        stop-one)    cmd_stop_one "$@" ;;
+        redis-cli)   load_secrets; redis_cli "$@" ;;
         rabbitmqctl|rabbitmq-diagnostics|rabbitmq-queues)
                      rabbit_proc_alive || die "rabbitmq ($RABBIT_NODE) is not running"
                      as_user "$RABBIT_USER" "${RABBIT_ENV[@]}" "$RABBIT_LIB_BIN/$cmd" -n "$RABBIT_NODE" "$@" ;;

@@ -9,7 +9,9 @@
 #   deploy/up.sh
 #
 # Environment: CHAT_BUILD_PROFILE (release, or dev for a quicker build),
-# CARGO_TARGET_DIR (default ~/.cache/mapmo-chat/target, shared with tests).
+# CARGO_TARGET_DIR (default ~/.cache/mapmo-chat/target, shared with tests),
+# PERSISTERS (default 1: more run as standbys, each partition has one active
+# consumer; persister-N serves metrics on 127.0.0.1:911N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$(pwd -P)"
@@ -56,6 +58,9 @@ start() {
 }
 
 start persister "$BIN/chat-persister"
+for n in $(seq 2 "${PERSISTERS:-1}"); do
+  start "persister-$n" "$BIN/chat-persister" "CHAT_PERSISTER__METRICS_LISTEN=127.0.0.1:$((9110 + n))"
+done
 start presence "$BIN/chat-presence"
 i=0
 for port in "${GATEWAY_PORTS[@]}"; do

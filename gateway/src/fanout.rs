@@ -58,15 +58,20 @@ pub async fn run(mut consumer: Consumer, hub: Arc<Hub>, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        match bus::decode::<GatewayEvent>(&delivery.data) {
-            Ok(events) => {
-                for event in events {
+        match bus::decode_each::<GatewayEvent>(&delivery.data) {
+            Ok(decoded) => {
+                for bad in decoded.undecodable {
+                    metrics.dropped("undecodable_event");
+                    tracing::error!(error = %bad.error, event = %bad.raw, "undecodable event on the gateway queue, dropped");
+                }
+                for event in decoded.events {
                     metrics.bus_events_received.inc();
                     hub.dispatch(event);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "undecodable event on the gateway queue, dropped")
+                metrics.dropped("undecodable_message");
+                tracing::error!(error = %e, "undecodable message on the gateway queue, dropped")
             }
         }
     }

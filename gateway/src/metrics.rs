@@ -26,6 +26,8 @@ pub struct Metrics {
     limit_refusals: Family<[(&'static str, &'static str); 1], Counter>,
     /// Sessions closed by the gateway, by reason.
     sessions_closed: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Bus events dropped, by reason.
+    events_dropped: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Metrics {
@@ -47,6 +49,7 @@ impl Metrics {
             session_queued_frames: Gauge::default(),
             limit_refusals: Family::default(),
             sessions_closed: Family::default(),
+            events_dropped: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -124,7 +127,19 @@ impl Metrics {
             "sessions closed by the gateway, by reason",
             m.sessions_closed.clone(),
         );
+        r.register(
+            "gateway_events_dropped",
+            "bus events dropped, by reason",
+            m.events_dropped.clone(),
+        );
         m
+    }
+
+    /// Counts a bus event the gateway dropped, by `reason`.
+    pub fn dropped(&self, reason: &'static str) {
+        self.events_dropped
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts one refusal by `limit` (a `gateway.limits` key or another rule).

@@ -37,6 +37,7 @@ impl Gateway {
         let db = schema::connect(&settings.database)
             .await
             .context("connecting to Postgres")?;
+        schema::check_bus_settings(&db, &settings.amqp).await?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let (conn, topo) =
             amqp::connect_and_declare(&settings.amqp, &format!("gateway {instance}"))

@@ -5,12 +5,15 @@
 //! in order and "ack everything up to tag N" is exact.
 
 use chat_shared::amqp::Topology;
-use chat_shared::bus::{self, PersistCommand};
+use chat_shared::bus::{self, PersistCommand, Undecodable};
 use futures_util::StreamExt;
 use lapin::Acker;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 /// One AMQP delivery, decoded.
@@ -27,6 +30,7 @@ pub struct Incoming {
 pub struct PartitionConsumers {
     pub channels: Vec<Channel>,
     consumers: Vec<(u16, Consumer)>,
+    dead_letters: String,
 }
 
 impl PartitionConsumers {
@@ -57,20 +61,74 @@ impl PartitionConsumers {
         Ok(Self {
             channels,
             consumers,
+            dead_letters: topo.dead_letters(),
         })
     }
 
     /// Feeds every partition into `tx` (bounded: when the writer falls behind,
     /// consumption pauses and the broker holds the rest).
-    pub fn spawn(self, tx: mpsc::Sender<Incoming>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.consumers
+    /// Undecodable commands are counted in `dead_lettered`.
+    pub fn spawn(
+        self,
+        tx: mpsc::Sender<Incoming>,
+        dead_lettered: Counter,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let Self {
+            channels,
+            consumers,
+            dead_letters,
+        } = self;
+        consumers
             .into_iter()
-            .map(|(partition, consumer)| tokio::spawn(feed(partition, consumer, tx.clone())))
+            .zip(channels)
+            .map(|((partition, consumer), channel)| {
+                tokio::spawn(feed(
+                    partition,
+                    channel,
+                    dead_letters.clone(),
+                    dead_lettered.clone(),
+                    consumer,
+                    tx.clone(),
+                ))
+            })
             .collect()
     }
 }
 
-async fn feed(partition: u16, mut consumer: Consumer, tx: mpsc::Sender<Incoming>) {
+/// Where a command no persister can read goes: the dead-letter exchange,
+/// with why. Best effort (unconfirmed); the error log names it either way.
+async fn dead_letter(channel: &Channel, exchange: &str, partition: u16, bad: &Undecodable) {
+    tracing::error!(partition, error = %bad.error, command = %bad.raw, "undecodable persist command, dead-lettered");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-chat-reason".into(),
+        AMQPValue::LongString(format!("undecodable: {}", bad.error).into()),
+    );
+    let properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let published = channel
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            bad.raw.as_bytes(),
+            properties,
+        )
+        .await;
+    if let Err(e) = published {
+        tracing::error!(partition, error = %e, "could not dead-letter the command");
+    }
+}
+
+async fn feed(
+    partition: u16,
+    channel: Channel,
+    dead_letters: String,
+    dead_lettered: Counter,
+    mut consumer: Consumer,
+    tx: mpsc::Sender<Incoming>,
+) {
     while let Some(delivery) = consumer.next().await {
         let delivery = match delivery {
             Ok(d) => d,
@@ -79,14 +137,18 @@ async fn feed(partition: u16, mut consumer: Consumer, tx: mpsc::Sender<Incoming>
                 continue;
             }
         };
-        match bus::decode::<PersistCommand>(&delivery.data) {
-            Ok(commands) => {
+        match bus::decode_each::<PersistCommand>(&delivery.data) {
+            Ok(decoded) => {
+                for bad in &decoded.undecodable {
+                    dead_letter(&channel, &dead_letters, partition, bad).await;
+                    dead_lettered.inc();
+                }
                 let incoming = Incoming {
                     channel: partition,
                     delivery_tag: delivery.delivery_tag,
                     acker: delivery.acker,
                     redelivered: delivery.redelivered,
-                    commands,
+                    commands: decoded.events,
                 };
                 if tx.send(incoming).await.is_err() {
                     return; // the writer stopped: shutting down
@@ -94,6 +156,7 @@ async fn feed(partition: u16, mut consumer: Consumer, tx: mpsc::Sender<Incoming>
             }
             Err(e) => {
                 // A poison message: retrying cannot help. Dead-letter it.
+                dead_lettered.inc();
                 tracing::error!(partition, error = %e, "undecodable persist message, dead-lettered");
                 let _ = delivery
                     .acker

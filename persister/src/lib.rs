@@ -5,12 +5,14 @@
 //! [`consumer`] (partition queues, single active consumer) -> [`batcher`]
 //! (take what has arrived, no timer) -> [`writer`] (one transaction: dedupe,
 //! membership, seq, insert) -> [`announcer`] (fan-out and replies, confirmed)
-//! -> ack (in [`startup`], only after all of that).
+//! -> ack (in [`startup`], only after all of that). [`queues`] watches the
+//! depth of the partitions and of the dead-letter queue.
 
 pub mod announcer;
 pub mod batcher;
 pub mod consumer;
 pub mod metrics;
+pub mod queues;
 pub mod startup;
 pub mod writer;
 

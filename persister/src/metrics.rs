@@ -17,6 +17,13 @@ pub struct Metrics {
     pub messages_stored: Counter,
     /// SQL statements sent, BEGIN and COMMIT included.
     pub statements: Counter,
+    /// Commands sent to the dead-letter exchange (undecodable).
+    pub dead_lettered: Counter,
+    /// Sends refused because they could not be stored (poison), and
+    /// batches retried after a conflict.
+    pub poisoned: Counter,
+    /// Messages in each persist partition and the dead-letter queue.
+    pub queue_messages: crate::queues::QueueGauges,
 }
 
 impl Metrics {
@@ -28,6 +35,9 @@ impl Metrics {
             batches: Counter::default(),
             messages_stored: Counter::default(),
             statements: Counter::default(),
+            dead_lettered: Counter::default(),
+            poisoned: Counter::default(),
+            queue_messages: Default::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -55,6 +65,21 @@ impl Metrics {
             "persister_statements",
             "SQL statements, BEGIN and COMMIT included",
             m.statements.clone(),
+        );
+        r.register(
+            "persister_dead_lettered",
+            "persist commands sent to the dead-letter exchange (undecodable)",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "persister_commands_refused",
+            "commands that could not be stored even alone (refused to their sender or dropped)",
+            m.poisoned.clone(),
+        );
+        r.register(
+            "persister_queue_messages",
+            "messages in each persist partition queue and in the dead-letter queue",
+            m.queue_messages.clone(),
         );
         (m, r)
     }

@@ -13,6 +13,7 @@ use chat_shared::schema;
 use lapin::options::BasicAckOptions;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -24,7 +25,11 @@ impl Weighed for Incoming {
 
 pub struct Persister {
     settings: Settings,
-    conn: lapin::Connection,
+    /// Consumes and acks; publishing has a connection of its own, so a
+    /// broker that blocks publishers (memory alarm) cannot hold the acks.
+    conn: Arc<lapin::Connection>,
+    publish_conn: lapin::Connection,
+    topo: amqp::Topology,
     consumers: PartitionConsumers,
     writer: Writer,
     announcer: Announcer,
@@ -43,14 +48,21 @@ impl Persister {
         let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch)
             .await
             .context("consuming the persist partitions")?;
+        schema::check_bus_settings(&db, &settings.amqp).await?;
+        amqp::retire_old_dead_letter_queue(&conn, &topo).await;
+        let publish_conn =
+            amqp::connect(&settings.amqp, "persister publish", Duration::from_secs(30))
+                .await
+                .context("connecting to RabbitMQ to publish")?;
         let announcer = Announcer::new(
-            ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout()).await?,
+            ConfirmedPublisher::new(&publish_conn, settings.amqp.confirm_timeout()).await?,
             &topo,
         );
         let (metrics, registry) = Metrics::new();
         let writer = Writer::new(
             db.get_postgres_connection_pool().clone(),
             metrics.statements.clone(),
+            metrics.poisoned.clone(),
         );
         let metrics_endpoint =
             chat_shared::metrics::Endpoint::bind(settings.persister.metrics_listen, registry)
@@ -58,7 +70,9 @@ impl Persister {
                 .with_context(|| format!("binding {}", settings.persister.metrics_listen))?;
         Ok(Self {
             settings,
-            conn,
+            conn: Arc::new(conn),
+            publish_conn,
+            topo,
             consumers,
             writer,
             announcer,
@@ -82,6 +96,8 @@ impl Persister {
         let Self {
             settings,
             conn,
+            publish_conn,
+            topo,
             consumers,
             writer,
             announcer,
@@ -89,6 +105,11 @@ impl Persister {
             metrics_endpoint,
         } = self;
         let metrics_server = metrics_endpoint.spawn();
+        let queue_watch = tokio::spawn(crate::queues::watch(
+            conn.clone(),
+            topo,
+            metrics.queue_messages.clone(),
+        ));
         let p = &settings.persister;
         let limits = batcher::Limits {
             max: p.batch_max,
@@ -98,7 +119,7 @@ impl Persister {
         };
         let (tx, mut rx) =
             mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));
-        let feeders = consumers.spawn(tx);
+        let feeders = consumers.spawn(tx, metrics.dead_lettered.clone());
         let (stop_tx, mut stop) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -150,10 +171,12 @@ impl Persister {
             ack(&batch).await;
         }
         metrics_server.abort();
+        queue_watch.abort();
         for feeder in feeders {
             feeder.abort();
         }
         let _ = conn.close(200, "persister shutdown".into()).await;
+        let _ = publish_conn.close(200, "persister shutdown".into()).await;
         tracing::info!("persister stopped");
         Ok(())
     }
@@ -174,12 +197,22 @@ async fn store(
     // acked.
     let mut retried: Option<Vec<Request<'_>>> = None;
     let mut delay = FIRST_RETRY;
+    // Failures that are not an outage (a conflict that keeps coming back):
+    // after a few, the batch is stored one by one and the command that still
+    // fails is refused, so one poison command cannot stall every partition.
+    let mut conflicts = 0;
     loop {
         let batch = retried.as_deref().unwrap_or(requests);
         let result = match writer.write(batch).await {
-            Err(e) if !e.is_transient() => {
+            Err(e) if !e.is_transient() || (!e.is_outage() && conflicts >= MAX_CONFLICTS) => {
                 tracing::warn!(error = %e, batch.size = batch.len(), "batch failed, storing one by one");
-                writer.write_each(batch).await
+                writer.write_each(batch, conflicts >= MAX_CONFLICTS).await
+            }
+            Err(e) => {
+                if !e.is_outage() {
+                    conflicts += 1;
+                }
+                Err(e)
             }
             other => other,
         };
@@ -223,6 +256,9 @@ async fn announce(
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
+
+/// Retries of a batch that fails with a conflict before it is split.
+const MAX_CONFLICTS: u32 = 5;
 
 /// Waits `delay` (then doubles it, up to 5 s); `true` if shutdown came first.
 async fn back_off(delay: &mut Duration, stop: &mut watch::Receiver<bool>) -> bool {

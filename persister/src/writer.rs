@@ -117,6 +117,24 @@ impl WriteError {
             _ => false,
         }
     }
+
+    /// Postgres cannot be reached (or is shutting down): retry for as long
+    /// as it takes; nothing is wrong with the batch.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            WriteError::Db(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                code.starts_with("08") || code.starts_with("57")
+            }
+            WriteError::Db(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Protocol(_),
+            ) => true,
+            _ => false,
+        }
+    }
 }
 
 /// How each request will be answered.
@@ -132,11 +150,21 @@ pub struct Writer {
     pool: PgPool,
     /// Counts every statement sent (BEGIN and COMMIT included).
     statements: prometheus_client::metrics::counter::Counter,
+    /// Commands refused or dropped because they could not be stored alone.
+    refused: prometheus_client::metrics::counter::Counter,
 }
 
 impl Writer {
-    pub fn new(pool: PgPool, statements: prometheus_client::metrics::counter::Counter) -> Self {
-        Self { pool, statements }
+    pub fn new(
+        pool: PgPool,
+        statements: prometheus_client::metrics::counter::Counter,
+        refused: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        Self {
+            pool,
+            statements,
+            refused,
+        }
     }
 
     /// Applies a batch in one transaction. One outcome per send, in order,
@@ -356,14 +384,23 @@ impl Writer {
 
     /// Stores requests one by one, after a batch failed for a reason that
     /// retrying cannot fix: the bad one is refused, the others are stored.
-    pub async fn write_each(&self, batch: &[Request<'_>]) -> Result<Vec<Outcome>, WriteError> {
+    /// With `give_up_on_conflicts`, only an outage is an `Err`: a command
+    /// that keeps conflicting is refused like one that cannot be stored.
+    pub async fn write_each(
+        &self,
+        batch: &[Request<'_>],
+        give_up_on_conflicts: bool,
+    ) -> Result<Vec<Outcome>, WriteError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for request in batch {
             match self.write(std::slice::from_ref(request)).await {
                 Ok(mut one) => outcomes.append(&mut one),
-                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if e.is_outage() || (e.is_transient() && !give_up_on_conflicts) => {
+                    return Err(e);
+                }
                 Err(e) => match request.command {
                     PersistCommand::Send(c) => {
+                        self.refused.inc();
                         tracing::error!(conversation.id = %c.conversation_id, user.id = %c.sender_id, error = %e, "send cannot be stored, refused");
                         outcomes.push(Outcome::refused(
                             c,
@@ -372,6 +409,7 @@ impl Writer {
                         ));
                     }
                     PersistCommand::Read(r) => {
+                        self.refused.inc();
                         tracing::error!(conversation.id = %r.conversation_id, user.id = %r.user_id, error = %e, "read marker cannot be stored, dropped");
                     }
                 },

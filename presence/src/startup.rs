@@ -30,6 +30,7 @@ impl Presence {
         let db = schema::connect(&settings.database)
             .await
             .context("connecting to Postgres")?;
+        schema::check_bus_settings(&db, &settings.amqp).await?;
         let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "presence")
             .await
             .context("connecting to RabbitMQ and declaring the topology")?;
@@ -108,9 +109,12 @@ impl Presence {
                             continue;
                         }
                     };
-                    match bus::decode::<PresenceEvent>(&delivery.data) {
-                        Ok(events) => {
-                            for event in events {
+                    match bus::decode_each::<PresenceEvent>(&delivery.data) {
+                        Ok(decoded) => {
+                            for bad in decoded.undecodable {
+                                tracing::error!(error = %bad.error, event = %bad.raw, "undecodable presence event dropped");
+                            }
+                            for event in decoded.events {
                                 if let Err(e) = service.handle(event).await {
                                     tracing::warn!(error = %e, "presence event dropped");
                                 }

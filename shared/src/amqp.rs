@@ -5,7 +5,8 @@
 //! Topology (prefix `chat` by default):
 //! - `chat.persist` direct exchange -> durable queues `chat.persist.0..N`
 //!   (routing key = partition), single active consumer each, dead letters to
-//!   `chat.persist.dead` -> durable queue `chat.persist.dead`.
+//!   the `chat.persist.dead` exchange -> durable queue
+//!   `chat.persist.dead-letters` (bounded, oldest dropped first).
 //! - `chat.presence` durable queue (single active consumer, bounded): session
 //!   and typing events from the gateways to the presence service.
 //! - `chat.fanout` direct exchange -> one exclusive queue per gateway
@@ -51,8 +52,15 @@ impl Topology {
     pub fn persist_queue(&self, partition: u16) -> String {
         format!("{}.persist.{partition}", self.prefix)
     }
+    /// The dead-letter exchange.
     pub fn dead_letters(&self) -> String {
         format!("{}.persist.dead", self.prefix)
+    }
+    /// The dead-letter queue, bound to [`Self::dead_letters`] and bounded.
+    /// (Until 2026-11 the queue had the exchange's name and no bound; a
+    /// service deletes that one when it is empty.)
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.persist.dead-letters", self.prefix)
     }
     pub fn fanout_exchange(&self) -> String {
         format!("{}.fanout", self.prefix)
@@ -124,6 +132,33 @@ fn durable() -> ExchangeDeclareOptions {
     }
 }
 
+/// Most messages the dead-letter queue keeps.
+pub const DEAD_LETTERS_MAX: u32 = 100_000;
+
+/// Deletes the unbounded dead-letter queue of earlier versions if it is
+/// empty (else it is left, with a warning: read it, then delete it). On a
+/// channel of its own: a refusal closes the channel.
+pub async fn retire_old_dead_letter_queue(conn: &Connection, topo: &Topology) {
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
+    let options = lapin::options::QueueDeleteOptions {
+        if_empty: true,
+        ..Default::default()
+    };
+    match channel
+        .queue_delete(topo.dead_letters().into(), options)
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        Err(e) => {
+            tracing::warn!(queue = %topo.dead_letters(), error = %e, "the old dead-letter queue holds messages: read them, then delete the queue")
+        }
+    }
+}
+
 /// Declares the persist path (idempotent; gateways and persisters both call it).
 pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
     channel
@@ -146,16 +181,21 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
         durable: true,
         ..Default::default()
     };
+    // Bounded: past DEAD_LETTERS_MAX the oldest are dropped (each was
+    // logged with its cause when it was dead-lettered, and
+    // persister_queue_messages shows the queue growing).
+    let mut dead_args = FieldTable::default();
+    dead_args.insert("x-max-length".into(), AMQPValue::LongUInt(DEAD_LETTERS_MAX));
+    dead_args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
     channel
-        .queue_declare(
-            topo.dead_letters().into(),
-            durable_queue,
-            FieldTable::default(),
-        )
+        .queue_declare(topo.dead_letter_queue().into(), durable_queue, dead_args)
         .await?;
     channel
         .queue_bind(
-            topo.dead_letters().into(),
+            topo.dead_letter_queue().into(),
             topo.dead_letters().into(),
             "".into(),
             QueueBindOptions::default(),

@@ -147,6 +147,52 @@ pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<Vec<T>, se
     serde_json::from_slice(payload)
 }
 
+/// The events of one AMQP message, decoded one by one.
+#[derive(Debug)]
+pub struct Decoded<T> {
+    pub events: Vec<T>,
+    /// Events this service cannot read (a newer service's kind during a
+    /// rolling deploy, or garbage): their JSON text and why.
+    pub undecodable: Vec<Undecodable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    pub raw: String,
+    pub error: String,
+}
+
+/// Like [`decode`], but an event that does not decode costs only itself:
+/// the others of the same (coalesced) message are kept. `Err` only when the
+/// payload is not a JSON array at all.
+pub fn decode_each<T: for<'de> Deserialize<'de>>(
+    payload: &[u8],
+) -> Result<Decoded<T>, serde_json::Error> {
+    // The common case, at full speed.
+    if let Ok(events) = serde_json::from_slice::<Vec<T>>(payload) {
+        return Ok(Decoded {
+            events,
+            undecodable: Vec::new(),
+        });
+    }
+    let values: Vec<serde_json::Value> = serde_json::from_slice(payload)?;
+    let mut decoded = Decoded {
+        events: Vec::with_capacity(values.len()),
+        undecodable: Vec::new(),
+    };
+    for value in values {
+        let raw = value.to_string();
+        match serde_json::from_value(value) {
+            Ok(event) => decoded.events.push(event),
+            Err(e) => decoded.undecodable.push(Undecodable {
+                raw,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok(decoded)
+}
+
 /// The conversation id as a partition key: the same conversation always lands
 /// on the same partition queue, so one consumer orders its messages.
 pub fn partition_of(conversation: ConversationId, partitions: u16) -> u16 {
@@ -171,6 +217,20 @@ mod tests {
         let bytes = encode(std::slice::from_ref(&cmd));
         assert_eq!(decode::<PersistCommand>(&bytes).ok(), Some(vec![cmd]));
         assert!(decode::<PersistCommand>(b"{not json").is_err());
+    }
+
+    #[test]
+    fn an_event_that_does_not_decode_costs_only_itself() {
+        let read = r#"{"command":"read","conversation_id":3,"user_id":4,"seq":1}"#;
+        let known = decode::<PersistCommand>(format!("[{read}]").as_bytes())
+            .unwrap_or_else(|e| panic!("{read} must decode: {e}"));
+        let payload = format!(r#"[{read},{{"command":"from_the_future","x":1}},{read}]"#);
+        let decoded = decode_each::<PersistCommand>(payload.as_bytes())
+            .unwrap_or_else(|e| panic!("an array: {e}"));
+        assert_eq!(decoded.events, vec![known[0].clone(), known[0].clone()]);
+        assert_eq!(decoded.undecodable.len(), 1);
+        assert!(decoded.undecodable[0].raw.contains("from_the_future"));
+        assert!(decode_each::<PersistCommand>(b"{not json").is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(InitialSchema)]
+        vec![Box::new(InitialSchema), Box::new(BusSettingsTable)]
     }
 }
 
@@ -100,6 +100,96 @@ CREATE TABLE messages (
     UNIQUE (sender_id, client_msg_id)
 );
 "#;
+
+struct BusSettingsTable;
+
+impl MigrationName for BusSettingsTable {
+    fn name(&self) -> &str {
+        "m0002_bus_settings"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for BusSettingsTable {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "-- The bus layout every service of one amqp.prefix must share
+                 -- (check_bus_settings).
+                 CREATE TABLE bus_settings (
+                     prefix       TEXT PRIMARY KEY,
+                     partitions   INTEGER NOT NULL,
+                     route_shards INTEGER NOT NULL
+                 )",
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Services that disagree on the bus layout would misroute silently.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "amqp.{key} is {here} here but {agreed} for every other service of amqp.prefix {prefix:?} \
+     (table bus_settings). All gateways, persisters and presence must agree: to change it, \
+     stop them all, let the persist queues drain, then run \
+     UPDATE bus_settings SET partitions = .., route_shards = .. WHERE prefix = '{prefix}'"
+)]
+pub struct BusMismatch {
+    key: &'static str,
+    here: u16,
+    agreed: i32,
+    prefix: String,
+}
+
+/// Records this service's `partitions` and `route_shards` for its prefix if
+/// none are recorded, and refuses to go on if others are. When Postgres
+/// cannot be asked (down, or not migrated yet) it warns and lets the service
+/// start: the check is a guard, not a dependency.
+pub async fn check_bus_settings(
+    db: &DatabaseConnection,
+    amqp: &crate::config::AmqpSettings,
+) -> Result<(), BusMismatch> {
+    use sea_orm::sqlx;
+    let pool = db.get_postgres_connection_pool();
+    let agreed: Result<(i32, i32), sqlx::Error> = sqlx::query_as(
+        "WITH mine AS (
+             INSERT INTO bus_settings (prefix, partitions, route_shards)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (prefix) DO NOTHING
+             RETURNING partitions, route_shards)
+         SELECT partitions, route_shards FROM mine
+         UNION ALL
+         SELECT partitions, route_shards FROM bus_settings WHERE prefix = $1
+         LIMIT 1",
+    )
+    .bind(&amqp.prefix)
+    .bind(i32::from(amqp.partitions))
+    .bind(i32::from(amqp.route_shards))
+    .fetch_one(pool)
+    .await;
+    let (partitions, route_shards) = match agreed {
+        Ok(agreed) => agreed,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the bus settings against the other services");
+            return Ok(());
+        }
+    };
+    let mismatch = |key, here, agreed| BusMismatch {
+        key,
+        here,
+        agreed,
+        prefix: amqp.prefix.clone(),
+    };
+    if partitions != i32::from(amqp.partitions) {
+        return Err(mismatch("partitions", amqp.partitions, partitions));
+    }
+    if route_shards != i32::from(amqp.route_shards) {
+        return Err(mismatch("route_shards", amqp.route_shards, route_shards));
+    }
+    Ok(())
+}
 
 /// A row that does not hold what the schema promises.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,15 @@ impl ChaosProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("proxy bind: {e}"));
+        Self::serve(listener, target)
+    }
+
+    /// A proxy on `listen` (for `chat-load proxy`).
+    pub async fn start_on(listen: SocketAddr, target: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self::serve(TcpListener::bind(listen).await?, target))
+    }
+
+    fn serve(listener: TcpListener, target: SocketAddr) -> Self {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("proxy addr: {e}"));

@@ -4,6 +4,7 @@
 //!                  --rate 1000 --duration 60 --warmup 10 [--skip-history]
 //!   chat-load chaos --url http://127.0.0.1:28080 --users 200 --rate 1000 \
 //!                  --duration 40 [--drain 60]
+//!   chat-load proxy --listen 127.0.0.1:25433 --to 127.0.0.1:25432
 //!   chat-load idle --url http://127.0.0.1:28081 --connections 19000 --pid <gateway pid> \
 //!                  [--jwt-secret <secret>] [--hold 5]
 //!
@@ -13,7 +14,8 @@
 //! in history. `chaos` runs users that behave like an app under faults
 //! (reconnect, resend with the same client_msg_id, catch up from history)
 //! while something is broken on purpose, and prints one JSON line: acked
-//! lost, duplicates, seq gaps, retries and how long acks stopped. `idle` prints how many connections held and the gateway's
+//! lost, duplicates, seq gaps, retries and how long acks stopped. `proxy` forwards TCP and cuts it on SIGUSR1
+//! (live connections dropped, new ones refused) until SIGUSR2. `idle` prints how many connections held and the gateway's
 //! resident memory per connection.
 
 use anyhow::{Context, bail};
@@ -42,6 +44,7 @@ const USAGE: &str = "usage:
   chat-load run  [--url URL[,URL...]] [--users N] [--group-size N] [--rate MSG_PER_S]
                  [--duration S] [--warmup S] [--drain S] [--skip-history]
   chat-load chaos [--url URL[,URL...]] [--users N] [--rate MSG_PER_S] [--duration S] [--drain S]
+  chat-load proxy --listen ADDR --to ADDR    (SIGUSR1 cuts, SIGUSR2 restores)
   chat-load idle [--url URL] [--connections N] [--pid GATEWAY_PID] [--jwt-secret S] [--hold S]";
 
 /// Refuses anything but the subcommand's own flags (a typo must not start a
@@ -123,6 +126,16 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some("proxy") => {
+            check_flags(&args, &["--listen", "--to"], &[])?;
+            let addr = |flag: &str| -> anyhow::Result<std::net::SocketAddr> {
+                arg(&args, flag)
+                    .with_context(|| format!("{flag} is required\n{USAGE}"))?
+                    .parse()
+                    .with_context(|| format!("{flag} must be host:port"))
+            };
+            proxy(addr("--listen")?, addr("--to")?).await
+        }
         Some("idle") => {
             check_flags(
                 &args,
@@ -136,6 +149,31 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => {
             bail!("{USAGE}")
+        }
+    }
+}
+
+/// A cuttable TCP proxy until SIGTERM or SIGINT.
+async fn proxy(listen: std::net::SocketAddr, to: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let proxy = chat_tests::chaos::ChaosProxy::start_on(listen, to)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let (mut cut, mut restore) = (
+        signal(SignalKind::user_defined1())?,
+        signal(SignalKind::user_defined2())?,
+    );
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    eprintln!("proxy {listen} -> {to}");
+    loop {
+        tokio::select! {
+            _ = cut.recv() => { proxy.cut(); eprintln!("proxy {listen}: cut"); }
+            _ = restore.recv() => { proxy.restore(); eprintln!("proxy {listen}: restored"); }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! app must under faults. On any close it reconnects with a jittered
 //! back-off (at once after 1012), fills what it missed from history with
 //! `after_seq`, and resends every send still without an ack with the same
-//! `client_msg_id`; an `unavailable`, `rate_limited` or `internal` answer is
+//! `client_msg_id`; an `unavailable` or `rate_limited` answer is
 //! retried the same way. So every send the users make ends acked, and the
 //! checks at the end hold the system to "every ack in history exactly once,
 //! seq gapless, every member saw every message".
@@ -418,7 +418,7 @@ impl UserClient {
                 else {
                     return Ok(());
                 };
-                if matches!(code.as_str(), "unavailable" | "rate_limited" | "internal") {
+                if matches!(code.as_str(), "unavailable" | "rate_limited") {
                     let wait = frame["retry_after_ms"].as_u64().unwrap_or(200);
                     if let Some(p) = state.pending.get_mut(&order) {
                         p.retry_at = Some(Instant::now() + jitter(Duration::from_millis(wait)));

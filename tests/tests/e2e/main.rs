@@ -11,6 +11,7 @@ mod limits;
 mod load;
 mod messaging;
 mod ordering;
+mod poison;
 mod presence;
 mod read_markers;
 mod redis_down;

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# The fault runs of docs/reliability.md: the local system (deploy/up.sh, with
+# a standby persister) under steady load from app-like clients
+# (`chat-load chaos`: reconnect with back-off, resend unacked sends with the
+# same client_msg_id, catch up from history), one fault at a time, then the
+# verdict: every acked message in history exactly once, seq gapless, every
+# member saw every message, and how long acks stopped.
+#
+#   deploy/faults.sh                  every fault
+#   deploy/faults.sh kill-gateway pg-restart ...   only these
+#
+# Faults: kill-gateway kill-persister rabbit-restart rabbit-restart-persistent
+# pg-restart redis-restart redis-flushall cut-persister-db cut-gateway-broker
+# memory-alarm term-gateway.
+#
+# Environment: RATE (msg/s, default 1000), USERS (default 200), DURATION
+# (seconds of load, default 40), FAULT_AT (seconds into the load, default 10),
+# FAULT_FOR (seconds the fault lasts, default 10). Results:
+# .data/local/faults/<time>/<fault>.json and a table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$(pwd -P)"
+RATE="${RATE:-1000}" USERS="${USERS:-200}" DURATION="${DURATION:-40}"
+FAULT_AT="${FAULT_AT:-10}" FAULT_FOR="${FAULT_FOR:-10}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
+BIN="$CARGO_TARGET_DIR/release"
+RUN="$REPO/.data/local/run"
+LOGS="$REPO/.data/local/logs"
+OUT="$REPO/.data/local/faults/$(date -u +%Y%m%dT%H%M%SZ)"
+URL=http://127.0.0.1:28080
+ALL=(kill-gateway kill-persister rabbit-restart rabbit-restart-persistent pg-restart
+  redis-restart redis-flushall cut-persister-db cut-gateway-broker memory-alarm term-gateway)
+
+say() { printf '[faults] %s\n' "$*" >&2; }
+
+# pid_of NAME: the pid up.sh (or this script) recorded for a service, if alive.
+pid_of() {
+  local pid
+  pid=$(head -c 32 "$RUN/$1.pid" 2>/dev/null | tr -d '[:space:]' || true)
+  [[ "$pid" =~ ^[0-9]{1,10}$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+# stop NAME SIGNAL: signals a service and waits until it is gone.
+stop() {
+  local pid
+  pid=$(pid_of "$1") || return 0
+  kill "-$2" "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$RUN/$1.pid"
+}
+
+# The system as up.sh leaves it, with a standby persister (extra env for the
+# services: arguments NAME=VALUE, as for the persistent-sends run).
+up() {
+  env PERSISTERS=2 "$@" deploy/up.sh >/dev/null
+}
+
+# Every chat service stopped (the servers stay up), then started again with
+# the given environment.
+restart_all() {
+  local name
+  for name in gateway-1 gateway-2 persister persister-2 presence; do stop "$name" TERM; done
+  up "$@"
+}
+
+# run_proxied NAME LISTEN TO: a service of up.sh restarted with its database
+# or broker URL through a cuttable proxy (chat-load proxy).
+proxy_start() {
+  nohup "$BIN/chat-load" proxy --listen "$1" --to "$2" >>"$LOGS/proxy-${1##*:}.log" 2>&1 &
+  echo $! >"$RUN/proxy-${1##*:}.pid"
+}
+proxy_signal() { kill "-$2" "$(pid_of "proxy-$1")"; }
+proxy_stop() { stop "proxy-$1" TERM; }
+
+start_service() {
+  local name=$1 cmd=$2
+  shift 2
+  env "$@" nohup "$cmd" >>"$LOGS/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+}
+
+# The fault itself: inject at FAULT_AT, repair after FAULT_FOR.
+inject() {
+  case "$1" in
+    kill-gateway) stop gateway-1 KILL; sleep "$FAULT_FOR"; up ;;
+    term-gateway) stop gateway-1 TERM; sleep "$FAULT_FOR"; up ;;
+    kill-persister) stop persister KILL; sleep "$FAULT_FOR"; up ;;
+    rabbit-restart | rabbit-restart-persistent)
+      deploy/services.sh stop-one local rabbitmq
+      sleep "$FAULT_FOR"
+      deploy/services.sh start local >/dev/null ;;
+    pg-restart)
+      deploy/services.sh stop-one local postgres
+      sleep "$FAULT_FOR"
+      deploy/services.sh start local >/dev/null ;;
+    redis-restart)
+      deploy/services.sh stop-one local redis
+      sleep "$FAULT_FOR"
+      deploy/services.sh start local >/dev/null ;;
+    redis-flushall) deploy/services.sh redis-cli local FLUSHALL >/dev/null ;;
+    cut-persister-db) proxy_signal 25433 USR1; sleep "$FAULT_FOR"; proxy_signal 25433 USR2 ;;
+    cut-gateway-broker) proxy_signal 25673 USR1; sleep "$FAULT_FOR"; proxy_signal 25673 USR2 ;;
+    memory-alarm)
+      deploy/services.sh rabbitmqctl local -q set_vm_memory_high_watermark 0.00001
+      sleep "$FAULT_FOR"
+      deploy/services.sh rabbitmqctl local -q set_vm_memory_high_watermark 0.4 ;;
+    *) say "unknown fault $1"; return 1 ;;
+  esac
+}
+
+# Set-up a fault needs before the load starts, and its undoing after.
+prepare() {
+  eval "$(deploy/services.sh env local)"
+  case "$1" in
+    rabbit-restart-persistent) restart_all CHAT_AMQP__PERSISTENT_SENDS=true ;;
+    cut-persister-db)
+      stop persister TERM
+      stop persister-2 TERM
+      proxy_start 127.0.0.1:25433 127.0.0.1:25432
+      start_service persister "$BIN/chat-persister" CHAT_PROFILE=local \
+        "CHAT_DATABASE__URL=${CHAT_DATABASE__URL/:25432\//:25433/}"
+      up ;;
+    cut-gateway-broker)
+      stop gateway-1 TERM
+      proxy_start 127.0.0.1:25673 127.0.0.1:25672
+      start_service gateway-1 "$BIN/chat-gateway" CHAT_PROFILE=local \
+        CHAT_GATEWAY__LISTEN=127.0.0.1:28081 CHAT_GATEWAY__METRICS_LISTEN=127.0.0.1:28181 \
+        "CHAT_AMQP__URL=${CHAT_AMQP__URL/:25672\//:25673/}"
+      sleep 2
+      up ;;
+    *) up ;;
+  esac
+}
+
+cleanup() {
+  case "$1" in
+    rabbit-restart-persistent) restart_all ;;
+    cut-persister-db) stop persister TERM; proxy_stop 25433; up ;;
+    cut-gateway-broker) stop gateway-1 TERM; proxy_stop 25673; up ;;
+    *) up ;;
+  esac
+}
+
+run_fault() {
+  local fault=$1 result
+  result="$OUT/$fault.json"
+  say "$fault: preparing"
+  prepare "$fault"
+  say "$fault: $RATE msg/s from $USERS users for $DURATION s; the fault at $FAULT_AT s for $FAULT_FOR s"
+  "$BIN/chat-load" chaos --url "$URL" --users "$USERS" --rate "$RATE" --duration "$DURATION" \
+    >"$result" 2>"$OUT/$fault.log" &
+  local load=$!
+  sleep "$FAULT_AT"
+  say "$fault: injecting"
+  inject "$fault" 2>>"$OUT/$fault.log"
+  say "$fault: repaired; waiting for the load to finish"
+  wait "$load" || say "$fault: the load run reports a failed verification"
+  cleanup "$fault"
+}
+
+main() {
+  local faults=("$@")
+  [ ${#faults[@]} -gt 0 ] || faults=("${ALL[@]}")
+  mkdir -p "$OUT"
+  say "building and starting the system (deploy/up.sh, two persisters)"
+  up
+  for fault in "${faults[@]}"; do
+    run_fault "$fault"
+  done
+  printf '\n| fault | sent | acked | acked lost | duplicates in history | seq gaps | missing deliveries | sends retried | reconnects | longest ack gap (s) | send to ack max (s) | ok |\n'
+  printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+  for fault in "${faults[@]}"; do
+    python3 - "$OUT/$fault.json" "$fault" <<'PY'
+import json, sys
+path, fault = sys.argv[1], sys.argv[2]
+try:
+    line = [l for l in open(path) if l.startswith("{")][-1]
+    s = json.loads(line)
+except Exception as e:
+    print(f"| {fault} | no result ({e}) |")
+    sys.exit()
+retried = sum(s["sends_retried"].values())
+print(f"| {fault} | {s['sent']} | {s['acked']} | {s['acked_lost']} | {s['duplicates_in_history']} | "
+      f"{s['seq_gaps']} | {s['missing_deliveries']} | {retried} | {s['reconnects']} | "
+      f"{s['longest_ack_gap_ms'] / 1000:.1f} | {s['send_to_ack_ms']['max'] / 1000:.1f} | {s['ok']} |")
+PY
+  done
+  say "results in $OUT"
+}
+
+main "$@"

@@ -1,0 +1,159 @@
+//! Poison on the bus: what no persister can read or store costs only
+//! itself. Nothing else waits for it, and it leaves a trace (a log line, a
+//! metric, a dead letter).
+
+use chat_shared::amqp::Topology;
+use chat_shared::bus::{self, PersistCommand, SendCommand};
+use chat_shared::ids::{ClientMsgId, ConversationId, UserId};
+use chat_tests::{DEADLINE, TestSystem};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use sea_orm::sqlx::{self, Connection as _};
+use std::time::Duration;
+
+fn send(conversation: i64, sender: i64, client_msg_id: &str, body: &str) -> PersistCommand {
+    PersistCommand::Send(SendCommand {
+        session_id: "no-session".into(),
+        reply_to: "no-gateway".into(),
+        conversation_id: ConversationId::new(conversation).unwrap(),
+        sender_id: UserId::new(sender).unwrap(),
+        client_msg_id: ClientMsgId::try_from(client_msg_id.to_owned()).unwrap(),
+        body: body.into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_command_is_dead_lettered_and_its_neighbours_are_stored() {
+    let system = TestSystem::start_with(1, 1, |_| {}).await;
+    let conversation = system.direct(1, 2).await;
+    // One AMQP message as a newer gateway might coalesce it: a command this
+    // persister does not know between two it does.
+    let good =
+        |id: &str| String::from_utf8(bus::encode(&[send(conversation, 1, id, "ok")])).unwrap();
+    let (first, second) = (good("first"), good("second"));
+    let payload = format!(
+        r#"[{},{{"command":"from_the_future","x":1}},{}]"#,
+        &first[1..first.len() - 1],
+        &second[1..second.len() - 1]
+    );
+    let topo = Topology::new(&system.settings.amqp);
+    let conn = Connection::connect(&system.settings.amqp.url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let partition = bus::partition_of(ConversationId::new(conversation).unwrap(), topo.partitions);
+    channel
+        .basic_publish(
+            topo.persist_exchange().into(),
+            partition.to_string().into(),
+            BasicPublishOptions::default(),
+            payload.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let stored = system.history(0, 1, conversation, "").await;
+        if stored.len() == 2 {
+            assert_eq!(stored[0]["client_msg_id"], "first");
+            assert_eq!(stored[1]["client_msg_id"], "second");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stored: {stored:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = channel
+        .queue_declare(
+            topo.dead_letter_queue().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.message_count(),
+        1,
+        "the unknown command is a dead letter"
+    );
+    let (_, metrics) = system
+        .get_url(&format!("http://{}/metrics", system.persister_metrics[0]))
+        .await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("persister_dead_lettered_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_fails_every_time_is_refused_and_does_not_stall_the_others() {
+    let system = TestSystem::start_with(1, 1, |_| {}).await;
+    // A database that refuses one body forever with a "retry me" error
+    // (unique_violation is what a lost race looks like).
+    let mut db = sqlx::PgConnection::connect(&system.settings.database.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.body = 'poison' THEN RAISE unique_violation USING MESSAGE = 'poison'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let poisoned = system.direct(1, 2).await;
+    let healthy = system.direct(3, 4).await;
+    let mut an = system.connect(0, 1).await;
+    let mut chi = system.connect(0, 3).await;
+    an.send_message(poisoned, "bad", "poison").await;
+    chi.send_message(healthy, "good", "fine").await;
+
+    let refused = an.next_of("error").await;
+    assert_eq!(refused["client_msg_id"], "bad");
+    assert_eq!(refused["code"], "internal");
+    assert_eq!(chi.next_of("ack").await["client_msg_id"], "good");
+    // The poison is gone from the path: the next send goes straight through.
+    an.send_and_ack(poisoned, "after", "xin chào").await;
+    let (_, metrics) = system
+        .get_url(&format!("http://{}/metrics", system.persister_metrics[0]))
+        .await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("persister_commands_refused_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_another_bus_layout_than_the_others_refuses_to_start() {
+    let system = TestSystem::start_with(1, 0, |_| {}).await;
+    let mut other = system.settings.clone();
+    other.amqp.partitions += 1;
+    let refused = chat_gateway::Gateway::build(other).await;
+    let error = format!(
+        "{:#}",
+        refused.err().expect("the gateway must refuse to start")
+    );
+    assert!(error.contains("amqp.partitions"), "{error}");
+    let mut other = system.settings.clone();
+    other.amqp.route_shards += 1;
+    let refused = chat_persister::Persister::build(other).await;
+    let error = format!(
+        "{:#}",
+        refused.err().expect("the persister must refuse to start")
+    );
+    assert!(error.contains("amqp.route_shards"), "{error}");
+}
