@@ -16,9 +16,9 @@ fn send(conversation: i64, sender: i64, client_msg_id: &str, body: &str) -> Pers
     PersistCommand::Send(SendCommand {
         session_id: "no-session".into(),
         reply_to: "no-gateway".into(),
-        conversation_id: ConversationId::new(conversation).unwrap(),
-        sender_id: UserId::new(sender).unwrap(),
-        client_msg_id: ClientMsgId::try_from(client_msg_id.to_owned()).unwrap(),
+        conversation_id: ConversationId::new(conversation).expect("a conversation id"),
+        sender_id: UserId::new(sender).expect("a user id"),
+        client_msg_id: ClientMsgId::try_from(client_msg_id.to_owned()).expect("a client_msg_id"),
         body: body.into(),
     })
 }
