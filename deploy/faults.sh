@@ -52,7 +52,7 @@ stop() {
 # The system as up.sh leaves it, with a standby persister (extra env for the
 # services: arguments NAME=VALUE, as for the persistent-sends run).
 up() {
-  env PERSISTERS=2 "$@" deploy/up.sh >/dev/null
+  env PERSISTERS=2 CHAT_SKIP_BUILD=1 "$@" deploy/up.sh >/dev/null
 }
 
 # Every chat service stopped (the servers stay up), then started again with
@@ -163,6 +163,7 @@ main() {
   [ ${#faults[@]} -gt 0 ] || faults=("${ALL[@]}")
   mkdir -p "$OUT"
   say "building and starting the system (deploy/up.sh, two persisters)"
+  cargo build --release -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
   up
   for fault in "${faults[@]}"; do
     run_fault "$fault"

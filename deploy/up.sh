@@ -10,7 +10,7 @@
 #
 # Environment: CHAT_BUILD_PROFILE (release, or dev for a quicker build),
 # CARGO_TARGET_DIR (default ~/.cache/mapmo-chat/target, shared with tests),
-# PERSISTERS (default 1: more run as standbys, each partition has one active
+# CHAT_SKIP_BUILD=1 (use the binaries as they are), PERSISTERS (default 1: more run as standbys, each partition has one active
 # consumer; persister-N serves metrics on 127.0.0.1:911N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,9 @@ export CHAT_PROFILE=local
 mkdir -p "$RUN" "$LOGS"
 
 say "building the services ($BUILD_PROFILE profile; a first release build takes about 5 minutes on 2 cores)"
-cargo build --profile "$BUILD_PROFILE" -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
+if [ "${CHAT_SKIP_BUILD:-}" != 1 ]; then
+  cargo build --profile "$BUILD_PROFILE" -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
+fi
 case "$BUILD_PROFILE" in dev) BIN="$CARGO_TARGET_DIR/debug" ;; *) BIN="$CARGO_TARGET_DIR/$BUILD_PROFILE" ;; esac
 
 say "migrating the schema"

@@ -311,4 +311,35 @@ mod tests {
             assert_eq!(keys().verify(token), Err(AuthError::Malformed), "{token:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            #[test]
+            fn any_text_as_a_token_is_refused_without_a_panic(token in ".{0,300}") {
+                prop_assert!(keys().verify(&token).is_err());
+            }
+
+            #[test]
+            fn three_parts_of_base64_garbage_are_refused(
+                parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 3)
+            ) {
+                let token: Vec<String> = parts.iter().map(|p| URL_SAFE_NO_PAD.encode(p)).collect();
+                prop_assert!(keys().verify(&token.join(".")).is_err());
+            }
+
+            #[test]
+            fn every_issued_token_verifies_to_its_user(id in 1..=i64::MAX, name in proptest::option::of(".{0,40}")) {
+                let user = UserId::new(id).unwrap();
+                let token = keys().issue(user, name.clone(), later());
+                let verified = keys().verify(&token).unwrap();
+                prop_assert_eq!(verified.user_id, user);
+                prop_assert_eq!(verified.name, name);
+            }
+        }
+    }
 }

@@ -80,8 +80,9 @@ pub enum PresenceStatus {
 
 // ---------------------------------------------------------------- WebSocket
 
-/// A frame from a client, as parsed at the socket.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A frame from a client, as parsed at the socket. (`Serialize` is for
+/// clients written in Rust, and for the round-trip property test.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Auth {
@@ -100,7 +101,7 @@ pub enum ClientFrame {
 }
 
 /// `send` before its body is checked against the configured limit.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendFrame {
     pub conversation_id: ConversationId,
     pub client_msg_id: ClientMsgId,
@@ -482,5 +483,71 @@ mod tests {
             ..Default::default()
         };
         assert!(crowd.parse(me).is_err());
+    }
+}
+
+/// Arbitrary input at the socket: never a panic, and what is accepted means
+/// the same when written back.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text that is often almost a frame: JSON objects with the frame
+    /// fields, values of the wrong kinds, and plain garbage.
+    fn frame_like() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| f.to_string()),
+            ".{0,12}".prop_map(|s| serde_json::Value::String(s).to_string()),
+            Just(r#"{"a":[1,2]}"#.to_owned()),
+        ];
+        let key = prop_oneof![
+            Just("type"),
+            Just("conversation_id"),
+            Just("client_msg_id"),
+            Just("body"),
+            Just("state"),
+            Just("seq"),
+            Just("token"),
+        ];
+        let kind = prop_oneof![
+            Just("send"),
+            Just("typing"),
+            Just("read"),
+            Just("ping"),
+            Just("auth"),
+            Just("other"),
+        ];
+        prop_oneof![
+            (kind, proptest::collection::vec((key, value), 0..6)).prop_map(|(kind, fields)| {
+                let mut text = format!(r#"{{"type":"{kind}""#);
+                for (k, v) in fields {
+                    text.push_str(&format!(r#","{k}":{v}"#));
+                }
+                text.push('}');
+                text
+            }),
+            ".{0,64}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parsing_any_text_never_panics_and_accepted_frames_round_trip(text in frame_like()) {
+            if let Ok(frame) = ClientFrame::parse(&text) {
+                let written = serde_json::to_string(&frame).unwrap();
+                prop_assert_eq!(ClientFrame::parse(&written), Ok(frame));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_as_text_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = ClientFrame::parse(&text);
+        }
     }
 }

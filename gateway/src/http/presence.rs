@@ -140,3 +140,29 @@ async fn from_redis(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_are_positive_and_at_most_two_hundred() {
+        assert_eq!(parse_ids("7, 42").map(|ids| ids.len()).ok(), Some(2));
+        for bad in ["", ",", "0", "-1", "7,x", "1e3", "9223372036854775808"] {
+            assert!(parse_ids(bad).is_err(), "{bad:?}");
+        }
+        let too_many: Vec<String> = (1..=201).map(|n| n.to_string()).collect();
+        assert!(parse_ids(&too_many.join(",")).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_query_value_is_parsed_or_refused_without_a_panic(raw in "[0-9,+ -]{0,40}|.{0,40}") {
+            if let Ok(ids) = parse_ids(&raw) {
+                prop_assert!(!ids.is_empty() && ids.len() <= MAX_USERS);
+                prop_assert!(ids.iter().all(|id| id.get() > 0));
+            }
+        }
+    }
+}
