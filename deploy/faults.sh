@@ -145,17 +145,17 @@ run_fault() {
   local fault=$1 result
   result="$OUT/$fault.json"
   say "$fault: preparing"
-  prepare "$fault"
+  prepare "$fault" 2>>"$OUT/$fault.log"
   say "$fault: $RATE msg/s from $USERS users for $DURATION s; the fault at $FAULT_AT s for $FAULT_FOR s"
   "$BIN/chat-load" chaos --url "$URL" --users "$USERS" --rate "$RATE" --duration "$DURATION" \
     >"$result" 2>"$OUT/$fault.log" &
   local load=$!
   sleep "$FAULT_AT"
   say "$fault: injecting"
-  inject "$fault" 2>>"$OUT/$fault.log"
+  inject "$fault" >>"$OUT/$fault.log" 2>&1
   say "$fault: repaired; waiting for the load to finish"
   wait "$load" || say "$fault: the load run reports a failed verification"
-  cleanup "$fault"
+  cleanup "$fault" 2>>"$OUT/$fault.log"
 }
 
 main() {
@@ -168,7 +168,7 @@ main() {
   for fault in "${faults[@]}"; do
     run_fault "$fault"
   done
-  printf '\n| fault | sent | acked | acked lost | duplicates in history | seq gaps | missing deliveries | sends retried | reconnects | longest ack gap (s) | send to ack max (s) | ok |\n'
+  printf '\n| fault | sent | acked | acked lost | duplicates in history | seq gaps | missing deliveries | sends retried | reconnects | longest ack gap (ms) | send to ack p99 / max (ms) | ok |\n'
   printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
   for fault in "${faults[@]}"; do
     python3 - "$OUT/$fault.json" "$fault" <<'PY'
@@ -183,7 +183,7 @@ except Exception as e:
 retried = sum(s["sends_retried"].values())
 print(f"| {fault} | {s['sent']} | {s['acked']} | {s['acked_lost']} | {s['duplicates_in_history']} | "
       f"{s['seq_gaps']} | {s['missing_deliveries']} | {retried} | {s['reconnects']} | "
-      f"{s['longest_ack_gap_ms'] / 1000:.1f} | {s['send_to_ack_ms']['max'] / 1000:.1f} | {s['ok']} |")
+      f"{s['longest_ack_gap_ms']:.0f} | {s['send_to_ack_ms']['p99']:.0f} / {s['send_to_ack_ms']['max']:.0f} | {s['ok']} |")
 PY
   done
   say "results in $OUT"

@@ -994,6 +994,13 @@ cmd_nginx_start() {
         die "unsubstituted placeholder in nginx config: $(grep -o '@@[A-Z_]*@@' <<<"$conf" | head -n1)"
     fi
     printf '%s\n' "$conf" >"$NGINX_CONF.new"
+    # A reload ends every WebSocket through the old workers (within
+    # worker_shutdown_timeout): never reload for nothing.
+    if nginx_running && cmp -s "$NGINX_CONF.new" "$NGINX_CONF"; then
+        rm -f "$NGINX_CONF.new"
+        log "nginx ($INSTANCE): already serving 127.0.0.1:$listen_port -> $*"
+        return 0
+    fi
     nginx_cmd -t -q -c "$NGINX_CONF.new" 2>>"$NGINX_ERROR_LOG" ||
         die_log "generated nginx config is invalid ($NGINX_CONF.new)" "$NGINX_ERROR_LOG"
     mv "$NGINX_CONF.new" "$NGINX_CONF"

@@ -39,6 +39,8 @@ struct Pending {
     first_sent_us: u64,
     /// When to send it again after a refusal (`None`: it is on the wire).
     retry_at: Option<Instant>,
+    /// Refusals so far: `unavailable` backs off exponentially.
+    attempts: u32,
 }
 
 /// What one user saw.
@@ -214,6 +216,9 @@ struct State {
     /// Highest seq of the conversation seen so far (gaps are filled up to it).
     highest_seq: i64,
     inbox_open: bool,
+    /// After `rate_limited`, nothing is sent before this (the whole user
+    /// waits, as the server asked, instead of each send trying on its own).
+    hold_until: Instant,
     /// This user's id and every client_msg_id it ever sent.
     me: Value,
     own: std::collections::HashSet<String>,
@@ -243,6 +248,7 @@ impl UserClient {
             next_order: 0,
             highest_seq: 0,
             inbox_open: true,
+            hold_until: Instant::now(),
             me: json!(self.user_id),
             own: std::collections::HashSet::new(),
             outcome: UserOutcome {
@@ -306,9 +312,16 @@ impl UserClient {
         if self.catch_up(state).await.is_err() {
             return Dropped::Other;
         }
-        let resend: Vec<String> = state.pending.values().map(|p| self.frame(p)).collect();
+        // Everything unacked goes again now (a new connection), except while
+        // the server asked to wait.
+        let held = Instant::now() < state.hold_until;
+        let resend: Vec<String> = if held {
+            Vec::new()
+        } else {
+            state.pending.values().map(|p| self.frame(p)).collect()
+        };
         for p in state.pending.values_mut() {
-            p.retry_at = None;
+            p.retry_at = held.then_some(state.hold_until);
         }
         for frame in resend {
             if sink.send(WsMessage::Text(frame.into())).await.is_err() {
@@ -326,12 +339,19 @@ impl UserClient {
                     };
                     let order = state.next_order;
                     state.next_order += 1;
-                    let pending = Pending { client_msg_id: client_msg_id.clone(), body, first_sent_us: self.now_us(), retry_at: None };
+                    let held = Instant::now() < state.hold_until;
+                    let pending = Pending {
+                        client_msg_id: client_msg_id.clone(),
+                        body,
+                        first_sent_us: self.now_us(),
+                        retry_at: held.then_some(state.hold_until),
+                        attempts: 0,
+                    };
                     let frame = self.frame(&pending);
                     state.own.insert(client_msg_id.clone());
                     state.order_of.insert(client_msg_id, order);
                     state.pending.insert(order, pending);
-                    if sink.send(WsMessage::Text(frame.into())).await.is_err() {
+                    if !held && sink.send(WsMessage::Text(frame.into())).await.is_err() {
                         return Dropped::Other;
                     }
                 }
@@ -352,6 +372,9 @@ impl UserClient {
                 }
                 _ = retry_tick.tick() => {
                     let now = Instant::now();
+                    if now < state.hold_until {
+                        continue;
+                    }
                     let mut due = Vec::new();
                     for p in state.pending.values_mut() {
                         if p.retry_at.is_some_and(|at| at <= now) {
@@ -419,9 +442,26 @@ impl UserClient {
                     return Ok(());
                 };
                 if matches!(code.as_str(), "unavailable" | "rate_limited") {
-                    let wait = frame["retry_after_ms"].as_u64().unwrap_or(200);
+                    let now = Instant::now();
+                    let retry_at = match frame["retry_after_ms"].as_u64() {
+                        // The server says when: the whole user waits that long.
+                        Some(ms) => {
+                            state.hold_until = state
+                                .hold_until
+                                .max(now + jitter(Duration::from_millis(ms)));
+                            state.hold_until
+                        }
+                        // Not now: this send backs off, 200 ms doubling to 5 s.
+                        None => {
+                            let attempts = state.pending.get(&order).map_or(0, |p| p.attempts);
+                            let delay = Duration::from_millis(200 << attempts.min(5))
+                                .min(Duration::from_secs(5));
+                            now + jitter(delay)
+                        }
+                    };
                     if let Some(p) = state.pending.get_mut(&order) {
-                        p.retry_at = Some(Instant::now() + jitter(Duration::from_millis(wait)));
+                        p.retry_at = Some(retry_at);
+                        p.attempts += 1;
                     }
                     *state.outcome.retried.entry(code).or_insert(0) += 1;
                     self.live.retried.fetch_add(1, Ordering::Relaxed);
