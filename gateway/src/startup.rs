@@ -30,6 +30,7 @@ pub struct Gateway {
     state: AppState,
     consumer: Consumer,
     shutdown_tx: watch::Sender<bool>,
+    broker_lost_tx: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -74,6 +75,7 @@ impl Gateway {
             .await
             .with_context(|| format!("binding {}", settings.gateway.metrics_listen))?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let (broker_lost_tx, broker_lost) = watch::channel(false);
         let state = AppState {
             keys: JwtKeys::from_settings(&settings.auth).context("auth.jwt_secret")?,
             limits: Arc::new(Limits::new(&settings.gateway.limits)),
@@ -90,6 +92,7 @@ impl Gateway {
             topo,
             queue: queue.into(),
             shutdown,
+            broker_lost,
         };
         Ok(Self {
             listener,
@@ -97,6 +100,7 @@ impl Gateway {
             state,
             consumer,
             shutdown_tx,
+            broker_lost_tx,
         })
     }
 
@@ -125,6 +129,7 @@ impl Gateway {
             state,
             consumer,
             shutdown_tx,
+            broker_lost_tx,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, queue = %state.queue, "gateway serving");
@@ -136,6 +141,11 @@ impl Gateway {
         let heartbeats = tokio::spawn(state.presence.clone().heartbeats(
             state.hub.clone(),
             Duration::from_millis(state.settings.presence.heartbeat_ms),
+        ));
+        let broker_watch = tokio::spawn(watch_broker(
+            state.amqp.clone(),
+            Duration::from_millis(state.settings.gateway.broker_lost_ms),
+            broker_lost_tx,
         ));
         let metrics = tokio::spawn(
             axum::serve(metrics_listener, http::metrics_router(state.clone())).into_future(),
@@ -173,7 +183,36 @@ impl Gateway {
         fanout.abort();
         heartbeats.abort();
         metrics.abort();
+        broker_watch.abort();
         tracing::info!(%addr, "gateway stopped");
         Ok(())
+    }
+}
+
+/// Says when the broker connection has been down for `grace` (and when it is
+/// back): a gateway without its broker can neither store nor deliver, so its
+/// sessions are better off on another gateway.
+async fn watch_broker(amqp: Arc<lapin::Connection>, grace: Duration, lost: watch::Sender<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut down_since: Option<tokio::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        if amqp.status().connected() {
+            down_since = None;
+            if *lost.borrow() {
+                tracing::info!("broker reachable again: accepting sessions");
+                let _ = lost.send(false);
+            }
+            continue;
+        }
+        let since = *down_since.get_or_insert(now);
+        if now.duration_since(since) >= grace && !*lost.borrow() {
+            tracing::warn!(
+                down_ms = now.duration_since(since).as_millis() as u64,
+                "broker unreachable: closing sessions with 1011 and refusing new ones"
+            );
+            let _ = lost.send(true);
+        }
     }
 }

@@ -34,4 +34,6 @@ pub struct AppState {
     pub queue: Arc<str>,
     /// Flips to true when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// True while the broker has been unreachable for `gateway.broker_lost_ms`.
+    pub broker_lost: watch::Receiver<bool>,
 }

@@ -110,8 +110,19 @@ pub async fn connect(
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
+        // Recovery retries every 100 ms at first, then at most every 2 s,
+        // for ever: lapin's default (1 s doubling to 60 s, 16 tries) left a
+        // service 15-30 s behind a 10 s broker restart, and gave up for good
+        // after a quarter of an hour.
         let props = ConnectionProperties::default()
             .with_connection_name(name.into())
+            .configure_backoff(|backoff| {
+                backoff
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_jitter()
+                    .without_max_times()
+            })
             .enable_auto_recover();
         match Connection::connect(&settings.url, props).await {
             Ok(conn) => return Ok(conn),

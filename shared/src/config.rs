@@ -113,6 +113,9 @@ pub struct GatewaySettings {
     /// Where `GET /metrics` is served (never on the public `listen`).
     pub metrics_listen: SocketAddr,
     pub write_timeout_ms: u64,
+    /// A broker connection down this long sends the gateway's sessions
+    /// elsewhere (close 1011) until it is back.
+    pub broker_lost_ms: u64,
     pub http_request_timeout_ms: u64,
     pub http_header_timeout_ms: u64,
     pub http_body_bytes: usize,
@@ -204,6 +207,7 @@ impl Settings {
             ("gateway.heartbeat_ms", g.heartbeat_ms),
             ("gateway.send_timeout_ms", g.send_timeout_ms),
             ("gateway.write_timeout_ms", g.write_timeout_ms),
+            ("gateway.broker_lost_ms", g.broker_lost_ms),
             ("gateway.http_request_timeout_ms", g.http_request_timeout_ms),
             ("auth.auth_timeout_ms", self.auth.auth_timeout_ms),
             ("amqp.confirm_timeout_ms", self.amqp.confirm_timeout_ms),

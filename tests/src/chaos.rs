@@ -1,19 +1,25 @@
 //! A TCP proxy a test can cut: every byte between a service and a real server
-//! goes through it, and `cut` drops the live connections and refuses new
-//! ones until `restore`. How a test breaks a dependency mid-way without
+//! goes through it, and `cut` drops the live connections and closes the
+//! port (new connections are refused, as by a stopped server) until
+//! `restore` opens it again. How a test breaks a dependency mid-way without
 //! touching the servers other tests share.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 pub struct ChaosProxy {
     pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
+    target: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The accept loop while the port is open.
+    accept: Option<AbortHandle>,
+    links: Vec<AbortHandle>,
 }
 
 impl ChaosProxy {
@@ -33,54 +39,65 @@ impl ChaosProxy {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("proxy addr: {e}"));
-        let cut = Arc::new(AtomicBool::new(false));
-        let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (is_cut, all) = (cut.clone(), links.clone());
+        let proxy = Self {
+            addr,
+            target,
+            state: Arc::default(),
+        };
+        proxy.accept(listener);
+        proxy
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn accept(&self, listener: TcpListener) {
+        let (state, target) = (self.state.clone(), self.target);
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                if is_cut.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
                 let link = tokio::spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
                 });
-                all.lock()
+                state
+                    .lock()
                     .unwrap_or_else(|p| p.into_inner())
+                    .links
                     .push(link.abort_handle());
             }
         })
         .abort_handle();
-        Self {
-            addr,
-            cut,
-            links,
-            accept,
-        }
+        self.lock().accept = Some(accept);
     }
 
-    /// Drops every live connection and refuses new ones.
+    /// Drops every live connection and closes the port.
     pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for link in self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        let mut state = self.lock();
+        if let Some(accept) = state.accept.take() {
+            accept.abort();
+        }
+        for link in state.links.drain(..) {
             link.abort();
         }
     }
 
+    /// Opens the port again (a no-op while it is open).
     pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
+        if self.lock().accept.is_some() {
+            return;
+        }
+        let listener = std::net::TcpListener::bind(self.addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(TcpListener::from_std)
+            .unwrap_or_else(|e| panic!("proxy rebind {}: {e}", self.addr));
+        self.accept(listener);
     }
 }
 
 impl Drop for ChaosProxy {
     fn drop(&mut self) {
-        self.accept.abort();
         self.cut();
     }
 }

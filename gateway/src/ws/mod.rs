@@ -32,6 +32,10 @@ pub async fn upgrade(
             return ApiError::forbidden("origin not allowed").into_response();
         }
     }
+    if *state.broker_lost.borrow() {
+        state.metrics.connections_refused.inc();
+        return ApiError::unavailable("gateway cannot reach its broker").into_response();
+    }
     if state.hub.session_count() >= state.settings.gateway.max_connections
         || *state.shutdown.borrow()
     {

@@ -151,6 +151,8 @@ enum Ended {
     TokenExpired,
     /// The client broke RFC 6455 (bad UTF-8, an oversized frame, ...).
     ProtocolError,
+    /// The broker was unreachable for `gateway.broker_lost_ms`.
+    BrokerLost,
 }
 
 impl Ended {
@@ -164,6 +166,7 @@ impl Ended {
             Ended::WriteStalled => "write_timeout",
             Ended::TokenExpired => "token_expired",
             Ended::ProtocolError => "protocol_error",
+            Ended::BrokerLost => "broker_lost",
         }
     }
 }
@@ -212,6 +215,7 @@ impl Session {
         let mut sweep = interval(Duration::from_millis(500));
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut shutdown = self.state.shutdown.clone();
+        let mut broker_lost = self.state.broker_lost.clone();
         let mut last_heard = Instant::now();
 
         loop {
@@ -223,6 +227,13 @@ impl Session {
                     Box::pin(self.drain(&mut rx)).await;
                     close_with(&mut self.socket, close::SERVICE_RESTART, "gateway restarting").await;
                     return Ended::Shutdown;
+                }
+                Ok(()) = broker_lost.changed() => {
+                    let lost = *broker_lost.borrow_and_update();
+                    if lost {
+                        close_with(&mut self.socket, close::INTERNAL, "gateway lost its broker; reconnect elsewhere").await;
+                        return Ended::BrokerLost;
+                    }
                 }
                 _ = overflow.notified() => {
                     close_with(&mut self.socket, close::TOO_SLOW, "too far behind; reconnect and catch up").await;

@@ -166,3 +166,38 @@ async fn the_presence_service_relays_again_after_losing_its_broker_connection() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cut_from_its_broker_sends_its_sessions_elsewhere_until_it_is_back() {
+    // The test profile: gateway.broker_lost_ms = 1000.
+    let mut system = TestSystem::start_with(0, 1, |_| {}).await;
+    let (proxy, settings) = system.broker_proxy().await;
+    let index = system.start_gateway_with(settings).await;
+    let mut an = system.connect(index, 1).await;
+
+    proxy.cut();
+    assert_eq!(an.closed().await, chat_tests::client::Closed::Code(1011));
+    let token = system.token(1).await;
+    match chat_tests::Client::connect(system.gateways[index], Some(&token), None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| "an upgrade")),
+    }
+
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    loop {
+        match chat_tests::Client::connect(system.gateways[index], Some(&token), None).await {
+            Ok(client) => {
+                client.authenticated().await;
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never took sessions again: {e}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
