@@ -13,6 +13,7 @@ for pidfile in "$RUN"/*.pid; do
   name=$(basename "$pidfile" .pid)
   # up.sh writes <name>.pid for chat-<name without -N>: gateway-1 -> chat-gateway
   program="chat-${name%-[0-9]*}"
+  [ "$name" = prometheus ] && program=prometheus
   pid=$(head -c 32 "$pidfile" | tr -d '[:space:]')
   # a number, and a live process running that program; anything else is not ours
   if ! [[ "$pid" =~ ^[0-9]{1,10}$ ]] || (( 10#$pid <= 1 )); then

@@ -164,7 +164,8 @@ main() {
   mkdir -p "$OUT"
   say "building and starting the system (deploy/up.sh, two persisters)"
   cargo build --release -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
-  up
+  # Services left running by an earlier up.sh may be older binaries.
+  restart_all
   for fault in "${faults[@]}"; do
     run_fault "$fault"
   done

@@ -4,7 +4,8 @@
 #
 # Usage:
 #   deploy/services.sh install     <instance>   apt-get install whatever of postgresql,
-#                                               rabbitmq-server, redis-server, nginx is missing
+#                                               rabbitmq-server, redis-server, nginx,
+#                                               prometheus is missing
 #   deploy/services.sh start       <instance>   start Postgres, RabbitMQ, Redis (idempotent),
 #                                               wait until ready, print the connection URLs
 #                                               (with their passwords)
@@ -441,8 +442,10 @@ cmd_install() {
     [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server redis-tools)
     [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    # Prometheus and promtool: the alert-rule tests and the dashboard test.
+    [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
     if [ ${#missing[@]} -eq 0 ]; then
-        log "postgresql, rabbitmq-server, redis-server and nginx are already installed"
+        log "postgresql, rabbitmq-server, redis-server, nginx and prometheus are already installed"
         return 0
     fi
     log "installing: ${missing[*]}"
@@ -470,7 +473,7 @@ cmd_install() {
     fi
     if [ "$foreign_policy" = 1 ]; then
         local svc
-        for svc in rabbitmq-server redis-server nginx postgresql; do
+        for svc in rabbitmq-server redis-server nginx postgresql prometheus; do
             if [ -x "/etc/init.d/$svc" ]; then
                 "${sudo[@]}" "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
             fi

@@ -45,5 +45,8 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 # so build the real one first (it must not depend on a warm target dir).
 echo "[test] cargo build -p chat-gateway (target dir $CARGO_TARGET_DIR)"
 cargo build -p chat-gateway --bin chat-gateway
+echo "[test] promtool: the alert rules, and their unit tests"
+promtool check rules deploy/observability/rules.yml
+promtool test rules deploy/observability/rules_test.yml
 echo "[test] cargo test"
 cargo test --workspace --all-targets --no-fail-fast "$@"

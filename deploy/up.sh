@@ -40,11 +40,15 @@ case "$BUILD_PROFILE" in dev) BIN="$CARGO_TARGET_DIR/debug" ;; *) BIN="$CARGO_TA
 say "migrating the schema"
 "$BIN/chat-persister" migrate
 
-# start NAME COMMAND [ENV=VALUE...]: runs COMMAND in the background with its
-# log in $LOGS/NAME.log and its pid in $RUN/NAME.pid, unless it already runs.
+# start NAME COMMAND [ENV=VALUE...] [-- ARG...]: runs COMMAND in the
+# background with its log in $LOGS/NAME.log and its pid in $RUN/NAME.pid,
+# unless it already runs.
 start() {
-  local name=$1 cmd=$2
+  local name=$1 cmd=$2 envs=() args=()
   shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && args=("$@")
+  set -- "${envs[@]}"
   local pidfile="$RUN/$name.pid" pid
   pid=$(head -c 32 "$pidfile" 2>/dev/null | tr -d '[:space:]' || true)
   # Already running: the pid file names a live process of this very program
@@ -54,7 +58,7 @@ start() {
     say "$name already running (pid $pid)"
     return
   fi
-  env "$@" nohup "$cmd" >>"$LOGS/$name.log" 2>&1 &
+  env "$@" nohup "$cmd" "${args[@]}" >>"$LOGS/$name.log" 2>&1 &
   echo $! >"$pidfile"
   say "$name started (pid $!, log $LOGS/$name.log)"
 }
@@ -95,6 +99,17 @@ upstreams=()
 for port in "${GATEWAY_PORTS[@]}"; do upstreams+=("127.0.0.1:$port"); done
 deploy/services.sh nginx-start local "$PUBLIC_PORT" "${upstreams[@]}"
 
+# Prometheus (Debian's package) with the project's alert rules, scraping
+# every service on its internal metrics port.
+PROMETHEUS_PORT=29090
+mkdir -p .data/local/prometheus
+sed "s#@@RULES@@#$REPO/deploy/observability/rules.yml#" deploy/observability/prometheus.yml.tmpl \
+  >.data/local/prometheus/prometheus.yml
+start prometheus /usr/bin/prometheus -- \
+  "--config.file=$REPO/.data/local/prometheus/prometheus.yml" \
+  "--storage.tsdb.path=$REPO/.data/local/prometheus/data" \
+  "--web.listen-address=127.0.0.1:$PROMETHEUS_PORT"
+
 secret=$(sed -n 's/^jwt_secret = "\(.*\)"/\1/p' config/local.toml)
 cat <<MSG
 
@@ -104,6 +119,8 @@ mapmo-chat is up.
     http://127.0.0.1:$PUBLIC_PORT        WebSocket: ws://127.0.0.1:$PUBLIC_PORT/ws
   Gateways, directly:
     http://127.0.0.1:${GATEWAY_PORTS[0]}   http://127.0.0.1:${GATEWAY_PORTS[1]}
+  Metrics and alerts (Prometheus, rules of deploy/observability/):
+    http://127.0.0.1:$PROMETHEUS_PORT/alerts   dashboard to import in Grafana: deploy/observability/dashboard.json
 
   A token (the local profile's dev login):
     curl -s -XPOST http://127.0.0.1:$PUBLIC_PORT/api/dev/token -H 'content-type: application/json' -d '{"user_id": 42, "name": "An"}'

@@ -244,6 +244,13 @@ impl Hub {
                         sessions += 1;
                     }
                 }
+                if delivery.is_some() {
+                    // Stored (the persister's clock) -> handed to the
+                    // recipients' sessions here.
+                    let since = chrono::Utc::now() - message.created_at;
+                    let seconds = since.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    self.metrics.delivery_seconds.observe(seconds);
+                }
                 tracing::debug!(
                     message.id = message.id.0,
                     conversation.id = %message.conversation_id,

@@ -22,6 +22,15 @@ pub struct Metrics {
     pub persist_commands: Counter,
     pub persist_confirm_seconds: Histogram,
     pub session_queued_frames: Gauge,
+    /// From a `send` frame read to its answer (ack or error) written back.
+    pub send_ack_seconds: Histogram,
+    /// From a message's `created_at` (stored) to its frame handed to the
+    /// recipients' sessions on this gateway.
+    pub delivery_seconds: Histogram,
+    /// 1 while the broker connection is up.
+    pub broker_connected: Gauge,
+    /// `gateway.max_connections`, for saturation.
+    pub connections_max: Gauge,
     /// Refusals by limit (`gateway_limit_refusals_total{limit="..."}`).
     limit_refusals: Family<[(&'static str, &'static str); 1], Counter>,
     /// Sessions closed by the gateway, by reason.
@@ -47,6 +56,10 @@ impl Metrics {
             persist_commands: Counter::default(),
             persist_confirm_seconds: Histogram::new(chat_shared::metrics::seconds_buckets()),
             session_queued_frames: Gauge::default(),
+            send_ack_seconds: Histogram::new(chat_shared::metrics::seconds_buckets()),
+            delivery_seconds: Histogram::new(chat_shared::metrics::seconds_buckets()),
+            broker_connected: Gauge::default(),
+            connections_max: Gauge::default(),
             limit_refusals: Family::default(),
             sessions_closed: Family::default(),
             events_dropped: Family::default(),
@@ -116,6 +129,26 @@ impl Metrics {
             "gateway_session_queued_frames",
             "frames waiting in all sessions' outbound queues (delivery queue depth)",
             m.session_queued_frames.clone(),
+        );
+        r.register(
+            "gateway_send_ack_seconds",
+            "from a send frame read to its answer (ack or error) written",
+            m.send_ack_seconds.clone(),
+        );
+        r.register(
+            "gateway_delivery_seconds",
+            "from a message stored to its frame handed to recipients' sessions here",
+            m.delivery_seconds.clone(),
+        );
+        r.register(
+            "gateway_broker_connected",
+            "1 while the RabbitMQ connection is up",
+            m.broker_connected.clone(),
+        );
+        r.register(
+            "gateway_connections_max",
+            "the most sessions this gateway accepts (gateway.max_connections)",
+            m.connections_max.clone(),
         );
         r.register(
             "gateway_limit_refusals",

@@ -142,7 +142,12 @@ impl Gateway {
             state.hub.clone(),
             Duration::from_millis(state.settings.presence.heartbeat_ms),
         ));
+        state
+            .metrics
+            .connections_max
+            .set(state.settings.gateway.max_connections as i64);
         let broker_watch = tokio::spawn(watch_broker(
+            state.metrics.clone(),
             state.amqp.clone(),
             Duration::from_millis(state.settings.gateway.broker_lost_ms),
             broker_lost_tx,
@@ -192,13 +197,20 @@ impl Gateway {
 /// Says when the broker connection has been down for `grace` (and when it is
 /// back): a gateway without its broker can neither store nor deliver, so its
 /// sessions are better off on another gateway.
-async fn watch_broker(amqp: Arc<lapin::Connection>, grace: Duration, lost: watch::Sender<bool>) {
+async fn watch_broker(
+    metrics: Arc<Metrics>,
+    amqp: Arc<lapin::Connection>,
+    grace: Duration,
+    lost: watch::Sender<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut down_since: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
         let now = tokio::time::Instant::now();
-        if amqp.status().connected() {
+        let connected = amqp.status().connected();
+        metrics.broker_connected.set(i64::from(connected));
+        if connected {
             down_since = None;
             if *lost.borrow() {
                 tracing::info!("broker reachable again: accepting sessions");

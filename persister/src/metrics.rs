@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Sends refused because they could not be stored (poison), and
     /// batches retried after a conflict.
     pub poisoned: Counter,
+    /// Deliveries the broker gave again (a persister died holding them).
+    pub redeliveries: Counter,
     /// Messages in each persist partition and the dead-letter queue.
     pub queue_messages: crate::queues::QueueGauges,
 }
@@ -38,6 +40,7 @@ impl Metrics {
             dead_lettered: Counter::default(),
             poisoned: Counter::default(),
             queue_messages: Default::default(),
+            redeliveries: Counter::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -75,6 +78,11 @@ impl Metrics {
             "persister_commands_refused",
             "commands that could not be stored even alone (refused to their sender or dropped)",
             m.poisoned.clone(),
+        );
+        r.register(
+            "persister_redeliveries",
+            "AMQP deliveries received again after a persister died holding them",
+            m.redeliveries.clone(),
         );
         r.register(
             "persister_queue_messages",

@@ -137,6 +137,8 @@ impl Persister {
             // Bounded by the linger, and not cancelled: what it takes is
             // stored, announced and acked before shutdown is looked at again.
             let batch = batcher::fill(first, &mut rx, &limits, &mut spill).await;
+            let again = batch.iter().filter(|i| i.redelivered).count();
+            metrics.redeliveries.inc_by(again as u64);
             let requests: Vec<Request> = batch
                 .iter()
                 .flat_map(|i| {

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub changes: prometheus_client::metrics::counter::Counter,
     pub typing_relayed: prometheus_client::metrics::counter::Counter,
     pub sweep_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// 1 while the last sweep reached Redis.
+    pub redis_up: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Metrics {
@@ -39,6 +41,7 @@ impl Metrics {
             sweep_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 chat_shared::metrics::seconds_buckets(),
             ),
+            redis_up: Default::default(),
         };
         let mut r = prometheus_client::registry::Registry::default();
         r.register(
@@ -60,6 +63,11 @@ impl Metrics {
             "presence_sweep_seconds",
             "one sweep (expired gateways, due offlines, lapsed typing)",
             m.sweep_seconds.clone(),
+        );
+        r.register(
+            "presence_redis_up",
+            "1 while the last sweep reached Redis",
+            m.redis_up.clone(),
         );
         (m, r)
     }

@@ -76,6 +76,11 @@ impl Presence {
     /// Runs until `shutdown` resolves. Failures (Redis or Postgres down) are
     /// logged and the event dropped: presence is ephemeral, and the gateways'
     /// next heartbeats rebuild it once the store is back.
+    /// Where `GET /metrics` is served.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_endpoint.local_addr()
+    }
+
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -96,7 +101,9 @@ impl Presence {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = sweep.tick() => {
-                    if let Err(e) = service.sweep().await {
+                    let swept = service.sweep().await;
+                    service.metrics.redis_up.set(i64::from(swept.is_ok()));
+                    if let Err(e) = swept {
                         tracing::warn!(error = %e, "presence sweep failed");
                     }
                 }

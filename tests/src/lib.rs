@@ -34,6 +34,8 @@ pub struct TestSystem {
     pub gateway_metrics: Vec<SocketAddr>,
     /// Where each persister serves `/metrics`.
     pub persister_metrics: Vec<SocketAddr>,
+    /// Where each presence service serves `/metrics`.
+    pub presence_metrics: Vec<SocketAddr>,
     http: reqwest::Client,
     /// Dropping a sender stops the service it belongs to.
     stops: Vec<oneshot::Sender<()>>,
@@ -87,6 +89,7 @@ impl TestSystem {
             gateways: Vec::new(),
             gateway_metrics: Vec::new(),
             persister_metrics: Vec::new(),
+            presence_metrics: Vec::new(),
             http: reqwest::Client::new(),
             stops: Vec::new(),
             gateway_stops: Vec::new(),
@@ -146,6 +149,7 @@ impl TestSystem {
         let presence = Presence::build(settings)
             .await
             .unwrap_or_else(|e| panic!("presence: {e:#}"));
+        self.presence_metrics.extend(presence.metrics_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(presence.run_until(async move {
             let _ = stopped.await;

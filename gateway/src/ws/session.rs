@@ -288,7 +288,10 @@ impl Session {
                 client_msg_id,
                 frame,
             } => {
-                self.pending.remove(&client_msg_id);
+                if let Some(sent) = self.pending.remove(&client_msg_id) {
+                    let waited = sent.elapsed().as_secs_f64();
+                    self.state.metrics.send_ack_seconds.observe(waited);
+                }
                 frame
             }
         }

@@ -10,6 +10,7 @@ mod idempotency;
 mod limits;
 mod load;
 mod messaging;
+mod observability;
 mod ordering;
 mod poison;
 mod presence;
