@@ -103,8 +103,11 @@ deploy/services.sh nginx-start local "$PUBLIC_PORT" "${upstreams[@]}"
 # every service on its internal metrics port.
 PROMETHEUS_PORT=29090
 mkdir -p .data/local/prometheus
-sed "s#@@RULES@@#$REPO/deploy/observability/rules.yml#" deploy/observability/prometheus.yml.tmpl \
-  >.data/local/prometheus/prometheus.yml
+persister_targets='"127.0.0.1:9101"'
+for n in $(seq 2 "${PERSISTERS:-1}"); do persister_targets+=", \"127.0.0.1:$((9110 + n))\""; done
+sed -e "s#@@RULES@@#$REPO/deploy/observability/rules.yml#" \
+  -e "s#@@PERSISTER_TARGETS@@#$persister_targets#" \
+  deploy/observability/prometheus.yml.tmpl >.data/local/prometheus/prometheus.yml
 start prometheus /usr/bin/prometheus -- \
   "--config.file=$REPO/.data/local/prometheus/prometheus.yml" \
   "--storage.tsdb.path=$REPO/.data/local/prometheus/data" \
