@@ -21,6 +21,9 @@
 #   deploy/services.sh nginx-stop  <instance>
 #   deploy/services.sh stop-one    <instance> postgres|rabbitmq|redis
 #                                               stop that server alone (`start` brings it back)
+#   deploy/services.sh rabbit-policies <instance>
+#                                               (re)apply the broker policies (persist queues
+#                                               bounded; `start` does it; after a reset too)
 #   deploy/services.sh redis-cli   <instance> <args>...
 #                                               run redis-cli against the instance (password
 #                                               passed in the environment)
@@ -750,6 +753,17 @@ rabbit_stop_legacy() {
 # User chat with the instance's password and all permissions on /, no guest. A fresh
 # database gets exactly that from rabbitmq.conf; this is for nodes made by an older
 # services.sh, and for a new password. Skipped when already done for this password.
+# Bounds every persist partition (any prefix): past PERSIST_QUEUE_MAX messages
+# a publish is refused (the gateway's send gets `unavailable`), instead of the
+# broker filling its memory and disk. A policy, not a queue argument, so it
+# applies to queues that already exist and can change without redeclaring.
+PERSIST_QUEUE_MAX=1000000
+rabbit_policies() {
+    rabbit_ctl -q set_policy --apply-to queues --priority 0 chat-persist-bound '\.persist\.[0-9]+$' \
+        "{\"max-length\":$PERSIST_QUEUE_MAX,\"overflow\":\"reject-publish\"}" >/dev/null ||
+        die_log "rabbitmq: set_policy chat-persist-bound failed" "$RABBIT_LOG"
+}
+
 rabbit_ensure_user() {
     local marker="$SECRETS_DIR/rabbitmq.applied" want users
     want="$(printf '%s\n%s\n' "$RABBIT_DIR" "$AMQP_PW" | sha256sum | cut -d' ' -f1)"
@@ -791,6 +805,7 @@ rabbit_start() {
         if rabbit_ping; then
             log "rabbitmq ($RABBIT_NODE) already running on 127.0.0.1:$AMQP_PORT"
             rabbit_ensure_user
+            rabbit_policies
             return 0
         fi
         log "rabbitmq ($RABBIT_NODE): process $(read_pid "$RABBIT_PID_FILE") exists, waiting for it"
@@ -814,6 +829,7 @@ rabbit_start() {
         sleep 0.5
     done
     rabbit_ensure_user
+    rabbit_policies
 }
 
 # epmd is shared by all Erlang nodes; end it only when no node is registered any more.
@@ -1153,6 +1169,7 @@ main() {
         nginx-start) cmd_nginx_start "$@" ;;
         nginx-stop)  cmd_nginx_stop ;;
         stop-one)    cmd_stop_one "$@" ;;
+        rabbit-policies) load_secrets; rabbit_proc_alive || die "rabbitmq ($RABBIT_NODE) is not running"; rabbit_policies ;;
         redis-cli)   load_secrets; redis_cli "$@" ;;
         rabbitmqctl|rabbitmq-diagnostics|rabbitmq-queues)
                      rabbit_proc_alive || die "rabbitmq ($RABBIT_NODE) is not running"

@@ -37,6 +37,7 @@ psql -Atqc \
 deploy/services.sh rabbitmqctl test -q stop_app
 deploy/services.sh rabbitmqctl test -q reset
 deploy/services.sh rabbitmqctl test -q start_app
+deploy/services.sh rabbit-policies test   # a reset removes them
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"

@@ -157,3 +157,53 @@ async fn a_service_with_another_bus_layout_than_the_others_refuses_to_start() {
     );
     assert!(error.contains("amqp.route_shards"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_persist_queue_refuses_sends_at_once_instead_of_growing() {
+    // No persister: sends pile up in the persist queue. deploy/services.sh
+    // bounds every persist queue by policy (1,000,000); this test's own
+    // prefix gets a bound of 2, with a higher priority.
+    let system = TestSystem::start_with(1, 0, |s| s.gateway.send_timeout_ms = 60_000).await;
+    let prefix = &system.settings.amqp.prefix;
+    let policy = format!("{prefix}-bound");
+    let services = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/services.sh");
+    let set = std::process::Command::new(services)
+        .args([
+            "rabbitmqctl",
+            "test",
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+        ])
+        .args(["--priority", "10", &policy])
+        .arg(format!(r"^{prefix}\.persist\.[0-9]+$"))
+        .arg(r#"{"max-length":2,"overflow":"reject-publish"}"#)
+        .output()
+        .expect("deploy/services.sh runs");
+    assert!(set.status.success(), "set_policy: {set:?}");
+
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    // The policy applies within moments; until then sends queue.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut n = 0;
+    let refused = loop {
+        n += 1;
+        an.send_message(conversation, &format!("m{n}"), "xin chào")
+            .await;
+        let answer = tokio::time::timeout(Duration::from_millis(300), an.next_of("error")).await;
+        if let Ok(error) = answer {
+            break error;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue took {n} sends"
+        );
+    };
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(n >= 3, "two sends fit in the queue: {n}");
+    let _ = std::process::Command::new(services)
+        .args(["rabbitmqctl", "test", "-q", "clear_policy", &policy])
+        .output();
+}
