@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Builds the runtime images of mapmo-chat on a machine without a container
+# registry: nothing is pulled. The same images as deploy/Dockerfile (which
+# needs a registry for its base images):
+#
+#   mapmo-chat/gateway:TAG  mapmo-chat/persister:TAG  mapmo-chat/presence:TAG
+#
+# each holding only its binary (the host's release build), glibc and libgcc,
+# CA certificates, tzdata, and /etc/passwd with the non-root user 10001; no
+# shell, no package manager. CHAT_PROFILE=production, STOPSIGNAL SIGTERM, OCI
+# labels.
+#
+# How: Debian 12 is bootstrapped once into a folder (debootstrap, minbase,
+# with ca-certificates and tzdata; cached under ~/.cache/mapmo-chat/images),
+# the files the binaries need are copied from it into a runtime tree, and
+# `docker import` turns that tree into the base image mapmo-chat/runtime;
+# each service image is then a `docker build` FROM it that adds the binary.
+#
+#   deploy/images.sh            build (TAG=dev by default)
+#   TAG=1.0 deploy/images.sh
+#   CHAT_SKIP_BUILD=1 ...       use the release binaries as they are
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TAG="${TAG:-dev}"
+CACHE="${CHAT_IMAGE_CACHE:-$HOME/.cache/mapmo-chat/images}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
+BIN="$CARGO_TARGET_DIR/release"
+SERVICES=(gateway persister presence)
+VERSION="$(git describe --always --dirty 2>/dev/null || echo unknown)"
+
+say() { printf '[images] %s\n' "$*" >&2; }
+die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v docker >/dev/null || die "docker is not installed (the machine kind rust-docker has it)"
+docker info >/dev/null 2>&1 || die "the Docker engine does not answer (is it running?)"
+[ "$(id -u)" -eq 0 ] || die "debootstrap needs root"
+if ! command -v debootstrap >/dev/null; then
+  say "installing debootstrap (Debian package)"
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+fi
+
+started=$SECONDS
+mkdir -p "$CACHE"
+
+# 1. Debian 12, once.
+ROOTFS="$CACHE/bookworm-minbase"
+if [ ! -f "$ROOTFS/.complete" ]; then
+  say "debootstrap bookworm (minbase + ca-certificates, tzdata) into $ROOTFS"
+  rm -rf "$ROOTFS"
+  debootstrap --variant=minbase --include=ca-certificates,tzdata bookworm "$ROOTFS" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
+    die "debootstrap failed; see $CACHE/debootstrap.log"
+  touch "$ROOTFS/.complete"
+else
+  say "Debian rootfs cached: $ROOTFS"
+fi
+
+# 2. The release binaries.
+if [ "${CHAT_SKIP_BUILD:-}" != 1 ]; then
+  say "cargo build --release"
+  cargo build --release -p chat-gateway -p chat-persister -p chat-presence --bins
+fi
+for svc in "${SERVICES[@]}"; do
+  [ -x "$BIN/chat-$svc" ] || die "$BIN/chat-$svc missing (build it, or unset CHAT_SKIP_BUILD)"
+done
+
+# 3. The runtime tree: exactly the shared libraries the binaries load (as
+# the Debian rootfs has them), certificates, zoneinfo, a passwd file.
+RUNTIME="$CACHE/runtime"
+rm -rf "$RUNTIME"
+mkdir -p "$RUNTIME"/{etc/ssl/certs,usr/share,tmp}
+chmod 1777 "$RUNTIME/tmp"
+libs=$(for svc in "${SERVICES[@]}"; do ldd "$BIN/chat-$svc"; done |
+  awk '/=>/ { print $3 } /^[[:space:]]*\/lib/ { print $1 }' | sort -u)
+for lib in $libs; do
+  # the rootfs's copy (the image is Debian 12's, whatever the host is)
+  src="$ROOTFS$lib"
+  [ -e "$src" ] || src="$ROOTFS$(readlink -f "$lib")"
+  [ -e "$src" ] || die "$lib is not in the Debian rootfs"
+  mkdir -p "$RUNTIME$(dirname "$lib")"
+  cp -L "$src" "$RUNTIME$lib"
+done
+# usrmerge: /lib and /lib64 are links into /usr in Debian 12
+for link in lib lib64; do
+  if [ -L "$ROOTFS/$link" ] && [ ! -e "$RUNTIME/$link" ]; then
+    cp -a "$ROOTFS/$link" "$RUNTIME/$link"
+  fi
+done
+cp -L "$ROOTFS/etc/ssl/certs/ca-certificates.crt" "$RUNTIME/etc/ssl/certs/"
+cp -a "$ROOTFS/usr/share/zoneinfo" "$RUNTIME/usr/share/"
+printf 'root:x:0:0:root:/root:/nonexistent\nchat:x:10001:10001:chat:/nonexistent:/nonexistent\n' >"$RUNTIME/etc/passwd"
+printf 'root:x:0:\nchat:x:10001:\n' >"$RUNTIME/etc/group"
+say "runtime tree: $(du -sh "$RUNTIME" | cut -f1) ($(echo "$libs" | wc -w) libraries)"
+tar -C "$RUNTIME" -c . | docker import \
+  --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+  --change 'USER 10001:10001' \
+  - "mapmo-chat/runtime:$TAG" >/dev/null
+say "mapmo-chat/runtime:$TAG imported"
+
+# 4. One image per service.
+for svc in "${SERVICES[@]}"; do
+  ctx="$CACHE/context-$svc"
+  rm -rf "$ctx"
+  mkdir -p "$ctx"
+  # Without the debug line tables of the release profile (kept on the host
+  # for profiling): a third of the size.
+  strip -o "$ctx/chat-service" "$BIN/chat-$svc"
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM mapmo-chat/runtime:$TAG
+LABEL org.opencontainers.image.title="mapmo-chat $svc" \\
+      org.opencontainers.image.description="mapmo-chat $svc: real-time chat backend (Rust)" \\
+      org.opencontainers.image.version="$VERSION" \\
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
+COPY chat-service /usr/local/bin/chat-service
+ENV CHAT_PROFILE=production
+STOPSIGNAL SIGTERM
+USER 10001:10001
+ENTRYPOINT ["/usr/local/bin/chat-service"]
+DOCKERFILE
+  docker build --pull=false -q -t "mapmo-chat/$svc:$TAG" "$ctx" >/dev/null
+  say "mapmo-chat/$svc:$TAG built ($(docker image inspect -f '{{.Size}}' "mapmo-chat/$svc:$TAG" | awk '{ printf "%.1f MB", $1 / 1e6 }'))"
+done
+say "done in $((SECONDS - started)) s"
