@@ -16,7 +16,14 @@
 # `docker import` turns that tree into the base image mapmo-chat/runtime;
 # each service image is then a `docker build` FROM it that adds the binary.
 #
+# and, with `--servers`, the images of the servers the container tests and
+# the dev overlay of k8s/ run, from Debian's packages on the same Debian 12
+# (each bootstrapped once, with a small entrypoint from deploy/images/):
+#
+#   mapmo-chat/postgres:TAG (PostgreSQL 15)  mapmo-chat/rabbitmq:TAG  mapmo-chat/redis:TAG
+#
 #   deploy/images.sh            build (TAG=dev by default)
+#   deploy/images.sh --servers  also the server images
 #   TAG=1.0 deploy/images.sh
 #   CHAT_SKIP_BUILD=1 ...       use the release binaries as they are
 set -euo pipefail
@@ -120,4 +127,33 @@ DOCKERFILE
   docker build --pull=false -q -t "mapmo-chat/$svc:$TAG" "$ctx" >/dev/null
   say "mapmo-chat/$svc:$TAG built ($(docker image inspect -f '{{.Size}}' "mapmo-chat/$svc:$TAG" | awk '{ printf "%.1f MB", $1 / 1e6 }'))"
 done
+# 5. The servers, when asked: Debian's packages, an entrypoint, their user.
+# server NAME PACKAGES USER DATA_DIR PORTS...
+server() {
+  local name=$1 packages=$2 user=$3 data=$4
+  shift 4
+  local rootfs="$CACHE/bookworm-$name"
+  if [ ! -f "$rootfs/.complete" ]; then
+    say "debootstrap bookworm + $packages into $rootfs"
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" "$MIRROR" \
+      >"$CACHE/debootstrap-$name.log" 2>&1 || die "debootstrap failed; see $CACHE/debootstrap-$name.log"
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    touch "$rootfs/.complete"
+  fi
+  install -m 755 "deploy/images/$name-entrypoint.sh" "$rootfs/usr/local/bin/entrypoint"
+  mkdir -p "$rootfs$data"
+  chroot "$rootfs" chown -R "$user:$user" "$data"
+  local changes=(--change "USER $user" --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]'
+    --change "VOLUME $data")
+  local port
+  for port in "$@"; do changes+=(--change "EXPOSE $port"); done
+  tar -C "$rootfs" --exclude=./.complete -c . | docker import "${changes[@]}" - "mapmo-chat/$name:$TAG" >/dev/null
+  say "mapmo-chat/$name:$TAG imported ($(docker image inspect -f '{{.Size}}' "mapmo-chat/$name:$TAG" | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
+}
+if [ "${1:-}" = --servers ]; then
+  server postgres postgresql-15 postgres /var/lib/postgresql/data 5432
+  server rabbitmq rabbitmq-server rabbitmq /var/lib/rabbitmq 5672 4369 25672
+  server redis redis-server redis /var/lib/redis 6379
+fi
 say "done in $((SECONDS - started)) s"
