@@ -96,26 +96,16 @@ impl From<RowError> for WriteError {
 }
 
 impl WriteError {
-    /// Worth retrying the same batch: the connection, a lost race on the
-    /// idempotency key with another persister, a serialization failure.
+    /// Worth retrying the same batch: the connection, or a conflict.
     pub fn is_transient(&self) -> bool {
-        match self {
-            WriteError::Db(sqlx::Error::Database(db)) => {
-                let code = db.code().unwrap_or_default();
-                code == "23505"
-                    || code == "40001"
-                    || code == "40P01"
-                    || code.starts_with("08")
-                    || code.starts_with("57")
-            }
-            WriteError::Db(
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Protocol(_),
-            ) => true,
-            _ => false,
-        }
+        self.is_outage() || self.is_conflict()
+    }
+
+    /// A lost race on the idempotency key with another persister, a
+    /// serialization failure or a deadlock: the same batch may pass next time.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, WriteError::Db(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")))
     }
 
     /// Postgres cannot be reached (or is shutting down): retry for as long

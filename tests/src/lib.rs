@@ -263,6 +263,14 @@ impl TestSystem {
         text.as_str().unwrap_or_default().to_owned()
     }
 
+    /// The Prometheus text of persister `persister`.
+    pub async fn persister_metrics_text(&self, persister: usize) -> String {
+        let url = format!("http://{}/metrics", self.persister_metrics[persister]);
+        let (status, text) = self.get_url(&url).await;
+        assert_eq!(status, 200, "persister metrics: {text}");
+        text.as_str().unwrap_or_default().to_owned()
+    }
+
     /// GET of a full URL (other services' endpoints).
     pub async fn get_url(&self, url: &str) -> (u16, Value) {
         respond(self.http.get(url)).await
@@ -380,6 +388,23 @@ impl GatewayProcess {
             .kill()
             .await
             .unwrap_or_else(|e| panic!("kill -9: {e}"));
+    }
+}
+
+/// Waits until `check` says yes, asking every 50 ms; fails the test with
+/// `what` after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (waited {DEADLINE:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -383,6 +383,16 @@ impl Session {
         let _ = self.write(hub::frame(&frame)).await;
     }
 
+    /// Answers `forbidden` (and says so) when the user is not a member.
+    async fn refused_as_non_member(&mut self, conversation: ConversationId) -> bool {
+        if self.is_member(conversation).await {
+            return false;
+        }
+        let message = "not a member of this conversation";
+        self.refuse(ErrorCode::Forbidden, message, None).await;
+        true
+    }
+
     /// Whether the user is a member of `conversation`: asked of Postgres
     /// once per conversation and session, then remembered. When Postgres
     /// cannot answer, the frame goes on and the service behind decides.
@@ -441,13 +451,7 @@ impl Session {
                     return;
                 }
                 *count += 1;
-                if !self.is_member(conversation_id).await {
-                    self.refuse(
-                        ErrorCode::Forbidden,
-                        "not a member of this conversation",
-                        None,
-                    )
-                    .await;
+                if self.refused_as_non_member(conversation_id).await {
                     return;
                 }
                 let user_id = self.user.user_id;
@@ -478,13 +482,7 @@ impl Session {
                 .await;
             return;
         }
-        if !self.is_member(conversation_id).await {
-            self.refuse(
-                ErrorCode::Forbidden,
-                "not a member of this conversation",
-                None,
-            )
-            .await;
+        if self.refused_as_non_member(conversation_id).await {
             return;
         }
         let command = PersistCommand::Read(ReadCommand {

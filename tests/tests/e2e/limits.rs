@@ -3,7 +3,7 @@
 //! nobody else notices. Limits are set low per test through the settings.
 
 use chat_tests::client::Closed;
-use chat_tests::{Client, DEADLINE, TestSystem};
+use chat_tests::{Client, DEADLINE, TestSystem, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -199,18 +199,12 @@ async fn sessions_per_user_beyond_the_limit_are_refused() {
     assert_eq!(third.closed().await, Closed::Code(4029));
     // A slot frees when a session closes.
     two.close().await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let attempt = Client::connect(system.gateways[0], Some(&token), None).await;
-        if attempt.is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot was not freed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the slot was not freed", || async {
+        Client::connect(system.gateways[0], Some(&token), None)
+            .await
+            .is_ok()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,24 +225,16 @@ async fn connections_per_address_are_counted_from_the_accept_before_any_request(
     assert!(answer.contains(r#""code":"rate_limited""#), "{answer}");
     // Closing one frees its slot.
     drop(silent.pop());
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually("the slot was not freed", || async {
         let mut next = TcpStream::connect(gateway).await.unwrap();
         next.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
-        if read_until_closed(&mut next)
+        read_until_closed(&mut next)
             .await
             .starts_with("HTTP/1.1 200")
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot was not freed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

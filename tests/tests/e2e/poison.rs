@@ -81,14 +81,9 @@ async fn an_undecodable_command_is_dead_lettered_and_its_neighbours_are_stored()
         1,
         "the unknown command is a dead letter"
     );
-    let (_, metrics) = system
-        .get_url(&format!("http://{}/metrics", system.persister_metrics[0]))
-        .await;
+    let metrics = system.persister_metrics_text(0).await;
     assert!(
-        metrics
-            .as_str()
-            .unwrap_or_default()
-            .contains("persister_dead_lettered_total 1"),
+        metrics.contains("persister_dead_lettered_total 1"),
         "{metrics}"
     );
 }
@@ -125,14 +120,9 @@ async fn a_send_that_fails_every_time_is_refused_and_does_not_stall_the_others()
     assert_eq!(chi.next_of("ack").await["client_msg_id"], "good");
     // The poison is gone from the path: the next send goes straight through.
     an.send_and_ack(poisoned, "after", "xin chào").await;
-    let (_, metrics) = system
-        .get_url(&format!("http://{}/metrics", system.persister_metrics[0]))
-        .await;
+    let metrics = system.persister_metrics_text(0).await;
     assert!(
-        metrics
-            .as_str()
-            .unwrap_or_default()
-            .contains("persister_commands_refused_total 1"),
+        metrics.contains("persister_commands_refused_total 1"),
         "{metrics}"
     );
 }
