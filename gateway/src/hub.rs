@@ -203,6 +203,21 @@ impl Hub {
                 member_ids,
                 origin,
             } => {
+                // The delivery on this gateway, in the send's trace.
+                let span = tracing::info_span!(
+                    "process chat.fanout",
+                    otel.kind = "consumer",
+                    messaging.system = "rabbitmq",
+                    messaging.operation.type = "process",
+                    messaging.destination.name = "fanout",
+                    message.id = message.id.0,
+                    chat.stored_to_here_ms = tracing::field::Empty,
+                );
+                chat_shared::telemetry::propagation::set_parent(
+                    &span,
+                    origin.as_ref().and_then(|o| o.trace.as_ref()),
+                );
+                let _in_span = span.enter();
                 let origin = origin.map(|o| o.session_id);
                 // Serialised once, and only if a local session needs it: with
                 // coalesced events most of them concern other gateways.
@@ -244,12 +259,15 @@ impl Hub {
                         sessions += 1;
                     }
                 }
-                if delivery.is_some() {
+                if sessions > 0 {
                     // Stored (the persister's clock) -> handed to the
-                    // recipients' sessions here.
+                    // sessions here (recipients, or the sender's ack).
                     let since = chrono::Utc::now() - message.created_at;
                     let seconds = since.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-                    self.metrics.delivery_seconds.observe(seconds);
+                    if delivery.is_some() {
+                        self.metrics.delivery_seconds.observe(seconds);
+                    }
+                    span.record("chat.stored_to_here_ms", seconds * 1e3);
                 }
                 tracing::debug!(
                     message.id = message.id.0,

@@ -48,6 +48,7 @@ impl Announcer {
                     message,
                     members,
                     origin_session,
+                    origin_trace,
                 } => (
                     members,
                     GatewayEvent::Stored {
@@ -55,6 +56,7 @@ impl Announcer {
                         member_ids: members.clone(),
                         origin: Some(Origin {
                             session_id: origin_session.clone(),
+                            trace: origin_trace.clone(),
                         }),
                     },
                 ),

@@ -9,7 +9,7 @@ use chat_shared::{schema, shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading configuration")?;
-    telemetry::init(&settings.log);
+    telemetry::init(&settings.log, &settings.telemetry, "chat-persister");
     match std::env::args().nth(1).as_deref() {
         Some("migrate") => {
             let db = schema::connect(&settings.database)
@@ -20,10 +20,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            Persister::build(settings)
+            let result = Persister::build(settings)
                 .await?
                 .run_until(shutdown::signal())
-                .await
+                .await;
+            telemetry::flush();
+            result
         }
         Some(other) => {
             anyhow::bail!("unknown command {other:?} (expected no argument, or `migrate`)")

@@ -8,14 +8,17 @@ use crate::metrics::Metrics;
 use crate::writer::{Outcome, Request, Writer};
 use anyhow::Context;
 use chat_shared::amqp::{self, ConfirmedPublisher};
+use chat_shared::bus::PersistCommand;
 use chat_shared::config::Settings;
 use chat_shared::schema;
+use chat_shared::telemetry::propagation;
 use lapin::options::BasicAckOptions;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 impl Weighed for Incoming {
     fn weight(&self) -> usize {
@@ -148,8 +151,35 @@ impl Persister {
                     })
                 })
                 .collect();
+            // One span per batch, linked to the send of each message in it
+            // (the messaging conventions for batches); the commit and the
+            // fan-out are its children.
+            let batch_span = tracing::info_span!(
+                "process chat.persist",
+                otel.kind = "consumer",
+                messaging.system = "rabbitmq",
+                messaging.operation.type = "process",
+                messaging.destination.name = "persist",
+                messaging.batch.message_count = requests.len(),
+            );
+            for request in &requests {
+                if let PersistCommand::Send(send) = request.command {
+                    propagation::add_link(&batch_span, send.trace.as_ref());
+                }
+            }
+            let commit_span = tracing::info_span!(
+                parent: &batch_span,
+                "COMMIT",
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.name = "COMMIT",
+                db.operation.batch.size = requests.len(),
+            );
             let started = Instant::now();
-            let Some(outcomes) = store(&writer, &requests, &mut stop).await else {
+            let stored = store(&writer, &requests, &mut stop)
+                .instrument(commit_span)
+                .await;
+            let Some(outcomes) = stored else {
                 break;
             };
             metrics
@@ -164,7 +194,18 @@ impl Persister {
             metrics.messages_stored.inc_by(stored as u64);
             log_outcomes(&outcomes);
             let started = Instant::now();
-            if !announce(&announcer, &outcomes, &mut stop).await {
+            let announce_span = tracing::info_span!(
+                parent: &batch_span,
+                "send chat.fanout",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.operation.type = "send",
+                messaging.destination.name = "fanout",
+            );
+            if !announce(&announcer, &outcomes, &mut stop)
+                .instrument(announce_span)
+                .await
+            {
                 break;
             }
             metrics

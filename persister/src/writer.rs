@@ -42,6 +42,8 @@ pub enum Outcome {
         message: Message,
         members: Vec<UserId>,
         origin_session: String,
+        /// The send's trace, for the deliveries.
+        origin_trace: Option<chat_shared::telemetry::propagation::TraceHeaders>,
     },
     /// Concerns only the sending session: a resend answered with the
     /// original, or a refusal.
@@ -343,6 +345,7 @@ impl Writer {
                         members: members.get(&conversation).cloned().unwrap_or_default(),
                         message,
                         origin_session: c.session_id.clone(),
+                        origin_trace: c.trace.clone(),
                     }
                 }
                 Plan::Existing(message) if r.redelivered => Outcome::Deliver {
@@ -352,6 +355,7 @@ impl Writer {
                         .unwrap_or_default(),
                     message,
                     origin_session: c.session_id.clone(),
+                    origin_trace: c.trace.clone(),
                 },
                 Plan::Existing(message) => Outcome::reply(c, SendOutcome::Stored { message }),
                 Plan::SameAsEarlier(earlier) => match stored[earlier].clone() {

@@ -6,9 +6,11 @@ use chat_shared::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading configuration")?;
-    telemetry::init(&settings.log);
-    Presence::build(settings)
+    telemetry::init(&settings.log, &settings.telemetry, "chat-presence");
+    let result = Presence::build(settings)
         .await?
         .run_until(shutdown::signal())
-        .await
+        .await;
+    telemetry::flush();
+    result
 }

@@ -19,6 +19,9 @@ pub struct SendCommand {
     pub sender_id: UserId,
     pub client_msg_id: ClientMsgId,
     pub body: String,
+    /// The trace of the `send` (only when it is traced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::propagation::TraceHeaders>,
 }
 
 /// gateway -> persister: what goes through the persist path, in order per
@@ -73,6 +76,9 @@ pub enum PresenceEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     pub session_id: String,
+    /// The trace of the `send` (only when it is traced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::propagation::TraceHeaders>,
 }
 
 /// persister or gateway -> gateways.
@@ -212,6 +218,7 @@ mod tests {
             sender_id: UserId::new(4).unwrap_or_else(|_| unreachable!()),
             client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
             body: "hi".into(),
+            trace: None,
         };
         let cmd = PersistCommand::Send(cmd);
         let bytes = encode(std::slice::from_ref(&cmd));

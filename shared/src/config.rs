@@ -28,6 +28,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
@@ -41,6 +42,15 @@ pub struct Settings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP collector base URL; empty (and no OTEL_EXPORTER_OTLP_*
+    /// endpoint variable) means no tracing.
+    pub otlp_endpoint: String,
+    /// Share of traces kept (parent-based), unless OTEL_TRACES_SAMPLER says.
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -241,6 +251,9 @@ impl Settings {
                 "gateway.limits.connections_per_user",
                 "connections_per_user and connections_per_ip must be at least 1",
             );
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return invalid("telemetry.sample_ratio", "must be between 0 and 1");
         }
         if self.amqp.partitions == 0 {
             return invalid("amqp.partitions", "must be at least 1");

@@ -1,23 +1,172 @@
-//! Logging setup shared by every service: human-readable text locally, JSON
-//! lines in production, filtered by `log.filter` (or `RUST_LOG`).
+//! Logging and tracing shared by every service: human-readable text locally,
+//! JSON lines in production, filtered by `log.filter` (or `RUST_LOG`); and,
+//! when an OTLP endpoint is configured, OpenTelemetry traces exported over
+//! OTLP/HTTP (protobuf). No endpoint, no exporter and no cost.
+//!
+//! Configuration follows the OpenTelemetry variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or the key
+//! `telemetry.otlp_endpoint`), `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default: parent-based,
+//! ratio `telemetry.sample_ratio`). Only `http/protobuf` is built in; spans
+//! are sent by a thread of their own, with a plain HTTP/1.1 client (an
+//! in-cluster collector; no TLS).
 
-use crate::config::{LogFormat, LogSettings};
+pub mod propagation;
+
+use crate::config::{LogFormat, LogSettings, TelemetrySettings};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber. Safe to call more than once (tests start
-/// several services in one process): later calls keep the first subscriber.
-pub fn init(settings: &LogSettings) {
+/// The provider of the process, kept to flush at exit.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global subscriber, with the OTLP exporter when an endpoint
+/// is configured. Safe to call more than once (tests start several services
+/// in one process): later calls keep the first subscriber.
+pub fn init(log: &LogSettings, telemetry: &TelemetrySettings, service: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.filter))
+        .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Colours only for a person at a terminal, not in log files.
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(true)
-        // Colours only for a person at a terminal, not in log files.
         .with_ansi(std::io::stdout().is_terminal());
-    let _already_set = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = match log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    }
+    .with_filter(filter);
+    let otel = tracer_provider(telemetry, service).map(|provider| {
+        let tracer = provider.tracer("mapmo-chat");
+        let _ = PROVIDER.set(provider.clone());
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        // Spans are traced whatever the log filter says (a quiet log must
+        // not mean no traces): the services' own spans are at INFO.
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let _already_set = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+}
+
+/// Sends the spans still buffered (at shutdown).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The OTLP endpoint (the collector's base URL) from the environment or the
+/// settings, if any.
+pub fn otlp_endpoint(telemetry: &TelemetrySettings) -> Option<String> {
+    env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| format!("{base}/v1/traces")))
+        .or_else(|| {
+            let base = telemetry.otlp_endpoint.trim_end_matches('/');
+            (!base.is_empty()).then(|| format!("{base}/v1/traces"))
+        })
+}
+
+fn tracer_provider(telemetry: &TelemetrySettings, service: &str) -> Option<SdkTracerProvider> {
+    let endpoint = otlp_endpoint(telemetry)?;
+    if env("OTEL_EXPORTER_OTLP_PROTOCOL").is_some_and(|p| p != "http/protobuf") {
+        eprintln!("OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is built in; traces are off");
+        return None;
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint.clone())
+        .with_http_client(PlainHttp)
+        .build();
+    let exporter = match exporter {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("OTLP exporter for {endpoint}: {e}; traces are off");
+            return None;
+        }
     };
+    let mut resource = Resource::builder();
+    if env("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    let mut builder = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build());
+    if env("OTEL_TRACES_SAMPLER").is_none() {
+        let ratio = Sampler::TraceIdRatioBased(telemetry.sample_ratio);
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(ratio)));
+    }
+    Some(builder.build())
+}
+
+/// A blocking HTTP/1.1 POST over a TCP connection: the batch span processor
+/// runs on a thread of its own, outside any async runtime.
+#[derive(Debug)]
+struct PlainHttp;
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for PlainHttp {
+    async fn send_bytes(
+        &self,
+        request: http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        use std::io::{Read, Write};
+        let uri = request.uri();
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("{uri}: only http:// endpoints are supported").into());
+        }
+        let host = uri.host().ok_or("no host")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let timeout = std::time::Duration::from_secs(10);
+        let mut stream = std::net::TcpStream::connect((host, port))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            request.body().len()
+        );
+        for (name, value) in request.headers() {
+            if name != http::header::CONTENT_LENGTH && name != http::header::HOST {
+                head.push_str(&format!(
+                    "{name}: {}\r\n",
+                    value.to_str().unwrap_or_default()
+                ));
+            }
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(request.body())?;
+        let mut answer = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut answer)?;
+        let status: u16 = std::str::from_utf8(&answer)
+            .ok()
+            .and_then(|text| text.split(' ').nth(1))
+            .and_then(|code| code.parse().ok())
+            .ok_or("no HTTP status in the collector's answer")?;
+        let body = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| answer[at + 4..].to_vec())
+            .unwrap_or_default();
+        Ok(http::Response::builder()
+            .status(status)
+            .body(opentelemetry_http::Bytes::from(body))?)
+    }
 }

@@ -74,7 +74,7 @@ impl TestSystem {
         settings.redis.prefix = settings.amqp.prefix.clone();
         settings.database.url =
             create_database(&settings.database.url, &format!("test_{}", &unique[..16])).await;
-        chat_shared::telemetry::init(&settings.log);
+        chat_shared::telemetry::init(&settings.log, &settings.telemetry, "chat-tests");
         let db = schema::connect(&settings.database)
             .await
             .unwrap_or_else(|e| panic!("test database: {e}"));

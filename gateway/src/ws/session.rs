@@ -539,7 +539,19 @@ impl Session {
                 .await;
             return;
         }
+        // The producer span of this send: the persister's batch links to
+        // it, and every gateway's delivery of the message is its child.
+        let span = tracing::info_span!(
+            "send chat.persist",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = "persist",
+            chat.client_msg_id = client_msg_id.as_str(),
+            conversation.id = %send.conversation_id,
+        );
         let command = SendCommand {
+            trace: span.in_scope(chat_shared::telemetry::propagation::current),
             session_id: self.session_id.to_string(),
             reply_to: self.state.queue.to_string(),
             conversation_id: send.conversation_id,
