@@ -143,8 +143,18 @@ server() {
   fi
   install -m 755 "deploy/images/$name-entrypoint.sh" "$rootfs/usr/local/bin/entrypoint"
   mkdir -p "$rootfs$data"
-  chroot "$rootfs" chown -R "$user:$user" "$data"
-  local changes=(--change "USER $user" --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]'
+  # The server's user gets uid and gid 10001, as every mapmo-chat image
+  # (k8s/ runs every pod as 10001); its files follow.
+  if [ "$(chroot "$rootfs" id -u "$user")" != 10001 ]; then
+    local old_uid old_gid
+    old_uid=$(chroot "$rootfs" id -u "$user")
+    old_gid=$(chroot "$rootfs" id -g "$user")
+    chroot "$rootfs" groupmod -g 10001 "$user"
+    chroot "$rootfs" usermod -u 10001 -g 10001 "$user"
+    chroot "$rootfs" find / -xdev \( -uid "$old_uid" -o -gid "$old_gid" \) -exec chown -h 10001:10001 {} + 2>/dev/null || true
+  fi
+  chroot "$rootfs" chown -R 10001:10001 "$data"
+  local changes=(--change "USER 10001:10001" --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]'
     --change "VOLUME $data")
   local port
   for port in "$@"; do changes+=(--change "EXPOSE $port"); done

@@ -49,5 +49,7 @@ cargo build -p chat-gateway --bin chat-gateway
 echo "[test] promtool: the alert rules, and their unit tests"
 promtool check rules deploy/observability/rules.yml
 promtool test rules deploy/observability/rules_test.yml
+echo "[test] k8s/: render, validate (kubernetes-validate, checkov), check against the binaries' settings"
+k8s/validate.sh
 echo "[test] cargo test"
 cargo test --workspace --all-targets --no-fail-fast "$@"

@@ -2,10 +2,12 @@
 # mapmo-chat/postgres: Debian's PostgreSQL 15. On first start (empty
 # PGDATA) creates the cluster with scram-sha-256 over TCP and a role and
 # database named $POSTGRES_USER (default chat) whose password is
-# $POSTGRES_PASSWORD (required), then runs the server in the foreground.
+# $POSTGRES_PASSWORD (required), and a database $POSTGRES_DB (default: the
+# user's name) it owns, then runs the server in the foreground.
 set -euo pipefail
 : "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
 POSTGRES_USER="${POSTGRES_USER:-chat}"
+POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
 PGDATA="${PGDATA:-/var/lib/postgresql/data}"
 BIN=/usr/lib/postgresql/15/bin
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -23,7 +25,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   "$BIN/psql" -h /tmp -U postgres -v ON_ERROR_STOP=1 -q <<SQL
 \set pw \`cat $pwfile\`
 CREATE ROLE "$POSTGRES_USER" LOGIN CREATEDB PASSWORD :'pw';
-CREATE DATABASE "$POSTGRES_USER" OWNER "$POSTGRES_USER";
+CREATE DATABASE "$POSTGRES_DB" OWNER "$POSTGRES_USER";
 SQL
   rm -f "$pwfile"
   "$BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null

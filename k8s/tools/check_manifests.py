@@ -1,0 +1,908 @@
+#!/usr/bin/env python3
+"""Offline checks of the rendered Kubernetes manifests of mapmo-chat.
+
+k8s/validate.sh renders every kustomization and runs this with the Python of
+its venv (PyYAML and kubernetes-validate):
+
+    check_manifests.py objects --render base=base.yaml --render dev=dev.yaml \
+        --render production=production.yaml
+    check_manifests.py checkov NAME REPORT.json
+
+`objects` checks, for every render:
+- every object against the Kubernetes API schemas (kubernetes-validate,
+  strict, Kubernetes 1.32); kinds of operators' CRDs are skipped by name,
+  with the reason, and any other unknown kind fails;
+- every CHAT_* variable the manifests set is a key of config/default.toml
+  (CHAT_<SECTION>__<KEY>, CHAT_<SECTION>__<TABLE>__<KEY>) with a value of the
+  right type; the JWT secret and the three URLs come from Secrets in every
+  service; the bus layout is the same for every service;
+- the restricted Pod Security Standard (and read-only root filesystems,
+  resources, no service account token) on every pod and container;
+- probes, ports and the shutdown timing of the services against
+  config/production.toml; the public route reaches port 8080 only;
+- the monitoring objects against deploy/observability/rules.yml, and the
+  operators' objects against what the services need.
+`checkov` summarises a checkov JSON report: it fails on any failed check and
+on any skipped check without a reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ipaddress
+import json
+import pathlib
+import re
+import sys
+import tomllib
+from typing import Any, Iterator
+
+import yaml
+from kubernetes_validate import utils as kv
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.32.0"
+
+# Kinds that are not built into Kubernetes: their schemas come with the
+# operators' CRDs, which are not on this machine. Checked below by what the
+# chat services need from them instead.
+CRD_KINDS = {
+    ("gateway.networking.k8s.io", "HTTPRoute"):
+        ("the Gateway API", "its backends and paths are checked below"),
+    ("monitoring.coreos.com", "PodMonitor"):
+        ("the Prometheus Operator", "its port and job name are checked below"),
+    ("monitoring.coreos.com", "PrometheusRule"):
+        ("the Prometheus Operator", "its groups are compared with rules.yml below"),
+    ("postgresql.cnpg.io", "Cluster"):
+        ("CloudNativePG", "its instances and bootstrap Secret are checked below"),
+    ("postgresql.cnpg.io", "ScheduledBackup"): ("CloudNativePG", "not checked further"),
+    ("barmancloud.cnpg.io", "ObjectStore"):
+        ("CloudNativePG's Barman Cloud plugin", "not checked further"),
+    ("rabbitmq.com", "RabbitmqCluster"):
+        ("the RabbitMQ Cluster Operator", "its node count is checked below"),
+    ("rabbitmq.com", "User"):
+        ("the RabbitMQ Messaging Topology Operator", "its credentials Secret is checked below"),
+    ("rabbitmq.com", "Permission"):
+        ("the RabbitMQ Messaging Topology Operator", "not checked further"),
+    ("rabbitmq.com", "Policy"):
+        ("the RabbitMQ Messaging Topology Operator",
+         "compared with deploy/services.sh's policy below"),
+}
+
+SERVICES = ("chat-gateway", "chat-persister", "chat-presence")
+JOBS = {"chat-gateway", "chat-persister", "chat-presence"}
+SECRET_SETTINGS = (
+    "CHAT_AUTH__JWT_SECRET",
+    "CHAT_DATABASE__URL",
+    "CHAT_AMQP__URL",
+    "CHAT_REDIS__URL",
+)
+BUS_SETTINGS = ("CHAT_AMQP__PREFIX", "CHAT_AMQP__PARTITIONS", "CHAT_AMQP__ROUTE_SHARDS")
+# Read by the binaries, not settings: the profile and an extra file.
+NOT_SETTINGS = {"CHAT_PROFILE", "CHAT_CONFIG_FILE"}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet"}
+METRICS_PORTS = {"chat-gateway": 9100, "chat-persister": 9101, "chat-presence": 9102}
+MONITORING_LABEL = ("mapmo.vn/monitoring", "true")
+ROLE_LABEL = "chat.mapmo.vn/role"
+
+
+class Report:
+    """Collects check results; prints each as it comes."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, problems: list[str]) -> None:
+        if problems:
+            self.failed += 1
+            print(f"  FAIL {name}")
+            for problem in problems:
+                print(f"       - {problem}")
+        else:
+            self.passed += 1
+            print(f"  ok   {name}")
+
+    def note(self, text: str) -> None:
+        print(f"       {text}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def load_render(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def group_of(obj: dict[str, Any]) -> str:
+    api = obj.get("apiVersion", "")
+    return api.split("/")[0] if "/" in api else ""
+
+
+def ident(obj: dict[str, Any]) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o.get("kind") == kind]
+
+
+def find(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] | None:
+    for obj in objs:
+        if obj.get("kind") == kind and obj["metadata"]["name"] == name:
+            return obj
+    return None
+
+
+def app_name(obj: dict[str, Any]) -> str:
+    return obj.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/name", "")
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]
+
+
+def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from spec.get("initContainers", []) or []
+    yield from spec.get("containers", []) or []
+
+
+def generated(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] | None:
+    """A ConfigMap or Secret by its name, with or without kustomize's hash."""
+    for obj in by_kind(objs, kind):
+        actual = obj["metadata"]["name"]
+        if actual == name or re.fullmatch(re.escape(name) + r"-[a-z0-9]{10}", actual):
+            return obj
+    return None
+
+
+def secret_value(objs: list[dict[str, Any]], name: str, key: str) -> str | None:
+    secret = find(objs, "Secret", name)
+    if secret is None:
+        return None
+    if key in (secret.get("stringData") or {}):
+        return secret["stringData"][key]
+    if key in (secret.get("data") or {}):
+        return base64.b64decode(secret["data"][key]).decode()
+    return None
+
+
+class Env:
+    """A container's environment as the manifests set it."""
+
+    def __init__(self, objs: list[dict[str, Any]], container: dict[str, Any]) -> None:
+        self.values: dict[str, str | None] = {}  # None: from a Secret
+        self.secret_refs: dict[str, tuple[str, str]] = {}
+        self.problems: list[str] = []
+        for source in container.get("envFrom", []) or []:
+            if "configMapRef" in source:
+                name = source["configMapRef"]["name"]
+                config = find(objs, "ConfigMap", name)
+                if config is None:
+                    self.problems.append(f"envFrom ConfigMap {name} is not in the render")
+                    continue
+                for key, value in (config.get("data") or {}).items():
+                    self.values[source.get("prefix", "") + key] = str(value)
+            else:
+                self.problems.append(f"envFrom {sorted(source)}: only ConfigMaps can be checked")
+        for var in container.get("env", []) or []:
+            name = var["name"]
+            if "value" in var:
+                self.values[name] = str(var["value"])
+            elif "secretKeyRef" in var.get("valueFrom", {}):
+                ref = var["valueFrom"]["secretKeyRef"]
+                self.values[name] = None
+                self.secret_refs[name] = (ref["name"], ref["key"])
+            else:
+                self.values[name] = None
+
+
+# ------------------------------------------------------------ the settings
+
+
+def known_settings() -> dict[str, tuple[str, Any]]:
+    """CHAT_<SECTION>__<KEY> -> (dotted key, default) for every leaf of default.toml."""
+    with open(ROOT / "config" / "default.toml", "rb") as f:
+        defaults = tomllib.load(f)
+    known: dict[str, tuple[str, Any]] = {}
+
+    def walk(path: list[str], table: dict[str, Any]) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(path + [key], value)
+            else:
+                dotted = path + [key]
+                known["CHAT_" + "__".join(p.upper() for p in dotted)] = (".".join(dotted), value)
+
+    walk([], defaults)
+    return known
+
+
+def production_profile() -> dict[str, Any]:
+    with open(ROOT / "config" / "production.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def value_problem(dotted: str, default: Any, value: str) -> str | None:
+    """Why `value` cannot be what the binaries parse for `dotted`, or None."""
+    if isinstance(default, bool):
+        return None if value.lower() in ("true", "false") else "not true or false"
+    if isinstance(default, int):
+        return None if re.fullmatch(r"\d+", value) else "not a whole number"
+    if isinstance(default, float):
+        try:
+            number = float(value)
+        except ValueError:
+            return "not a number"
+        return None if number == number and abs(number) != float("inf") else "not finite"
+    if isinstance(default, list):
+        items = value.split(",")
+        if any(not item.strip() for item in items):
+            return "an empty item (a comma list; an empty value is a list of one empty string)"
+        if dotted == "gateway.trusted_proxies":
+            for item in items:
+                try:
+                    ipaddress.ip_address(item.strip())
+                except ValueError:
+                    return (f"{item!r} is not one IP address "
+                            "(the gateway takes addresses, not CIDRs)")
+        if dotted == "auth.allowed_origins":
+            for item in items:
+                if item != "*" and not re.fullmatch(r"https?://[^/\s]+", item):
+                    return f"{item!r} is not an origin (scheme://host[:port], no path)"
+        return None
+    if dotted.endswith("listen"):
+        host, _, port = value.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return "not address:port"
+        return None if port.isdigit() else "not address:port"
+    if dotted == "log.format":
+        return None if value in ("text", "json") else "not text or json"
+    url_schemes = {"database.url": ("postgres://",), "amqp.url": ("amqp://", "amqps://"),
+                   "redis.url": ("redis://", "rediss://")}
+    if dotted in url_schemes and not value.startswith(url_schemes[dotted]):
+        return f"must start with {' or '.join(url_schemes[dotted])}"
+    if dotted == "auth.jwt_secret" and len(value.encode()) < 32:
+        return "shorter than 32 bytes"
+    return None
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check_schemas(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    problems: list[str] = []
+    skipped: dict[str, list[str]] = {}
+    checked = 0
+    for obj in objs:
+        key = (group_of(obj), obj.get("kind", ""))
+        if key in CRD_KINDS:
+            skipped.setdefault(f"{obj['apiVersion']} {obj['kind']}", []).append(
+                obj["metadata"]["name"])
+            continue
+        try:
+            kv.validate(obj, K8S_VERSION, strict=True)
+            checked += 1
+        except kv.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            problems.append(f"{ident(obj)}: {path}: {e.message}")
+        except kv.SchemaNotFoundError as e:
+            problems.append(f"{ident(obj)}: {e.message}; not a known CRD kind either")
+    report.check(f"{name}: {checked} objects valid against the Kubernetes {K8S_VERSION[:4]} "
+                 "schemas (kubernetes-validate, strict)", problems)
+    for kind, names in sorted(skipped.items()):
+        owner, checked_here = CRD_KINDS[(kind.split("/")[0], kind.split()[-1])]
+        report.note(f"skipped {kind} ({', '.join(names)}): a custom resource of {owner}, not "
+                    "built into Kubernetes, so kubernetes-validate has no schema for it (the "
+                    f"CRD comes with the operator, not on this machine); {checked_here}")
+
+
+def check_settings(report: Report, name: str, objs: list[dict[str, Any]],
+                   known: dict[str, tuple[str, Any]]) -> None:
+    problems: list[str] = []
+    names: set[str] = set()
+    literal: dict[str, set[str]] = {}
+    # Every ConfigMap key and env entry named CHAT_*, wherever it is.
+    for config in by_kind(objs, "ConfigMap"):
+        for key, value in (config.get("data") or {}).items():
+            if key.startswith("CHAT_"):
+                names.add(key)
+                literal.setdefault(key, set()).add(str(value))
+    for obj in objs:
+        if obj.get("kind") not in WORKLOADS:
+            continue
+        for container in containers(pod_spec(obj)):
+            env = Env(objs, container)
+            problems += [f"{ident(obj)} {container['name']}: {p}" for p in env.problems]
+            for var in container.get("env", []) or []:
+                if var["name"].startswith("CHAT_"):
+                    names.add(var["name"])
+                    if "value" in var:
+                        literal.setdefault(var["name"], set()).add(str(var["value"]))
+            for var, (secret, key) in env.secret_refs.items():
+                value = secret_value(objs, secret, key)
+                if value is not None and var in known:
+                    literal.setdefault(var, set()).add(value)
+    for var in sorted(names):
+        if var in NOT_SETTINGS:
+            continue
+        if var not in known:
+            problems.append(f"{var} is not a setting of config/default.toml")
+    for var, values in sorted(literal.items()):
+        if var == "CHAT_PROFILE":
+            bad = values - {"production"}
+            if bad:
+                problems.append(f"CHAT_PROFILE={sorted(bad)}: the manifests run the "
+                                "production profile")
+            continue
+        if var not in known:
+            continue
+        dotted, default = known[var]
+        for value in values:
+            why = value_problem(dotted, default, value)
+            if why:
+                problems.append(f"{var}={value!r} ({dotted}): {why}")
+        if var == "CHAT_AUTH__DEV_LOGIN" and "true" in {v.lower() for v in values}:
+            problems.append("CHAT_AUTH__DEV_LOGIN=true: never outside a developer's machine")
+    report.check(f"{name}: {len(names)} CHAT_* names are settings of config/default.toml, "
+                 "with values of the right type", problems)
+    report.note("set: " + ", ".join(sorted(names)))
+
+
+def service_containers(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for service in SERVICES:
+        deployment = find(objs, "Deployment", service)
+        if deployment is None:
+            continue
+        for container in pod_spec(deployment)["containers"]:
+            yield service, container
+
+
+def check_secrets_and_bus(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    problems: list[str] = []
+    present = {service for service, _ in service_containers(objs)}
+    missing = set(SERVICES) - present
+    if missing:
+        problems.append(f"no Deployment for {sorted(missing)}")
+    refs: set[tuple[str, str]] = set()
+    bus: dict[str, dict[str, str | None]] = {}
+    for service, container in service_containers(objs):
+        env = Env(objs, container)
+        for var in SECRET_SETTINGS:
+            if var not in env.secret_refs:
+                how = "not set" if var not in env.values else "not from a Secret"
+                problems.append(f"{service}: {var} {how} (the default names a local server)")
+            else:
+                refs.add(env.secret_refs[var])
+        bus[service] = {var: env.values.get(var) for var in BUS_SETTINGS}
+    migrate = find(objs, "Job", "chat-migrate")
+    if migrate is None:
+        problems.append("no Job chat-migrate")
+    else:
+        env = Env(objs, pod_spec(migrate)["containers"][0])
+        for var in ("CHAT_DATABASE__URL", "CHAT_AUTH__JWT_SECRET"):
+            if var not in env.secret_refs:
+                problems.append(f"chat-migrate: {var} not from a Secret")
+            else:
+                refs.add(env.secret_refs[var])
+    report.check(f"{name}: JWT secret and database, AMQP and Redis URLs come from Secrets "
+                 "in every service (and the migration Job)", problems)
+    problems = []
+    for var in BUS_SETTINGS:
+        values = {service: settings[var] for service, settings in bus.items()}
+        if None in values.values():
+            problems.append(f"{var} not set in {sorted(s for s, v in values.items() if v is None)}")
+        elif len(set(values.values())) > 1:
+            problems.append(f"{var} differs: {values}")
+    report.check(f"{name}: one bus layout (prefix, partitions, route_shards) for every service",
+                 problems)
+    # Secrets: where the render holds them (dev), every reference must
+    # resolve; elsewhere they are created by hand (docs/operations.md).
+    in_render = {s["metadata"]["name"] for s in by_kind(objs, "Secret")}
+    if in_render:
+        problems = []
+        for obj in objs:
+            if obj.get("kind") not in WORKLOADS:
+                continue
+            for container in containers(pod_spec(obj)):
+                for var in container.get("env", []) or []:
+                    ref = var.get("valueFrom", {}).get("secretKeyRef")
+                    if ref and secret_value(objs, ref["name"], ref["key"]) is None:
+                        problems.append(f"{ident(obj)}: {var['name']} -> Secret {ref['name']} "
+                                        f"key {ref['key']} is not in the render")
+            for volume in pod_spec(obj).get("volumes", []) or []:
+                if "secret" in volume and volume["secret"]["secretName"] not in in_render:
+                    problems.append(f"{ident(obj)}: volume Secret {volume['secret']['secretName']} "
+                                    "is not in the render")
+        report.check(f"{name}: every Secret reference resolves to a Secret of the render", problems)
+    else:
+        report.note("Secrets created outside the manifests, referenced by the services: "
+                    + ", ".join(f"{n}/{k}" for n, k in sorted(refs)))
+
+
+def check_pod_security(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    problems: list[str] = []
+    accounts = {a["metadata"]["name"]: a for a in by_kind(objs, "ServiceAccount")}
+    workloads = [o for o in objs if o.get("kind") in WORKLOADS]
+    for obj in workloads:
+        where = ident(obj)
+        spec = pod_spec(obj)
+        pod_sc = spec.get("securityContext") or {}
+        for field in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(field):
+                problems.append(f"{where}: {field}")
+        for volume in spec.get("volumes", []) or []:
+            if "hostPath" in volume:
+                problems.append(f"{where}: hostPath volume {volume['name']}")
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken is not false")
+        if spec.get("enableServiceLinks") is not False:
+            problems.append(f"{where}: enableServiceLinks is not false (service links set "
+                            "CHAT_*_PORT variables for Services named chat-*)")
+        account = spec.get("serviceAccountName")
+        if not account or account == "default":
+            problems.append(f"{where}: no service account of its own")
+        elif account not in accounts:
+            problems.append(f"{where}: ServiceAccount {account} is not in the render")
+        elif accounts[account].get("automountServiceAccountToken") is not False:
+            problems.append(f"ServiceAccount/{account}: automountServiceAccountToken is not false")
+        if pod_sc.get("runAsUser") == 0:
+            problems.append(f"{where}: runAsUser 0")
+        for container in containers(spec):
+            cwhere = f"{where} {container['name']}"
+            sc = container.get("securityContext") or {}
+            effective = dict(pod_sc, **sc).get
+
+            if effective("runAsNonRoot") is not True:
+                problems.append(f"{cwhere}: runAsNonRoot is not true")
+            if effective("runAsUser") == 0:
+                problems.append(f"{cwhere}: runAsUser 0")
+            seccomp = (effective("seccompProfile") or {}).get("type")
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                problems.append(f"{cwhere}: seccompProfile is {seccomp}, not RuntimeDefault")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{cwhere}: allowPrivilegeEscalation is not false")
+            if sc.get("privileged"):
+                problems.append(f"{cwhere}: privileged")
+            caps = sc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []):
+                problems.append(f"{cwhere}: capabilities do not drop ALL")
+            if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+                problems.append(f"{cwhere}: adds capabilities {caps['add']}")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{cwhere}: readOnlyRootFilesystem is not true")
+            resources = container.get("resources") or {}
+            for part in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in (resources.get(part) or {}):
+                        problems.append(f"{cwhere}: no {resource} {part[:-1]}")
+    report.check(f"{name}: restricted Pod Security Standard, read-only root, resources and "
+                 f"no service account token on {len(workloads)} workloads", problems)
+
+
+def probe(container: dict[str, Any], kind: str) -> tuple[str, Any] | None:
+    """An HTTP probe as (path, port number), the port resolved from its name."""
+    spec = (container.get(kind) or {}).get("httpGet")
+    if spec is None:
+        return None
+    port = spec.get("port")
+    for p in container.get("ports", []) or []:
+        if p.get("name") == port:
+            port = p["containerPort"]
+    return spec.get("path"), port
+
+
+def check_services(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    problems: list[str] = []
+    profile = production_profile()
+    listen = {
+        "chat-gateway": int(profile["gateway"]["listen"].rsplit(":", 1)[1]),
+    }
+    metrics = {
+        "chat-gateway": int(profile["gateway"]["metrics_listen"].rsplit(":", 1)[1]),
+        "chat-persister": int(profile["persister"]["metrics_listen"].rsplit(":", 1)[1]),
+        "chat-presence": int(profile["presence"]["metrics_listen"].rsplit(":", 1)[1]),
+    }
+    for service, container in service_containers(objs):
+        ports = {p.get("name"): p["containerPort"] for p in container.get("ports", []) or []}
+        if ports.get("metrics") != metrics[service]:
+            problems.append(f"{service}: container port metrics is {ports.get('metrics')}, the "
+                            f"production profile serves /metrics on {metrics[service]}")
+        if service == "chat-gateway":
+            if ports.get("http") != listen[service]:
+                problems.append(f"{service}: container port http is {ports.get('http')}, the "
+                                f"production profile listens on {listen[service]}")
+            wanted = {
+                "startupProbe": ("/health", 8080),
+                "livenessProbe": ("/health", 8080),
+                "readinessProbe": ("/ready?require=broker,database", 8080),
+            }
+        else:
+            wanted = {
+                "startupProbe": ("/metrics", metrics[service]),
+                "livenessProbe": ("/metrics", metrics[service]),
+            }
+        for kind, expected in wanted.items():
+            if probe(container, kind) != expected:
+                problems.append(f"{service}: {kind} is {probe(container, kind)}, expected GET "
+                                f"{expected[0]} on {expected[1]}")
+    report.check(f"{name}: ports and probes of the services match config/production.toml",
+                 problems)
+
+    problems = []
+    gateway = find(objs, "Deployment", "chat-gateway")
+    if gateway is not None:
+        spec = pod_spec(gateway)
+        container = spec["containers"][0]
+        sleep = (((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {})
+        seconds = sleep.get("seconds")
+        env = Env(objs, container)
+        grace_ms = int(env.values.get("CHAT_GATEWAY__SHUTDOWN_GRACE_MS")
+                       or known_settings()["CHAT_GATEWAY__SHUTDOWN_GRACE_MS"][1])
+        period = spec.get("terminationGracePeriodSeconds", 30)
+        if not seconds:
+            problems.append("chat-gateway: no preStop sleep action")
+        else:
+            # The gateway drains HTTP for up to the grace, then waits for its
+            # sessions up to the grace again.
+            need = seconds + 2 * grace_ms / 1000 + 5
+            if period < need:
+                problems.append(f"chat-gateway: terminationGracePeriodSeconds {period} < preStop "
+                                f"{seconds} s + 2 x shutdown grace {grace_ms} ms + 5 s margin")
+            else:
+                report.note(f"gateway shutdown: preStop {seconds} s + up to 2 x {grace_ms} ms "
+                            f"<= {period} s grace period")
+    report.check(f"{name}: the gateway's grace period covers preStop and its shutdown", problems)
+
+
+def check_network(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    problems: list[str] = []
+    # The route: the gateway's public port only, never a metrics path.
+    for route in by_kind(objs, "HTTPRoute"):
+        for rule in route["spec"].get("rules", []):
+            for ref in rule.get("backendRefs", []):
+                if (ref.get("name"), ref.get("port")) != ("chat-gateway", 8080):
+                    problems.append(f"{ident(route)}: backend {ref.get('name')}:{ref.get('port')} "
+                                    "(only chat-gateway:8080 is public)")
+            for match in rule.get("matches", []):
+                path = (match.get("path") or {}).get("value", "/")
+                if path in ("/", "") or path.startswith("/metrics"):
+                    problems.append(f"{ident(route)}: path {path!r} would expose more than the API")
+    # An Ingress (docs/operations.md has one) obeys the same rule.
+    for ingress in by_kind(objs, "Ingress"):
+        for rule in ingress["spec"].get("rules", []):
+            for path in (rule.get("http") or {}).get("paths", []):
+                service = path["backend"].get("service", {})
+                port = service.get("port", {})
+                if service.get("name") != "chat-gateway" or port not in (
+                        {"number": 8080}, {"name": "http"}):
+                    problems.append(f"{ident(ingress)}: backend {service} (only chat-gateway:8080)")
+                if path.get("path", "/") in ("/", "") or path["path"].startswith("/metrics"):
+                    problems.append(f"{ident(ingress)}: path {path.get('path')!r} would expose "
+                                    "more than the API")
+    public = find(objs, "Service", "chat-gateway")
+    if public is not None:
+        ports = [p["port"] for p in public["spec"]["ports"]]
+        if ports != [8080]:
+            problems.append(f"Service/chat-gateway exposes {ports}, not only 8080")
+    for service in by_kind(objs, "Service"):
+        if service["spec"].get("type") in ("LoadBalancer", "NodePort"):
+            problems.append(f"{ident(service)}: type {service['spec']['type']}")
+    report.check(f"{name}: only the gateway's port 8080 is routed; /metrics never", problems)
+
+    problems = []
+    policies = {p["metadata"]["name"]: p for p in by_kind(objs, "NetworkPolicy")}
+    selected = set()
+    for policy in policies.values():
+        labels = policy["spec"]["podSelector"].get("matchLabels", {})
+        selected.add(labels.get("app.kubernetes.io/name"))
+    for obj in objs:
+        if obj.get("kind") in WORKLOADS and app_name(obj) not in selected:
+            problems.append(f"{ident(obj)}: no NetworkPolicy selects its pods")
+    for service in (*SERVICES, "chat-migrate"):
+        policy = policies.get(service)
+        if policy is None:
+            if find(objs, "Deployment", service) or find(objs, "Job", service):
+                problems.append(f"no NetworkPolicy {service}")
+            continue
+        if set(policy["spec"].get("policyTypes", [])) != {"Ingress", "Egress"}:
+            problems.append(f"NetworkPolicy/{service}: not both Ingress and Egress")
+        for rule in policy["spec"].get("ingress", []) or []:
+            ports = {p.get("port") for p in rule.get("ports", []) or []}
+            if service == "chat-gateway" and ports == {8080}:
+                continue
+            if ports != {METRICS_PORTS.get(service)}:
+                problems.append(f"NetworkPolicy/{service}: ingress to {sorted(ports)}")
+            sources = rule.get("from") or []
+            if not sources or any(
+                    (s.get("namespaceSelector") or {}).get("matchLabels")
+                    != dict([MONITORING_LABEL]) or "podSelector" in s for s in sources):
+                problems.append(f"NetworkPolicy/{service}: metrics port {sorted(ports)} open to "
+                                f"more than namespaces labelled {'='.join(MONITORING_LABEL)}")
+    # Every server role the services are allowed to reach is carried by some
+    # pod (or operator object that labels its pods) in the render.
+    wanted: set[str] = set()
+    for policy in policies.values():
+        for rule in policy["spec"].get("egress", []) or []:
+            for to in rule.get("to", []) or []:
+                role = (to.get("podSelector") or {}).get("matchLabels", {}).get(ROLE_LABEL)
+                if role:
+                    wanted.add(role)
+    carried: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == ROLE_LABEL and isinstance(value, str):
+                    carried.add(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for obj in objs:
+        if obj.get("kind") != "NetworkPolicy":
+            walk(obj)
+    if name != "base" and wanted - carried:
+        problems.append(f"no server carries {ROLE_LABEL} = {sorted(wanted - carried)}")
+    report.check(f"{name}: network policies: every pod selected, metrics only from "
+                 f"{'='.join(MONITORING_LABEL)} namespaces, servers labelled "
+                 f"({', '.join(sorted(carried)) or 'none here'})", problems)
+
+
+def check_monitoring(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    rules_path = ROOT / "deploy" / "observability" / "rules.yml"
+    with open(rules_path, encoding="utf-8") as f:
+        rules = yaml.safe_load(f)
+    monitors = by_kind(objs, "PodMonitor")
+    prometheus_rules = by_kind(objs, "PrometheusRule")
+    if not monitors and not prometheus_rules:
+        report.note("no Prometheus Operator objects in this render")
+        return
+    problems: list[str] = []
+    jobs = set()
+    for monitor in monitors:
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            if endpoint.get("port") != "metrics":
+                problems.append(f"{ident(monitor)}: scrapes port {endpoint.get('port')}")
+            for relabel in endpoint.get("relabelings", []):
+                if relabel.get("targetLabel") == "job":
+                    jobs.add(relabel.get("replacement"))
+                    app = monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+                    if relabel.get("replacement") != app:
+                        problems.append(f"{ident(monitor)}: job {relabel.get('replacement')} "
+                                        f"for pods of {app}")
+    if jobs != JOBS:
+        problems.append(f"scrape jobs {sorted(jobs)}, the rules expect {sorted(JOBS)}")
+    text = rules_path.read_text(encoding="utf-8")
+    for job in re.findall(r'job="([^"]+)"', text):
+        if job not in jobs:
+            problems.append(f"rules.yml names job {job!r}, which no PodMonitor scrapes")
+    if len(prometheus_rules) != 1:
+        problems.append(f"{len(prometheus_rules)} PrometheusRule objects, expected one")
+    for rule in prometheus_rules:
+        if rule["spec"].get("groups") != rules["groups"]:
+            problems.append(f"{ident(rule)}: spec.groups differ from "
+                            f"{rules_path.relative_to(ROOT)} "
+                            "(run python3 k8s/tools/prometheusrule.py)")
+    report.check(f"{name}: PodMonitors scrape jobs {', '.join(sorted(jobs))}; the "
+                 f"PrometheusRule holds exactly the groups of deploy/observability/rules.yml",
+                 problems)
+
+
+def persist_policy_of_services_sh() -> tuple[str, dict[str, Any]]:
+    """The policy deploy/services.sh sets: its pattern and definition."""
+    text = (ROOT / "deploy" / "services.sh").read_text(encoding="utf-8")
+    bound = re.search(r"^PERSIST_QUEUE_MAX=(\d+)$", text, re.M)
+    pattern = re.search(r"chat-persist-bound '([^']+)'", text)
+    if not bound or not pattern:
+        sys.exit("deploy/services.sh: cannot find PERSIST_QUEUE_MAX or chat-persist-bound")
+    return pattern.group(1), {"max-length": int(bound.group(1)), "overflow": "reject-publish"}
+
+
+def check_servers(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    pattern, definition = persist_policy_of_services_sh()
+    problems: list[str] = []
+    policies = []
+    for policy in by_kind(objs, "Policy"):
+        spec = policy["spec"]
+        policies.append(ident(policy))
+        if (spec.get("name"), spec.get("pattern"), spec.get("applyTo"), spec.get("definition")) != (
+                "chat-persist-bound", pattern, "queues", definition):
+            problems.append(f"{ident(policy)}: not deploy/services.sh's chat-persist-bound "
+                            f"({pattern}, {definition})")
+    for secret in by_kind(objs, "Secret"):
+        raw = (secret.get("data") or {}).get("definitions.json")
+        if raw:
+            found = json.loads(base64.b64decode(raw))
+            for policy in found.get("policies", []):
+                policies.append(f"{ident(secret)} definitions.json")
+                if (policy.get("name"), policy.get("pattern"), policy.get("apply-to"),
+                        policy.get("definition")) != ("chat-persist-bound", pattern, "queues",
+                                                      definition):
+                    problems.append(f"{ident(secret)}: definitions.json policy is not "
+                                    "deploy/services.sh's chat-persist-bound")
+    if name != "base" and not policies:
+        problems.append("no broker policy chat-persist-bound")
+    # The operators' objects must hand the services the Secrets they read.
+    refs = {}
+    for _, container in service_containers(objs):
+        refs.update(Env(objs, container).secret_refs)
+    for cluster in by_kind(objs, "Cluster"):
+        spec = cluster["spec"]
+        if spec.get("instances") != 3:
+            problems.append(f"{ident(cluster)}: {spec.get('instances')} instances, not 3")
+        secret = spec.get("bootstrap", {}).get("initdb", {}).get("secret", {}).get("name")
+        if secret != refs.get("CHAT_DATABASE__URL", ("",))[0]:
+            problems.append(f"{ident(cluster)}: bootstrap secret {secret}, the services read "
+                            f"{refs.get('CHAT_DATABASE__URL')}")
+    for cluster in by_kind(objs, "RabbitmqCluster"):
+        if cluster["spec"].get("replicas") != 3:
+            problems.append(f"{ident(cluster)}: {cluster['spec'].get('replicas')} nodes, not 3")
+    for user in by_kind(objs, "User"):
+        secret = (user["spec"].get("importCredentialsSecret") or {}).get("name")
+        if secret != refs.get("CHAT_AMQP__URL", ("",))[0]:
+            problems.append(f"{ident(user)}: credentials from {secret}, the services read "
+                            f"{refs.get('CHAT_AMQP__URL')}")
+    redis = find(objs, "StatefulSet", "chat-redis")
+    if redis is not None:
+        env = Env(objs, pod_spec(redis)["containers"][0])
+        secret = env.secret_refs.get("REDIS_PASSWORD", ("",))[0]
+        if secret != refs.get("CHAT_REDIS__URL", ("",))[0]:
+            problems.append(f"StatefulSet/chat-redis: password from {secret}, the services "
+                            f"read {refs.get('CHAT_REDIS__URL')}")
+    # Where the render holds the credentials (dev), each URL must carry the
+    # password its server is given.
+    pairs = [("CHAT_DATABASE__URL", "password"), ("CHAT_AMQP__URL", "password"),
+             ("CHAT_REDIS__URL", "password")]
+    for var, key in pairs:
+        if var not in refs:
+            continue
+        secret, url_key = refs[var]
+        url, password = secret_value(objs, secret, url_key), secret_value(objs, secret, key)
+        if url is not None and password is not None and f":{password}@" not in url:
+            problems.append(f"Secret/{secret}: {url_key} does not carry its {key}")
+    for secret in by_kind(objs, "Secret"):
+        raw = (secret.get("data") or {}).get("definitions.json")
+        if raw and "CHAT_AMQP__URL" in refs:
+            users = json.loads(base64.b64decode(raw)).get("users", [])
+            url = secret_value(objs, *refs["CHAT_AMQP__URL"]) or ""
+            if not any(f"//{u['name']}:{u.get('password')}@" in url for u in users):
+                problems.append(f"{ident(secret)}: no user of definitions.json matches "
+                                "the AMQP URL's credentials")
+    report.check(f"{name}: broker policy chat-persist-bound as deploy/services.sh sets it "
+                 f"({', '.join(policies) or 'none here'}); servers use the services' Secrets",
+                 problems)
+
+
+STAGE_LABEL = "chat.mapmo.vn/stage"
+SERVER_COMPONENTS = {"postgres", "rabbitmq", "redis"}
+
+
+def labels_of(obj: dict[str, Any]) -> dict[str, str]:
+    return obj.get("metadata", {}).get("labels", {}) or {}
+
+
+def check_stages(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    """The staged apply of docs/operations.md selects what each step needs."""
+    problems: list[str] = []
+    servers = [o for o in objs if labels_of(o).get(STAGE_LABEL) == "servers"]
+    server_names = {ident(o) for o in servers}
+    for obj in objs:
+        is_server = (labels_of(obj).get("app.kubernetes.io/component") in SERVER_COMPONENTS
+                     or obj.get("kind") == "Namespace")
+        if is_server and ident(obj) not in server_names:
+            problems.append(f"{ident(obj)}: a server object without {STAGE_LABEL}=servers")
+    for obj in servers + [o for o in objs if app_name(o) == "chat-migrate"]:
+        if obj.get("kind") not in WORKLOADS:
+            continue
+        needs = [v["valueFrom"]["secretKeyRef"]["name"]
+                 for c in containers(pod_spec(obj)) for v in c.get("env", []) or []
+                 if "secretKeyRef" in v.get("valueFrom", {})]
+        needs += [v["secret"]["secretName"] for v in pod_spec(obj).get("volumes", []) or []
+                  if "secret" in v]
+        for secret in needs:
+            found = find(objs, "Secret", secret)
+            if found is not None and ident(found) not in server_names:
+                problems.append(f"{ident(obj)} needs Secret/{secret}, which the servers "
+                                "stage does not apply")
+    migrate = {o.get("kind") for o in objs if app_name(o) == "chat-migrate"}
+    if migrate and migrate != {"ServiceAccount", "Job", "NetworkPolicy"}:
+        problems.append(f"-l app.kubernetes.io/name=chat-migrate selects {sorted(migrate)}, "
+                        "not the Job, its ServiceAccount and its NetworkPolicy")
+    # One service alone (docs/operations.md: persisters first) is applied as
+    # app.kubernetes.io/name=chat, then =<service>: together they must bring
+    # the ServiceAccount and the ConfigMap its pods need.
+    for service in SERVICES:
+        deployment = find(objs, "Deployment", service)
+        if deployment is None:
+            continue
+        chosen = {ident(o) for o in objs if app_name(o) in ("chat", service)}
+        spec = pod_spec(deployment)
+        needs = [f"ServiceAccount/{spec.get('serviceAccountName')}"]
+        needs += [f"ConfigMap/{s['configMapRef']['name']}" for c in containers(spec)
+                  for s in c.get("envFrom", []) or [] if "configMapRef" in s]
+        for need in needs:
+            if need not in chosen:
+                problems.append(f"-l app.kubernetes.io/name=chat and ={service} leave out {need}")
+    report.check(f"{name}: deploy stages: {STAGE_LABEL}=servers selects {len(servers)} objects, "
+                 f"app.kubernetes.io/name=chat-migrate the Job with what it needs", problems)
+
+
+def objects_command(args: argparse.Namespace) -> int:
+    report = Report()
+    known = known_settings()
+    print(f"[k8s] {len(known)} settings in config/default.toml")
+    for item in args.render:
+        name, _, path = item.partition("=")
+        objs = load_render(path)
+        print(f"[k8s] {name} ({len(objs)} objects)")
+        check_schemas(report, name, objs)
+        check_settings(report, name, objs, known)
+        check_secrets_and_bus(report, name, objs)
+        check_pod_security(report, name, objs)
+        check_services(report, name, objs)
+        check_network(report, name, objs)
+        check_monitoring(report, name, objs)
+        check_servers(report, name, objs)
+        check_stages(report, name, objs)
+    print(f"[k8s] manifest checks: {report.passed} passed, {report.failed} failed")
+    return 1 if report.failed else 0
+
+
+def checkov_command(args: argparse.Namespace) -> int:
+    """Summarises checkov's JSON report; fails on failed or unexplained skips."""
+    try:
+        with open(args.report, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"  FAIL checkov {args.name}: no report ({e})")
+        return 1
+    reports = data if isinstance(data, list) else [data]
+    failed = passed = 0
+    problems: list[str] = []
+    skips: list[str] = []
+    for one in reports:
+        results = one.get("results", {})
+        passed += one.get("summary", {}).get("passed", 0)
+        for check in results.get("failed_checks", []):
+            failed += 1
+            problems.append(f"{check['check_id']} {check['resource']}: {check['check_name']}")
+        for check in results.get("skipped_checks", []):
+            comment = (check.get("check_result") or {}).get("suppress_comment", "")
+            if not comment or comment == "No comment provided":
+                problems.append(f"{check['check_id']} {check['resource']}: "
+                                "skipped without a reason")
+            skips.append(f"{check['check_id']} {check['resource']}: {comment}")
+    if not passed and not failed:
+        problems.append("checkov ran no check")
+    status = "FAIL" if problems else "ok  "
+    print(f"  {status} checkov {args.name}: {passed} passed, {failed} failed, "
+          f"{len(skips)} skipped (each with its reason in the manifest)")
+    for problem in problems:
+        print(f"       - {problem}")
+    for skip in skips:
+        print(f"       skipped {skip}")
+    return 1 if problems else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    objects = sub.add_parser("objects", help="check rendered manifests")
+    objects.add_argument("--render", action="append", required=True, metavar="NAME=FILE")
+    objects.set_defaults(run=objects_command)
+    checkov = sub.add_parser("checkov", help="summarise a checkov JSON report")
+    checkov.add_argument("name")
+    checkov.add_argument("report")
+    checkov.set_defaults(run=checkov_command)
+    args = parser.parse_args()
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
