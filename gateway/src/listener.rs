@@ -8,8 +8,9 @@
 use crate::limits::{ConnectionCounter, ConnectionSlot};
 use crate::metrics::Metrics;
 use axum::serve::Listener;
+use chat_shared::net::IpNet;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,7 +25,7 @@ pub struct CountingListener {
     inner: TcpListener,
     counter: Arc<ConnectionCounter>,
     limit: usize,
-    trusted: Vec<IpAddr>,
+    trusted: Vec<IpNet>,
     metrics: Arc<Metrics>,
 }
 
@@ -33,7 +34,7 @@ impl CountingListener {
         inner: TcpListener,
         counter: Arc<ConnectionCounter>,
         limit: usize,
-        trusted: Vec<IpAddr>,
+        trusted: Vec<IpNet>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -63,7 +64,7 @@ impl Listener for CountingListener {
             };
             // Without it small frames wait for Nagle and tails reach 40 ms.
             let _ = stream.set_nodelay(true);
-            if self.trusted.contains(&peer.ip()) {
+            if self.trusted.iter().any(|net| net.contains(peer.ip())) {
                 return (
                     CountedStream {
                         stream,

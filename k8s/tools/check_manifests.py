@@ -244,10 +244,11 @@ def value_problem(dotted: str, default: Any, value: str) -> str | None:
         if dotted == "gateway.trusted_proxies":
             for item in items:
                 try:
-                    ipaddress.ip_address(item.strip())
+                    # an address or a network (strict: no host bits set),
+                    # as shared/src/net.rs parses it
+                    ipaddress.ip_network(item.strip(), strict=False)
                 except ValueError:
-                    return (f"{item!r} is not one IP address "
-                            "(the gateway takes addresses, not CIDRs)")
+                    return f"{item!r} is not an IP address or network"
         if dotted == "auth.allowed_origins":
             for item in items:
                 if item != "*" and not re.fullmatch(r"https?://[^/\s]+", item):

@@ -129,8 +129,9 @@ pub struct GatewaySettings {
     pub http_request_timeout_ms: u64,
     pub http_header_timeout_ms: u64,
     pub http_body_bytes: usize,
-    /// Peers whose `X-Forwarded-For` names the client (the load balancers).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Peers whose `X-Forwarded-For` names the client (the load balancers):
+    /// addresses or networks (`10.0.0.0/8`).
+    pub trusted_proxies: Vec<crate::net::IpNet>,
     pub limits: LimitSettings,
 }
 

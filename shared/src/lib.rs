@@ -16,6 +16,7 @@ pub mod cache;
 pub mod config;
 pub mod ids;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod schema;
 pub mod shutdown;

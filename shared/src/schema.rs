@@ -16,7 +16,7 @@ use std::time::Duration;
 /// sea-orm's sqlx pool (`db.get_postgres_connection_pool()`), which is what
 /// group commit needs.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
-    let mut options = ConnectOptions::new(settings.url.clone());
+    let mut options = ConnectOptions::new(postgres_scheme(&settings.url));
     options
         .max_connections(settings.max_connections)
         .connect_lazy(true)
@@ -24,6 +24,15 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .sqlx_logging(false);
     Database::connect(options).await
+}
+
+/// `postgresql://` (what CloudNativePG and libpq write) as `postgres://`,
+/// the only scheme sea-orm knows.
+fn postgres_scheme(url: &str) -> String {
+    match url.strip_prefix("postgresql://") {
+        Some(rest) => format!("postgres://{rest}"),
+        None => url.to_owned(),
+    }
 }
 
 pub struct Migrator;
@@ -189,6 +198,21 @@ pub async fn check_bus_settings(
         return Err(mismatch("route_shards", amqp.route_shards, route_shards));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn both_postgres_schemes_are_accepted() {
+        assert_eq!(
+            super::postgres_scheme("postgresql://chat:pw@db:5432/chat"),
+            "postgres://chat:pw@db:5432/chat"
+        );
+        assert_eq!(
+            super::postgres_scheme("postgres://chat@db/chat"),
+            "postgres://chat@db/chat"
+        );
+    }
 }
 
 /// A row that does not hold what the schema promises.

@@ -79,7 +79,13 @@ fn proxied_client_slot(
     peer: IpAddr,
     headers: &HeaderMap,
 ) -> Result<Option<ConnectionSlot>, ApiError> {
-    if !state.settings.gateway.trusted_proxies.contains(&peer) {
+    if !state
+        .settings
+        .gateway
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(peer))
+    {
         return Ok(None);
     }
     let client = headers

@@ -435,3 +435,38 @@ async fn a_client_that_stops_reading_is_closed_and_goes_offline() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_load_balancer_connections_count_per_forwarded_client() {
+    let system = TestSystem::start_with(1, 0, |s| {
+        s.gateway.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        s.gateway.limits.connections_per_ip = 2;
+    })
+    .await;
+    let token = system.token(1).await;
+    let connect = |client_ip: &'static str| {
+        let url = format!("ws://{}/ws", system.gateways[0]);
+        let token = token.clone();
+        async move {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut request = url.into_client_request().unwrap();
+            let headers = request.headers_mut();
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            headers.insert(
+                "x-forwarded-for",
+                format!("198.51.100.1, {client_ip}").parse().unwrap(),
+            );
+            tokio_tungstenite::connect_async(request).await
+        }
+    };
+    let _a = connect("203.0.113.5").await.unwrap();
+    let _b = connect("203.0.113.5").await.unwrap();
+    match connect("203.0.113.5").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429)
+        }
+        other => panic!("expected HTTP 429, got {:?}", other.map(|_| "an upgrade")),
+    }
+    // Another client behind the same balancer has slots of its own.
+    assert!(connect("203.0.113.6").await.is_ok());
+}
