@@ -244,8 +244,8 @@ def value_problem(dotted: str, default: Any, value: str) -> str | None:
         if dotted == "gateway.trusted_proxies":
             for item in items:
                 try:
-                    # an address or a network (strict: no host bits set),
-                    # as shared/src/net.rs parses it
+                    # an address or a network (host bits allowed), as
+                    # shared/src/net.rs parses it
                     ipaddress.ip_network(item.strip(), strict=False)
                 except ValueError:
                     return f"{item!r} is not an IP address or network"

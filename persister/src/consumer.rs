@@ -14,7 +14,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// One AMQP delivery, decoded.
 pub struct Incoming {
@@ -25,6 +26,9 @@ pub struct Incoming {
     /// Set when the broker delivers it again (a persister died holding it).
     pub redelivered: bool,
     pub commands: Vec<PersistCommand>,
+    /// Its share of `persister.max_commands_in_memory`, given back when it
+    /// is dropped (after its ack).
+    pub _budget: OwnedSemaphorePermit,
 }
 
 pub struct PartitionConsumers {
@@ -67,11 +71,13 @@ impl PartitionConsumers {
 
     /// Feeds every partition into `tx` (bounded: when the writer falls behind,
     /// consumption pauses and the broker holds the rest).
-    /// Undecodable commands are counted in `dead_lettered`.
+    /// Undecodable commands are counted in `dead_lettered`; `budget` holds
+    /// a permit per command in memory.
     pub fn spawn(
         self,
         tx: mpsc::Sender<Incoming>,
         dead_lettered: Counter,
+        budget: Budget,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let Self {
             channels,
@@ -87,6 +93,7 @@ impl PartitionConsumers {
                     channel,
                     dead_letters.clone(),
                     dead_lettered.clone(),
+                    budget.clone(),
                     consumer,
                     tx.clone(),
                 ))
@@ -121,11 +128,42 @@ async fn dead_letter(channel: &Channel, exchange: &str, partition: u16, bad: &Un
     }
 }
 
+/// `persister.max_commands_in_memory`: a permit per command held between
+/// consuming and acking.
+#[derive(Clone)]
+pub struct Budget {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Commands held now.
+    pub fn in_use(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    /// Waits for room for `commands` (a message larger than the whole
+    /// budget waits for all of it); `None` once closed.
+    async fn take(&self, commands: usize) -> Option<OwnedSemaphorePermit> {
+        let wanted = u32::try_from(commands.clamp(1, self.max)).unwrap_or(u32::MAX);
+        self.permits.clone().acquire_many_owned(wanted).await.ok()
+    }
+}
+
 async fn feed(
     partition: u16,
     channel: Channel,
     dead_letters: String,
     dead_lettered: Counter,
+    budget: Budget,
     mut consumer: Consumer,
     tx: mpsc::Sender<Incoming>,
 ) {
@@ -143,12 +181,17 @@ async fn feed(
                     dead_letter(&channel, &dead_letters, partition, bad).await;
                     dead_lettered.inc();
                 }
+                // Waits while the commands in memory are at the bound.
+                let Some(permit) = budget.take(decoded.events.len()).await else {
+                    return; // closed: shutting down
+                };
                 let incoming = Incoming {
                     channel: partition,
                     delivery_tag: delivery.delivery_tag,
                     acker: delivery.acker,
                     redelivered: delivery.redelivered,
                     commands: decoded.events,
+                    _budget: permit,
                 };
                 if tx.send(incoming).await.is_err() {
                     return; // the writer stopped: shutting down

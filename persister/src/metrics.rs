@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Sends refused because they could not be stored (poison), and
     /// batches retried after a conflict.
     pub poisoned: Counter,
+    /// Commands held between consuming and acking (at each batch).
+    pub commands_in_memory: prometheus_client::metrics::gauge::Gauge,
     /// Deliveries the broker gave again (a persister died holding them).
     pub redeliveries: Counter,
     /// Messages in each persist partition and the dead-letter queue.
@@ -41,6 +43,7 @@ impl Metrics {
             poisoned: Counter::default(),
             queue_messages: Default::default(),
             redeliveries: Counter::default(),
+            commands_in_memory: Default::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -78,6 +81,11 @@ impl Metrics {
             "persister_commands_refused",
             "commands that could not be stored even alone (refused to their sender or dropped)",
             m.poisoned.clone(),
+        );
+        r.register(
+            "persister_commands_in_memory",
+            "commands held between consuming and acking (persister.max_commands_in_memory bounds it)",
+            m.commands_in_memory.clone(),
         );
         r.register(
             "persister_redeliveries",

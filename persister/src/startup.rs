@@ -3,7 +3,7 @@
 
 use crate::announcer::Announcer;
 use crate::batcher::{self, Weighed};
-use crate::consumer::{Incoming, PartitionConsumers};
+use crate::consumer::{Budget, Incoming, PartitionConsumers};
 use crate::metrics::Metrics;
 use crate::writer::{Outcome, Request, Writer};
 use anyhow::Context;
@@ -122,7 +122,8 @@ impl Persister {
         };
         let (tx, mut rx) =
             mpsc::channel::<Incoming>(usize::from(settings.persister.prefetch).max(1));
-        let feeders = consumers.spawn(tx, metrics.dead_lettered.clone());
+        let budget = Budget::new(settings.persister.max_commands_in_memory);
+        let feeders = consumers.spawn(tx, metrics.dead_lettered.clone(), budget.clone());
         let (stop_tx, mut stop) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -186,6 +187,7 @@ impl Persister {
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.batch_size.observe(requests.len() as f64);
+            metrics.commands_in_memory.set(budget.in_use() as i64);
             metrics.batches.inc();
             let stored = outcomes
                 .iter()

@@ -158,6 +158,8 @@ pub struct PersisterSettings {
     pub linger_until: usize,
     pub linger_ms: u64,
     pub prefetch: u16,
+    /// Most commands held between consuming and acking.
+    pub max_commands_in_memory: usize,
     pub metrics_listen: SocketAddr,
 }
 
@@ -272,6 +274,12 @@ impl Settings {
             );
         }
         let p = &self.persister;
+        if p.max_commands_in_memory < p.batch_max {
+            return invalid(
+                "persister.max_commands_in_memory",
+                "must be at least persister.batch_max",
+            );
+        }
         if p.linger_from < 2 || p.linger_until < p.linger_from || p.linger_until > p.batch_max {
             return invalid(
                 "persister.linger_from",

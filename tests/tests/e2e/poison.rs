@@ -198,3 +198,44 @@ async fn a_full_persist_queue_refuses_sends_at_once_instead_of_growing() {
         .args(["rabbitmqctl", "test", "-q", "clear_policy", &policy])
         .output();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persister_holds_at_most_its_command_budget_and_still_stores_everything() {
+    // Sends pile up while no persister runs; then one with room for 20
+    // commands at a time takes them all, 20 at a time at most.
+    let mut system = TestSystem::start_with(1, 0, |_| {}).await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    for n in 0..150 {
+        an.send_message(conversation, &format!("m{n}"), "xin chào")
+            .await;
+    }
+    let mut settings = system.settings.clone();
+    settings.persister.max_commands_in_memory = 20;
+    settings.persister.batch_max = 10;
+    settings.persister.linger_from = 2;
+    settings.persister.linger_until = 10;
+    system.start_persister_with(settings).await;
+    let mut acked = 0;
+    while acked < 150 {
+        let frame = an.next().await;
+        assert_ne!(frame["type"], "error", "{frame}");
+        if frame["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    let metrics = system.persister_metrics_text(0).await;
+    let held: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("persister_commands_in_memory "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("persister_commands_in_memory");
+    assert!(
+        (1..=20).contains(&held),
+        "{held} commands held at the last batch"
+    );
+    assert_eq!(
+        system.history(0, 1, conversation, "?limit=200").await.len(),
+        150
+    );
+}
