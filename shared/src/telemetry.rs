@@ -19,9 +19,8 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// The provider of the process, kept to flush at exit.
@@ -38,8 +37,17 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings, service: &str) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_ansi(std::io::stdout().is_terminal());
+    let dispatch_slot: DispatchSlot = Arc::default();
     let fmt = match log.format {
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Json => {
+            let json = fmt.json().flatten_event(true);
+            let json_format = tracing_subscriber::fmt::format().json().flatten_event(true);
+            json.event_format(WithTraceIds {
+                inner: json_format,
+                dispatch: dispatch_slot.clone(),
+            })
+            .boxed()
+        }
         LogFormat::Text => fmt.boxed(),
     }
     .with_filter(filter);
@@ -55,11 +63,15 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings, service: &str) {
             .with_tracer(tracer)
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
-    let _already_set = tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(fmt).with(otel));
+    let _ = dispatch_slot.set(dispatch.downgrade());
+    // Already set (tests start several services in one process): keep it.
+    let _already_set = tracing::dispatcher::set_global_default(dispatch);
 }
+
+/// The subscriber's own dispatch, for the log formatter: while an event is
+/// being written, `tracing`'s current dispatcher is a no-op on that thread.
+type DispatchSlot = Arc<OnceLock<tracing::dispatcher::WeakDispatch>>;
 
 /// Sends the spans still buffered (at shutdown).
 pub fn flush() {
@@ -115,6 +127,58 @@ fn tracer_provider(telemetry: &TelemetrySettings, service: &str) -> Option<SdkTr
     Some(builder.build())
 }
 
+/// A JSON log line with the `trace_id` and `span_id` of the span it was
+/// written in, when that span is traced: a log line leads to its trace.
+struct WithTraceIds<F> {
+    inner: F,
+    dispatch: DispatchSlot,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt as _;
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let context = ctx
+            .lookup_current()
+            .and_then(|span| {
+                let dispatch = self.dispatch.get()?.upgrade()?;
+                tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
+            })
+            .unwrap_or_default();
+        let span = context.span();
+        let ids = span.span_context();
+        let object_end = line
+            .trim_end()
+            .len()
+            .checked_sub(1)
+            .filter(|_| ids.is_valid());
+        if let Some(end) = object_end.filter(|end| line.as_bytes()[*end] == b'}') {
+            let fields = format!(
+                r#","trace_id":"{}","span_id":"{}""#,
+                ids.trace_id(),
+                ids.span_id()
+            );
+            line.insert_str(end, &fields);
+        }
+        writer.write_str(&line)
+    }
+}
+
 /// A blocking HTTP/1.1 POST over a TCP connection: the batch span processor
 /// runs on a thread of its own, outside any async runtime.
 #[derive(Debug)]
@@ -168,5 +232,64 @@ impl opentelemetry_http::HttpClient for PlainHttp {
         Ok(http::Response::builder()
             .status(status)
             .body(opentelemetry_http::Bytes::from(body))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_log_lines_inside_a_traced_span_carry_its_ids() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let slot: DispatchSlot = Arc::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format().json().flatten_event(true),
+                        dispatch: slot.clone(),
+                    })
+                    .with_writer(move || writer.clone()),
+            )
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let _ = slot.set(dispatch.downgrade());
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("work");
+            span.in_scope(|| tracing::info!(user.id = 7, "inside"));
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        let trace_id = lines[1]["trace_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(trace_id.len(), 32, "{text}");
+        assert_eq!(lines[1]["span_id"].as_str().unwrap().len(), 16, "{text}");
+        assert_eq!(lines[1]["user.id"], 7);
     }
 }
