@@ -40,7 +40,9 @@ async fn the_persister_rides_out_a_database_outage_and_loses_nothing() {
 async fn a_gateway_that_loses_its_broker_connection_delivers_again_once_it_is_back() {
     let mut system = TestSystem::start_with(1, 1, |_| {}).await;
     let conversation = system.direct(1, 2).await;
-    let (proxy, settings) = system.broker_proxy().await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    // Sessions stay through the cut (sending them elsewhere is the next test).
+    settings.gateway.broker_lost_ms = 60_000;
     let index = system.start_gateway_with(settings).await;
     let mut an = system.connect(0, 1).await;
     let mut binh = system.connect(index, 2).await;
