@@ -110,15 +110,16 @@ pub async fn connect(
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        // Recovery retries every 100 ms at first, then at most every 2 s,
-        // for ever: lapin's default (1 s doubling to 60 s, 16 tries) left a
-        // service 15-30 s behind a 10 s broker restart, and gave up for good
-        // after a quarter of an hour.
+        // Recovery retries after 1 s, then every 2 s, for ever: lapin's
+        // default (1 s doubling to 60 s, 16 tries) left a service 15-30 s
+        // behind a 10 s broker restart, and gave up for good after a quarter
+        // of an hour. (A first retry after 100 ms was tried: lapin then
+        // sometimes never recovered from a short cut, stuck reconnecting.)
         let props = ConnectionProperties::default()
             .with_connection_name(name.into())
             .configure_backoff(|backoff| {
                 backoff
-                    .with_min_delay(Duration::from_millis(100))
+                    .with_min_delay(Duration::from_secs(1))
                     .with_max_delay(Duration::from_secs(2))
                     .with_jitter()
                     .without_max_times()
