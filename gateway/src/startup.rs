@@ -31,6 +31,7 @@ pub struct Gateway {
     consumer: Consumer,
     shutdown_tx: watch::Sender<bool>,
     broker_lost_tx: watch::Sender<bool>,
+    broker_dead_tx: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -76,6 +77,7 @@ impl Gateway {
             .with_context(|| format!("binding {}", settings.gateway.metrics_listen))?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (broker_lost_tx, broker_lost) = watch::channel(false);
+        let (broker_dead_tx, broker_dead) = watch::channel(false);
         let state = AppState {
             keys: JwtKeys::from_settings(&settings.auth).context("auth.jwt_secret")?,
             limits: Arc::new(Limits::new(&settings.gateway.limits)),
@@ -93,6 +95,7 @@ impl Gateway {
             queue: queue.into(),
             shutdown,
             broker_lost,
+            broker_dead,
         };
         Ok(Self {
             listener,
@@ -101,6 +104,7 @@ impl Gateway {
             consumer,
             shutdown_tx,
             broker_lost_tx,
+            broker_dead_tx,
         })
     }
 
@@ -130,6 +134,7 @@ impl Gateway {
             consumer,
             shutdown_tx,
             broker_lost_tx,
+            broker_dead_tx,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, queue = %state.queue, "gateway serving");
@@ -149,8 +154,16 @@ impl Gateway {
         let broker_watch = tokio::spawn(watch_broker(
             state.metrics.clone(),
             state.amqp.clone(),
-            Duration::from_millis(state.settings.gateway.broker_lost_ms),
-            broker_lost_tx,
+            [
+                (
+                    Duration::from_millis(state.settings.gateway.broker_lost_ms),
+                    broker_lost_tx,
+                ),
+                (
+                    Duration::from_millis(state.settings.gateway.broker_dead_ms),
+                    broker_dead_tx,
+                ),
+            ],
         ));
         let metrics = tokio::spawn(
             axum::serve(metrics_listener, http::metrics_router(state.clone())).into_future(),
@@ -194,14 +207,15 @@ impl Gateway {
     }
 }
 
-/// Says when the broker connection has been down for `grace` (and when it is
-/// back): a gateway without its broker can neither store nor deliver, so its
-/// sessions are better off on another gateway.
+/// Says, for each `(after, signal)`, when the broker connection has been
+/// down that long (and when it is back): a gateway without its broker can
+/// neither store nor deliver, so its sessions are better off on another
+/// gateway (`broker_lost`), and after much longer the process is better
+/// restarted (`broker_dead`, `/health` 503).
 async fn watch_broker(
     metrics: Arc<Metrics>,
     amqp: Arc<lapin::Connection>,
-    grace: Duration,
-    lost: watch::Sender<bool>,
+    signals: [(Duration, watch::Sender<bool>); 2],
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut down_since: Option<tokio::time::Instant> = None;
@@ -212,19 +226,27 @@ async fn watch_broker(
         metrics.broker_connected.set(i64::from(connected));
         if connected {
             down_since = None;
-            if *lost.borrow() {
-                tracing::info!("broker reachable again: accepting sessions");
-                let _ = lost.send(false);
-            }
-            continue;
+        } else {
+            down_since.get_or_insert(now);
         }
-        let since = *down_since.get_or_insert(now);
-        if now.duration_since(since) >= grace && !*lost.borrow() {
-            tracing::warn!(
-                down_ms = now.duration_since(since).as_millis() as u64,
-                "broker unreachable: closing sessions with 1011 and refusing new ones"
-            );
-            let _ = lost.send(true);
+        let down_for = down_since.map_or(Duration::ZERO, |since| now.duration_since(since));
+        for (after, signal) in &signals {
+            let down = !connected && down_for >= *after;
+            if down != *signal.borrow() {
+                if down {
+                    tracing::warn!(
+                        down_ms = down_for.as_millis() as u64,
+                        after_ms = after.as_millis() as u64,
+                        "broker unreachable"
+                    );
+                } else {
+                    tracing::info!(
+                        after_ms = after.as_millis() as u64,
+                        "broker reachable again"
+                    );
+                }
+                let _ = signal.send(down);
+            }
         }
     }
 }

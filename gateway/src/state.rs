@@ -36,4 +36,6 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// True while the broker has been unreachable for `gateway.broker_lost_ms`.
     pub broker_lost: watch::Receiver<bool>,
+    /// True while it has been unreachable for `gateway.broker_dead_ms`.
+    pub broker_dead: watch::Receiver<bool>,
 }

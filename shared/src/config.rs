@@ -126,6 +126,9 @@ pub struct GatewaySettings {
     /// A broker connection down this long sends the gateway's sessions
     /// elsewhere (close 1011) until it is back.
     pub broker_lost_ms: u64,
+    /// A broker connection down this long makes `/health` answer 503, so a
+    /// supervisor restarts a gateway whose AMQP client is stuck.
+    pub broker_dead_ms: u64,
     pub http_request_timeout_ms: u64,
     pub http_header_timeout_ms: u64,
     pub http_body_bytes: usize,
@@ -221,6 +224,7 @@ impl Settings {
             ("gateway.send_timeout_ms", g.send_timeout_ms),
             ("gateway.write_timeout_ms", g.write_timeout_ms),
             ("gateway.broker_lost_ms", g.broker_lost_ms),
+            ("gateway.broker_dead_ms", g.broker_dead_ms),
             ("gateway.http_request_timeout_ms", g.http_request_timeout_ms),
             ("auth.auth_timeout_ms", self.auth.auth_timeout_ms),
             ("amqp.confirm_timeout_ms", self.amqp.confirm_timeout_ms),

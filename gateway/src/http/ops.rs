@@ -10,8 +10,16 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chat_shared::protocol::{DevTokenRequest, TokenResponse};
 
-pub async fn health() -> &'static str {
-    "ok"
+/// 200 while the process is alive and well; 503 once its broker
+/// connection has been down for `gateway.broker_dead_ms` (a liveness probe
+/// then restarts it: an AMQP client stuck reconnecting does not heal).
+pub async fn health(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if *state.broker_dead.borrow() {
+        return Err(ApiError::unavailable(
+            "broker unreachable for gateway.broker_dead_ms",
+        ));
+    }
+    Ok("ok")
 }
 
 /// 200 when the broker, the database and the cache answer, 503 with the

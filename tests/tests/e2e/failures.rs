@@ -203,3 +203,22 @@ async fn a_gateway_cut_from_its_broker_sends_its_sessions_elsewhere_until_it_is_
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_long_without_its_broker_fails_its_health_check_until_it_is_back() {
+    let mut system = TestSystem::start_with(0, 1, |_| {}).await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    settings.gateway.broker_dead_ms = 1500;
+    let index = system.start_gateway_with(settings).await;
+    assert_eq!(system.get(index, "/health", None).await.0, 200);
+    proxy.cut();
+    chat_tests::eventually("/health never said 503", || async {
+        system.get(index, "/health", None).await.0 == 503
+    })
+    .await;
+    proxy.restore();
+    chat_tests::eventually("/health never recovered", || async {
+        system.get(index, "/health", None).await.0 == 200
+    })
+    .await;
+}
