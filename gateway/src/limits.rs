@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The limits shared by a gateway's sessions and handlers.
+/// The counters and buckets of the limits, shared by a gateway's sessions and
+/// handlers (the numbers are `settings.gateway.limits`).
 pub struct Limits {
-    pub settings: LimitSettings,
     /// Open connections by client address.
     pub connections: Arc<ConnectionCounter>,
     /// Sends per user, over all of the user's sessions here.
@@ -26,7 +26,6 @@ pub struct Limits {
 impl Limits {
     pub fn new(settings: &LimitSettings) -> Self {
         Self {
-            settings: settings.clone(),
             connections: Arc::new(ConnectionCounter::default()),
             user_sends: KeyedBuckets::new(
                 settings.user_sends_per_second,

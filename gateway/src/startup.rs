@@ -172,7 +172,7 @@ impl Gateway {
         let listener = CountingListener::new(
             listener,
             state.limits.connections.clone(),
-            state.limits.settings.connections_per_ip,
+            state.settings.gateway.limits.connections_per_ip,
             gateway.trusted_proxies.clone(),
             state.metrics.clone(),
         );

@@ -76,7 +76,7 @@ async fn count_group(state: &AppState, user: chat_shared::ids::UserId) -> Result
         .query_async(&mut redis)
         .await;
     match counted {
-        Ok((count,)) if count > state.limits.settings.groups_per_hour => {
+        Ok((count,)) if count > state.settings.gateway.limits.groups_per_hour => {
             state.metrics.refused("groups_per_hour");
             let wait_ms = ((3600 - into_hour) * 1000) as u64;
             Err(ApiError::rate_limited(

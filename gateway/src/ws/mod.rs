@@ -56,7 +56,7 @@ pub async fn upgrade(
             return unauthorized.into_response();
         }
     };
-    let per_user = state.limits.settings.connections_per_user;
+    let per_user = state.settings.gateway.limits.connections_per_user;
     if let Some(user) = &user
         && state.hub.sessions_of_user(user.user_id) >= per_user
     {
@@ -97,7 +97,7 @@ fn proxied_client_slot(
     match state
         .limits
         .connections
-        .acquire(client, state.limits.settings.connections_per_ip)
+        .acquire(client, state.settings.gateway.limits.connections_per_ip)
     {
         Some(slot) => Ok(Some(slot)),
         None => {
