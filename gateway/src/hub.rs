@@ -203,20 +203,25 @@ impl Hub {
                 member_ids,
                 origin,
             } => {
-                // The delivery on this gateway, in the send's trace.
-                let span = tracing::info_span!(
-                    "process chat.fanout",
-                    otel.kind = "consumer",
-                    messaging.system = "rabbitmq",
-                    messaging.operation.type = "process",
-                    messaging.destination.name = "fanout",
-                    message.id = message.id.0,
-                    chat.stored_to_here_ms = tracing::field::Empty,
-                );
-                chat_shared::telemetry::propagation::set_parent(
-                    &span,
-                    origin.as_ref().and_then(|o| o.trace.as_ref()),
-                );
+                // The delivery on this gateway, in the send's trace: only for
+                // a traced send that concerns a session here (most events
+                // of a shard concern other gateways).
+                let trace = origin.as_ref().and_then(|o| o.trace.as_ref());
+                let span = if trace.is_some() && member_ids.iter().any(|m| self.hosts(*m)) {
+                    let span = tracing::info_span!(
+                        "process chat.fanout",
+                        otel.kind = "consumer",
+                        messaging.system = "rabbitmq",
+                        messaging.operation.type = "process",
+                        messaging.destination.name = "fanout",
+                        message.id = message.id.0,
+                        chat.stored_to_here_ms = tracing::field::Empty,
+                    );
+                    chat_shared::telemetry::propagation::set_parent(&span, trace);
+                    span
+                } else {
+                    tracing::Span::none()
+                };
                 let _in_span = span.enter();
                 let origin = origin.map(|o| o.session_id);
                 // Serialised once, and only if a local session needs it: with

@@ -73,6 +73,12 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings, service: &str) {
 /// being written, `tracing`'s current dispatcher is a no-op on that thread.
 type DispatchSlot = Arc<OnceLock<tracing::dispatcher::WeakDispatch>>;
 
+/// Whether spans are exported: the per-message spans are made only then,
+/// so the message path pays nothing for tracing that is off.
+pub fn tracing_enabled() -> bool {
+    PROVIDER.get().is_some()
+}
+
 /// Sends the spans still buffered (at shutdown).
 pub fn flush() {
     if let Some(provider) = PROVIDER.get() {

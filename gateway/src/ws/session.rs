@@ -68,7 +68,7 @@ pub async fn run(
         tx: tx.clone(),
         overflow: overflow.clone(),
     };
-    let max_sessions = state.limits.settings.connections_per_user;
+    let max_sessions = state.settings.gateway.limits.connections_per_user;
     match state.hub.register(user.user_id, handle, max_sessions).await {
         Ok(true) => state.presence.opened(user.user_id).await,
         Ok(false) => {}
@@ -87,7 +87,7 @@ pub async fn run(
     state.metrics.connections_opened.inc();
     tracing::debug!(user.id = %user.user_id, session.id = %session_id, "session opened");
     let now = Instant::now();
-    let limits = &state.limits.settings;
+    let limits = &state.settings.gateway.limits;
     let mut session = Session {
         socket,
         state: state.clone(),
@@ -539,19 +539,25 @@ impl Session {
                 .await;
             return;
         }
-        // The producer span of this send: the persister's batch links to
-        // it, and every gateway's delivery of the message is its child.
-        let span = tracing::info_span!(
-            "send chat.persist",
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.destination.name = "persist",
-            chat.client_msg_id = client_msg_id.as_str(),
-            conversation.id = %send.conversation_id,
-        );
+        // The producer span of this send (only when traces are exported):
+        // the persister's batch links to it, and every gateway's delivery of
+        // the message is its child.
+        let trace = chat_shared::telemetry::tracing_enabled()
+            .then(|| {
+                tracing::info_span!(
+                    "send chat.persist",
+                    otel.kind = "producer",
+                    messaging.system = "rabbitmq",
+                    messaging.operation.type = "send",
+                    messaging.destination.name = "persist",
+                    chat.client_msg_id = client_msg_id.as_str(),
+                    conversation.id = %send.conversation_id,
+                )
+                .in_scope(chat_shared::telemetry::propagation::current)
+            })
+            .flatten();
         let command = SendCommand {
-            trace: span.in_scope(chat_shared::telemetry::propagation::current),
+            trace,
             session_id: self.session_id.to_string(),
             reply_to: self.state.queue.to_string(),
             conversation_id: send.conversation_id,
