@@ -21,14 +21,9 @@ mkdir -p "$OUT"
 
 say() { printf '[bench-tracing] %s\n' "$*" >&2; }
 
-stop() {
-  local pid
-  pid=$(head -c 32 "$RUN/$1.pid" 2>/dev/null | tr -d '[:space:]' || true)
-  [[ "$pid" =~ ^[0-9]{1,10}$ ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid"
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  rm -f "$RUN/$1.pid"
-}
+LOCAL_RUN="$RUN"
+# shellcheck source=deploy/local-services.sh
+. deploy/local-services.sh
 
 restart_with() {
   local name

@@ -33,21 +33,9 @@ ALL=(kill-gateway kill-persister rabbit-restart rabbit-restart-persistent pg-res
 
 say() { printf '[faults] %s\n' "$*" >&2; }
 
-# pid_of NAME: the pid up.sh (or this script) recorded for a service, if alive.
-pid_of() {
-  local pid
-  pid=$(head -c 32 "$RUN/$1.pid" 2>/dev/null | tr -d '[:space:]' || true)
-  [[ "$pid" =~ ^[0-9]{1,10}$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-}
-
-# stop NAME SIGNAL: signals a service and waits until it is gone.
-stop() {
-  local pid
-  pid=$(pid_of "$1") || return 0
-  kill "-$2" "$pid"
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  rm -f "$RUN/$1.pid"
-}
+LOCAL_RUN="$RUN"
+# shellcheck source=deploy/local-services.sh
+. deploy/local-services.sh
 
 # The system as up.sh leaves it, with a standby persister (extra env for the
 # services: arguments NAME=VALUE, as for the persistent-sends run).

@@ -425,15 +425,20 @@ pid_alive() {
 }
 # proc_user PID: the name of the user PID runs as
 proc_user() { stat -c %U "/proc/$1"; }
-# term_and_wait PID WHAT LOGFILE: SIGTERM, then wait (TIMEOUT) until PID is gone
-term_and_wait() {
+# wait_gone PID WHAT LOGFILE: wait (TIMEOUT) until PID is gone, else fail
+wait_gone() {
     local pid="$1" what="$2" logfile="$3"
-    kill -TERM "$pid" 2>/dev/null || true
     local deadline=$(( SECONDS + TIMEOUT ))
     while proc_alive "$pid"; do
         (( SECONDS < deadline )) || die_log "$what (pid $pid) did not stop" "$logfile"
         sleep 0.3
     done
+}
+
+# term_and_wait PID WHAT LOGFILE: SIGTERM, then wait_gone
+term_and_wait() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait_gone "$@"
 }
 # ---------------------------------------------------------------------------
 # install
@@ -857,11 +862,7 @@ rabbit_stop() {
         log "rabbitmq: node does not answer (to user $RABBIT_USER), terminating pid $pid"
         kill -TERM "$pid" 2>/dev/null || true
     fi
-    local deadline=$(( SECONDS + TIMEOUT ))
-    while proc_alive "$pid"; do
-        (( SECONDS < deadline )) || die_log "rabbitmq did not stop" "$RABBIT_LOG"
-        sleep 0.5
-    done
+    wait_gone "$pid" rabbitmq "$RABBIT_LOG"
     rm -f "$RABBIT_PID_FILE"
     epmd_cleanup
 }
