@@ -42,10 +42,11 @@ deploy/services.sh rabbit-policies test   # a reset removes them
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 # One test runs the gateway as a process of its own (to kill it with
-# SIGKILL); `cargo test` builds other packages' binaries only in test form,
-# so build the real one first (it must not depend on a warm target dir).
-echo "[test] cargo build -p chat-gateway (target dir $CARGO_TARGET_DIR)"
-cargo build -p chat-gateway --bin chat-gateway
+# SIGKILL), and the browser tests run every service as a process;
+# `cargo test` builds other packages' binaries only in test form, so build
+# the real ones first (this must not depend on a warm target dir).
+echo "[test] cargo build of the services (target dir $CARGO_TARGET_DIR)"
+cargo build -p chat-gateway -p chat-persister -p chat-presence --bins
 echo "[test] promtool: the alert rules, and their unit tests"
 promtool check rules deploy/observability/rules.yml
 promtool test rules deploy/observability/rules_test.yml

@@ -135,6 +135,10 @@ pub struct GatewaySettings {
     /// Peers whose `X-Forwarded-For` names the client (the load balancers):
     /// addresses or networks (`10.0.0.0/8`).
     pub trusted_proxies: Vec<crate::net::IpNet>,
+    /// Serve the web client from this folder instead of the files built
+    /// into the binary (for working on gateway/web/ without rebuilding).
+    #[serde(default)]
+    pub web_dir: Option<std::path::PathBuf>,
     pub limits: LimitSettings,
 }
 

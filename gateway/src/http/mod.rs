@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod presence;
+pub mod web;
 
 use crate::state::AppState;
 use crate::ws;
@@ -20,6 +21,8 @@ use std::time::Duration;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.gateway.http_body_bytes;
     Router::new()
+        .route("/", get(web::index))
+        .route("/app/{name}", get(web::asset))
         .route("/ws", get(ws::upgrade))
         .route(
             "/api/conversations",

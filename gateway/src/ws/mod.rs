@@ -10,7 +10,7 @@ use crate::limits::ConnectionSlot;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
-use axum::http::header::ORIGIN;
+use axum::http::header::{HOST, ORIGIN};
 use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, SocketAddr};
 
@@ -27,7 +27,8 @@ pub async fn upgrade(
     if let Some(origin) = headers.get(ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
         let allowed = &state.settings.auth.allowed_origins;
-        if !allowed.iter().any(|a| a == "*" || a == origin) {
+        let listed = allowed.iter().any(|a| a == "*" || a == origin);
+        if !listed && !same_origin(origin, &headers) {
             state.metrics.connections_refused.inc();
             return ApiError::forbidden("origin not allowed").into_response();
         }
@@ -108,4 +109,17 @@ fn proxied_client_slot(
             ))
         }
     }
+}
+
+/// The page that opens the socket was served by us (the web client at `/`):
+/// its origin names the host the request was sent to. Behind a load balancer
+/// this holds as long as it passes `Host` on (deploy/nginx.conf.tmpl does).
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(HOST).and_then(|host| host.to_str().ok()) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host))
 }

@@ -117,3 +117,26 @@ async fn a_browser_origin_must_be_on_the_allow_list() {
         .await;
     assert_eq!(client.user_id, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_client_served_by_the_gateway_may_open_a_socket_there() {
+    let system = TestSystem::start_with(1, 0, |_| {}).await;
+    let token = system.token(1).await;
+    let gateway = system.gateways[0];
+    // The page at http://<host>/ opens ws://<host>/ws: the same origin.
+    let own = format!("http://{gateway}");
+    let client = Client::connect(gateway, Some(&token), Some(&own))
+        .await
+        .unwrap_or_else(|e| panic!("the gateway's own origin refused: {e}"))
+        .authenticated()
+        .await;
+    assert_eq!(client.user_id, 1);
+    // Same address, another port: another origin.
+    let other_port = format!("http://{}:{}", gateway.ip(), gateway.port() ^ 1);
+    match Client::connect(gateway, Some(&token), Some(&other_port)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected HTTP 403, got {:?}", other.map(|_| "an upgrade")),
+    }
+}

@@ -18,3 +18,4 @@ mod read_markers;
 mod redis_down;
 mod sessions;
 mod typing;
+mod web;

@@ -1,0 +1,1 @@
+// The web client: see docs/client.md.
