@@ -10,7 +10,8 @@
 #
 # Environment: CHAT_BUILD_PROFILE (release, or dev for a quicker build),
 # CARGO_TARGET_DIR (default ~/.cache/mapmo-chat/target, shared with tests),
-# CHAT_SKIP_BUILD=1 (use the binaries as they are), PERSISTERS (default 1: more run as standbys, each partition has one active
+# CHAT_SKIP_BUILD=1 (use the binaries as they are), CHAT_BIN_DIR (take the
+# binaries from there), PERSISTERS (default 1: more run as standbys, each partition has one active
 # consumer; persister-N serves metrics on 127.0.0.1:911N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,9 @@ if [ "${CHAT_SKIP_BUILD:-}" != 1 ]; then
   cargo build --profile "$BUILD_PROFILE" -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
 fi
 case "$BUILD_PROFILE" in dev) BIN="$CARGO_TARGET_DIR/debug" ;; *) BIN="$CARGO_TARGET_DIR/$BUILD_PROFILE" ;; esac
+# CHAT_BIN_DIR: run the binaries of another folder (benchmarks compare two
+# commits side by side this way; with CHAT_SKIP_BUILD=1).
+BIN="${CHAT_BIN_DIR:-$BIN}"
 
 say "migrating the schema"
 "$BIN/chat-persister" migrate

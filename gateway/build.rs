@@ -23,7 +23,11 @@ fn main() {
     for name in &names {
         println!("cargo:rerun-if-changed={}", dir.join(name).display());
         let path = dir.join(name);
-        let _ = writeln!(out, "    ({name:?}, include_bytes!({:?})),", path.display().to_string());
+        let _ = writeln!(
+            out,
+            "    ({name:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        );
     }
     out.push_str("];\n");
     let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");

@@ -15,7 +15,8 @@ pub struct Metrics {
     pub announce_seconds: Histogram,
     pub batches: Counter,
     pub messages_stored: Counter,
-    /// SQL statements sent, BEGIN and COMMIT included.
+    /// SQL statements sent (one per batch; one per command when a batch
+    /// is stored one by one).
     pub statements: Counter,
     /// Commands sent to the dead-letter exchange (undecodable).
     pub dead_lettered: Counter,
@@ -69,7 +70,7 @@ impl Metrics {
         );
         r.register(
             "persister_statements",
-            "SQL statements, BEGIN and COMMIT included",
+            "SQL statements sent to Postgres (one per batch)",
             m.statements.clone(),
         );
         r.register(

@@ -101,7 +101,13 @@ mod tests {
 
     #[test]
     fn only_plain_names_with_known_extensions_are_served() {
-        for good in ["index.html", "app.js", "chat-view.js", "style.css", "icon_1.svg"] {
+        for good in [
+            "index.html",
+            "app.js",
+            "chat-view.js",
+            "style.css",
+            "icon_1.svg",
+        ] {
             assert!(AssetName::parse(good).is_some(), "{good}");
         }
         for bad in [
@@ -122,7 +128,9 @@ mod tests {
     #[test]
     fn the_client_is_embedded() {
         assert!(
-            super::WEB_ASSETS.iter().any(|(name, _)| *name == "index.html"),
+            super::WEB_ASSETS
+                .iter()
+                .any(|(name, _)| *name == "index.html"),
             "gateway/web/index.html is embedded"
         );
         for (name, _) in super::WEB_ASSETS {

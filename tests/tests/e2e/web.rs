@@ -46,7 +46,10 @@ async fn the_web_client_is_served_at_the_root_with_a_strict_policy() {
             assets += 1;
         }
     }
-    assert!(assets >= 2, "the page loads its script and its style: {html}");
+    assert!(
+        assets >= 2,
+        "the page loads its script and its style: {html}"
+    );
 
     for missing in ["/app/nothing.js", "/app/..%2FCargo.toml", "/app/index"] {
         let response = http

@@ -1,0 +1,93 @@
+// The HTTP half of the contract: conversations, history, presence, and the
+// dev login. Every request carries the token as `Authorization: Bearer`.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** A 429 is retried after the server's `retry_after_ms`, this many times. */
+const RATE_LIMIT_RETRIES = 3;
+
+/**
+ * The dev login (`POST /api/dev/token`): a token for any user id, where the
+ * server enables it (local and test profiles). Null when it does not (404).
+ */
+export async function devToken(userId, name) {
+  const response = await fetch('/api/dev/token', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(name ? { user_id: userId, name } : { user_id: userId }),
+  });
+  if (response.status === 404) return null;
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(response.status, body.error?.code, body.error?.message);
+  return body.token;
+}
+
+export class Api {
+  #token;
+
+  constructor(token) {
+    this.#token = token;
+  }
+
+  setToken(token) {
+    this.#token = token;
+  }
+
+  /** `{conversations: [...]}`, most recent activity first. */
+  conversations(limit = 200) {
+    return this.#request('GET', `/api/conversations?limit=${limit}`);
+  }
+
+  /**
+   * One page of history, ascending by seq: the newest page (no cursor), the
+   * page before `beforeSeq` (scrolling up), or after `afterSeq` (catching up).
+   */
+  messages(conversationId, { beforeSeq, afterSeq, limit = 50 } = {}) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (beforeSeq != null) query.set('before_seq', String(beforeSeq));
+    if (afterSeq != null) query.set('after_seq', String(afterSeq));
+    return this.#request('GET', `/api/conversations/${conversationId}/messages?${query}`);
+  }
+
+  /** The direct conversation with `peerId` (the same one every time). */
+  openDirect(peerId) {
+    return this.#request('POST', '/api/conversations', { peer_id: peerId });
+  }
+
+  createGroup(title, memberIds) {
+    return this.#request('POST', '/api/conversations', { title, member_ids: memberIds });
+  }
+
+  /** `{presence: [{user_id, status, last_seen}]}` for at most 200 ids. */
+  presence(userIds) {
+    return this.#request('GET', `/api/presence?user_ids=${userIds.join(',')}`);
+  }
+
+  async #request(method, path, body) {
+    for (let attempt = 0; ; attempt += 1) {
+      const response = await fetch(path, {
+        method,
+        headers: {
+          Authorization: `Bearer ${this.#token}`,
+          ...(body ? { 'Content-Type': 'application/json' } : {}),
+        },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      const answer = await response.json().catch(() => ({}));
+      if (response.ok) return answer;
+      const error = answer.error ?? {};
+      if (response.status === 429 && attempt < RATE_LIMIT_RETRIES) {
+        const wait = error.retry_after_ms ?? 1000;
+        await new Promise((resolve) => setTimeout(resolve, wait));
+        continue;
+      }
+      throw new ApiError(response.status, error.code, error.message);
+    }
+  }
+}

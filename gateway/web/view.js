@@ -1,0 +1,312 @@
+// The DOM: draws what chat.js knows, and turns clicks and keys into calls on
+// it. The `data-testid` attributes are stable hooks for automated tests.
+
+import { MAX_BODY_CHARS, countChars } from './chat.js';
+
+const $ = (id) => document.getElementById(id);
+
+/** Within this many pixels of the bottom counts as "the newest is on screen". */
+const AT_BOTTOM_PX = 48;
+/** Within this many pixels of the top, the page before is fetched. */
+const NEAR_TOP_PX = 150;
+
+function element(tag, attributes = {}, text = '') {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) el.setAttribute(name, value);
+  if (text) el.textContent = text;
+  return el;
+}
+
+function timeOf(iso) {
+  return new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+function atBottom(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < AT_BOTTOM_PX;
+}
+
+export class View {
+  #chat;
+  #messageElements = new Map(); // key -> <li>, for the open conversation
+  #shownConversation = null;
+  #stickToBottom = false; // scroll to the newest on the next draw (opened, or we sent)
+
+  constructor(chat) {
+    this.#chat = chat;
+    chat.addEventListener('list', () => this.#renderList());
+    chat.addEventListener('presence', () => {
+      this.#renderList();
+      this.#renderHeader();
+    });
+    chat.addEventListener('messages', (e) => {
+      if (e.detail.conversationId === chat.openId || e.detail.reset) this.#renderConversation(e.detail);
+    });
+    chat.addEventListener('typing', (e) => {
+      if (e.detail.conversationId === chat.openId) this.#renderTyping();
+    });
+    chat.addEventListener('connection', (e) => this.#renderConnection(e.detail));
+    chat.addEventListener('notice', (e) => this.#notice(e.detail.message));
+    this.#bind();
+    $('me').textContent = `User ${chat.me}`;
+    this.#renderList();
+    this.#renderConversation({ reset: true });
+  }
+
+  #bind() {
+    const chat = this.#chat;
+    const list = $('messages');
+    $('direct-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      const peer = Number($('peer-id').value);
+      if (!Number.isSafeInteger(peer) || peer <= 0) return this.#notice('A user id is a positive number.');
+      chat.startDirect(peer).then(() => ($('peer-id').value = ''), (e) => this.#notice(e.message));
+    });
+    $('group-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      const ids = $('group-members').value.split(/[\s,]+/).filter(Boolean).map(Number);
+      chat.createGroup($('group-title').value.trim(), ids).then(() => {
+        $('group-title').value = $('group-members').value = '';
+      }, (e) => this.#notice(e.message));
+    });
+    $('conversations').addEventListener('click', (event) => {
+      const item = event.target.closest('[data-conversation-id]');
+      if (item) chat.openConversation(Number(item.dataset.conversationId));
+    });
+    $('back').addEventListener('click', () => chat.closeConversation());
+
+    const composer = $('composer');
+    $('composer-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.#send();
+    });
+    composer.addEventListener('keydown', (event) => {
+      // Enter sends, Shift+Enter is a new line; never while an input method
+      // (Vietnamese Telex/VNI) is still composing a character.
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this.#send();
+      }
+    });
+    composer.addEventListener('input', () => {
+      this.#renderCounter();
+      if (composer.value && chat.openId) chat.typing(chat.openId);
+    });
+
+    list.addEventListener('scroll', () => {
+      if (list.scrollTop < NEAR_TOP_PX && chat.openId) chat.loadOlder(chat.openId);
+      this.#maybeMarkRead();
+    });
+    list.addEventListener('click', (event) => {
+      const retry = event.target.closest('[data-testid="retry"]');
+      if (retry) chat.retry(retry.closest('[data-client-msg-id]').dataset.clientMsgId);
+    });
+    $('older').addEventListener('click', () => chat.openId && chat.loadOlder(chat.openId));
+    document.addEventListener('visibilitychange', () => this.#maybeMarkRead());
+    window.addEventListener('focus', () => this.#maybeMarkRead());
+  }
+
+  #send() {
+    const composer = $('composer');
+    const id = this.#chat.openId;
+    if (id && this.#chat.send(id, composer.value)) {
+      composer.value = '';
+      this.#renderCounter();
+      this.#stickToBottom = true;
+    }
+    composer.focus();
+  }
+
+  /** Read markers: only when the newest message is on screen and the tab is seen. */
+  #maybeMarkRead() {
+    const id = this.#chat.openId;
+    if (id && document.visibilityState === 'visible' && atBottom($('messages'))) {
+      this.#chat.markRead(id);
+    }
+  }
+
+  // ---------------------------------------------------------------- list
+
+  #renderList() {
+    const chat = this.#chat;
+    const list = $('conversations');
+    const focused = document.activeElement?.dataset?.conversationId;
+    list.replaceChildren(
+      ...chat.sortedConversations().map((c) => {
+        const button = element('button', {
+          type: 'button',
+          class: 'conversation',
+          'data-testid': 'conversation',
+          'data-conversation-id': c.id,
+        });
+        if (c.id === chat.openId) button.setAttribute('aria-current', 'true');
+        const peer = chat.peerOf(c);
+        if (peer != null) {
+          const status = chat.presence.get(peer)?.status ?? 'offline';
+          button.append(element('span', { class: `dot ${status}`, 'aria-label': status }));
+        }
+        button.append(element('span', { class: 'title' }, chat.titleOf(c)));
+        if (c.unread_count > 0) {
+          const label = `${c.unread_count} unread`;
+          button.append(element('span', { class: 'unread', 'data-testid': 'unread', 'aria-label': label }, String(c.unread_count)));
+        }
+        const last = c.last_message;
+        const preview = last ? `${last.sender_id === chat.me ? 'You: ' : ''}${last.body}` : 'No messages yet';
+        button.append(element('span', { class: 'preview' }, preview));
+        const item = element('li');
+        item.append(button);
+        return item;
+      }),
+    );
+    if (focused) list.querySelector(`[data-conversation-id="${focused}"]`)?.focus();
+    $('no-conversations').hidden = chat.conversations.size > 0;
+  }
+
+  // -------------------------------------------------------- conversation
+
+  #renderConversation({ reset = false, older = false } = {}) {
+    const chat = this.#chat;
+    const conversation = chat.open;
+    document.body.classList.toggle('reading', !!conversation);
+    $('conversation').hidden = !conversation;
+    $('placeholder').hidden = !!conversation;
+    if (!conversation) return;
+    const list = $('messages');
+    if (reset || this.#shownConversation !== conversation.id) {
+      this.#shownConversation = conversation.id;
+      this.#messageElements.clear();
+      list.replaceChildren();
+      this.#stickToBottom = true;
+      this.#renderHeader();
+      this.#renderTyping();
+      this.#renderList();
+    }
+    const wasAtBottom = atBottom(list);
+    const [height, top] = [list.scrollHeight, list.scrollTop];
+    this.#renderMessages(conversation);
+    $('older').hidden = !conversation.hasOlder;
+    $('loading').hidden = conversation.loaded;
+    if (older) {
+      list.scrollTop = top + (list.scrollHeight - height); // keep the same messages in view
+    } else if (wasAtBottom || this.#stickToBottom) {
+      list.scrollTop = list.scrollHeight;
+    }
+    if (conversation.loaded) this.#stickToBottom = false;
+    // A first page shorter than the screen: fetch older ones until it is full.
+    if (conversation.hasOlder && list.scrollHeight <= list.clientHeight) chat.loadOlder(conversation.id);
+    this.#maybeMarkRead();
+  }
+
+  #renderHeader() {
+    const chat = this.#chat;
+    const conversation = chat.open;
+    if (!conversation) return;
+    $('conversation-title').textContent = chat.titleOf(conversation);
+    const slot = $('presence-slot');
+    const peer = chat.peerOf(conversation);
+    if (peer == null) return slot.replaceChildren();
+    const { status = 'offline', last_seen: lastSeen } = chat.presence.get(peer) ?? {};
+    const text = status === 'online' ? 'online' : lastSeen ? `offline, last seen ${timeOf(lastSeen)}` : 'offline';
+    slot.replaceChildren(element('span', { class: `presence ${status}`, 'data-testid': 'presence', 'data-status': status }, text));
+  }
+
+  /**
+   * Stored messages by seq, then our sends not stored yet. Elements are
+   * keyed by sender and client_msg_id, so a pending message becomes the
+   * stored one in place.
+   */
+  #renderMessages(conversation) {
+    const chat = this.#chat;
+    const list = $('messages');
+    const items = [
+      ...conversation.messages.map((m) => ({ ...m, state: 'stored' })),
+      ...chat.unsentIn(conversation.id).map((e) => ({ ...e, sender_id: chat.me })),
+    ];
+    const keep = new Set();
+    let cursor = list.firstElementChild;
+    for (const item of items) {
+      const key = `${item.sender_id}:${item.client_msg_id}`;
+      keep.add(key);
+      let el = this.#messageElements.get(key);
+      if (!el) {
+        el = this.#newMessageElement(item);
+        this.#messageElements.set(key, el);
+      }
+      this.#updateMessageElement(el, item);
+      if (el === cursor) cursor = cursor.nextElementSibling;
+      else list.insertBefore(el, cursor);
+    }
+    for (const [key, el] of this.#messageElements) {
+      if (!keep.has(key)) {
+        el.remove();
+        this.#messageElements.delete(key);
+      }
+    }
+  }
+
+  #newMessageElement(item) {
+    const mine = item.sender_id === this.#chat.me;
+    const li = element('li', { class: mine ? 'message mine' : 'message', 'data-testid': 'message' });
+    li.dataset.clientMsgId = item.client_msg_id;
+    const meta = element('div', { class: 'meta' });
+    meta.append(element('span', { class: 'sender' }, mine ? 'You' : `User ${item.sender_id}`), ' ', element('time', { datetime: item.created_at }, timeOf(item.created_at)));
+    li.append(meta, element('p', { class: 'body' }, item.body), element('div', { class: 'status' }));
+    return li;
+  }
+
+  #updateMessageElement(el, item) {
+    if (el.dataset.state === item.state && el.dataset.seq === String(item.seq)) return;
+    el.dataset.state = item.state;
+    const status = el.querySelector('.status');
+    if (item.state === 'stored') {
+      el.dataset.seq = item.seq;
+      el.dataset.messageId = item.id;
+      el.querySelector('time').textContent = timeOf(item.created_at);
+      status.replaceChildren();
+    } else if (item.state === 'pending') {
+      status.replaceChildren(element('span', {}, 'Sending…'));
+    } else {
+      const retry = element('button', { type: 'button', 'data-testid': 'retry' }, 'Retry');
+      status.replaceChildren(element('span', { class: 'error' }, `Not sent: ${item.error} `), retry);
+    }
+  }
+
+  #renderTyping() {
+    const chat = this.#chat;
+    const slot = $('typing-slot');
+    const typists = chat.openId ? chat.typists(chat.openId) : [];
+    if (!typists.length) return slot.replaceChildren();
+    const names = typists.map((id) => `User ${id}`).join(', ');
+    const text = `${names} ${typists.length > 1 ? 'are' : 'is'} typing…`;
+    const shown = slot.querySelector('[data-testid="typing"]');
+    if (shown) shown.textContent = text;
+    else slot.replaceChildren(element('span', { 'data-testid': 'typing' }, text));
+  }
+
+  #renderCounter() {
+    const count = countChars($('composer').value);
+    const over = count > MAX_BODY_CHARS;
+    const counter = $('counter');
+    counter.textContent = `${count} / ${MAX_BODY_CHARS}`;
+    counter.classList.toggle('over', over);
+    $('composer').setAttribute('aria-invalid', String(over));
+    $('send').disabled = over;
+  }
+
+  #renderConnection({ state, retryInMs }) {
+    const el = $('connection');
+    el.dataset.state = state;
+    el.textContent =
+      state === 'open' ? 'Connected'
+        : state === 'connecting' ? 'Connecting…'
+          : retryInMs != null ? `Offline, retrying in ${Math.ceil(retryInMs / 1000)} s`
+            : 'Offline';
+  }
+
+  #notice(message) {
+    const el = $('notice');
+    el.textContent = message;
+    el.hidden = false;
+    clearTimeout(this.noticeTimer);
+    this.noticeTimer = setTimeout(() => (el.hidden = true), 6000);
+  }
+}

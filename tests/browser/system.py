@@ -1,0 +1,328 @@
+"""The real system, as processes, for the browser tests.
+
+A fresh Postgres database on the test instance's server, the schema
+migrated by `chat-persister migrate`, then one persister, one presence
+service and two gateways (CHAT_PROFILE=test, their own AMQP and Redis
+prefixes), and nginx in front of the gateways (deploy/services.sh
+nginx-start), the way deploy/up.sh runs them. Logs go to
+.data/test/logs/browser-*.log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LOG_DIR = ROOT / ".data" / "test" / "logs"
+
+PUBLIC_PORT = 21080
+# (listen, metrics) of each gateway.
+GATEWAY_PORTS = [(21081, 21181), (21082, 21182)]
+PERSISTER_METRICS_PORT = 21191
+PRESENCE_METRICS_PORT = 21192
+
+READY_TIMEOUT_S = 30
+
+
+class SystemError_(RuntimeError):
+    """The system could not be started (a missing binary, a service that
+    would not become ready): the tests cannot run."""
+
+
+def bin_dir() -> Path:
+    explicit = os.environ.get("CHAT_BIN_DIR")
+    if explicit:
+        return Path(explicit)
+    target = os.environ.get("CARGO_TARGET_DIR") or str(Path.home() / ".cache/mapmo-chat/target")
+    return Path(target) / "debug"
+
+
+def required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise SystemError_(
+            f"{name} is not set: run through tests/browser/run.sh "
+            '(or eval "$(deploy/services.sh env test)")'
+        )
+    return value
+
+
+def http(method: str, url: str, body=None, token: str | None = None, timeout=5.0):
+    """(status, parsed JSON or text) of one request."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def wait_until(what: str, condition, timeout: float = READY_TIMEOUT_S, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = condition()
+        except OSError:
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class Postgres:
+    """psql against the test instance's server, with libpq variables (a
+    password on psql's command line would show in ps)."""
+
+    def __init__(self, url: str):
+        self.url = urllib.parse.urlsplit(url)
+        self.env = dict(os.environ)
+        self.env.update(
+            PGUSER=urllib.parse.unquote(self.url.username or "chat"),
+            PGHOST=self.url.hostname or "127.0.0.1",
+            PGPORT=str(self.url.port or 5432),
+            PGDATABASE="postgres",
+        )
+        if self.url.password:
+            self.env["PGPASSWORD"] = urllib.parse.unquote(self.url.password)
+
+    def run(self, sql: str):
+        subprocess.run(
+            ["psql", "-Atq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    def url_of(self, database: str) -> str:
+        return urllib.parse.urlunsplit(self.url._replace(path=f"/{database}"))
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self):
+        self.log = LOG_DIR / f"browser-{self.name}.log"
+
+    def start(self):
+        with open(self.log, "ab") as log:
+            log.write(f"--- {time.strftime('%H:%M:%S')} starting {self.name}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int):
+        if self.running():
+            self.process.send_signal(sig)
+
+    def kill(self):
+        """SIGKILL, as a crash: no close frames, no draining."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self):
+        if not self.running():
+            return
+        self.process.send_signal(signal.SIGCONT)  # in case a test paused it
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class System:
+    """Everything the browser tests talk to, through nginx on PUBLIC_PORT."""
+
+    def __init__(self):
+        self.bin = bin_dir()
+        for binary in ("chat-gateway", "chat-persister", "chat-presence"):
+            if not os.access(self.bin / binary, os.X_OK):
+                raise SystemError_(
+                    f"{self.bin / binary} is missing: build it (cargo build) or set CHAT_BIN_DIR"
+                )
+        self.public = f"http://127.0.0.1:{PUBLIC_PORT}"
+        self.postgres = Postgres(required_env("CHAT_DATABASE__URL"))
+        unique = secrets.token_hex(6)
+        self.database = f"test_browser_{unique}"
+        prefix = f"b{unique}"
+        self.env = dict(os.environ)
+        self.env.update(
+            CHAT_PROFILE="test",
+            CHAT_DATABASE__URL=self.postgres.url_of(self.database),
+            CHAT_AMQP__URL=required_env("CHAT_AMQP__URL"),
+            CHAT_REDIS__URL=required_env("CHAT_REDIS__URL"),
+            CHAT_AMQP__PREFIX=prefix,
+            CHAT_REDIS__PREFIX=prefix,
+            CHAT_LOG__FILTER="info,sqlx=warn,lapin=warn",
+            CHAT_PERSISTER__METRICS_LISTEN=f"127.0.0.1:{PERSISTER_METRICS_PORT}",
+            CHAT_PRESENCE__METRICS_LISTEN=f"127.0.0.1:{PRESENCE_METRICS_PORT}",
+        )
+        # The client under test is the one in the tree (gateway/web/), read
+        # on each request, not the copy built into a possibly older binary.
+        # BROWSER_TEST_EMBEDDED=1 tests the built-in copy instead.
+        if os.environ.get("BROWSER_TEST_EMBEDDED") != "1":
+            self.env["CHAT_GATEWAY__WEB_DIR"] = str(ROOT / "gateway" / "web")
+        self.persister = Service("persister", [str(self.bin / "chat-persister")], self.env)
+        self.presence = Service("presence", [str(self.bin / "chat-presence")], self.env)
+        self.gateways = []
+        for n, (port, metrics) in enumerate(GATEWAY_PORTS, start=1):
+            env = dict(self.env)
+            env.update(
+                CHAT_GATEWAY__LISTEN=f"127.0.0.1:{port}",
+                CHAT_GATEWAY__METRICS_LISTEN=f"127.0.0.1:{metrics}",
+            )
+            self.gateways.append(Service(f"gateway-{n}", [str(self.bin / "chat-gateway")], env))
+        self.nginx_started = False
+        self.database_created = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self):
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        for port in [PUBLIC_PORT, PERSISTER_METRICS_PORT, PRESENCE_METRICS_PORT] + [
+            p for pair in GATEWAY_PORTS for p in pair
+        ]:
+            self._check_port_free(port)
+        self.postgres.run(f'CREATE DATABASE "{self.database}"')
+        self.database_created = True
+        migrate = subprocess.run(
+            [str(self.bin / "chat-persister"), "migrate"], env=self.env,
+            capture_output=True, text=True, timeout=120,
+        )
+        (LOG_DIR / "browser-migrate.log").write_text(migrate.stdout + migrate.stderr)
+        if migrate.returncode != 0:
+            raise SystemError_(f"chat-persister migrate failed:\n{migrate.stderr[-2000:]}")
+        self.persister.start()
+        self.presence.start()
+        for index in range(len(self.gateways)):
+            self.start_gateway(index)
+        upstreams = [f"127.0.0.1:{port}" for port, _ in GATEWAY_PORTS]
+        self._services_sh("nginx-start", "test", str(PUBLIC_PORT), *upstreams)
+        self.nginx_started = True
+        wait_until("nginx to answer", lambda: http("GET", f"{self.public}/ready")[0] == 200)
+
+    def stop(self):
+        errors = []
+        if self.nginx_started:
+            try:
+                self._services_sh("nginx-stop", "test")
+            except Exception as error:  # noqa: BLE001 - stop the rest regardless
+                errors.append(error)
+        for service in [*self.gateways, self.presence, self.persister]:
+            service.stop()
+        if self.database_created:
+            try:
+                self.postgres.run(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def start_gateway(self, index: int):
+        gateway = self.gateways[index]
+        gateway.start()
+        port = GATEWAY_PORTS[index][0]
+
+        def ready():
+            if not gateway.running():
+                raise SystemError_(f"{gateway.name} exited; see {gateway.log}")
+            return http("GET", f"http://127.0.0.1:{port}/ready")[0] == 200
+
+        wait_until(f"{gateway.name} to be ready (log: {gateway.log})", ready)
+
+    def kill_gateway(self, index: int):
+        self.gateways[index].kill()
+
+    def pause_persister(self):
+        self.persister.signal(signal.SIGSTOP)
+
+    def resume_persister(self):
+        self.persister.signal(signal.SIGCONT)
+
+    # -------------------------------------------------------------- queries
+
+    def metric(self, gateway: int, name: str) -> float:
+        """A gateway's unlabelled metric (counters with or without _total)."""
+        port = GATEWAY_PORTS[gateway][1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key in (name, f"{name}_total"):
+                return float(value)
+        return 0.0
+
+    def sessions(self) -> list[int]:
+        """Open WebSocket sessions on each gateway (0 for a dead one)."""
+        counts = []
+        for index, gateway in enumerate(self.gateways):
+            if not gateway.running():
+                counts.append(0)
+                continue
+            counts.append(int(self.metric(index, "gateway_connections_active")))
+        return counts
+
+    def token(self, user_id: int, name: str | None = None) -> str:
+        status, body = http("POST", f"{self.public}/api/dev/token", {"user_id": user_id, "name": name})
+        assert status == 200, f"dev token: {status} {body}"
+        return body["token"]
+
+    def api(self, user_id: int, method: str, path: str, body=None):
+        status, answer = http(method, f"{self.public}{path}", body, token=self.token(user_id))
+        assert 200 <= status < 300, f"{method} {path}: {status} {answer}"
+        return answer
+
+    # -------------------------------------------------------------- helpers
+
+    def _services_sh(self, *args: str):
+        result = subprocess.run(
+            [str(ROOT / "deploy" / "services.sh"), *args], cwd=ROOT,
+            capture_output=True, text=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise SystemError_(f"deploy/services.sh {' '.join(args)} failed:\n{result.stderr}")
+
+    @staticmethod
+    def _check_port_free(port: int):
+        import socket
+
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise SystemError_(
+                    f"port {port} is in use: an earlier browser test run still running? "
+                    "(stop nginx with: deploy/services.sh nginx-stop test)"
+                )
