@@ -46,7 +46,7 @@ for variant in A B; do
     json=$(grep '^{' "$f" | tail -1)
     p50=$(sed -n 's/.*"delivery_latency":{[^}]*"p50_ms":\([0-9.]*\).*/\1/p' <<<"$json")
     p99=$(sed -n 's/.*"delivery_latency":{[^}]*"p99_ms":\([0-9.]*\).*/\1/p' <<<"$json")
-    ok=$(sed -n 's/.*"verification":{"ok":\([a-z]*\).*/\1/p' <<<"$json")
+    ok=false; grep -q '"verification":{[^}]*"ok":true' <<<"$json" && ok=true
     echo "$variant $cpu $p50 $p99 $ok"
   done
 done >"$OUT/runs.txt"

@@ -95,6 +95,7 @@ pub async fn run(
         session_id,
         tx,
         pending: HashMap::new(),
+        next_check: Instant::now(),
         typing_window: (now, 0),
         sends: TokenBucket::new(limits.sends_per_second, limits.sends_burst, now),
         reads: TokenBucket::new(limits.reads_per_second, limits.reads_burst, now),
@@ -189,6 +190,20 @@ struct Session {
     member_of: HashSet<ConversationId>,
     /// Set when a write failed: the loop ends the session with it.
     broken: Option<Ended>,
+    /// When the session's timer fires next ([`Session::deadline`]).
+    next_check: Instant,
+}
+
+/// The instant of a Unix time in seconds, at most a day ahead (a timer set
+/// that far is set again when it fires; `Instant` cannot hold any time).
+fn instant_of_unix(now: Instant, unix_secs: i64) -> Instant {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let at = Duration::from_secs(u64::try_from(unix_secs).unwrap_or(0));
+    now + at
+        .saturating_sub(since_epoch)
+        .min(Duration::from_secs(86_400))
 }
 
 /// Typing frames one session may send per second; more are `rate_limited`.
@@ -212,8 +227,12 @@ impl Session {
         let mut heartbeat = interval(Duration::from_millis(settings.heartbeat_ms));
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         heartbeat.reset();
-        let mut sweep = interval(Duration::from_millis(500));
-        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One timer for the session's deadlines (its token's expiry, the
+        // oldest unanswered send's timeout), set to the nearest: no periodic
+        // wake-up, so idle sessions cost no CPU.
+        self.next_check = self.deadline(send_timeout);
+        let timer = tokio::time::sleep_until(self.next_check);
+        tokio::pin!(timer);
         let mut shutdown = self.state.shutdown.clone();
         let mut broker_lost = self.state.broker_lost.clone();
         let mut last_heard = Instant::now();
@@ -221,6 +240,9 @@ impl Session {
         loop {
             if let Some(ended) = self.broken {
                 return ended;
+            }
+            if timer.deadline() != self.next_check {
+                timer.as_mut().reset(self.next_check);
             }
             tokio::select! {
                 _ = shutdown.changed() => {
@@ -269,15 +291,29 @@ impl Session {
                         return ended;
                     }
                 }
-                _ = sweep.tick() => {
+                () = &mut timer => {
                     if unix_now() >= self.user.expires_at {
                         close_with(&mut self.socket, close::UNAUTHORIZED, "token expired").await;
                         return Ended::TokenExpired;
                     }
-                    Box::pin(self.expire_pending(send_timeout)).await
+                    Box::pin(self.expire_pending(send_timeout)).await;
+                    // A fired timer must be set again before it is polled.
+                    self.next_check = self.deadline(send_timeout);
+                    timer.as_mut().reset(self.next_check);
                 }
             }
         }
+    }
+
+    /// When the session must next look at its clock: its token's expiry,
+    /// or the timeout of its oldest unanswered send, never now or earlier.
+    fn deadline(&self, send_timeout: Duration) -> Instant {
+        let now = Instant::now();
+        let oldest = self.pending.values().min().map(|sent| *sent + send_timeout);
+        let expiry = instant_of_unix(now, self.user.expires_at);
+        oldest
+            .map_or(expiry, |due| due.min(expiry))
+            .max(now + Duration::from_millis(1))
     }
 
     /// The frame to write for `out`; an answered send leaves `pending`.
@@ -587,7 +623,10 @@ impl Session {
                     client_msg_id = client_msg_id.as_str(),
                     "send published"
                 );
-                self.pending.insert(client_msg_id.clone(), Instant::now());
+                let now = Instant::now();
+                self.pending.insert(client_msg_id.clone(), now);
+                let timeout = Duration::from_millis(self.state.settings.gateway.send_timeout_ms);
+                self.next_check = self.next_check.min(now + timeout);
                 let tx = self.tx.clone();
                 let user = self.user.user_id;
                 tokio::spawn(async move {
@@ -613,7 +652,7 @@ impl Session {
         let expired: Vec<ClientMsgId> = self
             .pending
             .iter()
-            .filter(|(_, sent)| now.duration_since(**sent) > timeout)
+            .filter(|(_, sent)| now.duration_since(**sent) >= timeout)
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {

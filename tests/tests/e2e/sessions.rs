@@ -123,6 +123,28 @@ async fn without_a_persister_a_send_gets_unavailable_not_a_false_ack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_unanswered_send_times_out_on_its_own_deadline() {
+    // The session's one timer is set to the oldest send's deadline, and set
+    // again to the next one's after it fired.
+    let system = TestSystem::start_with(1, 0, |s| s.gateway.send_timeout_ms = 1000).await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    an.send_message(conversation, "first", "một").await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    an.send_message(conversation, "second", "hai").await;
+    let error = an.next_of("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["client_msg_id"].as_str()),
+        (Some("unavailable"), Some("first"))
+    );
+    let error = an.next_of("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["client_msg_id"].as_str()),
+        (Some("unavailable"), Some("second"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_shutting_down_stops_accepting_and_answers_sends_in_flight_before_1012() {
     // No persister yet: the send waits in the broker while the gateway drains.
     let mut system = TestSystem::start_with(1, 0, |s| s.gateway.shutdown_grace_ms = 5000).await;
