@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Two builds side by side, in one run, on the same servers: ROUNDS rounds
-# (default 3), each running a deploy/bench.sh scenario once against the
-# services of folder A, then once against those of folder B (the servers
-# stay up; only gateways, persister and presence are swapped). Prints, per
-# variant, the median and range of CPU per message and delivery latency.
-# The machine is shared and noisy: compare A with B of the same run.
+# Builds (or settings) side by side, in one run, on the same servers: ROUNDS
+# rounds (default 3), each running a deploy/bench.sh scenario once against
+# every variant in turn (the servers stay up; only gateways, persister and
+# presence are swapped). Prints, per variant, the median and range of CPU
+# per message and delivery latency. The machine is shared and noisy: compare
+# variants of the same run, never figures of different runs.
 #
-#   deploy/bench-compare.sh DIR_A DIR_B [SCENARIO]      (default direct-1000)
-#   e.g. keep the old release binaries: cp -r ~/.cache/mapmo-chat/target/release/chat-* /tmp/old/
+#   deploy/bench-compare.sh [-s SCENARIO] VARIANT VARIANT...    (default direct-1000)
+#
+# A VARIANT is a folder of release binaries (chat-gateway, chat-persister,
+# chat-presence), optionally followed by settings for its services:
+#   /tmp/old  /tmp/new  "/tmp/new CHAT_PERSISTER__LINGER_FROM=2 CHAT_PERSISTER__LINGER_MS=3"
+# (keep a build's binaries with: cp ~/.cache/mapmo-chat/target/release/chat-* /tmp/old/).
 #
 # Environment: ROUNDS, DURATION, WARMUP (passed to bench.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
-A=$(cd "$1" && pwd) B=$(cd "$2" && pwd) SCENARIO=${3:-direct-1000}
+SCENARIO=direct-1000
+if [ "${1:-}" = -s ]; then SCENARIO=$2; shift 2; fi
+[ $# -ge 2 ] || { sed -n 2,17p "$0"; exit 2; }
+VARIANTS=("$@")
 ROUNDS=${ROUNDS:-3}
 OUT=".data/local/bench/compare-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
@@ -30,24 +36,28 @@ stop_services() {
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  for variant in A B; do
-    dir=$A; [ "$variant" = B ] && dir=$B
+  for v in "${!VARIANTS[@]}"; do
+    read -r -a words <<<"${VARIANTS[$v]}"
+    dir=$(cd "${words[0]}" && pwd)
     stop_services
-    CHAT_SKIP_BUILD=1 CHAT_BIN_DIR="$dir" deploy/up.sh >/dev/null 2>&1
-    echo "== round $round, $variant ($dir)" >&2
-    deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$variant.txt" | grep -E '^(cpu seconds|persister:|\{)' >&2 || true
+    env "${words[@]:1}" CHAT_SKIP_BUILD=1 CHAT_BIN_DIR="$dir" deploy/up.sh >/dev/null 2>&1
+    echo "== round $round, variant $v: ${VARIANTS[$v]}" >&2
+    deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$v.txt" | grep -E '^(cpu seconds|persister:)' >&2 || true
   done
 done
+stop_services
+env CHAT_SKIP_BUILD=1 deploy/up.sh >/dev/null 2>&1 || true # back to the usual build
 
 # The figures of each run: system µs per command, delivery p50 and p99.
-for variant in A B; do
-  for f in "$OUT"/*-"$variant".txt; do
+for v in "${!VARIANTS[@]}"; do
+  for f in "$OUT"/*-"$v".txt; do
     cpu=$(sed -n 's/.*system total [0-9.]* (\([0-9]*\)).*/\1/p' "$f")
     json=$(grep '^{' "$f" | tail -1)
     p50=$(sed -n 's/.*"delivery_latency":{[^}]*"p50_ms":\([0-9.]*\).*/\1/p' <<<"$json")
     p99=$(sed -n 's/.*"delivery_latency":{[^}]*"p99_ms":\([0-9.]*\).*/\1/p' <<<"$json")
-    ok=false; grep -q '"verification":{[^}]*"ok":true' <<<"$json" && ok=true
-    echo "$variant $cpu $p50 $p99 $ok"
+    ok=false
+    grep -q '"verification":{[^}]*"ok":true' <<<"$json" && ok=true
+    echo "$v ${cpu:-0} ${p50:-0} ${p99:-0} $ok"
   done
 done >"$OUT/runs.txt"
 awk '
@@ -58,7 +68,8 @@ awk '
     return sprintf("%s (%s-%s)", v[int((n + 1) / 2)], v[1], v[n])
   }
   END {
-    printf "%-8s %-22s %-22s %-22s %s\n", "variant", "system us/command", "delivery p50 ms", "delivery p99 ms", "verification failed"
-    for (k in cpu) printf "%-8s %-22s %-22s %-22s %d\n", k, stat(cpu[k]), stat(p50[k]), stat(p99[k]), bad[k]
+    printf "%-8s %-22s %-22s %-24s %s\n", "variant", "system us/command", "delivery p50 ms", "delivery p99 ms", "runs failing verification"
+    for (k = 0; k in cpu; k++) printf "%-8s %-22s %-22s %-24s %d\n", k, stat(cpu[k]), stat(p50[k]), stat(p99[k]), bad[k]
   }' "$OUT/runs.txt" | tee "$OUT/summary.txt"
-echo "A = $A, B = $B, scenario $SCENARIO, $ROUNDS rounds; runs in $OUT" | tee -a "$OUT/summary.txt"
+for v in "${!VARIANTS[@]}"; do echo "variant $v: ${VARIANTS[$v]}"; done | tee -a "$OUT/summary.txt"
+echo "scenario $SCENARIO, $ROUNDS rounds, median (min-max); runs in $OUT" | tee -a "$OUT/summary.txt"
