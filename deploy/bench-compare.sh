@@ -13,7 +13,8 @@
 #   /tmp/old  /tmp/new  "/tmp/new CHAT_PERSISTER__LINGER_FROM=2 CHAT_PERSISTER__LINGER_MS=3"
 # (keep a build's binaries with: cp ~/.cache/mapmo-chat/target/release/chat-* /tmp/old/).
 #
-# Environment: ROUNDS, DURATION, WARMUP (passed to bench.sh).
+# Environment: ROUNDS, DURATION, WARMUP (passed to bench.sh). Nothing is
+# built: build chat-load (cargo build --release -p chat-tests) first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=direct-1000
@@ -42,7 +43,7 @@ for round in $(seq 1 "$ROUNDS"); do
     stop_services
     env "${words[@]:1}" CHAT_SKIP_BUILD=1 CHAT_BIN_DIR="$dir" deploy/up.sh >/dev/null 2>&1
     echo "== round $round, variant $v: ${VARIANTS[$v]}" >&2
-    deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$v.txt" | grep -E '^(cpu seconds|persister:)' >&2 || true
+    CHAT_SKIP_BUILD=1 deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$v.txt" | grep -E '^(cpu seconds|persister:)' >&2 || true
   done
 done
 stop_services

@@ -23,7 +23,11 @@ OUT=".data/local/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 eval "$(deploy/services.sh env local)"
 
-cargo build --release -p chat-tests --bin chat-load >&2
+# CHAT_SKIP_BUILD=1: use the chat-load there is (deploy/bench-compare.sh
+# does, so that nothing is compiled while it measures).
+if [ "${CHAT_SKIP_BUILD:-}" != 1 ] || [ ! -x "$BIN/chat-load" ]; then
+  cargo build --release -p chat-tests --bin chat-load >&2
+fi
 
 # Sums a counter over both gateways' /metrics.
 gateway_counter() {

@@ -11,7 +11,7 @@
 # Environment: CHAT_BUILD_PROFILE (release, or dev for a quicker build),
 # CARGO_TARGET_DIR (default ~/.cache/mapmo-chat/target, shared with tests),
 # CHAT_SKIP_BUILD=1 (use the binaries as they are), CHAT_BIN_DIR (take the
-# binaries from there), PERSISTERS (default 1: more run as standbys, each partition has one active
+# binaries from there), TRACES=1 (trace every message to chat-traces), PERSISTERS (default 1: more run as standbys, each partition has one active
 # consumer; persister-N serves metrics on 127.0.0.1:911N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +67,16 @@ start() {
   say "$name started (pid $!, log $LOGS/$name.log)"
 }
 
+# TRACES=1: every message traced (sample ratio 1) to chat-traces, the
+# project's own OTLP receiver (Debian 12 packages no collector or trace
+# viewer); `chat-traces show <message id>` prints a message's trace.
+# Services already running keep their settings: deploy/down.sh first.
+TRACES_PORT=24318
+if [ "${TRACES:-}" = 1 ]; then
+  start traces "$BIN/chat-traces" -- serve --listen "127.0.0.1:$TRACES_PORT" --file "$REPO/.data/local/traces.jsonl"
+  export CHAT_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$TRACES_PORT" CHAT_TELEMETRY__SAMPLE_RATIO=1.0
+fi
+
 start persister "$BIN/chat-persister"
 for n in $(seq 2 "${PERSISTERS:-1}"); do
   start "persister-$n" "$BIN/chat-persister" "CHAT_PERSISTER__METRICS_LISTEN=127.0.0.1:$((9110 + n))"
@@ -120,7 +130,8 @@ start prometheus /usr/bin/prometheus -- \
 secret=$(sed -n 's/^jwt_secret = "\(.*\)"/\1/p' config/local.toml)
 cat <<MSG
 
-mapmo-chat is up.
+mapmo-chat is up. Open http://127.0.0.1:$PUBLIC_PORT/ in a browser and log in with any
+user id; chat with a second tab (or browser) logged in as another user.
 
   Public entry point (nginx, load-balancing both gateways):
     http://127.0.0.1:$PUBLIC_PORT        WebSocket: ws://127.0.0.1:$PUBLIC_PORT/ws
@@ -136,6 +147,9 @@ mapmo-chat is up.
   Try it with the shipped client, in two terminals:
     $BIN/chat-client --url http://127.0.0.1:$PUBLIC_PORT --user 1     then: /direct 2, and type
     $BIN/chat-client --url http://127.0.0.1:$PUBLIC_PORT --user 2     then: /direct 1, and type
+
+  Traces: $( [ "${TRACES:-}" = 1 ] && echo "every message, to chat-traces on 127.0.0.1:$TRACES_PORT; one message's trace:
+    $BIN/chat-traces show --file $REPO/.data/local/traces.jsonl <message id or client_msg_id>" || echo "off (TRACES=1 deploy/up.sh after deploy/down.sh traces every message)")
 
   Logs: $LOGS/ (gateway-1.log, gateway-2.log, persister.log, presence.log, postgres.log, rabbitmq.log, redis.log, nginx-*.log)
   Stop: deploy/down.sh

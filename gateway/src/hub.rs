@@ -334,7 +334,23 @@ impl Hub {
                 user_id,
                 state,
                 recipients,
+                trace,
             } => {
+                let span = if trace.is_some() && recipients.iter().any(|r| self.hosts(*r)) {
+                    let span = tracing::info_span!(
+                        "process chat.typing",
+                        otel.kind = "consumer",
+                        messaging.system = "rabbitmq",
+                        messaging.operation.type = "process",
+                        messaging.destination.name = "fanout",
+                        conversation.id = %conversation_id,
+                    );
+                    chat_shared::telemetry::propagation::set_parent(&span, trace.as_ref());
+                    span
+                } else {
+                    tracing::Span::none()
+                };
+                let _in_span = span.enter();
                 self.offer_all(&recipients, || ServerFrame::Typing {
                     conversation_id,
                     user_id,

@@ -10,6 +10,7 @@ use chat_shared::cache::{Keys, unix_ms};
 use chat_shared::ids::{ConversationId, UserId};
 use chat_shared::protocol::TypingState;
 use redis::aio::ConnectionManager;
+use tracing::Instrument as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
@@ -110,7 +111,29 @@ impl Service {
                 conversation_id,
                 user_id,
                 state,
-            } => self.on_typing(conversation_id, user_id, state, now).await,
+                trace,
+            } => {
+                // In the typing frame's trace, when it is traced: the relay
+                // carries this span's context to the recipients' gateways.
+                let span = match &trace {
+                    Some(_) => {
+                        let span = tracing::info_span!(
+                            "process chat.presence",
+                            otel.kind = "consumer",
+                            messaging.system = "rabbitmq",
+                            messaging.operation.type = "process",
+                            messaging.destination.name = "presence",
+                            conversation.id = %conversation_id,
+                        );
+                        chat_shared::telemetry::propagation::set_parent(&span, trace.as_ref());
+                        span
+                    }
+                    None => tracing::Span::none(),
+                };
+                self.on_typing(conversation_id, user_id, state, now)
+                    .instrument(span)
+                    .await
+            }
         }
     }
 
@@ -161,6 +184,7 @@ impl Service {
             user_id: u,
             state,
             recipients: recipients.clone(),
+            trace: chat_shared::telemetry::propagation::current(),
         };
         Ok(self.announcer.send(&recipients, event).await?)
     }

@@ -68,6 +68,9 @@ pub enum PresenceEvent {
         conversation_id: ConversationId,
         user_id: UserId,
         state: TypingState,
+        /// The trace of the `typing` frame (only when it is traced).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<crate::telemetry::propagation::TraceHeaders>,
     },
 }
 
@@ -106,6 +109,9 @@ pub enum GatewayEvent {
         user_id: UserId,
         state: TypingState,
         recipients: Vec<UserId>,
+        /// The trace of the `typing` frame relayed (only when it is traced).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<crate::telemetry::propagation::TraceHeaders>,
     },
     /// A member's read marker moved forward; for the other members.
     Read {

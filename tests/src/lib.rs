@@ -10,6 +10,7 @@
 pub mod chaos;
 pub mod client;
 pub mod load;
+pub mod otlp;
 
 pub use client::Client;
 

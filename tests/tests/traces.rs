@@ -1,86 +1,61 @@
 //! One message, one trace: with an OTLP endpoint configured, the send on
 //! the sender's gateway, the persister's batch (linked to the send, as the
 //! messaging conventions say for batches) with its Postgres commit, and the
-//! delivery on the recipient's gateway reach the collector, joined.
+//! delivery on the recipient's gateway reach the collector, joined. HTTP
+//! requests get server spans that continue the caller's trace; a typing
+//! frame's trace runs through the presence service. What
+//! `chat-traces show` prints for the message names every hop.
 //!
 //! Its own test binary: the tracing subscriber is global to a process, and
 //! here it must be the first one installed, with the exporter.
 
 use chat_tests::TestSystem;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message as _;
+use chat_tests::otlp::{self, SpanRecord};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-/// The smallest OTLP/HTTP receiver: every span posted to it, decoded.
-async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
+/// An OTLP/HTTP receiver on a free port: its URL, and every span it got.
+async fn receiver() -> (String, Arc<Mutex<Vec<SpanRecord>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port for the receiver");
     let url = format!("http://{}", listener.local_addr().expect("its address"));
-    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(otlp::serve(listener, tx));
+    let spans: Arc<Mutex<Vec<SpanRecord>>> = Arc::default();
     let received = spans.clone();
     tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let received = received.clone();
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = [0u8; 65536];
-                loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if data.len() < end + 4 + length {
-                        continue;
-                    }
-                    let request =
-                        ExportTraceServiceRequest::decode(&data[end + 4..end + 4 + length])
-                            .expect("an OTLP trace export");
-                    {
-                        let mut all = received.lock().unwrap_or_else(|p| p.into_inner());
-                        for resource in request.resource_spans {
-                            for scope in resource.scope_spans {
-                                all.extend(scope.spans);
-                            }
-                        }
-                    }
-                    let _ = socket
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    return;
-                }
-            });
+        while let Some(batch) = rx.recv().await {
+            received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch);
         }
     });
     (url, spans)
 }
 
-fn attribute(span: &Span, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-        .map(|value| match value {
-            AnyValue::StringValue(s) => s.clone(),
-            AnyValue::IntValue(i) => i.to_string(),
-            AnyValue::DoubleValue(d) => d.to_string(),
-            AnyValue::BoolValue(b) => b.to_string(),
-            other => format!("{other:?}"),
-        })
+/// Flushes the exporter until `find` finds what it looks for in the spans.
+async fn wait_for<T>(
+    spans: &Mutex<Vec<SpanRecord>>,
+    what: &str,
+    find: impl Fn(&[SpanRecord]) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    loop {
+        chat_shared::telemetry::flush();
+        {
+            let all = spans.lock().unwrap();
+            if let Some(found) = find(&all) {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not found in {:?}",
+                all.iter().map(|s| &s.name).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,17 +74,16 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     assert_eq!(binh.next_of("message").await["message"], stored);
     let message_id = stored["id"].as_str().unwrap().to_owned();
 
-    let find = |spans: &[Span]| -> Option<(Span, Vec<Span>, Span, Span)> {
+    let (send, deliveries, batch, commit) = wait_for(&spans, "the message's trace", |spans| {
         let send = spans.iter().find(|s| {
-            s.name == "send chat.persist"
-                && attribute(s, "chat.client_msg_id").as_deref() == Some("traced")
+            s.name == "send chat.persist" && s.attribute("chat.client_msg_id") == Some("traced")
         })?;
-        let deliveries: Vec<Span> = spans
+        let deliveries: Vec<SpanRecord> = spans
             .iter()
             .filter(|s| {
                 s.name == "process chat.fanout"
                     && s.trace_id == send.trace_id
-                    && attribute(s, "message.id").as_deref() == Some(message_id.as_str())
+                    && s.attribute("message.id") == Some(message_id.as_str())
             })
             .cloned()
             .collect();
@@ -117,50 +91,116 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
             s.name == "process chat.persist"
                 && s.links
                     .iter()
-                    .any(|l| l.trace_id == send.trace_id && l.span_id == send.span_id)
+                    .any(|(trace, span)| *trace == send.trace_id && *span == send.span_id)
         })?;
         let commit = spans
             .iter()
             .find(|s| s.name == "COMMIT" && s.parent_span_id == batch.span_id)?;
         (deliveries.len() >= 2).then(|| (send.clone(), deliveries, batch.clone(), commit.clone()))
-    };
-    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
-    let (send, deliveries, batch, commit) = loop {
-        chat_shared::telemetry::flush();
-        if let Some(found) = find(&spans.lock().unwrap()) {
-            break found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "trace incomplete; spans: {:?}",
-            spans
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|s| &s.name)
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
-    assert_eq!(
-        attribute(&send, "messaging.system").as_deref(),
-        Some("rabbitmq")
-    );
+    })
+    .await;
+    assert_eq!(send.attribute("messaging.system"), Some("rabbitmq"));
+    assert_eq!(send.attribute("chat.frame"), Some("send"));
     assert_eq!(send.kind, 4, "PRODUCER");
     for delivery in &deliveries {
         assert_eq!(delivery.parent_span_id, send.span_id, "a child of the send");
         assert_eq!(delivery.kind, 5, "CONSUMER");
-        let since: f64 = attribute(delivery, "chat.stored_to_here_ms")
+        let since: f64 = delivery
+            .attribute("chat.stored_to_here_ms")
             .unwrap()
             .parse()
             .unwrap();
         assert!(since >= 0.0);
     }
     assert_eq!(batch.kind, 5, "CONSUMER");
-    assert!(attribute(&batch, "messaging.batch.message_count").is_some());
+    assert!(batch.attribute("messaging.batch.message_count").is_some());
     assert_eq!(commit.trace_id, batch.trace_id);
+    assert_eq!(commit.attribute("db.system.name"), Some("postgresql"));
+
+    // What `chat-traces show <message id>` prints: the send, both
+    // deliveries, and the linked batch with its commit.
+    let printed = {
+        let all = spans.lock().unwrap();
+        otlp::render(&otlp::trace_of(&all, &message_id))
+    };
+    for line in [
+        "send chat.persist",
+        "process chat.fanout",
+        "process chat.persist",
+        "COMMIT",
+    ] {
+        assert!(printed.contains(line), "{line} in:\n{printed}");
+    }
     assert_eq!(
-        attribute(&commit, "db.system.name").as_deref(),
-        Some("postgresql")
+        printed.matches("process chat.fanout").count(),
+        deliveries.len(),
+        "{printed}"
     );
+
+    // A read frame: a producer span of its own.
+    an.send_json(serde_json::json!({"type": "read", "conversation_id": conversation, "seq": 1}))
+        .await;
+    let read = wait_for(&spans, "the read frame's span", |spans| {
+        spans
+            .iter()
+            .find(|s| s.name == "send chat.persist" && s.attribute("chat.frame") == Some("read"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(read.kind, 4, "PRODUCER");
+
+    // A typing frame: the gateway's producer span, presence's relay as its
+    // child, and the delivery on the recipient's gateway as the relay's.
+    binh.send_json(
+        serde_json::json!({"type": "typing", "conversation_id": conversation, "state": "start"}),
+    )
+    .await;
+    assert_eq!(an.next_of("typing").await["user_id"], 2);
+    let (typing, relay, delivered) = wait_for(&spans, "the typing frame's trace", |spans| {
+        let typing = spans.iter().find(|s| {
+            s.name == "send chat.presence" && s.attribute("chat.frame") == Some("typing")
+        })?;
+        let relay = spans
+            .iter()
+            .find(|s| s.name == "process chat.presence" && s.parent_span_id == typing.span_id)?;
+        let delivered = spans
+            .iter()
+            .find(|s| s.name == "process chat.typing" && s.parent_span_id == relay.span_id)?;
+        Some((typing.clone(), relay.clone(), delivered.clone()))
+    })
+    .await;
+    assert_eq!(typing.kind, 4, "PRODUCER");
+    assert_eq!((relay.kind, delivered.kind), (5, 5), "CONSUMERs");
+    assert_eq!(delivered.trace_id, typing.trace_id);
+
+    // HTTP requests: a server span each, named by method and route (never
+    // the path), continuing the caller's trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let token = system.token(1).await;
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/conversations/{conversation}/messages",
+            system.gateways[0]
+        ))
+        .bearer_auth(&token)
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request = wait_for(&spans, "the request's server span", |spans| {
+        spans.iter().find(|s| s.trace_id == caller_trace).cloned()
+    })
+    .await;
+    assert_eq!(request.name, "GET /api/conversations/{id}/messages");
+    assert_eq!(request.kind, 2, "SERVER");
+    assert_eq!(request.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(
+        request.attribute("http.route"),
+        Some("/api/conversations/{id}/messages")
+    );
+    assert_eq!(request.attribute("http.response.status_code"), Some("200"));
 }

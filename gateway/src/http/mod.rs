@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod presence;
+pub mod trace;
 pub mod web;
 
 use crate::state::AppState;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             request_deadline,
         ))
+        .layer(middleware::from_fn(trace::server_span))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, interval};
+use tracing::Instrument as _;
 
 /// Close codes (protocol.md, docs/protocol.md and RFC 6455).
 mod close {
@@ -491,10 +492,28 @@ impl Session {
                     return;
                 }
                 let user_id = self.user.user_id;
+                // The producer span of this typing frame (only when traces
+                // are exported): presence's relay and every delivery of it
+                // are its children.
+                let trace = chat_shared::telemetry::tracing_enabled()
+                    .then(|| {
+                        tracing::info_span!(
+                            "send chat.presence",
+                            otel.kind = "producer",
+                            messaging.system = "rabbitmq",
+                            messaging.operation.type = "send",
+                            messaging.destination.name = "presence",
+                            chat.frame = "typing",
+                            conversation.id = %conversation_id,
+                        )
+                        .in_scope(chat_shared::telemetry::propagation::current)
+                    })
+                    .flatten();
                 let event = PresenceEvent::Typing {
                     conversation_id,
                     user_id,
                     state,
+                    trace,
                 };
                 self.state.presence.publish(event).await;
             }
@@ -526,7 +545,23 @@ impl Session {
             user_id: self.user.user_id,
             seq,
         });
-        match self.state.sender.start(command).await {
+        // The producer span of this read frame (only when traces are
+        // exported), like a send's.
+        let span = if chat_shared::telemetry::tracing_enabled() {
+            tracing::info_span!(
+                "send chat.persist",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.operation.type = "send",
+                messaging.destination.name = "persist",
+                chat.frame = "read",
+                conversation.id = %conversation_id,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let started = self.state.sender.start(command).instrument(span).await;
+        match started {
             Ok(confirm) => {
                 let user = self.user.user_id;
                 tokio::spawn(async move {
@@ -586,6 +621,7 @@ impl Session {
                     messaging.system = "rabbitmq",
                     messaging.operation.type = "send",
                     messaging.destination.name = "persist",
+                    chat.frame = "send",
                     chat.client_msg_id = client_msg_id.as_str(),
                     conversation.id = %send.conversation_id,
                 )

@@ -41,6 +41,18 @@ pub fn current() -> Option<TraceHeaders> {
     (!headers.0.is_empty()).then_some(headers)
 }
 
+/// The W3C trace context of an incoming request, read with `header`
+/// (e.g. an HTTP header map's lookup); `None` when it carries none.
+pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<TraceHeaders> {
+    let mut headers = TraceHeaders::default();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = header(name) {
+            headers.0.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    (!headers.0.is_empty()).then_some(headers)
+}
+
 /// The remote context `headers` carry.
 pub fn context(headers: &TraceHeaders) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(headers))
