@@ -44,7 +44,7 @@ async fn wait_for<T>(
     loop {
         chat_shared::telemetry::flush();
         {
-            let all = spans.lock().unwrap();
+            let all = spans.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(found) = find(&all) {
                 return found;
             }
