@@ -3,10 +3,12 @@
 # installs what is missing, starts the private `test` servers (Postgres,
 # RabbitMQ, Redis; see deploy/services.sh), clears what earlier runs left in
 # them, then runs the unit tests and the end-to-end tests (tests/tests/e2e),
-# which start gateways and persisters in process against those servers.
+# which start gateways and persisters in process against those servers,
+# then the browser tests of the web client (tests/browser/run.sh).
 #
 #   deploy/test.sh                 everything
-#   deploy/test.sh -p chat-tests   extra arguments go to `cargo test`
+#   deploy/test.sh -p chat-tests   extra arguments go to `cargo test` (and
+#                                  skip the browser tests)
 #
 # The servers keep running afterwards (quicker next time) unless CI=true;
 # stop them with `deploy/services.sh stop test`. Logs: .data/test/logs/.
@@ -54,3 +56,9 @@ echo "[test] k8s/: render, validate (kubernetes-validate, checkov), check agains
 k8s/validate.sh
 echo "[test] cargo test"
 cargo test --workspace --all-targets --no-fail-fast "$@"
+# The web client in Debian's Chromium against the services as processes
+# (the binaries built above, with the client built in).
+if [ $# -eq 0 ]; then
+  echo "[test] browser tests (tests/browser/run.sh)"
+  tests/browser/run.sh
+fi

@@ -1,6 +1,8 @@
 // The HTTP half of the contract: conversations, history, presence, and the
 // dev login. Every request carries the token as `Authorization: Bearer`.
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message || code || `HTTP ${status}`);
@@ -11,6 +13,11 @@ export class ApiError extends Error {
 
 /** A 429 is retried after the server's `retry_after_ms`, this many times. */
 const RATE_LIMIT_RETRIES = 3;
+/**
+ * A 502/503/504 (a gateway just died or is shutting down; the load balancer
+ * answered) is retried this many times, for requests that are safe to repeat.
+ */
+const UNAVAILABLE_RETRIES = 2;
 
 /**
  * The dev login (`POST /api/dev/token`): a token for any user id, where the
@@ -55,11 +62,12 @@ export class Api {
     return this.#request('GET', `/api/conversations/${conversationId}/messages?${query}`);
   }
 
-  /** The direct conversation with `peerId` (the same one every time). */
+  /** The direct conversation with `peerId` (the same one every time, so safe to repeat). */
   openDirect(peerId) {
-    return this.#request('POST', '/api/conversations', { peer_id: peerId });
+    return this.#request('POST', '/api/conversations', { peer_id: peerId }, { repeatable: true });
   }
 
+  /** A new group: not repeated by itself (a repeat would make a second group). */
   createGroup(title, memberIds) {
     return this.#request('POST', '/api/conversations', { title, member_ids: memberIds });
   }
@@ -69,7 +77,7 @@ export class Api {
     return this.#request('GET', `/api/presence?user_ids=${userIds.join(',')}`);
   }
 
-  async #request(method, path, body) {
+  async #request(method, path, body, { repeatable = method === 'GET' } = {}) {
     for (let attempt = 0; ; attempt += 1) {
       const response = await fetch(path, {
         method,
@@ -83,8 +91,11 @@ export class Api {
       if (response.ok) return answer;
       const error = answer.error ?? {};
       if (response.status === 429 && attempt < RATE_LIMIT_RETRIES) {
-        const wait = error.retry_after_ms ?? 1000;
-        await new Promise((resolve) => setTimeout(resolve, wait));
+        await sleep(error.retry_after_ms ?? 1000);
+        continue;
+      }
+      if (repeatable && [502, 503, 504].includes(response.status) && attempt < UNAVAILABLE_RETRIES) {
+        await sleep(250 + Math.random() * 500);
         continue;
       }
       throw new ApiError(response.status, error.code, error.message);

@@ -5,14 +5,13 @@
 //
 // Events (a CustomEvent's `detail`):
 //   list        the conversation list changed (titles, last messages, unread)
-//   messages    {conversationId, older}: that conversation's messages changed
+//   messages    {conversationId, older, reset}: that conversation's messages
+//               changed (older: a page was added on top; reset: another one opened)
 //   typing      {conversationId}
 //   presence    someone's presence changed
 //   connection  {state, code, retryInMs} (connection.js)
 //   notice      {message}: something the user should know (a refused frame)
 //   unauthorized  the token was refused (close code 4001)
-
-import { State } from './connection.js';
 
 /** The server's default `gateway.max_body_chars`. */
 export const MAX_BODY_CHARS = 4000;
@@ -24,7 +23,7 @@ const TYPING_RENEW_MS = 3000;
 const TYPING_PAUSE_MS = 2000;
 /** Hide someone's typing if neither a renewal nor a stop came for this long. */
 const TYPING_SHOWN_MAX_MS = 10_000;
-/** `unavailable` sends are sent again by themselves this often, then marked failed. */
+/** An `unavailable` send is sent again by itself this many times, then marked failed. */
 const UNAVAILABLE_RETRIES = 3;
 
 /**
@@ -169,11 +168,12 @@ export class Chat extends EventTarget {
       kind: incoming.kind,
       title: incoming.title,
       member_ids: incoming.member_ids,
-      unread_count: incoming.unread_count,
     });
+    // A list older than what the socket has told us since keeps ours.
     if (incoming.last_seq >= known.last_seq) {
       known.last_seq = incoming.last_seq;
       known.last_message = incoming.last_message;
+      known.unread_count = incoming.unread_count;
     }
     return known;
   }
@@ -235,8 +235,10 @@ export class Chat extends EventTarget {
             afterSeq: conversation.high,
             limit: CATCH_UP_PAGE,
           });
+          const before = conversation.high;
           for (const message of messages) this.#append(conversation, message);
-          full = messages.length === CATCH_UP_PAGE;
+          // Another page if this one was full (and moved us on at all).
+          full = messages.length === CATCH_UP_PAGE && conversation.high > before;
         }
       } catch (error) {
         this.#notice(`Could not catch up: ${error.message}`);
@@ -497,10 +499,6 @@ export class Chat extends EventTarget {
       conversation.typing.delete(user_id);
     }
     this.#emit('typing', { conversationId: conversation_id });
-  }
-
-  get connectionState() {
-    return this.#connection.state ?? State.CLOSED;
   }
 
   #notice(message) {

@@ -108,10 +108,10 @@ export class View {
   #send() {
     const composer = $('composer');
     const id = this.#chat.openId;
+    this.#stickToBottom = true; // our own message: show it, wherever we were
     if (id && this.#chat.send(id, composer.value)) {
       composer.value = '';
       this.#renderCounter();
-      this.#stickToBottom = true;
     }
     composer.focus();
   }

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from system import System, wait_until
+from system import System, SystemError_, wait_until
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Wide enough for both panes (the list and the conversation).
@@ -22,9 +25,18 @@ _user_ids = itertools.count(1001)
 
 @pytest.fixture(scope="session")
 def system():
-    system = System()
+    # SIGTERM (a CI timeout, a Ctrl-C'd wrapper) ends the run through the
+    # finally below, so no process outlives it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    system = None
     try:
+        system = System()
         system.start()
+    except SystemError_ as error:
+        if system:
+            system.stop()
+        pytest.exit(f"cannot start the system: {error}", returncode=3)
+    try:
         yield system
     finally:
         system.stop()
@@ -49,10 +61,19 @@ class User:
     context: object
     page: Page
     base: str
+    errors: list = field(default_factory=list)
 
     def open_page(self) -> Page:
         self.page = self.context.new_page()
         record_states(self.page)
+        # Any uncaught exception in the client, or a resource the page's
+        # Content-Security-Policy refused, fails the test (new_user checks).
+        self.page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        self.page.on(
+            "console",
+            lambda m: m.type == "error" and "Content Security Policy" in m.text
+            and self.errors.append(f"CSP: {m.text}"),
+        )
         return self.page
 
     def login(self):
@@ -143,7 +164,7 @@ def no_sessions(system: System):
 @pytest.fixture
 def new_user(system, browser):
     """Makes logged-in users, each in a context of their own; closes them after."""
-    contexts = []
+    contexts, users = [], []
 
     def make(name: str | None = None) -> User:
         user_id = next(_user_ids)
@@ -151,11 +172,14 @@ def new_user(system, browser):
         contexts.append(context)
         user = User(user_id, name or f"User {user_id}", context, None, system.public)
         user.open_page()
+        users.append(user)
         return user
 
     yield make
     for context in contexts:
         context.close()
+    errors = [e for user in users for e in user.errors]
+    assert not errors, f"errors in the page: {errors}"
 
 
 @pytest.fixture
@@ -168,7 +192,8 @@ def pair(system, new_user):
     a.login()
     a.gateway = gateway_of(system, before)
     b = new_user("Bình")
-    for _ in range(20):
+    deadline = time.monotonic() + 20  # nginx skips a gateway 5 s after it failed
+    while time.monotonic() < deadline:
         before = system.sessions()
         b.login()
         b.gateway = gateway_of(system, before)

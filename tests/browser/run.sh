@@ -13,7 +13,8 @@
 # build them with `cargo build`). Called by deploy/test.sh with the `test`
 # servers started and their URLs in the environment; run alone, it starts
 # them itself. Logs: .data/test/logs/browser-*.log. Screenshot:
-# docs/images/web-client.png.
+# .data/test/browser/web-client.png (BROWSER_SCREENSHOT=docs/images/web-client.png
+# to renew README's picture).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

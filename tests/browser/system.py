@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / ".data" / "test" / "logs"
+# Pid files of the services a run started, so the next run can end any that
+# a killed run left behind.
+RUN_DIR = ROOT / ".data" / "test" / "run"
 
 PUBLIC_PORT = 21080
 # (listen, metrics) of each gateway.
@@ -115,6 +118,13 @@ class Postgres:
             text=True,
         )
 
+    def query(self, sql: str) -> list[str]:
+        result = subprocess.run(
+            ["psql", "-Atq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            env=self.env, check=True, capture_output=True, text=True,
+        )
+        return result.stdout.split()
+
     def url_of(self, database: str) -> str:
         return urllib.parse.urlunsplit(self.url._replace(path=f"/{database}"))
 
@@ -129,6 +139,7 @@ class Service:
 
     def __post_init__(self):
         self.log = LOG_DIR / f"browser-{self.name}.log"
+        self.pid_file = RUN_DIR / f"browser-{self.name}.pid"
 
     def start(self):
         with open(self.log, "ab") as log:
@@ -138,6 +149,21 @@ class Service:
                 self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        self.pid_file.write_text(str(self.process.pid))
+
+    def end_leftover(self):
+        """Ends the process an earlier, killed run left (by its recorded pid,
+        and only if that pid is still one of our binaries)."""
+        try:
+            pid = int(self.pid_file.read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, ValueError):
+            return
+        if command.decode(errors="replace") == self.argv[0]:
+            os.kill(pid, signal.SIGKILL)
+            wait_until(f"the leftover {self.name} ({pid}) to end",
+                       lambda: not Path(f"/proc/{pid}").exists(), 10)
+        self.pid_file.unlink(missing_ok=True)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -151,17 +177,18 @@ class Service:
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)
+            self.pid_file.unlink(missing_ok=True)
 
     def stop(self):
-        if not self.running():
-            return
-        self.process.send_signal(signal.SIGCONT)  # in case a test paused it
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.running():
+            self.process.send_signal(signal.SIGCONT)  # in case a test paused it
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.pid_file.unlink(missing_ok=True)
 
 
 class System:
@@ -213,7 +240,17 @@ class System:
 
     def start(self):
         LOG_DIR.mkdir(parents=True, exist_ok=True)
-        for port in [PUBLIC_PORT, PERSISTER_METRICS_PORT, PRESENCE_METRICS_PORT] + [
+        for old in LOG_DIR.glob("browser-*.log"):
+            old.unlink()  # this run's logs only (a restarted gateway appends)
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        for service in [self.persister, self.presence, *self.gateways]:
+            service.end_leftover()
+        # (nginx on PUBLIC_PORT may be left running: nginx-start takes it over.)
+        for leftover in self.postgres.query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'test\\_browser\\_%'"
+        ):
+            self.postgres.run(f'DROP DATABASE IF EXISTS "{leftover}" WITH (FORCE)')
+        for port in [PERSISTER_METRICS_PORT, PRESENCE_METRICS_PORT] + [
             p for pair in GATEWAY_PORTS for p in pair
         ]:
             self._check_port_free(port)
@@ -244,6 +281,7 @@ class System:
                 errors.append(error)
         for service in [*self.gateways, self.presence, self.persister]:
             service.stop()
+        self._delete_queues()
         if self.database_created:
             try:
                 self.postgres.run(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
@@ -296,17 +334,45 @@ class System:
             counts.append(int(self.metric(index, "gateway_connections_active")))
         return counts
 
+    def direct(self) -> str:
+        """A running gateway's own URL. The tests' own API calls (setting up,
+        checking history) go there rather than through nginx, which answers
+        502 to a POST it sent down a kept-alive connection of a gateway that
+        was just killed (nginx does not retry a non-idempotent request)."""
+        for (port, _), gateway in zip(GATEWAY_PORTS, self.gateways):
+            if gateway.running():
+                return f"http://127.0.0.1:{port}"
+        raise AssertionError("no gateway is running")
+
     def token(self, user_id: int, name: str | None = None) -> str:
-        status, body = http("POST", f"{self.public}/api/dev/token", {"user_id": user_id, "name": name})
+        status, body = http("POST", f"{self.direct()}/api/dev/token", {"user_id": user_id, "name": name})
         assert status == 200, f"dev token: {status} {body}"
         return body["token"]
 
     def api(self, user_id: int, method: str, path: str, body=None):
-        status, answer = http(method, f"{self.public}{path}", body, token=self.token(user_id))
+        status, answer = http(method, f"{self.direct()}{path}", body, token=self.token(user_id))
         assert 200 <= status < 300, f"{method} {path}: {status} {answer}"
         return answer
 
     # -------------------------------------------------------------- helpers
+
+    def _delete_queues(self):
+        """Best effort: this run's durable queues (persist partitions, dead
+        letters, presence), so standalone runs leave nothing behind in the
+        broker (deploy/test.sh also resets it before each run)."""
+        rabbitmqctl = [str(ROOT / "deploy" / "services.sh"), "rabbitmqctl", "test", "-q"]
+        listed = subprocess.run(
+            [*rabbitmqctl, "list_queues", "name"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        prefix = self.env["CHAT_AMQP__PREFIX"] + "."
+        names = [n.strip() for n in listed.stdout.splitlines() if n.strip().startswith(prefix)]
+        deletes = [
+            subprocess.Popen([*rabbitmqctl, "delete_queue", name], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name in names
+        ]
+        for process in deletes:
+            process.wait(timeout=60)
 
     def _services_sh(self, *args: str):
         result = subprocess.run(
@@ -323,6 +389,5 @@ class System:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 raise SystemError_(
-                    f"port {port} is in use: an earlier browser test run still running? "
-                    "(stop nginx with: deploy/services.sh nginx-stop test)"
+                    f"port {port} is in use: is another browser test run going on?"
                 )
