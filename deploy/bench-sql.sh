@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Postgres's own cost of one group commit, old shape against new, in one
-# run: pgbench replays a batch of four sends (two in each of two direct
-# conversations) as seven statements (BEGIN, lookups, seq runs, INSERT,
-# COMMIT: the persister before one-statement batches) and as the one
-# statement the persister sends now (persister/src/writer/store_batch.sql),
-# alternating, ROUNDS times. Reports batches per second and Postgres CPU
+# Postgres's own cost of one group commit, in two shapes, in one run:
+# pgbench replays a batch of four sends (two in each of two direct
+# conversations) as the seven statements the persister sends
+# (persister/src/writer.rs: BEGIN, lookups, seq runs, INSERT, COMMIT) and as
+# one statement built from CTEs (deploy/bench-sql/store_batch.sql, tried and
+# set aside: docs/benchmarks.md, "Cost per message"), planned once
+# (plan_cache_mode = force_generic_plan), alternating, ROUNDS times. Reports batches per second and Postgres CPU
 # (all processes of the local instance) per batch. Needs deploy/up.sh's
 # local Postgres; works in a scratch database `bench_sql`.
 #
@@ -34,10 +35,10 @@ SELECT c, 2 * c - u FROM generate_series(1, 2000) c, generate_series(0, 1) u;
 VACUUM ANALYZE conversations, members;
 SQL
 
-# The statement as the persister sends it, with the batch as literals.
+# The one statement, with the batch as pgbench variables.
 {
   cat deploy/bench-sql/one-statement.sql
-  grep -v '^ *--' persister/src/writer/store_batch.sql |
+  grep -v '^ *--' deploy/bench-sql/store_batch.sql |
     sed -e 's/\$1::bigint\[\]/ARRAY[2 * :c1, 2 * :c1 - 1, 2 * :c2, 2 * :c2 - 1]::bigint[]/' \
       -e "s/\\\$2::text\\[\\]/ARRAY['a' || :k, 'b' || :k, 'c' || :k, 'd' || :k]::text[]/" \
       -e 's/\$3::bigint\[\]/ARRAY[:c1, :c1, :c2, :c2]::bigint[]/' \
@@ -63,7 +64,11 @@ rate_args=()
 for round in $(seq 1 "$ROUNDS"); do
   for variant in seven-statements one-statement; do
     before=$(pg_ticks)
-    PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -T "$DURATION" \
+    # The one statement as it was tried (generic plans); the seven
+    # statements with Postgres's default, as the persister runs them.
+    plans=auto
+    [ "$variant" = one-statement ] && plans=force_generic_plan
+    PGOPTIONS="-c client_min_messages=warning -c plan_cache_mode=$plans" "$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -T "$DURATION" \
       "${rate_args[@]}" -f "$OUT/$variant.sql" "$url" >"$OUT/$round-$variant.txt" 2>&1
     sleep 1 # until the postmaster has reaped the run's backend
     after=$(pg_ticks)

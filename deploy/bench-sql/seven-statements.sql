@@ -1,6 +1,5 @@
--- A group commit as the persister sent it before one-statement batches
--- (writer.rs at 3e8e310): BEGIN, sends already stored, members, seq runs,
--- INSERT, COMMIT. Four sends, two in each of two direct conversations.
+-- A group commit as the persister sends it (persister/src/writer.rs):
+-- BEGIN, sends already stored, members, seq runs, INSERT, COMMIT. Four sends, two in each of two direct conversations.
 \set c1 random(1, 1000)
 \set c2 random(1001, 2000)
 \set k random(1, 1000000000000)

@@ -15,8 +15,7 @@ pub struct Metrics {
     pub announce_seconds: Histogram,
     pub batches: Counter,
     pub messages_stored: Counter,
-    /// SQL statements sent (one per batch; one per command when a batch
-    /// is stored one by one).
+    /// SQL statements sent, BEGIN and COMMIT included.
     pub statements: Counter,
     /// Commands sent to the dead-letter exchange (undecodable).
     pub dead_lettered: Counter,
@@ -70,7 +69,7 @@ impl Metrics {
         );
         r.register(
             "persister_statements",
-            "SQL statements sent to Postgres (one per batch)",
+            "SQL statements, BEGIN and COMMIT included",
             m.statements.clone(),
         );
         r.register(

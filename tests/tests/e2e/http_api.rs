@@ -165,8 +165,8 @@ async fn the_persister_and_gateway_report_batches_and_broker_work_on_metrics() {
     assert!(text.contains("persister_messages_stored_total 1"), "{text}");
     assert!(text.contains("persister_batches_total 1"), "{text}");
     assert!(text.contains("persister_batch_size_count 1"), "{text}");
-    // One statement per batch (writer/store_batch.sql): one round trip.
-    assert!(text.contains("persister_statements_total 1"), "{text}");
+    // BEGIN, existing lookup, members, seq bump, insert, COMMIT.
+    assert!(text.contains("persister_statements_total 6"), "{text}");
 
     let text = system.gateway_metrics(0).await;
     assert!(text.contains("gateway_persist_publishes_total 1"), "{text}");

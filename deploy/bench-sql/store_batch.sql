@@ -1,4 +1,9 @@
--- One group commit in one statement, one round trip (persister/src/writer).
+-- One group commit in one statement, one round trip: what the persister
+-- ran for a few hours of 2026-11-30 instead of persister/src/writer.rs's
+-- seven statements, set aside (docs/benchmarks.md, "Cost per message": its
+-- generic plan is quadratic in the batch, its custom plan costs 1-3 ms to
+-- make, and even planned for its size it cost Postgres more per message at
+-- 10,000 msg/s). Kept for deploy/bench-sql.sh.
 -- A statement is its own transaction: all of it is stored, or none.
 --
 -- $1..$4  the batch's sends, one per (sender, client_msg_id), in order:
