@@ -119,9 +119,34 @@ class User:
 def record_states(page: Page):
     """Every data-state each message and the connection goes through, in
     window.__states[client_msg_id] and window.__connection: a pending
-    message is stored within milliseconds, too fast to catch by polling."""
+    message is stored within milliseconds, too fast to catch by polling.
+
+    And every WebSocket the page makes, in window.__sockets: when it was
+    made, the frames it received (type and client_msg_id; not pongs), when
+    `hello` came, and its close event's code and time (performance.now()
+    ms). Playwright's own WebSocket events do not carry the close code. The
+    page's WebSocket is a subclass of the browser's that only listens."""
     page.add_init_script(
         """
+        window.__sockets = [];
+        const NativeWebSocket = window.WebSocket;
+        window.WebSocket = class extends NativeWebSocket {
+          constructor(...args) {
+            super(...args);
+            const record = {created: performance.now(), received: [], hello: null, close: null};
+            window.__sockets.push(record);
+            this.addEventListener('message', (event) => {
+              let frame;
+              try { frame = JSON.parse(event.data); } catch { return; }
+              if (frame.type === 'pong') return;
+              if (frame.type === 'hello') record.hello = performance.now();
+              record.received.push([frame.type, frame.client_msg_id || null]);
+            });
+            this.addEventListener('close', (event) => {
+              record.close = {code: event.code, at: performance.now()};
+            });
+          }
+        };
         window.__states = {};
         window.__connection = [];
         const note = (el) => {

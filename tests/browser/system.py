@@ -305,6 +305,20 @@ class System:
     def kill_gateway(self, index: int):
         self.gateways[index].kill()
 
+    def terminate_gateway(self, index: int):
+        """SIGTERM, as a deploy's restart: the gateway stops accepting,
+        answers its sessions' sends in flight (within
+        gateway.shutdown_grace_ms), closes them with 1012 and exits. Returns
+        at once; gateway_exit waits for the end."""
+        self.gateways[index].signal(signal.SIGTERM)
+
+    def gateway_exit(self, index: int, timeout: float = 10) -> int:
+        """Waits for a gateway told to stop; its exit status."""
+        gateway = self.gateways[index]
+        status = gateway.process.wait(timeout=timeout)
+        gateway.pid_file.unlink(missing_ok=True)
+        return status
+
     def pause_persister(self):
         self.persister.signal(signal.SIGSTOP)
 

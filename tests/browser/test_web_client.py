@@ -438,6 +438,90 @@ def test_after_a_gateway_freezes_and_dies_a_resends_and_catches_up(system, pair)
         system.start_gateway(a.gateway)
 
 
+def test_a_gateway_restarting_answers_the_send_in_flight_then_a_reconnects_at_once(system, pair):
+    """A's gateway gets SIGTERM (a deploy's restart) while A's send waits
+    for the persister (paused): the gateway answers it on A's old socket,
+    then closes that socket with 1012 and exits 0. A reconnects at once,
+    with no back-off, through nginx to the other gateway; the message is
+    stored once, in both views, and the conversation goes on."""
+    a, b = pair
+    conversation = a.start_direct(b)
+    b.open_conversation(conversation)
+    # The reconnect's jitter at its largest: after 1012 the client waits
+    # 249 ms; a back-off (any other close) would wait 499 ms.
+    a.page.evaluate("() => { Math.random = () => 0.999; }")
+    old = len(a.page.evaluate("window.__sockets")) - 1  # A's socket now
+    connection_before = len(a.page.evaluate("window.__connection"))
+    log = system.gateways[a.gateway].log
+    log_before = log.stat().st_size
+    sends_before = system.metric(a.gateway, "gateway_sends_received")
+    text = "gửi ngay trước khi gateway khởi động lại"
+    mine = a.message(text)
+    system.pause_persister()
+    try:
+        try:
+            a.send(text)
+            expect(mine).to_have_attribute("data-state", "pending")
+            wait_until(
+                "A's gateway to receive the send",
+                lambda: system.metric(a.gateway, "gateway_sends_received") > sends_before,
+                5,
+            )
+            system.terminate_gateway(a.gateway)
+            wait_until(
+                "A's gateway to start shutting down",
+                lambda: b"shutdown requested" in log.read_bytes()[log_before:],
+                5,
+            )
+            # Shutting down, but A's session stays open for the send in flight.
+            assert a.page.evaluate("window.__sockets")[old]["close"] is None
+        finally:
+            system.resume_persister()
+        client_msg_id = mine.get_attribute("data-client-msg-id")
+        wait_until(
+            "A's old socket to close",
+            lambda: a.page.evaluate("window.__sockets")[old]["close"],
+            5,
+        )
+        expect(a.page.get_by_test_id("connection")).to_have_attribute("data-state", "open", timeout=3_000)
+        assert system.gateway_exit(a.gateway) == 0
+        sockets = a.page.evaluate("window.__sockets")
+        closed, new = sockets[old], sockets[old + 1]
+        # The ack came on the old socket, before its 1012.
+        assert closed["close"]["code"] == 1012, closed["close"]
+        assert ["ack", client_msg_id] in closed["received"], closed["received"]
+        # At once: the next socket 249 ms after the close (the jitter
+        # pinned above), not a back-off's 499 ms.
+        waited = new["created"] - closed["close"]["at"]
+        back = (new["hello"] or float("inf")) - closed["close"]["at"]
+        print(f"1012, then the next socket after {waited:.0f} ms, its hello after {back:.0f} ms")
+        assert waited < 400, f"A reconnected {waited:.0f} ms after 1012"
+        assert back < 2_000, f"A's new session said hello {back:.0f} ms after 1012"
+        assert len(sockets) == old + 2, "A needed more than one attempt"
+        assert a.page.evaluate("window.__connection")[connection_before:] == ["closed", "connecting", "open"]
+        wait_until("A and B on the surviving gateway", lambda: system.sessions()[b.gateway] == 2, 10)
+
+        # Stored once, seq 1, in both views and in history; no resend needed.
+        assert states(a.page, client_msg_id) == ["pending", "stored"]
+        assert ["ack", client_msg_id] not in new["received"]
+        for user in (a, b):
+            expect(user.message(text)).to_have_attribute("data-seq", "1")
+            expect(user.messages()).to_have_count(1)
+        # And A goes on, on the other gateway.
+        a.send("đã kết nối lại")
+        expect(a.message("đã kết nối lại")).to_have_attribute("data-state", "stored")
+        for user in (a, b):
+            expect(user.message("đã kết nối lại")).to_have_attribute("data-seq", "2")
+            expect(user.messages()).to_have_count(2)
+            assert seqs(user) == [1, 2]
+        stored = history(system, b, conversation)
+        assert [(m["seq"], m["body"]) for m in stored] == [(1, text), (2, "đã kết nối lại")]
+        assert stored[0]["client_msg_id"] == client_msg_id
+    finally:
+        system.gateways[a.gateway].stop()  # (gone already, unless the test failed early)
+        system.start_gateway(a.gateway)
+
+
 def test_a_gateway_killed_with_a_message_pending_stores_it_exactly_once(system, pair):
     """Last: it kills a gateway (and starts it again for whatever follows)."""
     a, b = pair
