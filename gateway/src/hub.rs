@@ -208,15 +208,9 @@ impl Hub {
                 // of a shard concern other gateways).
                 let trace = origin.as_ref().and_then(|o| o.trace.as_ref());
                 let span = if trace.is_some() && member_ids.iter().any(|m| self.hosts(*m)) {
-                    let span = tracing::info_span!(
-                        "process chat.fanout",
-                        otel.kind = "consumer",
-                        messaging.system = "rabbitmq",
-                        messaging.operation.type = "process",
-                        messaging.destination.name = "fanout",
-                        message.id = message.id.0,
-                        chat.stored_to_here_ms = tracing::field::Empty,
-                    );
+                    let span =
+                        chat_shared::telemetry::spans::consumer("process chat.fanout", "fanout");
+                    span.record("message.id", message.id.0);
                     chat_shared::telemetry::propagation::set_parent(&span, trace);
                     span
                 } else {
@@ -337,14 +331,9 @@ impl Hub {
                 trace,
             } => {
                 let span = if trace.is_some() && recipients.iter().any(|r| self.hosts(*r)) {
-                    let span = tracing::info_span!(
-                        "process chat.typing",
-                        otel.kind = "consumer",
-                        messaging.system = "rabbitmq",
-                        messaging.operation.type = "process",
-                        messaging.destination.name = "fanout",
-                        conversation.id = %conversation_id,
-                    );
+                    let span =
+                        chat_shared::telemetry::spans::consumer("process chat.typing", "fanout");
+                    span.record("conversation.id", conversation_id.get());
                     chat_shared::telemetry::propagation::set_parent(&span, trace.as_ref());
                     span
                 } else {

@@ -155,14 +155,9 @@ impl Persister {
             // One span per batch, linked to the send of each message in it
             // (the messaging conventions for batches); the commit and the
             // fan-out are its children.
-            let batch_span = tracing::info_span!(
-                "process chat.persist",
-                otel.kind = "consumer",
-                messaging.system = "rabbitmq",
-                messaging.operation.type = "process",
-                messaging.destination.name = "persist",
-                messaging.batch.message_count = requests.len(),
-            );
+            let batch_span =
+                chat_shared::telemetry::spans::consumer("process chat.persist", "persist");
+            batch_span.record("messaging.batch.message_count", requests.len());
             for request in &requests {
                 if let PersistCommand::Send(send) = request.command {
                     propagation::add_link(&batch_span, send.trace.as_ref());

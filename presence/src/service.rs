@@ -117,14 +117,11 @@ impl Service {
                 // carries this span's context to the recipients' gateways.
                 let span = match &trace {
                     Some(_) => {
-                        let span = tracing::info_span!(
+                        let span = chat_shared::telemetry::spans::consumer(
                             "process chat.presence",
-                            otel.kind = "consumer",
-                            messaging.system = "rabbitmq",
-                            messaging.operation.type = "process",
-                            messaging.destination.name = "presence",
-                            conversation.id = %conversation_id,
+                            "presence",
                         );
+                        span.record("conversation.id", conversation_id.get());
                         chat_shared::telemetry::propagation::set_parent(&span, trace.as_ref());
                         span
                     }

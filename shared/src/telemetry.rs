@@ -12,6 +12,7 @@
 //! in-cluster collector; no TLS).
 
 pub mod propagation;
+pub mod spans;
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;

@@ -16,6 +16,7 @@ use chat_shared::bus::{PersistCommand, PresenceEvent, ReadCommand, SendCommand};
 use chat_shared::ids::ClientMsgId;
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{ClientFrame, ErrorCode, SendFrame, ServerFrame};
+use chat_shared::telemetry::{propagation, spans};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -497,16 +498,9 @@ impl Session {
                 // are its children.
                 let trace = chat_shared::telemetry::tracing_enabled()
                     .then(|| {
-                        tracing::info_span!(
-                            "send chat.presence",
-                            otel.kind = "producer",
-                            messaging.system = "rabbitmq",
-                            messaging.operation.type = "send",
-                            messaging.destination.name = "presence",
-                            chat.frame = "typing",
-                            conversation.id = %conversation_id,
-                        )
-                        .in_scope(chat_shared::telemetry::propagation::current)
+                        let span = spans::producer("presence", "typing");
+                        span.record("conversation.id", conversation_id.get());
+                        span.in_scope(propagation::current)
                     })
                     .flatten();
                 let event = PresenceEvent::Typing {
@@ -548,15 +542,9 @@ impl Session {
         // The producer span of this read frame (only when traces are
         // exported), like a send's.
         let span = if chat_shared::telemetry::tracing_enabled() {
-            tracing::info_span!(
-                "send chat.persist",
-                otel.kind = "producer",
-                messaging.system = "rabbitmq",
-                messaging.operation.type = "send",
-                messaging.destination.name = "persist",
-                chat.frame = "read",
-                conversation.id = %conversation_id,
-            )
+            let span = spans::producer("persist", "read");
+            span.record("conversation.id", conversation_id.get());
+            span
         } else {
             tracing::Span::none()
         };
@@ -615,17 +603,10 @@ impl Session {
         // the message is its child.
         let trace = chat_shared::telemetry::tracing_enabled()
             .then(|| {
-                tracing::info_span!(
-                    "send chat.persist",
-                    otel.kind = "producer",
-                    messaging.system = "rabbitmq",
-                    messaging.operation.type = "send",
-                    messaging.destination.name = "persist",
-                    chat.frame = "send",
-                    chat.client_msg_id = client_msg_id.as_str(),
-                    conversation.id = %send.conversation_id,
-                )
-                .in_scope(chat_shared::telemetry::propagation::current)
+                let span = spans::producer("persist", "send");
+                span.record("chat.client_msg_id", client_msg_id.as_str());
+                span.record("conversation.id", send.conversation_id.get());
+                span.in_scope(propagation::current)
             })
             .flatten();
         let command = SendCommand {
