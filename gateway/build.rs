@@ -22,11 +22,12 @@ fn main() {
     let mut out = String::from("pub static WEB_ASSETS: &[(&str, &[u8])] = &[\n");
     for name in &names {
         println!("cargo:rerun-if-changed={}", dir.join(name).display());
-        let path = dir.join(name);
+        // Relative to the crate being compiled, never an absolute path: a
+        // target directory shared by two checkouts may keep this file from
+        // the other one, and must still embed this checkout's files.
         let _ = writeln!(
             out,
-            "    ({name:?}, include_bytes!({:?})),",
-            path.display().to_string()
+            "    ({name:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/web/{name}\"))),"
         );
     }
     out.push_str("];\n");

@@ -218,10 +218,12 @@ class System:
             CHAT_PERSISTER__METRICS_LISTEN=f"127.0.0.1:{PERSISTER_METRICS_PORT}",
             CHAT_PRESENCE__METRICS_LISTEN=f"127.0.0.1:{PRESENCE_METRICS_PORT}",
         )
-        # The client under test is the one in the tree (gateway/web/), read
-        # on each request, not the copy built into a possibly older binary.
-        # BROWSER_TEST_EMBEDDED=1 tests the built-in copy instead.
-        if os.environ.get("BROWSER_TEST_EMBEDDED") != "1":
+        # The client under test is the copy built into the gateway binary,
+        # the one that ships (deploy/test.sh builds the binaries just
+        # before). BROWSER_TEST_TREE=1 serves gateway/web/ from the tree
+        # instead, read on each request: for working on the client without
+        # rebuilding.
+        if os.environ.get("BROWSER_TEST_TREE") == "1":
             self.env["CHAT_GATEWAY__WEB_DIR"] = str(ROOT / "gateway" / "web")
         self.persister = Service("persister", [str(self.bin / "chat-persister")], self.env)
         self.presence = Service("presence", [str(self.bin / "chat-presence")], self.env)
