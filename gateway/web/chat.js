@@ -14,7 +14,10 @@
 //   unauthorized  the token was refused (close code 4001)
 
 /** The server's default `gateway.max_body_chars`. */
-export const MAX_BODY_CHARS = 4000;
+/** The longest body, in characters: the contract's 4,000, or what the
+ * server's `hello` announces. */
+let maxBodyChars = 4000;
+export const bodyLimit = () => maxBodyChars;
 const PAGE = 50;
 const CATCH_UP_PAGE = 200;
 /** While typing, `start` again every so often: the server lets a start lapse after 5 s. */
@@ -303,7 +306,7 @@ export class Chat extends EventTarget {
   /** Sends `text` to a conversation; false when it is empty or too long. */
   send(conversationId, text) {
     const body = text.normalize('NFC');
-    if (!body.trim() || countChars(body) > MAX_BODY_CHARS) return false;
+    if (!body.trim() || countChars(body) > maxBodyChars) return false;
     this.stopTyping();
     const entry = {
       client_msg_id: newClientMsgId(),
@@ -444,6 +447,9 @@ export class Chat extends EventTarget {
   /** A new session (first connect or reconnect): resend, then catch up. */
   #onHello(hello) {
     this.me = hello.user_id;
+    // The server says how long a body may be (docs/protocol.md); the
+    // contract's 4,000 until it does.
+    if (Number.isInteger(hello.max_body_chars)) maxBodyChars = hello.max_body_chars;
     for (const conversation of this.conversations.values()) conversation.readSent = 0;
     // Every pending send again, in order, with its same client_msg_id: the
     // ones stored before the connection dropped come back as the original.

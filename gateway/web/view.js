@@ -1,7 +1,7 @@
 // The DOM: draws what chat.js knows, and turns clicks and keys into calls on
 // it. The `data-testid` attributes are stable hooks for automated tests.
 
-import { MAX_BODY_CHARS, countChars } from './chat.js';
+import { bodyLimit, countChars } from './chat.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -284,9 +284,9 @@ export class View {
 
   #renderCounter() {
     const count = countChars($('composer').value);
-    const over = count > MAX_BODY_CHARS;
+    const over = count > bodyLimit();
     const counter = $('counter');
-    counter.textContent = `${count} / ${MAX_BODY_CHARS}`;
+    counter.textContent = `${count} / ${bodyLimit()}`;
     counter.classList.toggle('over', over);
     $('composer').setAttribute('aria-invalid', String(over));
     $('send').disabled = over;

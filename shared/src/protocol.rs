@@ -171,6 +171,9 @@ pub enum ServerFrame {
         user_id: UserId,
         session_id: String,
         heartbeat_ms: u64,
+        /// Added (docs/protocol.md): the longest `body` this server takes,
+        /// in characters, so clients need not hard-code it.
+        max_body_chars: usize,
     },
     Ack {
         client_msg_id: ClientMsgId,
@@ -349,8 +352,9 @@ mod tests {
             user_id: uid(42),
             session_id: "s1".into(),
             heartbeat_ms: 30000,
+            max_body_chars: 4000,
         };
-        assert_snapshot!(json(&hello), @r#"{"type":"hello","user_id":42,"session_id":"s1","heartbeat_ms":30000}"#);
+        assert_snapshot!(json(&hello), @r#"{"type":"hello","user_id":42,"session_id":"s1","heartbeat_ms":30000,"max_body_chars":4000}"#);
         let m = sample_message();
         let ack = ServerFrame::Ack {
             client_msg_id: m.client_msg_id.clone(),

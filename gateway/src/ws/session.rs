@@ -220,6 +220,7 @@ impl Session {
             user_id: self.user.user_id,
             session_id: self.session_id.to_string(),
             heartbeat_ms: settings.heartbeat_ms,
+            max_body_chars: settings.max_body_chars,
         };
         if let Err(ended) = self.write(hub::frame(&hello)).await {
             return ended;

@@ -123,6 +123,26 @@ async fn without_a_persister_a_send_gets_unavailable_not_a_false_ack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_announces_the_body_limit_the_gateway_enforces() {
+    let system = TestSystem::start_with(1, 1, |s| s.gateway.max_body_chars = 100).await;
+    let conversation = system.direct(1, 2).await;
+    let token = system.token(1).await;
+    let mut an = chat_tests::Client::connect(system.gateways[0], Some(&token), None)
+        .await
+        .expect("connects");
+    let hello = an.next().await;
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["max_body_chars"], 100);
+    an.send_message(conversation, "over", &"ệ".repeat(101))
+        .await;
+    assert_eq!(an.next_of("error").await["code"], "too_large");
+    let fits = an
+        .send_and_ack(conversation, "fits", &"ệ".repeat(100))
+        .await;
+    assert_eq!(fits["seq"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_unanswered_send_times_out_on_its_own_deadline() {
     // The session's one timer is set to the oldest send's deadline, and set
     // again to the next one's after it fired.
