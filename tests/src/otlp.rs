@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 /// Largest export accepted (the SDK's batches are far smaller).
 const MAX_BODY: usize = 16 << 20;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 64;
 
 /// One span, as a trace viewer needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,8 +109,21 @@ pub fn decode(body: &[u8]) -> Result<Vec<SpanRecord>, prost::DecodeError> {
 /// Accepts OTLP/HTTP exports on `listener` and sends their spans to `spans`
 /// until it is dropped. Anything but a decodable `POST` is answered 400.
 pub async fn serve(listener: TcpListener, spans: mpsc::Sender<Vec<SpanRecord>>) {
-    while let Ok((socket, _)) = listener.accept().await {
-        tokio::spawn(connection(socket, spans.clone()));
+    // Exporters hold one connection each; past this many, new ones wait
+    // in the listen backlog until one closes.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        let spans = spans.clone();
+        tokio::spawn(async move {
+            connection(socket, spans).await;
+            drop(slot);
+        });
     }
 }
 

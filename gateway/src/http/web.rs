@@ -9,6 +9,7 @@
 
 use super::error::ApiError;
 use crate::state::AppState;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};
@@ -30,13 +31,14 @@ pub async fn asset(State(state): State<AppState>, Path(name): Path<String>) -> R
     let Some(content_type) = AssetName::parse(&name).map(AssetName::content_type) else {
         return ApiError::not_found("no such file").into_response();
     };
-    let body: Vec<u8> = match &state.settings.gateway.web_dir {
+    // The built-in files are served from the binary as they are, no copy.
+    let body: Body = match &state.settings.gateway.web_dir {
         Some(dir) => match tokio::fs::read(dir.join(&name)).await {
-            Ok(bytes) => bytes,
+            Ok(bytes) => Body::from(bytes),
             Err(_) => return ApiError::not_found("no such file").into_response(),
         },
         None => match WEB_ASSETS.iter().find(|(file, _)| *file == name) {
-            Some((_, bytes)) => bytes.to_vec(),
+            Some((_, bytes)) => Body::from(*bytes),
             None => return ApiError::not_found("no such file").into_response(),
         },
     };

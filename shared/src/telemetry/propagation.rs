@@ -32,6 +32,9 @@ impl opentelemetry::propagation::Extractor for TraceHeaders {
 /// The context of the current span, when it is being traced (sampled);
 /// `None` when tracing is off, so an untraced system sends nothing extra.
 pub fn current() -> Option<TraceHeaders> {
+    if !super::tracing_enabled() {
+        return None;
+    }
     let context = tracing::Span::current().context();
     if !context.span().span_context().is_sampled() {
         return None;
