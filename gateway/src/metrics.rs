@@ -175,6 +175,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts `n` bus events the gateway dropped, by `reason`.
+    pub fn dropped_many(&self, reason: &'static str, n: u64) {
+        self.events_dropped
+            .get_or_create(&[("reason", reason)])
+            .inc_by(n);
+    }
+
+    /// How many bus events were dropped for `reason`.
+    pub fn drops(&self, reason: &'static str) -> u64 {
+        self.events_dropped
+            .get_or_create(&[("reason", reason)])
+            .get()
+    }
+
     /// Counts one refusal by `limit` (a `gateway.limits` key or another rule).
     pub fn refused(&self, limit: &'static str) {
         self.limit_refusals.get_or_create(&[("limit", limit)]).inc();

@@ -29,6 +29,8 @@ pub struct Gateway {
     metrics_listener: TcpListener,
     state: AppState,
     consumer: Consumer,
+    /// What the gateway queue dropped (dead-lettered), to be counted.
+    dropped: Consumer,
     shutdown_tx: watch::Sender<bool>,
     broker_lost_tx: watch::Sender<bool>,
     broker_dead_tx: watch::Sender<bool>,
@@ -55,6 +57,7 @@ impl Gateway {
             .await
             .context("declaring the gateway queue")?;
         let consumer = fanout::consume(&setup, &queue).await?;
+        let dropped = fanout::consume(&setup, &fanout::dropped_queue(&queue)).await?;
 
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(setup, queue.clone(), &topo, metrics.clone()));
@@ -102,6 +105,7 @@ impl Gateway {
             metrics_listener,
             state,
             consumer,
+            dropped,
             shutdown_tx,
             broker_lost_tx,
             broker_dead_tx,
@@ -132,6 +136,7 @@ impl Gateway {
             metrics_listener,
             state,
             consumer,
+            dropped,
             shutdown_tx,
             broker_lost_tx,
             broker_dead_tx,
@@ -143,6 +148,11 @@ impl Gateway {
             state.hub.clone(),
             state.metrics.clone(),
         ));
+        let drops = tokio::spawn(fanout::count_dropped(
+            dropped,
+            state.queue.to_string(),
+            state.metrics.clone(),
+        ));
         let heartbeats = tokio::spawn(state.presence.clone().heartbeats(
             state.hub.clone(),
             Duration::from_millis(state.settings.presence.heartbeat_ms),
@@ -151,10 +161,14 @@ impl Gateway {
             .metrics
             .connections_max
             .set(state.settings.gateway.max_connections as i64);
-        let broker_watch = tokio::spawn(watch_broker(
-            state.metrics.clone(),
-            state.amqp.clone(),
-            [
+        // A gateway without its broker can neither store nor deliver: its
+        // sessions are better off on another gateway (`broker_lost`), and
+        // after much longer the process is better restarted (`broker_dead`,
+        // `/health` 503).
+        let metrics = state.metrics.clone();
+        let broker_watch = tokio::spawn(amqp::watch_connections(
+            vec![state.amqp.clone()],
+            vec![
                 (
                     Duration::from_millis(state.settings.gateway.broker_lost_ms),
                     broker_lost_tx,
@@ -164,6 +178,9 @@ impl Gateway {
                     broker_dead_tx,
                 ),
             ],
+            move |connected| {
+                metrics.broker_connected.set(i64::from(connected));
+            },
         ));
         let metrics = tokio::spawn(
             axum::serve(metrics_listener, http::metrics_router(state.clone())).into_future(),
@@ -199,54 +216,11 @@ impl Gateway {
         }
         let _ = amqp.close(200, "gateway shutdown".into()).await;
         fanout.abort();
+        drops.abort();
         heartbeats.abort();
         metrics.abort();
         broker_watch.abort();
         tracing::info!(%addr, "gateway stopped");
         Ok(())
-    }
-}
-
-/// Says, for each `(after, signal)`, when the broker connection has been
-/// down that long (and when it is back): a gateway without its broker can
-/// neither store nor deliver, so its sessions are better off on another
-/// gateway (`broker_lost`), and after much longer the process is better
-/// restarted (`broker_dead`, `/health` 503).
-async fn watch_broker(
-    metrics: Arc<Metrics>,
-    amqp: Arc<lapin::Connection>,
-    signals: [(Duration, watch::Sender<bool>); 2],
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut down_since: Option<tokio::time::Instant> = None;
-    loop {
-        tick.tick().await;
-        let now = tokio::time::Instant::now();
-        let connected = amqp.status().connected();
-        metrics.broker_connected.set(i64::from(connected));
-        if connected {
-            down_since = None;
-        } else {
-            down_since.get_or_insert(now);
-        }
-        let down_for = down_since.map_or(Duration::ZERO, |since| now.duration_since(since));
-        for (after, signal) in &signals {
-            let down = !connected && down_for >= *after;
-            if down != *signal.borrow() {
-                if down {
-                    tracing::warn!(
-                        down_ms = down_for.as_millis() as u64,
-                        after_ms = after.as_millis() as u64,
-                        "broker unreachable"
-                    );
-                } else {
-                    tracing::info!(
-                        after_ms = after.as_millis() as u64,
-                        "broker reachable again"
-                    );
-                }
-                let _ = signal.send(down);
-            }
-        }
     }
 }

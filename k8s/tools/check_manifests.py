@@ -523,9 +523,11 @@ def check_services(report: Report, name: str, objs: list[dict[str, Any]]) -> Non
                 "readinessProbe": ("/ready?require=broker,database", 8080),
             }
         else:
+            # /health on the internal port: 503 once the broker connection
+            # has been down for broker_dead_ms, so a stuck client is restarted.
             wanted = {
-                "startupProbe": ("/metrics", metrics[service]),
-                "livenessProbe": ("/metrics", metrics[service]),
+                "startupProbe": ("/health", metrics[service]),
+                "livenessProbe": ("/health", metrics[service]),
             }
         for kind, expected in wanted.items():
             if probe(container, kind) != expected:

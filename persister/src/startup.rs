@@ -31,7 +31,7 @@ pub struct Persister {
     /// Consumes and acks; publishing has a connection of its own, so a
     /// broker that blocks publishers (memory alarm) cannot hold the acks.
     conn: Arc<lapin::Connection>,
-    publish_conn: lapin::Connection,
+    publish_conn: Arc<lapin::Connection>,
     topo: amqp::Topology,
     consumers: PartitionConsumers,
     writer: Writer,
@@ -74,7 +74,7 @@ impl Persister {
         Ok(Self {
             settings,
             conn: Arc::new(conn),
-            publish_conn,
+            publish_conn: Arc::new(publish_conn),
             topo,
             consumers,
             writer,
@@ -107,7 +107,16 @@ impl Persister {
             metrics,
             metrics_endpoint,
         } = self;
-        let metrics_server = metrics_endpoint.spawn();
+        let (dead_tx, dead) = watch::channel(false);
+        let broker_watch = tokio::spawn(amqp::watch_connections(
+            vec![conn.clone(), publish_conn.clone()],
+            vec![(
+                Duration::from_millis(settings.persister.broker_dead_ms),
+                dead_tx,
+            )],
+            |_| {},
+        ));
+        let metrics_server = metrics_endpoint.spawn(dead);
         let queue_watch = tokio::spawn(crate::queues::watch(
             conn.clone(),
             topo,
@@ -211,6 +220,7 @@ impl Persister {
             ack(&batch).await;
         }
         metrics_server.abort();
+        broker_watch.abort();
         queue_watch.abort();
         for feeder in feeders {
             feeder.abort();

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 pub struct Presence {
     metrics_endpoint: chat_shared::metrics::Endpoint,
-    conn: lapin::Connection,
+    conn: std::sync::Arc<lapin::Connection>,
+    broker_dead: Duration,
     consumer: lapin::Consumer,
     service: Service,
     sweep_every: Duration,
@@ -66,21 +67,22 @@ impl Presence {
         let sweep_every = Duration::from_millis(settings.presence.sweep_ms);
         Ok(Self {
             metrics_endpoint,
-            conn,
+            conn: std::sync::Arc::new(conn),
+            broker_dead: Duration::from_millis(settings.presence.broker_dead_ms),
             consumer,
             service,
             sweep_every,
         })
     }
 
-    /// Runs until `shutdown` resolves. Failures (Redis or Postgres down) are
-    /// logged and the event dropped: presence is ephemeral, and the gateways'
-    /// next heartbeats rebuild it once the store is back.
-    /// Where `GET /metrics` is served.
+    /// Where `GET /metrics` and `GET /health` are served.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.metrics_endpoint.local_addr()
     }
 
+    /// Runs until `shutdown` resolves. Failures (Redis or Postgres down) are
+    /// logged and the event dropped: presence is ephemeral, and the gateways'
+    /// next heartbeats rebuild it once the store is back.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -88,11 +90,18 @@ impl Presence {
         let Self {
             metrics_endpoint,
             conn,
+            broker_dead,
             mut consumer,
             mut service,
             sweep_every,
         } = self;
-        let metrics_server = metrics_endpoint.spawn();
+        let (dead_tx, dead) = tokio::sync::watch::channel(false);
+        let broker_watch = tokio::spawn(amqp::watch_connections(
+            vec![conn.clone()],
+            vec![(broker_dead, dead_tx)],
+            |_| {},
+        ));
+        let metrics_server = metrics_endpoint.spawn(dead);
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -134,6 +143,7 @@ impl Presence {
             }
         }
         metrics_server.abort();
+        broker_watch.abort();
         let _ = conn.close(200, "presence shutdown".into()).await;
         tracing::info!("presence stopped");
         Ok(())

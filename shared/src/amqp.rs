@@ -16,7 +16,7 @@
 //!   each queue bound to any of them, and the gateway delivers it to the
 //!   recipients it hosts.
 
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, QueueType};
 use crate::ids::UserId;
 use lapin::Confirmation;
 use lapin::options::{
@@ -35,6 +35,8 @@ pub struct Topology {
     pub route_shards: u16,
     /// Whether sends on the persist path are published persistent.
     pub persistent_sends: bool,
+    /// The type of the shared durable queues.
+    pub queue_type: QueueType,
 }
 
 impl Topology {
@@ -44,7 +46,19 @@ impl Topology {
             partitions: settings.partitions,
             route_shards: settings.route_shards,
             persistent_sends: settings.persistent_sends,
+            queue_type: settings.queue_type,
         }
+    }
+    /// The arguments every shared durable queue starts from: its type.
+    pub fn shared_queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        args
     }
     pub fn persist_exchange(&self) -> String {
         format!("{}.persist", self.prefix)
@@ -137,6 +151,52 @@ pub async fn connect(
     }
 }
 
+/// Watches broker connections, every 100 ms, for as long as it runs. Each
+/// `(after, signal)` is raised once any of `conns` has been down `after`
+/// (and lowered when all are back): a service without its broker can do
+/// nothing useful, and one whose AMQP client stays stuck reconnecting (seen
+/// with lapin after an interrupted handshake, docs/reliability.md) is better
+/// restarted. `on_tick` hears, each time, whether all are connected.
+pub async fn watch_connections(
+    conns: Vec<std::sync::Arc<Connection>>,
+    signals: Vec<(Duration, tokio::sync::watch::Sender<bool>)>,
+    mut on_tick: impl FnMut(bool),
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut down_since: Option<tokio::time::Instant> = None;
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let connected = conns.iter().all(|conn| conn.status().connected());
+        on_tick(connected);
+        if connected {
+            down_since = None;
+        } else {
+            down_since.get_or_insert(now);
+        }
+        let down_for = down_since.map_or(Duration::ZERO, |since| now.duration_since(since));
+        for (after, signal) in &signals {
+            let down = !connected && down_for >= *after;
+            if down != *signal.borrow() {
+                if down {
+                    tracing::warn!(
+                        down_ms = down_for.as_millis() as u64,
+                        after_ms = after.as_millis() as u64,
+                        "broker unreachable"
+                    );
+                } else {
+                    tracing::info!(
+                        after_ms = after.as_millis() as u64,
+                        "broker reachable again"
+                    );
+                }
+                let _ = signal.send(down);
+            }
+        }
+    }
+}
+
 fn durable() -> ExchangeDeclareOptions {
     ExchangeDeclareOptions {
         durable: true,
@@ -196,7 +256,7 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
     // Bounded: past DEAD_LETTERS_MAX the oldest are dropped (each was
     // logged with its cause when it was dead-lettered, and
     // persister_queue_messages shows the queue growing).
-    let mut dead_args = FieldTable::default();
+    let mut dead_args = topo.shared_queue_args();
     dead_args.insert("x-max-length".into(), AMQPValue::LongUInt(DEAD_LETTERS_MAX));
     dead_args.insert(
         "x-overflow".into(),
@@ -215,7 +275,7 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
         )
         .await?;
     for partition in 0..topo.partitions {
-        let mut args = FieldTable::default();
+        let mut args = topo.shared_queue_args();
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         args.insert(
             "x-dead-letter-exchange".into(),
@@ -244,7 +304,7 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
 /// presence service runs, the oldest events are dropped, and the next
 /// heartbeats rebuild the state.
 pub async fn declare_presence_path(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
-    let mut args = FieldTable::default();
+    let mut args = topo.shared_queue_args();
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     args.insert("x-max-length".into(), AMQPValue::LongUInt(100_000));
     args.insert(
@@ -415,6 +475,7 @@ mod tests {
             partitions: 2,
             route_shards,
             persistent_sends: false,
+            queue_type: QueueType::Classic,
         }
     }
 

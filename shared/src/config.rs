@@ -75,6 +75,20 @@ pub struct AmqpSettings {
     pub route_shards: u16,
     pub persistent_sends: bool,
     pub confirm_timeout_ms: u64,
+    /// The type of the shared durable queues (persist partitions, dead
+    /// letters, presence).
+    pub queue_type: QueueType,
+}
+
+/// RabbitMQ queue types the services can declare their shared queues as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// One node holds each queue (a node that stops takes its queues with it).
+    Classic,
+    /// Replicated over the cluster's nodes (Raft): a queue survives a node
+    /// while a majority of its replicas run.
+    Quorum,
 }
 
 #[derive(Clone, Deserialize)]
@@ -86,6 +100,8 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PresenceSettings {
     pub metrics_listen: SocketAddr,
+    /// A broker connection down this long makes `/health` answer 503.
+    pub broker_dead_ms: u64,
     pub heartbeat_ms: u64,
     pub gateway_ttl_ms: u64,
     pub offline_grace_ms: u64,
@@ -139,6 +155,9 @@ pub struct GatewaySettings {
     /// into the binary (for working on gateway/web/ without rebuilding).
     #[serde(default)]
     pub web_dir: Option<std::path::PathBuf>,
+    /// Serve `GET /ws/echo`, a WebSocket that echoes every message, for the
+    /// Autobahn conformance suite (deploy/autobahn.sh). Loopback only.
+    pub conformance_echo: bool,
     pub limits: LimitSettings,
 }
 
@@ -168,6 +187,8 @@ pub struct PersisterSettings {
     /// Most commands held between consuming and acking.
     pub max_commands_in_memory: usize,
     pub metrics_listen: SocketAddr,
+    /// A broker connection down this long makes `/health` answer 503.
+    pub broker_dead_ms: u64,
 }
 
 impl Settings {
@@ -222,6 +243,12 @@ impl Settings {
                 "mints a token for any user: allowed only on a loopback gateway.listen",
             );
         }
+        if self.gateway.conformance_echo && !self.gateway.listen.ip().is_loopback() {
+            return invalid(
+                "gateway.conformance_echo",
+                "an echo endpoint is for conformance tests: allowed only on a loopback gateway.listen",
+            );
+        }
         let g = &self.gateway;
         let positive = [
             ("gateway.heartbeat_ms", g.heartbeat_ms),
@@ -237,6 +264,8 @@ impl Settings {
                 self.database.connect_timeout_ms,
             ),
             ("presence.heartbeat_ms", self.presence.heartbeat_ms),
+            ("presence.broker_dead_ms", self.presence.broker_dead_ms),
+            ("persister.broker_dead_ms", self.persister.broker_dead_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, ms)| *ms == 0) {
             return invalid(key, "must be positive");
@@ -484,6 +513,31 @@ mod tests {
         ));
         settings.auth.dev_login = false;
         assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn the_conformance_echo_is_refused_on_an_address_that_is_not_loopback() {
+        let mut settings = local();
+        settings.auth.dev_login = false;
+        settings.gateway.conformance_echo = true;
+        settings.gateway.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "gateway.conformance_echo",
+                ..
+            })
+        ));
+        settings.gateway.listen = "127.0.0.1:8080".parse().unwrap();
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn the_queue_type_is_classic_unless_asked_and_quorum_is_understood() {
+        assert_eq!(local().amqp.queue_type, QueueType::Classic);
+        let quorum: QueueType = serde_json::from_str("\"quorum\"").unwrap();
+        assert_eq!(quorum, QueueType::Quorum);
+        assert!(serde_json::from_str::<QueueType>("\"stream\"").is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! A minimal `GET /metrics` endpoint for the services that have no HTTP
-//! server of their own (persister, presence): Prometheus text from a
-//! prometheus-client registry. Anything else gets 404. Requests are read up
-//! to 8 KiB within 5 s and answered once; the connection is then closed.
+//! A minimal internal endpoint for the services that have no HTTP server of
+//! their own (persister, presence): `GET /metrics`, Prometheus text from a
+//! prometheus-client registry, and `GET /health`, the liveness probe: 200, or
+//! 503 while the service says it is dead (its broker connection down for
+//! `broker_dead_ms`). Anything else gets 404. Requests are read up to 8 KiB
+//! within 5 s and answered once; the connection is then closed.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -12,13 +14,19 @@ use tokio::net::TcpListener;
 /// How long a scraper may take to send its request.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serves `registry` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+/// Serves `registry` and the health that `dead` tells on `listener` until
+/// the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    dead: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
         let registry = registry.clone();
+        let is_dead = *dead.borrow();
         tokio::spawn(async move {
             let mut request = vec![0u8; 8192];
             let mut read = 0;
@@ -35,16 +43,28 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 }
             })
             .await;
-            let is_metrics = request[..read].starts_with(b"GET /metrics ");
-            let (status, body) = if is_metrics {
+            const TEXT: &str = "text/plain; charset=utf-8";
+            let request = &request[..read];
+            let (status, content_type, body) = if request.starts_with(b"GET /metrics ") {
                 let mut body = String::new();
                 let _ = encode(&mut body, &registry);
-                ("200 OK", body)
+                (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                )
+            } else if request.starts_with(b"GET /health ") {
+                if is_dead {
+                    let body = "broker unreachable for broker_dead_ms\n";
+                    ("503 Service Unavailable", TEXT, body.to_owned())
+                } else {
+                    ("200 OK", TEXT, "ok\n".to_owned())
+                }
             } else {
-                ("404 Not Found", "not found\n".to_owned())
+                ("404 Not Found", TEXT, "not found\n".to_owned())
             };
             let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = socket.write_all(response.as_bytes()).await;
@@ -76,8 +96,9 @@ impl Endpoint {
         self.listener.local_addr().ok()
     }
 
-    /// Serves until the returned task is aborted.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(serve(self.listener, self.registry))
+    /// Serves until the returned task is aborted; `/health` answers 503
+    /// while `dead` holds true.
+    pub fn spawn(self, dead: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(serve(self.listener, self.registry, dead))
     }
 }

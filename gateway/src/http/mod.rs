@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(web::index))
         .route("/app/{name}", get(web::asset))
         .route("/ws", get(ws::upgrade))
+        .route("/ws/echo", get(ws::echo::upgrade))
         .route(
             "/api/conversations",
             post(conversations::create).get(conversations::list),

@@ -2,6 +2,7 @@
 //! client's connection limits, the header token) and the upgrade. The
 //! session itself is in [`session`].
 
+pub mod echo;
 pub mod session;
 
 use crate::http::error::ApiError;
@@ -65,11 +66,28 @@ pub async fn upgrade(
         let refusal = ApiError::rate_limited("too many sessions for this user", 1000);
         return refusal.into_response();
     }
+    configured(ws, &state).on_upgrade(move |socket| session::run(socket, state, user, slot))
+}
+
+/// The socket settings of every WebSocket the gateway serves.
+fn configured(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let max = state.settings.gateway.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(socket, state, user, slot))
+}
+
+/// How RFC 6455 says to close after a read failed below the message layer
+/// (bad UTF-8, an oversized frame, a malformed one), or `None` when the
+/// connection is simply gone.
+fn protocol_close(error: &axum::BoxError) -> Option<(u16, &'static str)> {
+    use session::close;
+    match error.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Utf8(_) => Some((close::INVALID_DATA, "text frame is not UTF-8")),
+        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "frame too large")),
+        tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
+        _ => None,
+    }
 }
 
 /// A connection that a trusted load balancer carries is counted against the

@@ -25,7 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval};
 use tracing::Instrument as _;
 
 /// Close codes (protocol.md, docs/protocol.md and RFC 6455).
-mod close {
+pub(super) mod close {
     pub const NORMAL: u16 = 1000;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_DATA: u16 = 1007;
@@ -130,7 +130,7 @@ async fn auth_frame(socket: &mut WebSocket, state: &AppState) -> Result<AuthUser
 }
 
 /// Says goodbye with `code`, unless the client does not even read that.
-async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
+pub(super) async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
@@ -382,11 +382,8 @@ impl Session {
     /// A read that failed below the JSON layer: RFC 6455 says how to close.
     async fn on_socket_error(&mut self, error: axum::Error) -> Ended {
         let inner = error.into_inner();
-        let (code, reason) = match inner.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Utf8(_)) => (close::INVALID_DATA, "text frame is not UTF-8"),
-            Some(tungstenite::Error::Capacity(_)) => (close::TOO_BIG, "frame too large"),
-            Some(tungstenite::Error::Protocol(_)) => (close::PROTOCOL_ERROR, "protocol error"),
-            _ => return Ended::SocketError,
+        let Some((code, reason)) = super::protocol_close(&inner) else {
+            return Ended::SocketError;
         };
         tracing::debug!(user.id = %self.user.user_id, code, error = %inner, "closing on a protocol error");
         close_with(&mut self.socket, code, reason).await;

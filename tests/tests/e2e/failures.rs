@@ -222,3 +222,35 @@ async fn a_gateway_long_without_its_broker_fails_its_health_check_until_it_is_ba
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persister_and_a_presence_service_long_without_their_broker_fail_their_health_checks_until_it_is_back()
+ {
+    let mut system = TestSystem::start_services(0, 0, false, |_| {}).await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    settings.persister.broker_dead_ms = 1500;
+    settings.presence.broker_dead_ms = 1500;
+    system.start_persister_with(settings.clone()).await;
+    system.start_presence_with(settings).await;
+    let health = [
+        format!("http://{}/health", system.persister_metrics[0]),
+        format!("http://{}/health", system.presence_metrics[0]),
+    ];
+    for url in &health {
+        assert_eq!(system.get_url(url).await.0, 200, "{url}");
+    }
+    proxy.cut();
+    for url in &health {
+        chat_tests::eventually("/health never said 503", || async {
+            system.get_url(url).await.0 == 503
+        })
+        .await;
+    }
+    proxy.restore();
+    for url in &health {
+        chat_tests::eventually("/health never recovered", || async {
+            system.get_url(url).await.0 == 200
+        })
+        .await;
+    }
+}

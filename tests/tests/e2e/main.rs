@@ -2,6 +2,7 @@
 //! point of view. Run through `deploy/test.sh`, which starts the servers.
 
 mod auth;
+mod conformance;
 mod durability;
 mod failures;
 mod history;

@@ -1,6 +1,7 @@
-//! Poison on the bus: what no persister can read or store costs only
-//! itself. Nothing else waits for it, and it leaves a trace (a log line, a
-//! metric, a dead letter).
+//! Poison and overload on the bus: what no persister can read or store
+//! costs only itself. Nothing else waits for it, and it leaves a trace (a
+//! log line, a metric, a dead letter); so does what an overfull gateway
+//! queue drops.
 
 use chat_shared::amqp::Topology;
 use chat_shared::bus::{self, PersistCommand, SendCommand};
@@ -238,4 +239,74 @@ async fn a_persister_holds_at_most_its_command_budget_and_still_stores_everythin
         system.history(0, 1, conversation, "?limit=200").await.len(),
         150
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_a_full_gateway_queue_drops_is_counted() {
+    use chat_gateway::fanout;
+    use chat_gateway::metrics::Metrics;
+    use lapin::options::ConfirmSelectOptions;
+    use std::sync::Arc;
+
+    let system = TestSystem::start_services(0, 0, false, |_| {}).await;
+    let conn = Connection::connect(&system.settings.amqp.url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let queue = format!("{}.gw.overfull", system.settings.amqp.prefix);
+    fanout::declare_queue(&channel, &queue, 3).await.unwrap();
+    // Ten AMQP messages of two events each, and nobody consuming yet: the
+    // queue keeps the newest three messages and drops seven, 14 events.
+    let publisher = conn.create_channel().await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let payload = br#"[{"event":"from_the_future"},{"event":"from_the_future"}]"#;
+        publisher
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let metrics = Arc::new(Metrics::new());
+    let dropped = fanout::consume(&channel, &fanout::dropped_queue(&queue))
+        .await
+        .unwrap();
+    tokio::spawn(fanout::count_dropped(
+        dropped,
+        queue.clone(),
+        metrics.clone(),
+    ));
+    chat_tests::eventually("the 14 dropped events were never counted", || async {
+        metrics.drops("queue_full") >= 14
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metrics.drops("queue_full"), 14);
+    assert!(
+        metrics
+            .render()
+            .contains(r#"gateway_events_dropped_total{reason="queue_full"} 14"#)
+    );
+    let kept = channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.message_count(), 3);
 }
