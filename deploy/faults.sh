@@ -15,7 +15,8 @@
 #
 # Environment: RATE (msg/s, default 1000), USERS (default 200), DURATION
 # (seconds of load, default 40), FAULT_AT (seconds into the load, default 10),
-# FAULT_FOR (seconds the fault lasts, default 10). Results:
+# FAULT_FOR (seconds the fault lasts, default 10), CHAT_BIN_DIR and
+# CHAT_SKIP_BUILD (run given binaries without building). Results:
 # .data/local/faults/<time>/<fault>.json and a table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,10 @@ REPO="$(pwd -P)"
 RATE="${RATE:-1000}" USERS="${USERS:-200}" DURATION="${DURATION:-40}"
 FAULT_AT="${FAULT_AT:-10}" FAULT_FOR="${FAULT_FOR:-10}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
-BIN="$CARGO_TARGET_DIR/release"
+# CHAT_BIN_DIR: run the binaries of another folder; CHAT_SKIP_BUILD=1: do
+# not build first (as deploy/bench.sh).
+BIN="${CHAT_BIN_DIR:-$CARGO_TARGET_DIR/release}"
+export CHAT_BIN_DIR="$BIN"
 RUN="$REPO/.data/local/run"
 LOGS="$REPO/.data/local/logs"
 OUT="$REPO/.data/local/faults/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -151,7 +155,9 @@ main() {
   [ ${#faults[@]} -gt 0 ] || faults=("${ALL[@]}")
   mkdir -p "$OUT"
   say "building and starting the system (deploy/up.sh, two persisters)"
-  cargo build --release -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
+  if [ "${CHAT_SKIP_BUILD:-}" != 1 ]; then
+    cargo build --release -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins
+  fi
   # Services left running by an earlier up.sh may be older binaries.
   restart_all
   for fault in "${faults[@]}"; do

@@ -10,6 +10,7 @@ use chat_shared::amqp::Topology;
 use chat_shared::bus::{GatewayEvent, SendOutcome};
 use chat_shared::ids::{ClientMsgId, UserId};
 use chat_shared::protocol::ServerFrame;
+use chat_shared::telemetry::spans;
 use lapin::Channel;
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
@@ -207,15 +208,9 @@ impl Hub {
                 // a traced send that concerns a session here (most events
                 // of a shard concern other gateways).
                 let trace = origin.as_ref().and_then(|o| o.trace.as_ref());
-                let span = if trace.is_some() && member_ids.iter().any(|m| self.hosts(*m)) {
-                    let span =
-                        chat_shared::telemetry::spans::consumer("process chat.fanout", "fanout");
-                    span.record("message.id", message.id.0);
-                    chat_shared::telemetry::propagation::set_parent(&span, trace);
-                    span
-                } else {
-                    tracing::Span::none()
-                };
+                let here = trace.filter(|_| member_ids.iter().any(|m| self.hosts(*m)));
+                let span = spans::process("process chat.fanout", "fanout", here);
+                span.record("message.id", message.id.0);
                 let _in_span = span.enter();
                 let origin = origin.map(|o| o.session_id);
                 // Serialised once, and only if a local session needs it: with
@@ -305,7 +300,7 @@ impl Hub {
                         message,
                         client_msg_id,
                     } => {
-                        self.metrics.sends_refused.inc();
+                        self.metrics.send_refused(code);
                         let frame = ServerFrame::Error {
                             code,
                             message,
@@ -330,15 +325,11 @@ impl Hub {
                 recipients,
                 trace,
             } => {
-                let span = if trace.is_some() && recipients.iter().any(|r| self.hosts(*r)) {
-                    let span =
-                        chat_shared::telemetry::spans::consumer("process chat.typing", "fanout");
-                    span.record("conversation.id", conversation_id.get());
-                    chat_shared::telemetry::propagation::set_parent(&span, trace.as_ref());
-                    span
-                } else {
-                    tracing::Span::none()
-                };
+                let here = trace
+                    .as_ref()
+                    .filter(|_| recipients.iter().any(|r| self.hosts(*r)));
+                let span = spans::process("process chat.typing", "fanout", here);
+                span.record("conversation.id", conversation_id.get());
                 let _in_span = span.enter();
                 self.offer_all(&recipients, || ServerFrame::Typing {
                     conversation_id,

@@ -7,13 +7,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// Why a WebSocket was refused before its session began.
+pub const CONNECTION_REFUSALS: [&str; 6] = [
+    "origin",
+    "broker_lost",
+    "at_capacity",
+    "shutting_down",
+    "unauthorized",
+    "auth_frame",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub connections_opened: Counter,
     pub connections_active: Gauge,
-    pub connections_refused: Counter,
+    /// Upgrades refused, by reason (`connections_refused`).
+    connections_refused: Family<[(&'static str, &'static str); 1], Counter>,
     pub sends_received: Counter,
-    pub sends_refused: Counter,
+    /// Sends answered with an error, by its code (`send_refused`).
+    sends_refused: Family<[(&'static str, &'static str); 1], Counter>,
     pub acks_sent: Counter,
     pub messages_delivered: Counter,
     pub session_overflows: Counter,
@@ -45,9 +57,9 @@ impl Metrics {
             registry: Registry::default(),
             connections_opened: Counter::default(),
             connections_active: Gauge::default(),
-            connections_refused: Counter::default(),
+            connections_refused: Family::default(),
             sends_received: Counter::default(),
-            sends_refused: Counter::default(),
+            sends_refused: Family::default(),
             acks_sent: Counter::default(),
             messages_delivered: Counter::default(),
             session_overflows: Counter::default(),
@@ -77,7 +89,7 @@ impl Metrics {
         );
         r.register(
             "gateway_connections_refused",
-            "WebSocket upgrades refused (auth, origin, limit)",
+            "WebSocket upgrades refused, by reason",
             m.connections_refused.clone(),
         );
         r.register(
@@ -87,7 +99,7 @@ impl Metrics {
         );
         r.register(
             "gateway_sends_refused",
-            "send frames answered with an error",
+            "send frames answered with an error, by its code",
             m.sends_refused.clone(),
         );
         r.register(
@@ -165,7 +177,31 @@ impl Metrics {
             "bus events dropped, by reason",
             m.events_dropped.clone(),
         );
+        // Every series exists from the start, at 0, so that rates and
+        // alerts see a refusal's first occurrence.
+        for code in chat_shared::protocol::ErrorCode::ALL {
+            let _ = m.sends_refused.get_or_create(&[("reason", code.as_str())]);
+        }
+        for reason in CONNECTION_REFUSALS {
+            let _ = m.connections_refused.get_or_create(&[("reason", reason)]);
+        }
         m
+    }
+
+    /// Counts a send answered with the error `code`.
+    pub fn send_refused(&self, code: chat_shared::protocol::ErrorCode) {
+        self.sends_refused
+            .get_or_create(&[("reason", code.as_str())])
+            .inc();
+    }
+
+    /// Counts a refused WebSocket upgrade or authentication, by `reason`
+    /// (one of [`CONNECTION_REFUSALS`]).
+    pub fn connection_refused(&self, reason: &'static str) {
+        debug_assert!(CONNECTION_REFUSALS.contains(&reason));
+        self.connections_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts a bus event the gateway dropped, by `reason`.

@@ -11,7 +11,7 @@ use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::bus::PersistCommand;
 use chat_shared::config::Settings;
 use chat_shared::schema;
-use chat_shared::telemetry::propagation;
+use chat_shared::telemetry::spans;
 use lapin::options::BasicAckOptions;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -164,14 +164,15 @@ impl Persister {
             // One span per batch, linked to the send of each message in it
             // (the messaging conventions for batches); the commit and the
             // fan-out are its children.
-            let batch_span =
-                chat_shared::telemetry::spans::consumer("process chat.persist", "persist");
-            batch_span.record("messaging.batch.message_count", requests.len());
-            for request in &requests {
-                if let PersistCommand::Send(send) = request.command {
-                    propagation::add_link(&batch_span, send.trace.as_ref());
-                }
-            }
+            let batch_span = spans::batch(
+                "process chat.persist",
+                "persist",
+                requests.len(),
+                requests.iter().map(|request| match request.command {
+                    PersistCommand::Send(send) => send.trace.as_ref(),
+                    PersistCommand::Read(_) => None,
+                }),
+            );
             let commit_span = tracing::info_span!(
                 parent: &batch_span,
                 "COMMIT",

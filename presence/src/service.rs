@@ -115,18 +115,12 @@ impl Service {
             } => {
                 // In the typing frame's trace, when it is traced: the relay
                 // carries this span's context to the recipients' gateways.
-                let span = match &trace {
-                    Some(_) => {
-                        let span = chat_shared::telemetry::spans::consumer(
-                            "process chat.presence",
-                            "presence",
-                        );
-                        span.record("conversation.id", conversation_id.get());
-                        chat_shared::telemetry::propagation::set_parent(&span, trace.as_ref());
-                        span
-                    }
-                    None => tracing::Span::none(),
-                };
+                let span = chat_shared::telemetry::spans::process(
+                    "process chat.presence",
+                    "presence",
+                    trace.as_ref(),
+                );
+                span.record("conversation.id", conversation_id.get());
                 self.on_typing(conversation_id, user_id, state, now)
                     .instrument(span)
                     .await

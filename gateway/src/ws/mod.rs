@@ -30,18 +30,20 @@ pub async fn upgrade(
         let allowed = &state.settings.auth.allowed_origins;
         let listed = allowed.iter().any(|a| a == "*" || a == origin);
         if !listed && !same_origin(origin, &headers) {
-            state.metrics.connections_refused.inc();
+            state.metrics.connection_refused("origin");
             return ApiError::forbidden("origin not allowed").into_response();
         }
     }
     if *state.broker_lost.borrow() {
-        state.metrics.connections_refused.inc();
+        state.metrics.connection_refused("broker_lost");
         return ApiError::unavailable("gateway cannot reach its broker").into_response();
     }
-    if state.hub.session_count() >= state.settings.gateway.max_connections
-        || *state.shutdown.borrow()
-    {
-        state.metrics.connections_refused.inc();
+    if *state.shutdown.borrow() {
+        state.metrics.connection_refused("shutting_down");
+        return ApiError::unavailable("gateway shutting down").into_response();
+    }
+    if state.hub.session_count() >= state.settings.gateway.max_connections {
+        state.metrics.connection_refused("at_capacity");
         return ApiError::unavailable("gateway at capacity").into_response();
     }
     let slot = match proxied_client_slot(&state, peer.ip(), &headers) {
@@ -54,7 +56,7 @@ pub async fn upgrade(
         None => None,
         Some(Ok(user)) => Some(user),
         Some(Err(unauthorized)) => {
-            state.metrics.connections_refused.inc();
+            state.metrics.connection_refused("unauthorized");
             return unauthorized.into_response();
         }
     };

@@ -16,7 +16,7 @@ use chat_shared::bus::{PersistCommand, PresenceEvent, ReadCommand, SendCommand};
 use chat_shared::ids::ClientMsgId;
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{ClientFrame, ErrorCode, SendFrame, ServerFrame};
-use chat_shared::telemetry::{propagation, spans};
+use chat_shared::telemetry::spans;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,7 @@ pub async fn run(
         None => match auth_frame(&mut socket, &state).await {
             Ok(user) => user,
             Err(reason) => {
-                state.metrics.connections_refused.inc();
+                state.metrics.connection_refused("auth_frame");
                 close_with(&mut socket, close::UNAUTHORIZED, reason).await;
                 return;
             }
@@ -391,7 +391,7 @@ impl Session {
     }
 
     async fn refuse(&mut self, code: ErrorCode, message: &str, client_msg_id: Option<String>) {
-        self.state.metrics.sends_refused.inc();
+        self.state.metrics.send_refused(code);
         let frame = ServerFrame::Error {
             code,
             message: message.to_owned(),
@@ -494,13 +494,9 @@ impl Session {
                 // The producer span of this typing frame (only when traces
                 // are exported): presence's relay and every delivery of it
                 // are its children.
-                let trace = chat_shared::telemetry::tracing_enabled()
-                    .then(|| {
-                        let span = spans::producer("presence", "typing");
-                        span.record("conversation.id", conversation_id.get());
-                        span.in_scope(propagation::current)
-                    })
-                    .flatten();
+                let (_span, trace) = spans::send("presence", "typing", |span| {
+                    span.record("conversation.id", conversation_id.get());
+                });
                 let event = PresenceEvent::Typing {
                     conversation_id,
                     user_id,
@@ -539,13 +535,9 @@ impl Session {
         });
         // The producer span of this read frame (only when traces are
         // exported), like a send's.
-        let span = if chat_shared::telemetry::tracing_enabled() {
-            let span = spans::producer("persist", "read");
+        let (span, _) = spans::send("persist", "read", |span| {
             span.record("conversation.id", conversation_id.get());
-            span
-        } else {
-            tracing::Span::none()
-        };
+        });
         let started = self.state.sender.start(command).instrument(span).await;
         match started {
             Ok(confirm) => {
@@ -574,7 +566,7 @@ impl Session {
         if self.pending.len() >= self.state.settings.gateway.max_pending_sends
             && !self.pending.contains_key(&client_msg_id)
         {
-            self.state.metrics.sends_refused.inc();
+            self.state.metrics.send_refused(ErrorCode::RateLimited);
             let id = Some(client_msg_id.as_str().to_owned());
             let message = "too many sends waiting for their ack";
             self.rate_limited("max_pending_sends", message, id, Duration::from_secs(1))
@@ -590,7 +582,7 @@ impl Session {
             },
         };
         if let Some((limit, wait)) = limited {
-            self.state.metrics.sends_refused.inc();
+            self.state.metrics.send_refused(ErrorCode::RateLimited);
             let id = Some(client_msg_id.as_str().to_owned());
             self.rate_limited(limit, "too many sends; wait and send it again", id, wait)
                 .await;
@@ -599,14 +591,10 @@ impl Session {
         // The producer span of this send (only when traces are exported):
         // the persister's batch links to it, and every gateway's delivery of
         // the message is its child.
-        let trace = chat_shared::telemetry::tracing_enabled()
-            .then(|| {
-                let span = spans::producer("persist", "send");
-                span.record("chat.client_msg_id", client_msg_id.as_str());
-                span.record("conversation.id", send.conversation_id.get());
-                span.in_scope(propagation::current)
-            })
-            .flatten();
+        let (span, trace) = spans::send("persist", "send", |span| {
+            span.record("chat.client_msg_id", client_msg_id.as_str());
+            span.record("conversation.id", send.conversation_id.get());
+        });
         let command = SendCommand {
             trace,
             session_id: self.session_id.to_string(),
@@ -619,7 +607,13 @@ impl Session {
         // Published here, in frame order, so one session's sends keep their
         // order; the confirm is awaited off this loop.
         let conversation_id = command.conversation_id;
-        match self.state.sender.start(PersistCommand::Send(command)).await {
+        let started = self
+            .state
+            .sender
+            .start(PersistCommand::Send(command))
+            .instrument(span)
+            .await;
+        match started {
             Err(e) => {
                 tracing::warn!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "send not accepted by the broker");
                 self.refuse(
@@ -672,7 +666,7 @@ impl Session {
             .collect();
         for id in expired {
             self.pending.remove(&id);
-            self.state.metrics.sends_refused.inc();
+            self.state.metrics.send_refused(ErrorCode::Unavailable);
             if self.write(unavailable(&id)).await.is_err() {
                 return;
             }

@@ -67,6 +67,11 @@ async fn a_bad_token_in_the_first_frame_closes_with_4001() {
         .send_json(json!({"type": "auth", "token": "nope"}))
         .await;
     assert_eq!(client.closed().await, Closed::Code(4001));
+    let metrics = system.gateway_metrics(0).await;
+    assert!(
+        metrics.contains(r#"gateway_connections_refused_total{reason="auth_frame"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +110,11 @@ async fn a_browser_origin_must_be_on_the_allow_list() {
         }
         other => panic!("expected HTTP 403, got {:?}", other.map(|_| "an upgrade")),
     }
+    let metrics = system.gateway_metrics(0).await;
+    assert!(
+        metrics.contains(r#"gateway_connections_refused_total{reason="origin"} 1"#),
+        "{metrics}"
+    );
     let allowed = Client::connect(
         system.gateways[0],
         Some(&token),

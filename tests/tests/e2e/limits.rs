@@ -75,11 +75,18 @@ async fn sends_beyond_the_session_rate_are_rate_limited_and_can_be_resent() {
     an.send_and_ack(conversation, &id, "xin chào").await;
     let stored = system.history(0, 1, conversation, "").await;
     assert_eq!(stored.len(), 4, "nothing refused was stored: {stored:?}");
+    let metrics = system.gateway_metrics(0).await;
     assert!(
-        system
-            .gateway_metrics(0)
-            .await
-            .contains(r#"gateway_limit_refusals_total{limit="sends_per_second"} 2"#)
+        metrics.contains(r#"gateway_limit_refusals_total{limit="sends_per_second"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_sends_refused_total{reason="rate_limited"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_sends_refused_total{reason="forbidden"} 0"#),
+        "every code's series exists from the start: {metrics}"
     );
 }
 
