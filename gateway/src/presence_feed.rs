@@ -8,10 +8,9 @@
 //! next heartbeat.
 
 use crate::hub::Hub;
-use chat_shared::amqp::Topology;
+use chat_shared::amqp::{self, Outgoing, Topology};
 use chat_shared::bus::{self, PresenceEvent};
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,16 +33,9 @@ impl PresenceFeed {
 
     pub async fn publish(&self, event: PresenceEvent) {
         let payload = bus::encode(&[event]);
-        let published = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.queue.clone().into(),
-                BasicPublishOptions::default(),
-                &payload,
-                BasicProperties::default(),
-            )
-            .await;
+        let published =
+            amqp::publish_unconfirmed(&self.channel, Outgoing::to_queue(&self.queue, &payload))
+                .await;
         if let Err(e) = published {
             tracing::warn!(error = %e, "presence event not published");
         }

@@ -147,6 +147,7 @@ async fn publish_loop(
                     payload: &payload,
                     persistent,
                     mandatory: true,
+                    reason: None,
                 })
                 .await;
             let verdicts: Vec<oneshot::Sender<Verdict>> =

@@ -110,14 +110,7 @@ impl Announcer {
         for (queue, events) in replies {
             // Straight to the sender gateway's queue (default exchange).
             let payload = bus::encode(&events);
-            let message = Outgoing {
-                exchange: "",
-                routing_key: queue,
-                cc: &[],
-                payload: &payload,
-                persistent: false,
-                mandatory: false,
-            };
+            let message = Outgoing::to_queue(queue, &payload);
             confirms.push(self.publisher.start(message).await?);
         }
         for confirm in confirms {

@@ -4,15 +4,13 @@
 //! partition has its own channel, so delivery tags on a channel arrive here
 //! in order and "ack everything up to tag N" is exact.
 
-use chat_shared::amqp::Topology;
+use chat_shared::amqp::{self, Outgoing, Topology};
 use chat_shared::bus::{self, PersistCommand, Undecodable};
 use futures_util::StreamExt;
 use lapin::Acker;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -106,23 +104,17 @@ impl PartitionConsumers {
 /// with why. Best effort (unconfirmed); the error log names it either way.
 async fn dead_letter(channel: &Channel, exchange: &str, partition: u16, bad: &Undecodable) {
     tracing::error!(partition, error = %bad.error, command = %bad.raw, "undecodable persist command, dead-lettered");
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-chat-reason".into(),
-        AMQPValue::LongString(format!("undecodable: {}", bad.error).into()),
-    );
-    let properties = BasicProperties::default()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    let published = channel
-        .basic_publish(
-            exchange.into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            bad.raw.as_bytes(),
-            properties,
-        )
-        .await;
+    let reason = format!("undecodable: {}", bad.error);
+    let dead = Outgoing {
+        exchange,
+        routing_key: "",
+        cc: &[],
+        payload: bad.raw.as_bytes(),
+        persistent: true,
+        mandatory: false,
+        reason: Some(&reason),
+    };
+    let published = amqp::publish_unconfirmed(channel, dead).await;
     if let Err(e) = published {
         tracing::error!(partition, error = %e, "could not dead-letter the command");
     }

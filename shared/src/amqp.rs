@@ -344,6 +344,9 @@ pub struct Outgoing<'a> {
     pub persistent: bool,
     /// Mandatory: an unroutable message is an error, not silently dropped.
     pub mandatory: bool,
+    /// Why it is sent where it is (the `x-chat-reason` header of a dead
+    /// letter).
+    pub reason: Option<&'a str>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -361,7 +364,22 @@ impl<'a> Outgoing<'a> {
             payload,
             persistent: false,
             mandatory: false,
+            reason: None,
         })
+    }
+
+    /// One event for the queue `queue` (the default exchange routes by
+    /// queue name), transient and not mandatory.
+    pub fn to_queue(queue: &'a str, payload: &'a [u8]) -> Self {
+        Self {
+            exchange: "",
+            routing_key: queue,
+            cc: &[],
+            payload,
+            persistent: false,
+            mandatory: false,
+            reason: None,
+        }
     }
 }
 
@@ -389,37 +407,7 @@ impl ConfirmedPublisher {
     /// Hands the message to the channel in call order (so two calls from one
     /// task are published in that order) and returns the confirm to await.
     pub async fn start(&self, msg: Outgoing<'_>) -> Result<PendingConfirm, PublishError> {
-        let mut props = BasicProperties::default().with_content_type("application/json".into());
-        if msg.persistent {
-            props = props.with_delivery_mode(2);
-        }
-        if !msg.cc.is_empty() {
-            let keys: Vec<AMQPValue> = msg
-                .cc
-                .iter()
-                .map(|k| AMQPValue::LongString(LongString::from(k.as_str())))
-                .collect();
-            let mut headers = FieldTable::default();
-            headers.insert(
-                ShortString::from("CC"),
-                AMQPValue::FieldArray(FieldArray::from(keys)),
-            );
-            props = props.with_headers(headers);
-        }
-        let options = BasicPublishOptions {
-            mandatory: msg.mandatory,
-            ..Default::default()
-        };
-        let confirm = self
-            .channel
-            .basic_publish(
-                msg.exchange.into(),
-                msg.routing_key.into(),
-                options,
-                msg.payload,
-                props,
-            )
-            .await?;
+        let confirm = basic_publish(&self.channel, msg).await?;
         Ok(PendingConfirm {
             confirm,
             timeout: self.timeout,
@@ -429,6 +417,59 @@ impl ConfirmedPublisher {
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
         self.start(msg).await?.wait().await
     }
+}
+
+/// Publishes without waiting for a confirm, for what is best effort
+/// (presence events, whose next heartbeat repairs a loss; a dead letter,
+/// logged either way).
+pub async fn publish_unconfirmed(channel: &Channel, msg: Outgoing<'_>) -> Result<(), lapin::Error> {
+    basic_publish(channel, msg).await.map(|_| ())
+}
+
+/// Every publish of every service goes through here: the one place that
+/// turns an [`Outgoing`] into AMQP properties and a `basic.publish`.
+async fn basic_publish(
+    channel: &Channel,
+    msg: Outgoing<'_>,
+) -> Result<lapin::PublisherConfirm, lapin::Error> {
+    let mut props = BasicProperties::default().with_content_type("application/json".into());
+    if msg.persistent {
+        props = props.with_delivery_mode(2);
+    }
+    let mut headers = FieldTable::default();
+    if !msg.cc.is_empty() {
+        let keys: Vec<AMQPValue> = msg
+            .cc
+            .iter()
+            .map(|k| AMQPValue::LongString(LongString::from(k.as_str())))
+            .collect();
+        headers.insert(
+            ShortString::from("CC"),
+            AMQPValue::FieldArray(FieldArray::from(keys)),
+        );
+    }
+    if let Some(reason) = msg.reason {
+        headers.insert(
+            ShortString::from("x-chat-reason"),
+            AMQPValue::LongString(reason.into()),
+        );
+    }
+    if !headers.inner().is_empty() {
+        props = props.with_headers(headers);
+    }
+    let options = BasicPublishOptions {
+        mandatory: msg.mandatory,
+        ..Default::default()
+    };
+    channel
+        .basic_publish(
+            msg.exchange.into(),
+            msg.routing_key.into(),
+            options,
+            msg.payload,
+            props,
+        )
+        .await
 }
 
 /// A published message whose confirm has not arrived yet.

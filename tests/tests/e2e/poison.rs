@@ -83,6 +83,29 @@ async fn an_undecodable_command_is_dead_lettered_and_its_neighbours_are_stored()
         1,
         "the unknown command is a dead letter"
     );
+    let letter = channel
+        .basic_get(
+            topo.dead_letter_queue().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(
+        String::from_utf8_lossy(&letter.delivery.data),
+        r#"{"command":"from_the_future","x":1}"#
+    );
+    let reason = letter
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get("x-chat-reason") {
+            Some(lapin::types::AMQPValue::LongString(text)) => Some(text.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(reason.starts_with("undecodable: unknown variant"), "{reason}");
     let metrics = system.persister_metrics_text(0).await;
     assert!(
         metrics.contains("persister_dead_lettered_total 1"),
