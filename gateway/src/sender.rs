@@ -66,12 +66,20 @@ pub struct Sender {
 
 impl Sender {
     /// Starts the publishing task.
-    pub fn spawn(publisher: ConfirmedPublisher, topo: &Topology, metrics: Arc<Metrics>) -> Self {
+    /// `linger`: how long a round that has taken what was waiting waits
+    /// for more (`gateway.publish_linger_ms`; zero: not at all).
+    pub fn spawn(
+        publisher: ConfirmedPublisher,
+        topo: &Topology,
+        linger: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let target = Target {
             exchange: topo.persist_exchange(),
             partitions: topo.partitions,
             persistent: topo.persistent_sends,
+            linger,
         };
         tokio::spawn(publish_loop(rx, publisher, target, metrics));
         Self { tx }
@@ -92,6 +100,7 @@ struct Target {
     exchange: String,
     partitions: u16,
     persistent: bool,
+    linger: Duration,
 }
 
 async fn publish_loop(
@@ -104,6 +113,7 @@ async fn publish_loop(
         exchange,
         partitions,
         persistent,
+        linger,
     } = target;
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // When the last round was busy, when it started: the next one waits for
@@ -124,6 +134,15 @@ async fn publish_loop(
             match rx.try_recv() {
                 Ok(queued) => waiting.push(queued),
                 Err(_) => break,
+            }
+        }
+        if !linger.is_zero() {
+            let until = tokio::time::Instant::from(started + linger);
+            while waiting.len() < MAX_COMMANDS_PER_MESSAGE {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(queued)) => waiting.push(queued),
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         busy_since = (waiting.len() >= BUSY_ROUND).then_some(started);

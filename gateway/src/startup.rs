@@ -65,6 +65,7 @@ impl Gateway {
         let sender = Sender::spawn(
             ConfirmedPublisher::new(&conn, confirm_timeout).await?,
             &topo,
+            Duration::from_millis(settings.gateway.publish_linger_ms),
             metrics.clone(),
         );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;

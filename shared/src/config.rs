@@ -158,6 +158,8 @@ pub struct GatewaySettings {
     /// Serve `GET /ws/echo`, a WebSocket that echoes every message, for the
     /// Autobahn conformance suite (deploy/autobahn.sh). Loopback only.
     pub conformance_echo: bool,
+    /// How long a round of persist publishes waits for more sends.
+    pub publish_linger_ms: u64,
     pub limits: LimitSettings,
 }
 

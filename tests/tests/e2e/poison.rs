@@ -105,7 +105,10 @@ async fn an_undecodable_command_is_dead_lettered_and_its_neighbours_are_stored()
             _ => None,
         })
         .unwrap_or_default();
-    assert!(reason.starts_with("undecodable: unknown variant"), "{reason}");
+    assert!(
+        reason.starts_with("undecodable: unknown variant"),
+        "{reason}"
+    );
     let metrics = system.persister_metrics_text(0).await;
     assert!(
         metrics.contains("persister_dead_lettered_total 1"),
