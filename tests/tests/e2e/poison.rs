@@ -67,19 +67,8 @@ async fn an_undecodable_command_is_dead_lettered_and_its_neighbours_are_stored()
         assert!(tokio::time::Instant::now() < deadline, "stored: {stored:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let dead = channel
-        .queue_declare(
-            topo.dead_letter_queue().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        dead.message_count(),
+        depth(&channel, &topo.dead_letter_queue()).await,
         1,
         "the unknown command is a dead letter"
     );
@@ -323,16 +312,22 @@ async fn every_event_a_full_gateway_queue_drops_is_counted() {
             .render()
             .contains(r#"gateway_events_dropped_total{reason="queue_full"} 14"#)
     );
-    let kept = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    assert_eq!(
+        depth(&channel, &queue).await,
+        3,
+        "the newest three are kept"
+    );
+}
+
+/// How many messages `queue` holds.
+async fn depth(channel: &lapin::Channel, queue: &str) -> u32 {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
         .await
-        .unwrap();
-    assert_eq!(kept.message_count(), 3);
+        .unwrap()
+        .message_count()
 }
