@@ -3,7 +3,11 @@
 //! back-off (at once after 1012), fills what it missed from history with
 //! `after_seq`, and resends every send still without an ack with the same
 //! `client_msg_id`; an `unavailable` or `rate_limited` answer is
-//! retried the same way. So every send the users make ends acked, and the
+//! retried the same way. Like a good app it paces itself: at most a window
+//! of sends await their answer at once, halved by each `rate_limited` and
+//! grown by one with each ack (as TCP's congestion window), so that after an
+//! outage a user's backlog goes out at the rate the server takes instead of
+//! all at once again and again. So every send the users make ends acked, and the
 //! checks at the end hold the system to "every ack in history exactly once,
 //! seq gapless, every member saw every message".
 
@@ -200,6 +204,10 @@ struct UserClient {
     live: Arc<Live>,
 }
 
+/// Most sends of one user awaiting their answer at once (the window's
+/// ceiling; it starts there).
+const WINDOW_MAX: usize = 32;
+
 /// Why a connection ended.
 enum Dropped {
     /// 1012: the gateway restarts; reconnect at once (elsewhere).
@@ -219,6 +227,10 @@ struct State {
     /// After `rate_limited`, nothing is sent before this (the whole user
     /// waits, as the server asked, instead of each send trying on its own).
     hold_until: Instant,
+    /// Sends sent on this connection and not yet answered, and how many may
+    /// be (1..=WINDOW_MAX).
+    in_flight: usize,
+    window: usize,
     /// This user's id and every client_msg_id it ever sent.
     me: Value,
     own: std::collections::HashSet<String>,
@@ -249,6 +261,8 @@ impl UserClient {
             highest_seq: 0,
             inbox_open: true,
             hold_until: Instant::now(),
+            in_flight: 0,
+            window: WINDOW_MAX,
             me: json!(self.user_id),
             own: std::collections::HashSet::new(),
             outcome: UserOutcome {
@@ -312,21 +326,14 @@ impl UserClient {
         if self.catch_up(state).await.is_err() {
             return Dropped::Other;
         }
-        // Everything unacked goes again now (a new connection), except while
-        // the server asked to wait.
-        let held = Instant::now() < state.hold_until;
-        let resend: Vec<String> = if held {
-            Vec::new()
-        } else {
-            state.pending.values().map(|p| self.frame(p)).collect()
-        };
+        // Everything unacked goes again (a new connection: no answer to
+        // the old one's sends will come), within the window, once the server
+        // no longer asks to wait.
+        state.in_flight = 0;
+        let now = Instant::now();
+        let again = state.hold_until.max(now);
         for p in state.pending.values_mut() {
-            p.retry_at = held.then_some(state.hold_until);
-        }
-        for frame in resend {
-            if sink.send(WsMessage::Text(frame.into())).await.is_err() {
-                return Dropped::Other;
-            }
+            p.retry_at = Some(again);
         }
         let mut retry_tick = tokio::time::interval(Duration::from_millis(50));
         loop {
@@ -339,20 +346,27 @@ impl UserClient {
                     };
                     let order = state.next_order;
                     state.next_order += 1;
-                    let held = Instant::now() < state.hold_until;
+                    let now = Instant::now();
+                    let held = now < state.hold_until;
+                    // Sent now unless held or the window is full; else the
+                    // retry tick sends it when it may.
+                    let send_now = !held && state.in_flight < state.window;
                     let pending = Pending {
                         client_msg_id: client_msg_id.clone(),
                         body,
                         first_sent_us: self.now_us(),
-                        retry_at: held.then_some(state.hold_until),
+                        retry_at: (!send_now).then_some(state.hold_until.max(now)),
                         attempts: 0,
                     };
                     let frame = self.frame(&pending);
                     state.own.insert(client_msg_id.clone());
                     state.order_of.insert(client_msg_id, order);
                     state.pending.insert(order, pending);
-                    if !held && sink.send(WsMessage::Text(frame.into())).await.is_err() {
-                        return Dropped::Other;
+                    if send_now {
+                        state.in_flight += 1;
+                        if sink.send(WsMessage::Text(frame.into())).await.is_err() {
+                            return Dropped::Other;
+                        }
                     }
                 }
                 frame = stream.next() => {
@@ -375,13 +389,18 @@ impl UserClient {
                     if now < state.hold_until {
                         continue;
                     }
+                    // Oldest first, as many as the window takes.
                     let mut due = Vec::new();
                     for p in state.pending.values_mut() {
+                        if state.in_flight + due.len() >= state.window {
+                            break;
+                        }
                         if p.retry_at.is_some_and(|at| at <= now) {
                             p.retry_at = None;
                             due.push(self.frame(p));
                         }
                     }
+                    state.in_flight += due.len();
                     for frame in due {
                         if sink.send(WsMessage::Text(frame.into())).await.is_err() {
                             return Dropped::Other;
@@ -410,6 +429,8 @@ impl UserClient {
                     return Ok(()); // a second answer to a resend
                 };
                 if let Some(pending) = state.pending.remove(&order) {
+                    state.in_flight = state.in_flight.saturating_sub(1);
+                    state.window = (state.window + 1).min(WINDOW_MAX);
                     let now = self.now_us();
                     let message = &frame["message"];
                     state.outcome.acked.push(Acked {
@@ -441,6 +462,10 @@ impl UserClient {
                 else {
                     return Ok(());
                 };
+                state.in_flight = state.in_flight.saturating_sub(1);
+                if code == "rate_limited" {
+                    state.window = (state.window / 2).max(1);
+                }
                 if matches!(code.as_str(), "unavailable" | "rate_limited") {
                     let now = Instant::now();
                     let retry_at = match frame["retry_after_ms"].as_u64() {
