@@ -205,8 +205,12 @@ struct UserClient {
 }
 
 /// Most sends of one user awaiting their answer at once (the window's
-/// ceiling; it starts there).
+/// ceiling; it starts there), and the least it shrinks to: some sends in
+/// flight may wait long for an answer (an ack addressed to a session that
+/// is gone comes only as `unavailable` after `gateway.send_timeout_ms`), and
+/// a window of one would queue everything behind each of them.
 const WINDOW_MAX: usize = 32;
+const WINDOW_MIN: usize = 8;
 
 /// Why a connection ended.
 enum Dropped {
@@ -228,7 +232,7 @@ struct State {
     /// waits, as the server asked, instead of each send trying on its own).
     hold_until: Instant,
     /// Sends sent on this connection and not yet answered, and how many may
-    /// be (1..=WINDOW_MAX).
+    /// be (WINDOW_MIN..=WINDOW_MAX).
     in_flight: usize,
     window: usize,
     /// This user's id and every client_msg_id it ever sent.
@@ -464,7 +468,7 @@ impl UserClient {
                 };
                 state.in_flight = state.in_flight.saturating_sub(1);
                 if code == "rate_limited" {
-                    state.window = (state.window / 2).max(1);
+                    state.window = (state.window / 2).max(WINDOW_MIN);
                 }
                 if matches!(code.as_str(), "unavailable" | "rate_limited") {
                     let now = Instant::now();
