@@ -328,6 +328,6 @@ async fn depth(channel: &lapin::Channel, queue: &str) -> u32 {
     channel
         .queue_declare(queue.into(), options, FieldTable::default())
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{queue}: {e}"))
         .message_count()
 }
