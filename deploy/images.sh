@@ -21,9 +21,11 @@
 # (each bootstrapped once, with a small entrypoint from deploy/images/):
 #
 #   mapmo-chat/postgres:TAG (PostgreSQL 15)  mapmo-chat/rabbitmq:TAG  mapmo-chat/redis:TAG
+#   mapmo-chat/nginx:TAG (the gateways' load balancer of deploy/compose.yaml)
 #
-#   deploy/images.sh            build (TAG=dev by default)
-#   deploy/images.sh --servers  also the server images
+#   deploy/images.sh                 build (TAG=dev by default)
+#   deploy/images.sh --servers       also the server images
+#   deploy/images.sh --servers-only  only the server images (no binaries needed)
 #   TAG=1.0 deploy/images.sh
 #   CHAT_SKIP_BUILD=1 ...       use the release binaries as they are
 set -euo pipefail
@@ -38,6 +40,14 @@ VERSION="$(git describe --always --dirty 2>/dev/null || echo unknown)"
 
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
+
+SERVERS=0 CHAT=1
+case "${1:-}" in
+  "") ;;
+  --servers) SERVERS=1 ;;
+  --servers-only) SERVERS=1 CHAT=0 ;;
+  *) die "unknown argument $1 (expected --servers or --servers-only)" ;;
+esac
 
 command -v docker >/dev/null || die "docker is not installed (the machine kind rust-docker has it)"
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer (is it running?)"
@@ -62,6 +72,8 @@ else
   say "Debian rootfs cached: $ROOTFS"
 fi
 
+# 2.-4. The chat services' images (not with --servers-only).
+if [ "$CHAT" = 1 ]; then
 # 2. The release binaries.
 if [ "${CHAT_SKIP_BUILD:-}" != 1 ]; then
   say "cargo build --release"
@@ -127,8 +139,11 @@ DOCKERFILE
   docker build --pull=false -q -t "mapmo-chat/$svc:$TAG" "$ctx" >/dev/null
   say "mapmo-chat/$svc:$TAG built ($(docker image inspect -f '{{.Size}}' "mapmo-chat/$svc:$TAG" | awk '{ printf "%.1f MB", $1 / 1e6 }'))"
 done
+fi
+
 # 5. The servers, when asked: Debian's packages, an entrypoint, their user.
-# server NAME PACKAGES USER DATA_DIR PORTS...
+# server NAME PACKAGES USER DATA_DIR PORTS... (DATA_DIR is a VOLUME unless
+# VOLUME=no: nginx keeps nothing)
 server() {
   local name=$1 packages=$2 user=$3 data=$4
   shift 4
@@ -154,16 +169,28 @@ server() {
     chroot "$rootfs" find / -xdev \( -uid "$old_uid" -o -gid "$old_gid" \) -exec chown -h 10001:10001 {} + 2>/dev/null || true
   fi
   chroot "$rootfs" chown -R 10001:10001 "$data"
-  local changes=(--change "USER 10001:10001" --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]'
-    --change "VOLUME $data")
+  local changes=(--change "USER 10001:10001" --change 'ENTRYPOINT ["/usr/local/bin/entrypoint"]')
+  [ "${VOLUME:-yes}" = no ] || changes+=(--change "VOLUME $data")
   local port
   for port in "$@"; do changes+=(--change "EXPOSE $port"); done
+  # Imported again only when something changed (the rootfs, its entrypoint,
+  # these settings): an import of a few hundred MB takes seconds.
+  local stamp have
+  stamp=$(printf '%s\n' "$(stat -c %Y "$rootfs/.complete")" "${changes[@]}" |
+    cat - "deploy/images/$name-entrypoint.sh" | sha256sum | cut -c1-16)
+  have=$(docker image inspect -f '{{index .Config.Labels "vn.mapmo.chat.stamp"}}' "mapmo-chat/$name:$TAG" 2>/dev/null || true)
+  if [ "$have" = "$stamp" ]; then
+    say "mapmo-chat/$name:$TAG is up to date"
+    return 0
+  fi
+  changes+=(--change "LABEL vn.mapmo.chat.stamp=$stamp")
   tar -C "$rootfs" --exclude=./.complete -c . | docker import "${changes[@]}" - "mapmo-chat/$name:$TAG" >/dev/null
   say "mapmo-chat/$name:$TAG imported ($(docker image inspect -f '{{.Size}}' "mapmo-chat/$name:$TAG" | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
 }
-if [ "${1:-}" = --servers ]; then
+if [ "$SERVERS" = 1 ]; then
   server postgres postgresql-15 postgres /var/lib/postgresql/data 5432
   server rabbitmq rabbitmq-server rabbitmq /var/lib/rabbitmq 5672 4369 25672
   server redis redis-server redis /var/lib/redis 6379
+  VOLUME=no server nginx nginx www-data /var/lib/nginx 8080
 fi
 say "done in $((SECONDS - started)) s"

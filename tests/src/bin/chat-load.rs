@@ -44,6 +44,7 @@ const USAGE: &str = "usage:
   chat-load run  [--url URL[,URL...]] [--users N] [--group-size N] [--rate MSG_PER_S]
                  [--duration S] [--warmup S] [--drain S] [--skip-history]
   chat-load chaos [--url URL[,URL...]] [--users N] [--rate MSG_PER_S] [--duration S] [--drain S]
+                  [--jwt-secret S]   (or CHAT_LOAD_JWT_SECRET; without it tokens come from the dev login)
   chat-load proxy --listen ADDR --to ADDR    (SIGUSR1 cuts, SIGUSR2 restores)
   chat-load idle [--url URL] [--connections N] [--pid GATEWAY_PID] [--jwt-secret S] [--hold S]";
 
@@ -106,7 +107,14 @@ async fn main() -> anyhow::Result<()> {
         Some("chaos") => {
             check_flags(
                 &args,
-                &["--url", "--users", "--rate", "--duration", "--drain"],
+                &[
+                    "--url",
+                    "--users",
+                    "--rate",
+                    "--duration",
+                    "--drain",
+                    "--jwt-secret",
+                ],
                 &[],
             )?;
             let scenario = load::resilient::ChaosScenario {
@@ -115,6 +123,8 @@ async fn main() -> anyhow::Result<()> {
                 rate: num(&args, "--rate", 1000.0)?,
                 duration_secs: num(&args, "--duration", 40.0)?,
                 drain_secs: num(&args, "--drain", 60.0)?,
+                jwt_secret: arg(&args, "--jwt-secret")
+                    .or_else(|| std::env::var("CHAT_LOAD_JWT_SECRET").ok()),
             };
             if scenario.users < 2 || !scenario.users.is_multiple_of(2) {
                 bail!("--users must be an even number");
@@ -196,17 +206,7 @@ async fn idle_connections(
     hold: f64,
 ) -> anyhow::Result<()> {
     let users = setup::user_ids(count);
-    let tokens: Vec<String> = match secret {
-        Some(secret) => {
-            let keys = chat_gateway::auth::JwtKeys::new(&secret)?;
-            let exp = chat_gateway::auth::unix_now() + 3600;
-            users
-                .iter()
-                .map(|u| chat_shared::ids::UserId::new(*u).map(|u| keys.issue(u, None, exp)))
-                .collect::<Result<_, _>>()?
-        }
-        None => setup::tokens(&reqwest::Client::new(), url, &users).await?,
-    };
+    let tokens = setup::tokens_for(&reqwest::Client::new(), url, &users, secret.as_deref()).await?;
     let before = pid.and_then(idle::rss_kib);
     let (sockets, failed) = idle::hold(url, &tokens, 256).await;
     tokio::time::sleep(Duration::from_secs_f64(hold)).await;

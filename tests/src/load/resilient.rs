@@ -34,6 +34,9 @@ pub struct ChaosScenario {
     pub duration_secs: f64,
     /// How long, after the last send, users may take to get every ack.
     pub drain_secs: f64,
+    /// The gateways' JWT secret: tokens are signed here with it. `None`:
+    /// from the dev login.
+    pub jwt_secret: Option<String>,
 }
 
 /// A send not yet acked.
@@ -84,7 +87,8 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
     let http = reqwest::Client::new();
     let url = &scenario.urls[0];
     let users = setup::user_ids(scenario.users);
-    let tokens = setup::tokens(&http, url, &users).await?;
+    let secret = scenario.jwt_secret.as_deref();
+    let tokens = setup::tokens_for(&http, url, &users, secret).await?;
     let conversations = setup::conversations(&http, url, &users, &tokens, 2).await?;
     let mut conversation_of = vec![0; users.len()];
     let mut members = HashMap::new();

@@ -17,6 +17,27 @@ pub fn user_ids(count: usize) -> Vec<i64> {
     (0..count as i64).map(|i| base + i).collect()
 }
 
+/// Tokens for `users`: signed here with the gateways' JWT secret when it is
+/// given (a production gateway has no dev login), else from the dev login.
+pub async fn tokens_for(
+    http: &reqwest::Client,
+    url: &str,
+    users: &[i64],
+    jwt_secret: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let Some(secret) = jwt_secret else {
+        return tokens(http, url, users).await;
+    };
+    let keys = chat_gateway::auth::JwtKeys::new(secret)?;
+    let exp = chat_gateway::auth::unix_now() + 3600;
+    users
+        .iter()
+        .map(|u| chat_shared::ids::UserId::new(*u).map(|u| keys.issue(u, None, exp)))
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
+}
+
+/// Tokens for `users` from the dev login (`auth.dev_login`).
 pub async fn tokens(
     http: &reqwest::Client,
     url: &str,

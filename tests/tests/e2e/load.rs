@@ -46,6 +46,8 @@ async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run() {
         rate: 100.0,
         duration_secs: 4.0,
         drain_secs: 20.0,
+        // Signed here, as against a production gateway without dev login.
+        jwt_secret: Some(system.settings.auth.jwt_secret.expose().to_owned()),
     };
     let kill = async {
         tokio::time::sleep(std::time::Duration::from_millis(2000)).await;

@@ -1,0 +1,448 @@
+#!/usr/bin/env bash
+# The container system test (issue 10): the whole system of
+# deploy/compose.yaml in Docker containers on a private network (Postgres, a
+# three-node RabbitMQ cluster with quorum queues, Redis, two persisters of
+# which one is a standby, presence, two gateways behind nginx), under the
+# app-like chaos load of deploy/faults.sh (`chat-load chaos`, from this host
+# through nginx), one fault at a time; every run must end with chat-load's
+# verdict ok: 0 acked messages lost, 0 duplicates, 0 seq gaps, 0 missed
+# deliveries, every send acked.
+#
+#   deploy/container-test.sh                       the four faults below
+#   deploy/container-test.sh persister-kill ...    only these
+#   ROUNDS=3 deploy/container-test.sh              each fault three times
+#   KEEP=1 deploy/container-test.sh                leave the containers up
+#
+# Faults (each injected FAULT_AT s into the load):
+#   rabbit-node-stop         docker stop a RabbitMQ node (NODE, below),
+#                            start it FAULT_FOR s later
+#   rabbit-node-partition    a node (NODE) disconnected from the network for
+#                            FAULT_FOR s, then reconnected (same address)
+#   rabbit-node-partition-long  the same for PARTITION_LONG_FOR s (default
+#                            90): longer than Erlang's net_ticktime (60 s),
+#                            so the cluster sees the partition and the node
+#                            pauses (pause_minority); not in the default set
+#   gateway-rolling-restart  docker stop -t 10 gateway1 (SIGTERM), start it,
+#                            wait until it is ready and ROLL_PAUSE s more
+#                            (10, k8s/'s minReadySeconds), the same for gateway2
+#   persister-kill           docker kill (SIGKILL) the persister that is
+#                            storing, the standby takes over; started again
+#                            FAULT_FOR s later
+#
+# Needs Docker (Engine and Compose: `docker compose` or `docker-compose`),
+# root (deploy/images.sh runs debootstrap), and the release binaries in
+# $CARGO_TARGET_DIR/release (chat-gateway, chat-persister, chat-presence for
+# the images, chat-load for the load): this script never builds them
+# (`cargo build --release` first). Images: CHAT_SKIP_BUILD=1
+# deploy/images.sh --servers (SKIP_IMAGES=1: use the images as they are).
+#
+# Environment: USERS (default 100), RATE (msg/s, 300), DURATION (s of load,
+# 40; longer when a fault needs it), FAULT_AT (10), FAULT_FOR (10), ROUNDS
+# (1), NODE (the RabbitMQ node the rabbit-* faults hit; default: the one
+# serving gateway1), AMQP_HEARTBEAT (s, 60), RABBITMQ_NET_TICKTIME (s, 60),
+# ROLL_PAUSE (10), PUBLIC_PORT (nginx on 127.0.0.1, 31080), CT_NET (the
+# network's /24 prefix, 172.30.31), KEEP=1, SKIP_IMAGES=1. Results: one JSON
+# line per run in .data/container-test/<time>/results.jsonl, the load's output and a log
+# per run beside it, and a table on stdout. Exits non-zero if any verdict is
+# not ok (or a run gave none).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$(pwd -P)"
+USERS="${USERS:-100}" RATE="${RATE:-300}" DURATION="${DURATION:-40}"
+FAULT_AT="${FAULT_AT:-10}" FAULT_FOR="${FAULT_FOR:-10}" ROUNDS="${ROUNDS:-1}"
+PARTITION_LONG_FOR="${PARTITION_LONG_FOR:-90}"
+PUBLIC_PORT="${PUBLIC_PORT:-31080}" CT_NET="${CT_NET:-172.30.31}"
+AMQP_HEARTBEAT="${AMQP_HEARTBEAT:-60}" ROLL_PAUSE="${ROLL_PAUSE:-10}"
+PROJECT=mapmo-ct
+NETWORK="${PROJECT}_chat"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
+BIN="$CARGO_TARGET_DIR/release"
+OUT="$REPO/.data/container-test/$(date -u +%Y%m%dT%H%M%SZ)"
+URL="http://127.0.0.1:$PUBLIC_PORT"
+DEFAULT_FAULTS=(rabbit-node-stop rabbit-node-partition gateway-rolling-restart persister-kill)
+KNOWN_FAULTS=" ${DEFAULT_FAULTS[*]} rabbit-node-partition-long "
+
+say() { printf '[container-test] %s\n' "$*" >&2; }
+die() { printf '[container-test] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- preconditions: say clearly what is missing, never pass silently -------
+command -v docker >/dev/null || die "Docker is not installed: this test needs Docker Engine and Compose"
+docker info >/dev/null 2>&1 || die "the Docker engine does not answer (is it running? are you allowed to use it?)"
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null; then
+  COMPOSE=(docker-compose)
+else
+  die "Docker Compose is not installed (neither \`docker compose\` nor \`docker-compose\`)"
+fi
+command -v curl >/dev/null || die "curl is missing"
+command -v python3 >/dev/null || die "python3 is missing"
+for b in chat-load chat-gateway chat-persister chat-presence; do
+  [ -x "$BIN/$b" ] || die "$BIN/$b is missing: build the release binaries first (cargo build --release)"
+done
+FAULTS=("$@")
+[ ${#FAULTS[@]} -gt 0 ] || FAULTS=("${DEFAULT_FAULTS[@]}")
+for f in "${FAULTS[@]}"; do
+  [[ "$KNOWN_FAULTS" == *" $f "* ]] || die "unknown fault $f (known:$KNOWN_FAULTS)"
+done
+
+mkdir -p "$OUT"
+ENV_FILE="$OUT/compose.env"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+# Tokens for the load: chat-load mints them itself when it can (the
+# --jwt-secret option of `chaos`, given here in CHAT_LOAD_JWT_SECRET so that
+# it does not show in ps); otherwise from the dev login, served by
+# the compose profile devlogin (a gateway on loopback inside nginx's network
+# namespace, reached through nginx for POST /api/dev/token only).
+PROFILE_ARGS=()
+if "$BIN/chat-load" --help | grep -q -- '--jwt-secret S].*CHAT_LOAD_JWT_SECRET'; then
+  TOKENS=jwt-secret
+else
+  TOKENS=devlogin
+  PROFILE_ARGS=(--profile devlogin)
+fi
+
+dc() { "${COMPOSE[@]}" -p "$PROJECT" --env-file "$ENV_FILE" -f deploy/compose.yaml "${PROFILE_ARGS[@]}" "$@"; }
+# The container of a compose service (running or not).
+cid() {
+  docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+    --filter "label=com.docker.compose.service=$1" | head -1
+}
+ip_of() {
+  case "$1" in
+    gateway1) echo "$CT_NET.41" ;; gateway2) echo "$CT_NET.42" ;;
+    persister1) echo "$CT_NET.31" ;; persister2) echo "$CT_NET.32" ;;
+    presence) echo "$CT_NET.33" ;; nginx) echo "$CT_NET.50" ;;
+    rabbit1) echo "$CT_NET.21" ;; rabbit2) echo "$CT_NET.22" ;; rabbit3) echo "$CT_NET.23" ;;
+  esac
+}
+http_ok() { [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; }
+health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$(cid "$1")" 2>/dev/null; }
+rabbitctl() { timeout 60 docker exec "$(cid rabbit1)" rabbitmqctl -q "$@" 2>/dev/null; }
+# elapsed seconds since the load started, for the fault logs
+stamp() { awk -v s="$LOAD_STARTED" -v n="$(date +%s.%N)" 'BEGIN { printf "%6.1f s", n - s }'; }
+
+cleanup() {
+  local rc=$?
+  if [ -n "${LOAD_PID:-}" ] && kill -0 "$LOAD_PID" 2>/dev/null; then kill "$LOAD_PID" 2>/dev/null || true; fi
+  if [ "${KEEP:-}" = 1 ]; then
+    say "KEEP=1: the containers stay up (project $PROJECT); to stop them:"
+    say "  ${COMPOSE[*]} -p $PROJECT --env-file $ENV_FILE -f deploy/compose.yaml ${PROFILE_ARGS[*]} down -v"
+  elif [ -f "$ENV_FILE" ]; then
+    say "docker compose down -v"
+    dc down -v --remove-orphans >>"$OUT/compose.log" 2>&1 || say "compose down failed (see $OUT/compose.log)"
+    rm -f "$ENV_FILE"
+  fi
+  exit "$rc"
+}
+
+# --- the system --------------------------------------------------------------
+wait_until() { # wait_until SECONDS WHAT COMMAND...
+  local limit=$1 what=$2 deadline=$((SECONDS + $1))
+  shift 2
+  until "$@"; do
+    ((SECONDS < deadline)) || { say "$what: not within $limit s"; return 1; }
+    sleep 1
+  done
+}
+rabbits_healthy() {
+  local n
+  for n in rabbit1 rabbit2 rabbit3; do [ "$(health "$n")" = healthy ] || return 1; done
+}
+cluster_whole() {
+  [ "$(rabbitctl eval 'length(rabbit_nodes:all_running()).')" = 3 ] || return 1
+  # every quorum queue has its three members online
+  rabbitctl list_queues --no-table-headers name type online |
+    awk -F'\t' '$2 == "quorum" { n = split($3, m, ","); if (n != 3) bad = 1 } END { exit bad }'
+}
+services_ready() {
+  local g p
+  for g in gateway1 gateway2; do http_ok "http://$(ip_of "$g"):8080/ready" || return 1; done
+  for p in persister1 persister2; do http_ok "http://$(ip_of "$p"):9101/health" || return 1; done
+  http_ok "http://$(ip_of presence):9102/health" || return 1
+  http_ok "$URL/health" || return 1
+  if [ "$TOKENS" = devlogin ]; then
+    [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' -X POST -H 'content-type: application/json' \
+      -d '{"user_id": 1}' "$URL/api/dev/token")" = 200 ] || return 1
+  fi
+}
+# Everything as it was before any fault: three nodes in one cluster, every
+# quorum queue with three members online, every service ready.
+settle() {
+  wait_until 180 "RabbitMQ nodes healthy" rabbits_healthy &&
+    wait_until 180 "cluster whole" cluster_whole &&
+    wait_until 120 "services ready" services_ready
+}
+
+up() {
+  say "secrets: $ENV_FILE (random, removed at the end)"
+  (
+    umask 077
+    for v in JWT_SECRET POSTGRES_PASSWORD RABBITMQ_PASSWORD RABBITMQ_ERLANG_COOKIE REDIS_PASSWORD; do
+      printf '%s=%s\n' "$v" "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    done
+    printf 'PUBLIC_PORT=%s\nCT_NET=%s\nAMQP_HEARTBEAT=%s\n' "$PUBLIC_PORT" "$CT_NET" "$AMQP_HEARTBEAT"
+    printf 'RABBITMQ_NET_TICKTIME=%s\n' "${RABBITMQ_NET_TICKTIME:-}"
+    # every client of the load comes from this host's one address
+    printf 'CONNECTIONS_PER_IP=4096\n'
+    if [ "$TOKENS" = devlogin ]; then printf 'NGINX_DEV_TOKEN=127.0.0.1:8090\n'; fi
+  ) >"$ENV_FILE"
+  if [ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ]; then
+    say "removing the containers of an earlier run (project $PROJECT)"
+    "${COMPOSE[@]}" -p "$PROJECT" --env-file "$ENV_FILE" -f deploy/compose.yaml --profile devlogin \
+      down -v --remove-orphans >>"$OUT/compose.log" 2>&1
+  fi
+  local t=$SECONDS
+  say "starting the system (${COMPOSE[*]} -p $PROJECT up -d; tokens: $TOKENS)"
+  dc up -d >>"$OUT/compose.log" 2>&1 || { tail -20 "$OUT/compose.log" >&2; die "compose up failed"; }
+  settle || { dc ps >&2; die "the system did not become ready (see $OUT/compose.log, ${COMPOSE[*]} logs)"; }
+  UP_SECONDS=$((SECONDS - t))
+  say "ready after $UP_SECONDS s"
+}
+
+# --- the faults ----------------------------------------------------------------
+# Each prints what it did, with the time since the load started, to its log,
+# and sets DETAIL (recorded in results.jsonl).
+# The node a fault hits: NODE (rabbit1, rabbit2 or rabbit3), or by default
+# the node that serves gateway1's AMQP connection, so that every run breaks
+# a node some gateway depends on (which node holds what is chance: DNS
+# order, and quorum queue leaders follow their first declarer); what it
+# held is in the run's log and in DETAIL.
+target_node() {
+  if [ -n "${NODE:-}" ]; then
+    echo "$NODE"
+    return
+  fi
+  local host n
+  host=$(rabbitctl list_connections --no-table-headers peer_host host |
+    awk -v ip="$(ip_of gateway1)" '$1 == ip { print $2; exit }')
+  for n in rabbit1 rabbit2 rabbit3; do
+    if [ "$(ip_of "$n")" = "$host" ]; then
+      echo "$n"
+      return
+    fi
+  done
+  echo rabbit3
+}
+# What a node holds: AMQP connections of which services, quorum leaders.
+holds() {
+  local node=$1 ip conns leaders
+  ip=$(ip_of "$node")
+  conns=$(rabbitctl list_connections --no-table-headers peer_host host | awk -v ip="$ip" -v net="$CT_NET" '
+    BEGIN {
+      name[net ".31"] = "persister1"; name[net ".32"] = "persister2"; name[net ".33"] = "presence"
+      name[net ".41"] = "gateway1"; name[net ".42"] = "gateway2"; name[net ".50"] = "devlogin"
+    }
+    $2 == ip { printf "%s%s", sep, ($1 in name) ? name[$1] : $1; sep = "," }')
+  leaders=$(rabbitctl list_queues --no-table-headers name type leader | awk -v node="rabbit@$node" '
+    $2 == "quorum" && $3 == node { printf "%s%s", sep, $1; sep = "," }')
+  echo "connections of ${conns:-nothing}; leader of ${leaders:-no queue}"
+}
+
+fault_rabbit_node_stop() {
+  local node=$TARGET held=$HELD c
+  c=$(cid "$node")
+  echo "$(stamp) docker stop $node ($held)"
+  docker stop -t 30 "$c" >/dev/null
+  echo "$(stamp) $node stopped"
+  sleep "$FAULT_FOR"
+  echo "$(stamp) docker start $node"
+  docker start "$c" >/dev/null
+  wait_until 180 "$node healthy" rabbits_healthy || true
+  echo "$(stamp) $node healthy"
+  DETAIL="$node stopped ${FAULT_FOR} s ($held)"
+}
+
+partition() { # partition SECONDS
+  local node=$TARGET held=$HELD c ip
+  c=$(cid "$node")
+  ip=$(ip_of "$node")
+  echo "$(stamp) docker network disconnect $node ($held)"
+  docker network disconnect "$NETWORK" "$c"
+  sleep "$1"
+  echo "$(stamp) docker network connect $node ($ip)"
+  docker network connect --ip "$ip" --alias rabbitmq --alias "$node" "$NETWORK" "$c"
+  DETAIL="$node cut off ${1} s ($held)"
+}
+fault_rabbit_node_partition() { partition "$FAULT_FOR"; }
+fault_rabbit_node_partition_long() { partition "$PARTITION_LONG_FOR"; }
+
+fault_gateway_rolling_restart() {
+  local g c
+  for g in gateway1 gateway2; do
+    c=$(cid "$g")
+    echo "$(stamp) docker stop -t 10 $g (SIGTERM)"
+    docker stop -t 10 "$c" >/dev/null
+    echo "$(stamp) $g stopped; docker start"
+    docker start "$c" >/dev/null
+    wait_until 60 "$g ready" http_ok "http://$(ip_of "$g"):8080/ready" || true
+    echo "$(stamp) $g ready"
+    # as k8s/ rolls them (minReadySeconds 10): nginx takes a gateway that
+    # failed a connect out for 5 s, and clients take a moment to move back
+    if [ "$g" = gateway1 ]; then sleep "$ROLL_PAUSE"; fi
+  done
+  DETAIL="gateway1 then gateway2 restarted, ${ROLL_PAUSE} s apart"
+}
+
+stored() { curl -s -m 2 "http://$(ip_of "$1"):9101/metrics" | awk '$1 == "persister_messages_stored_total" { print $2 }'; }
+fault_persister_kill() {
+  # the active one: the persister whose stored count grows
+  local a1 a2 b1 b2 victim rates
+  a1=$(stored persister1) a2=$(stored persister2)
+  sleep 1
+  b1=$(stored persister1) b2=$(stored persister2)
+  if python3 -c "import sys; sys.exit(not (float('$b1') - float('$a1') >= float('$b2') - float('$a2')))"; then
+    victim=persister1
+  else
+    victim=persister2
+  fi
+  rates="stored in the second before: persister1 $(python3 -c "print(int(float('$b1') - float('$a1')))"), persister2 $(python3 -c "print(int(float('$b2') - float('$a2')))")"
+  echo "$(stamp) $rates"
+  echo "$(stamp) docker kill $victim (SIGKILL)"
+  docker kill "$(cid "$victim")" >/dev/null
+  sleep "$FAULT_FOR"
+  echo "$(stamp) docker start $victim"
+  docker start "$(cid "$victim")" >/dev/null
+  DETAIL="$victim killed ($rates), started ${FAULT_FOR} s later"
+}
+
+# How long the load must run: past the fault's repair, with 20 s to spare.
+load_duration() {
+  local need=$DURATION
+  case "$1" in
+    rabbit-node-partition-long) need=$((FAULT_AT + PARTITION_LONG_FOR + 30)) ;;
+  esac
+  ((need > DURATION)) || need=$DURATION
+  echo "$need"
+}
+
+run_fault() {
+  local fault=$1 round=$2 name result log duration load
+  name=$fault
+  [ "$ROUNDS" = 1 ] || name="$fault.$round"
+  result="$OUT/$name.out" log="$OUT/$name.log"
+  settle >>"$log" 2>&1 || die "the system is not whole before $name (see $log)"
+  {
+    echo "# before the fault: quorum queue leaders, AMQP connections per node"
+    rabbitctl list_queues name type leader online | grep -v '\.gw\.' || true
+    rabbitctl list_connections --no-table-headers peer_host host | sort | uniq -c || true
+  } >>"$log" 2>&1
+  duration=$(load_duration "$fault")
+  # (asked before the load: each rabbitmqctl costs a second of CPU)
+  TARGET="" HELD=""
+  case "$fault" in
+    rabbit-*) TARGET=$(target_node) HELD=$(holds "$TARGET") ;;
+  esac
+  say "$name: $RATE msg/s from $USERS users for $duration s; the fault at $FAULT_AT s"
+  DETAIL="" LOAD_STARTED=$(date +%s.%N)
+  local started_iso
+  started_iso=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  "$BIN/chat-load" chaos --url "$URL" --users "$USERS" --rate "$RATE" --duration "$duration" \
+    >"$result" 2>>"$log" &
+  load=$! LOAD_PID=$!
+  sleep "$FAULT_AT"
+  say "$name: injecting"
+  local fn="fault_${fault//-/_}"
+  "$fn" >>"$log" 2>&1 || say "$name: the fault's commands failed (see $log)"
+  echo "$(stamp) repaired" >>"$log"
+  say "$name: repaired ($DETAIL); waiting for the load to finish"
+  wait "$load" || say "$name: the load reports a failed verification"
+  python3 - "$result" "$fault" "$round" "$started_iso" "$DETAIL" "$TOKENS" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS" <<'PY'
+import json, sys
+path, fault, rnd, started, detail, tokens, loadavg = sys.argv[1:]
+summary = None
+try:
+    lines = [l for l in open(path) if l.startswith("{")]
+    summary = json.loads(lines[-1]) if lines else None
+except Exception:
+    pass
+print(json.dumps({"fault": fault, "round": int(rnd), "started": started, "detail": detail,
+                  "tokens": tokens, "loadavg_after": loadavg, "result": summary}))
+PY
+}
+
+main() {
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  say "results in $OUT"
+  # (figures taken beside a build say little: note it)
+  if pgrep -x cargo >/dev/null || pgrep -x rustc >/dev/null; then
+    say "WARNING: cargo or rustc is running: the timings of this run share the cores with a build"
+  fi
+  local t=$SECONDS
+  if [ "${SKIP_IMAGES:-}" != 1 ]; then
+    say "images: CHAT_SKIP_BUILD=1 deploy/images.sh --servers (from the release binaries in $BIN)"
+    CHAT_SKIP_BUILD=1 deploy/images.sh --servers >"$OUT/images.log" 2>&1 ||
+      { tail -20 "$OUT/images.log" >&2; die "deploy/images.sh failed (see $OUT/images.log)"; }
+  fi
+  IMAGES_SECONDS=$((SECONDS - t))
+  up
+  if [ "$TOKENS" = jwt-secret ]; then
+    CHAT_LOAD_JWT_SECRET="$(sed -n 's/^JWT_SECRET=//p' "$ENV_FILE")"
+    export CHAT_LOAD_JWT_SECRET
+  fi
+  python3 - "$OUT/run.json" <<PY
+import json, subprocess, sys, os
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return ""
+json.dump({"commit": sh("git describe --always --dirty"), "cpus": os.cpu_count(),
+           "cpu_model": sh("sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1"),
+           "docker": sh("docker version --format '{{.Server.Version}}'"),
+           "compose": "${COMPOSE[*]}", "users": $USERS, "rate": $RATE, "duration": $DURATION,
+           "fault_at": $FAULT_AT, "fault_for": $FAULT_FOR, "rounds": $ROUNDS, "tokens": "$TOKENS",
+           "images_s": $IMAGES_SECONDS, "up_s": $UP_SECONDS}, open(sys.argv[1], "w"))
+PY
+  local round fault
+  for round in $(seq 1 "$ROUNDS"); do
+    for fault in "${FAULTS[@]}"; do
+      run_fault "$fault" "$round"
+    done
+  done
+  report
+  say "done in $((SECONDS - t)) s; results in $OUT"
+  python3 -c "
+import json, sys
+rows = [json.loads(l) for l in open('$RESULTS')]
+sys.exit(0 if rows and all(r['result'] and r['result'].get('ok') is True for r in rows) else 1)
+" || die "a verdict is not ok (or missing): see $RESULTS"
+}
+
+report() {
+  python3 - "$RESULTS" "$ROUNDS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rounds = int(sys.argv[2])
+print()
+print("| fault | sent | acked | acked lost | duplicates in history | seq gaps | missing deliveries "
+      "| sends retried | reconnects | longest ack gap (ms) | send to ack p99 / max (ms) | ok |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    name = r["fault"] if rounds == 1 else f"{r['fault']} ({r['round']})"
+    s = r["result"]
+    if not s:
+        print(f"| {name} | no result | | | | | | | | | | False |")
+        continue
+    retried = sum(s["sends_retried"].values())
+    print(f"| {name} | {s['sent']} | {s['acked']} | {s['acked_lost']} | {s['duplicates_in_history']} | "
+          f"{s['seq_gaps']} | {s['missing_deliveries']} | {retried} | {s['reconnects']} | "
+          f"{s['longest_ack_gap_ms']:.0f} | {s['send_to_ack_ms']['p99']:.0f} / {s['send_to_ack_ms']['max']:.0f} | {s['ok']} |")
+if rounds > 1:
+    print()
+    print("| fault | runs ok | longest ack gap (ms) | send to ack max (ms) |")
+    print("| --- | --- | --- | --- |")
+    faults = list(dict.fromkeys(r["fault"] for r in rows))
+    def mm(v):
+        return f"{statistics.median(v):,.0f} ({min(v):,.0f}-{max(v):,.0f})" if v else "-"
+    for f in faults:
+        rs = [r["result"] for r in rows if r["fault"] == f]
+        ok = sum(1 for s in rs if s and s.get("ok") is True)
+        gaps = [s["longest_ack_gap_ms"] for s in rs if s]
+        maxes = [s["send_to_ack_ms"]["max"] for s in rs if s]
+        print(f"| {f} | {ok} of {len(rs)} | {mm(gaps)} | {mm(maxes)} |")
+PY
+}
+
+main
