@@ -65,10 +65,19 @@ db_counters() {
 # CPU time (clock ticks) used so far by each part of the system, summed over
 # its processes: rabbitmq postgres nginx redis gateways persister presence.
 # (Processes that exited in between, like short-lived Postgres backends, are
-# not counted.)
+# not counted; nor are processes in containers, such as the Erlang nodes of
+# deploy/container-test.sh: those live in another mount namespace.)
 cpu_ticks() {
+  local own proc others=""
+  own=$(readlink /proc/self/ns/mnt)
+  for proc in /proc/[0-9]*; do
+    [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" = "$own" ] || others+=" ${proc#/proc/}"
+  done
   # (cat, not awk directly: a process may exit between the glob and the read)
-  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v others="$others" '
+  BEGIN { n = split(others, list, " "); for (i = 1; i <= n; i++) skip[list[i]] = 1 }
+  {
+    if ($1 in skip) next
     comm = $2; gsub(/[()]/, "", comm); t = $14 + $15
     if (comm == "beam.smp") c["rabbitmq"] += t
     else if (comm == "postgres") c["postgres"] += t
