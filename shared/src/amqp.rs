@@ -204,6 +204,17 @@ fn durable() -> ExchangeDeclareOptions {
     }
 }
 
+/// `args` with a bound of `max_length` messages, past which a queue drops
+/// its oldest (`x-overflow: drop-head`).
+pub fn bounded_drop_head(mut args: FieldTable, max_length: u32) -> FieldTable {
+    args.insert("x-max-length".into(), AMQPValue::LongUInt(max_length));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    args
+}
+
 /// Most messages the dead-letter queue keeps.
 pub const DEAD_LETTERS_MAX: u32 = 100_000;
 
@@ -256,12 +267,7 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
     // Bounded: past DEAD_LETTERS_MAX the oldest are dropped (each was
     // logged with its cause when it was dead-lettered, and
     // persister_queue_messages shows the queue growing).
-    let mut dead_args = topo.shared_queue_args();
-    dead_args.insert("x-max-length".into(), AMQPValue::LongUInt(DEAD_LETTERS_MAX));
-    dead_args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("drop-head".into()),
-    );
+    let dead_args = bounded_drop_head(topo.shared_queue_args(), DEAD_LETTERS_MAX);
     channel
         .queue_declare(topo.dead_letter_queue().into(), durable_queue, dead_args)
         .await?;
@@ -304,13 +310,8 @@ pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<
 /// presence service runs, the oldest events are dropped, and the next
 /// heartbeats rebuild the state.
 pub async fn declare_presence_path(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
-    let mut args = topo.shared_queue_args();
+    let mut args = bounded_drop_head(topo.shared_queue_args(), 100_000);
     args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    args.insert("x-max-length".into(), AMQPValue::LongUInt(100_000));
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("drop-head".into()),
-    );
     let options = QueueDeclareOptions {
         durable: true,
         ..Default::default()
