@@ -5,12 +5,12 @@
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use chat_shared::amqp;
-use chat_shared::bus::{self, GatewayEvent};
-use futures_util::StreamExt;
+use chat_shared::amqp::{self, Inbound};
+use chat_shared::bus::GatewayEvent;
+use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Consumer};
+use serde::de::IgnoredAny;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,15 +64,17 @@ pub async fn declare_queue(
 /// Counts what the gateway queue `queue` dropped, event by event, in
 /// `gateway_events_dropped_total{reason="queue_full"}`, and logs it: the
 /// first drop at once, then a summary at most every ten seconds.
-pub async fn count_dropped(mut consumer: Consumer, queue: String, metrics: Arc<Metrics>) {
+pub async fn count_dropped(mut dropped: Inbound, queue: String, metrics: Arc<Metrics>) {
     let mut unlogged: u64 = 0;
     let mut next_log = tokio::time::Instant::now();
     loop {
+        // Counted, not decoded: the queue overflowed because this gateway
+        // is behind, so the count costs no more than it must.
         let delivery = if unlogged == 0 {
-            consumer.next().await
+            dropped.next::<IgnoredAny>().await
         } else {
             tokio::select! {
-                delivery = consumer.next() => delivery,
+                delivery = dropped.next::<IgnoredAny>() => delivery,
                 () = tokio::time::sleep_until(next_log) => {
                     log_drops(&queue, &mut unlogged);
                     next_log = tokio::time::Instant::now() + DROP_LOG_EVERY;
@@ -80,18 +82,8 @@ pub async fn count_dropped(mut consumer: Consumer, queue: String, metrics: Arc<M
                 }
             }
         };
-        let delivery = match delivery {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "dropped-events consumer failed");
-                continue;
-            }
-            None => break,
-        };
-        // Counted, not decoded: the queue overflowed because this gateway
-        // is behind, so the count costs no more than it must.
-        let events = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&delivery.data)
-            .map_or(1, |events| events.len() as u64);
+        let Some(delivery) = delivery else { break };
+        let events = delivery.map_or(1, |d| (d.events.len() + d.undecodable.len()) as u64);
         metrics.dropped_many("queue_full", events);
         unlogged += events;
         if tokio::time::Instant::now() >= next_log {
@@ -114,42 +106,36 @@ fn log_drops(queue: &str, unlogged: &mut u64) {
     }
 }
 
-pub async fn consume(channel: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
+pub async fn consume(channel: &Channel, queue: &str) -> Result<Inbound, lapin::Error> {
     // No acks: these are live deliveries of already-stored messages; a lost
     // one is recovered by the client from history.
     let options = BasicConsumeOptions {
         no_ack: true,
         ..Default::default()
     };
-    channel
+    let consumer = channel
         .basic_consume(queue.into(), "".into(), options, FieldTable::default())
-        .await
+        .await?;
+    Ok(Inbound::new(consumer, queue))
 }
 
 /// Runs until the consumer ends (connection closed at shutdown).
-pub async fn run(mut consumer: Consumer, hub: Arc<Hub>, metrics: Arc<Metrics>) {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "gateway queue consumer failed");
-                continue;
-            }
-        };
-        match bus::decode_each::<GatewayEvent>(&delivery.data) {
-            Ok(decoded) => {
-                for bad in decoded.undecodable {
+pub async fn run(mut inbound: Inbound, hub: Arc<Hub>, metrics: Arc<Metrics>) {
+    while let Some(delivery) = inbound.next::<GatewayEvent>().await {
+        match delivery {
+            Ok(received) => {
+                for bad in received.undecodable {
                     metrics.dropped("undecodable_event");
                     tracing::error!(error = %bad.error, event = %bad.raw, "undecodable event on the gateway queue, dropped");
                 }
-                for event in decoded.events {
+                for event in received.events {
                     metrics.bus_events_received.inc();
-                    hub.dispatch(event);
+                    hub.dispatch(event, received.via.as_ref());
                 }
             }
-            Err(e) => {
+            Err(bad) => {
                 metrics.dropped("undecodable_message");
-                tracing::error!(error = %e, "undecodable message on the gateway queue, dropped")
+                tracing::error!(error = %bad.error, "undecodable message on the gateway queue, dropped")
             }
         }
     }

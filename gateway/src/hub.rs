@@ -10,6 +10,7 @@ use chat_shared::amqp::Topology;
 use chat_shared::bus::{GatewayEvent, SendOutcome};
 use chat_shared::ids::{ClientMsgId, UserId};
 use chat_shared::protocol::ServerFrame;
+use chat_shared::telemetry::propagation::TraceHeaders;
 use chat_shared::telemetry::spans;
 use lapin::Channel;
 use lapin::options::QueueBindOptions;
@@ -196,8 +197,9 @@ impl Hub {
         self.sessions().values().map(Vec::len).sum()
     }
 
-    /// Delivers one bus event to the local sessions it concerns.
-    pub fn dispatch(&self, event: GatewayEvent) {
+    /// Delivers one bus event to the local sessions it concerns; `via` is
+    /// the trace context of the publish that brought it (AMQP headers).
+    pub fn dispatch(&self, event: GatewayEvent, via: Option<&TraceHeaders>) {
         match event {
             GatewayEvent::Stored {
                 message,
@@ -209,7 +211,7 @@ impl Hub {
                 // of a shard concern other gateways).
                 let trace = origin.as_ref().and_then(|o| o.trace.as_ref());
                 let here = trace.filter(|_| member_ids.iter().any(|m| self.hosts(*m)));
-                let span = spans::process("process chat.fanout", "fanout", here);
+                let span = spans::process("process chat.fanout", "fanout", here, via);
                 span.record("message.id", message.id.0);
                 let _in_span = span.enter();
                 let origin = origin.map(|o| o.session_id);
@@ -328,7 +330,7 @@ impl Hub {
                 let here = trace
                     .as_ref()
                     .filter(|_| recipients.iter().any(|r| self.hosts(*r)));
-                let span = spans::process("process chat.typing", "fanout", here);
+                let span = spans::process("process chat.typing", "fanout", here, via);
                 span.record("conversation.id", conversation_id.get());
                 let _in_span = span.enter();
                 self.offer_all(&recipients, || ServerFrame::Typing {

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub bus_events_received: Counter,
     pub persist_publishes: Counter,
     pub persist_commands: Counter,
+    /// Persist publishes the channel did not take within the confirm
+    /// timeout (a stuck broker connection).
+    pub persist_publish_stalls: Counter,
     pub persist_confirm_seconds: Histogram,
     pub session_queued_frames: Gauge,
     /// From a `send` frame read to its answer (ack or error) written back.
@@ -66,6 +69,7 @@ impl Metrics {
             bus_events_received: Counter::default(),
             persist_publishes: Counter::default(),
             persist_commands: Counter::default(),
+            persist_publish_stalls: Counter::default(),
             persist_confirm_seconds: Histogram::new(chat_shared::metrics::seconds_buckets()),
             session_queued_frames: Gauge::default(),
             send_ack_seconds: Histogram::new(chat_shared::metrics::seconds_buckets()),
@@ -131,6 +135,11 @@ impl Metrics {
             "gateway_persist_commands",
             "commands (sends, read markers) published on the persist path",
             m.persist_commands.clone(),
+        );
+        r.register(
+            "gateway_persist_publish_stalls",
+            "persist publishes the broker connection did not take within amqp.confirm_timeout_ms (a stuck connection); their sends are answered unavailable",
+            m.persist_publish_stalls.clone(),
         );
         r.register(
             "gateway_persist_confirm_seconds",

@@ -14,12 +14,14 @@
 //! fewer and larger the messages.
 
 use crate::metrics::Metrics;
-use chat_shared::amqp::{ConfirmedPublisher, Outgoing, Topology};
+use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PublishError, Topology};
 use chat_shared::bus::{self, PersistCommand};
+use chat_shared::telemetry::spans;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument as _;
 
 /// Most commands coalesced into one AMQP message.
 pub const MAX_COMMANDS_PER_MESSAGE: usize = 256;
@@ -36,8 +38,11 @@ const MAX_IN_FLIGHT: usize = 1;
 /// right after a busy round waits out the rest of the interval).
 const BUSY_ROUND: usize = 4;
 const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(2);
-/// Commands waiting for the publishing task; a full queue makes sessions
-/// wait (and so their clients), rather than grow without bound.
+/// Commands waiting for the publishing task. A full queue refuses at once
+/// (the session answers `unavailable`, and the client sends again later):
+/// a session never waits on the broker, so a stuck broker connection
+/// cannot stop it from reading frames, answering pings or being told to
+/// move to another gateway.
 const QUEUE: usize = 8192;
 
 /// The broker's verdict on one command: `Err` carries the reason, for logs.
@@ -85,13 +90,18 @@ impl Sender {
         Self { tx }
     }
 
-    /// Queues `command`, in call order.
-    pub async fn start(&self, command: PersistCommand) -> Result<Accepted, String> {
+    /// Queues `command`, in call order, or refuses it at once when the
+    /// queue is full (the broker is not keeping up, or not answering).
+    pub fn start(&self, command: PersistCommand) -> Result<Accepted, String> {
         let (verdict, rx) = oneshot::channel();
         self.tx
-            .send(Queued { command, verdict })
-            .await
-            .map_err(|_| "the publisher stopped".to_owned())?;
+            .try_send(Queued { command, verdict })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "the gateway's publish queue is full".to_owned()
+                }
+                mpsc::error::TrySendError::Closed(_) => "the publisher stopped".to_owned(),
+            })?;
         Ok(Accepted(rx))
     }
 }
@@ -152,33 +162,60 @@ async fn publish_loop(
             by_partition.entry(partition).or_default().push(queued);
         }
         let mut round = Vec::with_capacity(by_partition.len());
+        // Once the channel has not taken one message in time, the rest of
+        // the round is refused at once rather than each waiting as long.
+        let mut stalled: Option<String> = None;
         for (partition, queued) in by_partition {
-            let commands: Vec<&PersistCommand> = queued.iter().map(|q| &q.command).collect();
-            metrics.persist_publishes.inc();
-            metrics.persist_commands.inc_by(commands.len() as u64);
-            let payload = bus::encode(&commands);
-            let key = partition.to_string();
-            let started = publisher
-                .start(Outgoing {
-                    exchange: &exchange,
-                    routing_key: &key,
-                    cc: &[],
-                    payload: &payload,
-                    persistent,
-                    mandatory: true,
-                    reason: None,
+            let verdicts: Vec<oneshot::Sender<Verdict>>;
+            let started = if let Some(e) = &stalled {
+                verdicts = queued.into_iter().map(|q| q.verdict).collect();
+                Err(e.clone())
+            } else {
+                let commands: Vec<&PersistCommand> = queued.iter().map(|q| &q.command).collect();
+                metrics.persist_publishes.inc();
+                metrics.persist_commands.inc_by(commands.len() as u64);
+                let payload = bus::encode(&commands);
+                let key = partition.to_string();
+                // The publish of this AMQP message, linked to each traced
+                // send in it; its context goes out in the AMQP headers.
+                let span = spans::publish(
+                    "persist",
+                    &key,
+                    commands.len(),
+                    commands.iter().map(|c| c.trace()),
+                );
+                let started = publisher
+                    .start(Outgoing {
+                        exchange: &exchange,
+                        routing_key: &key,
+                        cc: &[],
+                        payload: &payload,
+                        persistent,
+                        mandatory: true,
+                        reason: None,
+                    })
+                    .instrument(span)
+                    .await;
+                verdicts = queued.into_iter().map(|q| q.verdict).collect();
+                started.map_err(|e| {
+                    if matches!(e, PublishError::Stalled(_)) {
+                        metrics.persist_publish_stalls.inc();
+                        stalled = Some(e.to_string());
+                    }
+                    e.to_string()
                 })
-                .await;
-            let verdicts: Vec<oneshot::Sender<Verdict>> =
-                queued.into_iter().map(|q| q.verdict).collect();
+            };
             match started {
                 Ok(confirm) => round.push((confirm, verdicts, Instant::now())),
                 Err(e) => {
                     for v in verdicts {
-                        let _ = v.send(Err(e.to_string()));
+                        let _ = v.send(Err(e.clone()));
                     }
                 }
             }
+        }
+        if let Some(e) = &stalled {
+            tracing::warn!(error = %e, "persist publishes stalled; their sends are answered unavailable");
         }
         // The confirms are awaited off this loop, together (so a round
         // waits at most one confirm timeout); the permit goes back when the

@@ -12,11 +12,11 @@ use crate::state::AppState;
 use crate::store::Store;
 use crate::{fanout, http, server};
 use anyhow::Context;
+use chat_shared::amqp::Inbound;
 use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::cache;
 use chat_shared::config::Settings;
 use chat_shared::schema;
-use lapin::Consumer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,9 +28,9 @@ pub struct Gateway {
     listener: TcpListener,
     metrics_listener: TcpListener,
     state: AppState,
-    consumer: Consumer,
+    consumer: Inbound,
     /// What the gateway queue dropped (dead-lettered), to be counted.
-    dropped: Consumer,
+    dropped: Inbound,
     shutdown_tx: watch::Sender<bool>,
     broker_lost_tx: watch::Sender<bool>,
     broker_dead_tx: watch::Sender<bool>,

@@ -4,13 +4,13 @@
 //! partition has its own channel, so delivery tags on a channel arrive here
 //! in order and "ack everything up to tag N" is exact.
 
-use chat_shared::amqp::{self, Outgoing, Topology};
-use chat_shared::bus::{self, PersistCommand, Undecodable};
-use futures_util::StreamExt;
+use chat_shared::amqp::{self, Inbound, Outgoing, Topology};
+use chat_shared::bus::{PersistCommand, Undecodable};
+use chat_shared::telemetry::propagation::TraceHeaders;
 use lapin::Acker;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Connection};
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -24,6 +24,8 @@ pub struct Incoming {
     /// Set when the broker delivers it again (a persister died holding it).
     pub redelivered: bool,
     pub commands: Vec<PersistCommand>,
+    /// The trace context of the publish that brought it (AMQP headers).
+    pub via: Option<TraceHeaders>,
     /// Its share of `persister.max_commands_in_memory`, given back when it
     /// is dropped (after its ack).
     pub _budget: OwnedSemaphorePermit,
@@ -31,7 +33,7 @@ pub struct Incoming {
 
 pub struct PartitionConsumers {
     pub channels: Vec<Channel>,
-    consumers: Vec<(u16, Consumer)>,
+    consumers: Vec<(u16, Inbound)>,
     dead_letters: String,
 }
 
@@ -58,7 +60,8 @@ impl PartitionConsumers {
                 )
                 .await?;
             channels.push(channel);
-            consumers.push((partition, consumer));
+            let name = topo.persist_queue(partition);
+            consumers.push((partition, Inbound::new(consumer, name)));
         }
         Ok(Self {
             channels,
@@ -156,18 +159,11 @@ async fn feed(
     dead_letters: String,
     dead_lettered: Counter,
     budget: Budget,
-    mut consumer: Consumer,
+    mut inbound: Inbound,
     tx: mpsc::Sender<Incoming>,
 ) {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(partition, error = %e, "persist consumer failed");
-                continue;
-            }
-        };
-        match bus::decode_each::<PersistCommand>(&delivery.data) {
+    while let Some(delivery) = inbound.next::<PersistCommand>().await {
+        match delivery {
             Ok(decoded) => {
                 for bad in &decoded.undecodable {
                     dead_letter(&channel, &dead_letters, partition, bad).await;
@@ -179,21 +175,22 @@ async fn feed(
                 };
                 let incoming = Incoming {
                     channel: partition,
-                    delivery_tag: delivery.delivery_tag,
-                    acker: delivery.acker,
-                    redelivered: delivery.redelivered,
+                    delivery_tag: decoded.delivery_tag,
+                    acker: decoded.acker,
+                    redelivered: decoded.redelivered,
                     commands: decoded.events,
+                    via: decoded.via,
                     _budget: permit,
                 };
                 if tx.send(incoming).await.is_err() {
                     return; // the writer stopped: shutting down
                 }
             }
-            Err(e) => {
+            Err(bad) => {
                 // A poison message: retrying cannot help. Dead-letter it.
                 dead_lettered.inc();
-                tracing::error!(partition, error = %e, "undecodable persist message, dead-lettered");
-                let _ = delivery
+                tracing::error!(partition, error = %bad.error, "undecodable persist message, dead-lettered");
+                let _ = bad
                     .acker
                     .reject(BasicRejectOptions { requeue: false })
                     .await;

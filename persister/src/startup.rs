@@ -8,7 +8,6 @@ use crate::metrics::Metrics;
 use crate::writer::{Outcome, Request, Writer};
 use anyhow::Context;
 use chat_shared::amqp::{self, ConfirmedPublisher};
-use chat_shared::bus::PersistCommand;
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use chat_shared::telemetry::spans;
@@ -162,16 +161,15 @@ impl Persister {
                 })
                 .collect();
             // One span per batch, linked to the send of each message in it
-            // (the messaging conventions for batches); the commit and the
-            // fan-out are its children.
+            // and to each AMQP publish that brought them (the messaging
+            // conventions for batches); the commit and the fan-out are its
+            // children.
             let batch_span = spans::batch(
                 "process chat.persist",
                 "persist",
                 requests.len(),
-                requests.iter().map(|request| match request.command {
-                    PersistCommand::Send(send) => send.trace.as_ref(),
-                    PersistCommand::Read(_) => None,
-                }),
+                requests.iter().map(|request| request.command.trace()),
+                batch.iter().map(|incoming| incoming.via.as_ref()),
             );
             let commit_span = tracing::info_span!(
                 parent: &batch_span,

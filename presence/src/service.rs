@@ -85,7 +85,13 @@ pub struct Service {
 }
 
 impl Service {
-    pub async fn handle(&mut self, event: PresenceEvent) -> Result<(), PresenceError> {
+    /// Handles one event; `via` is the trace context of the publish that
+    /// brought it (AMQP headers).
+    pub async fn handle(
+        &mut self,
+        event: PresenceEvent,
+        via: Option<&chat_shared::telemetry::propagation::TraceHeaders>,
+    ) -> Result<(), PresenceError> {
         self.metrics.events.inc();
         let now = unix_ms();
         match event {
@@ -119,6 +125,7 @@ impl Service {
                     "process chat.presence",
                     "presence",
                     trace.as_ref(),
+                    via,
                 );
                 span.record("conversation.id", conversation_id.get());
                 self.on_typing(conversation_id, user_id, state, now)

@@ -6,12 +6,11 @@ use crate::online::Online;
 use crate::service::{Metrics, Service};
 use crate::typing::Typing;
 use anyhow::Context;
-use chat_shared::amqp::{self, ConfirmedPublisher};
-use chat_shared::bus::{self, PresenceEvent};
+use chat_shared::amqp::{self, ConfirmedPublisher, Inbound};
+use chat_shared::bus::PresenceEvent;
 use chat_shared::cache::{self, Keys};
 use chat_shared::config::Settings;
 use chat_shared::schema;
-use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::future::Future;
@@ -21,7 +20,7 @@ pub struct Presence {
     metrics_endpoint: chat_shared::metrics::Endpoint,
     conn: std::sync::Arc<lapin::Connection>,
     broker_dead: Duration,
-    consumer: lapin::Consumer,
+    consumer: Inbound,
     service: Service,
     sweep_every: Duration,
 }
@@ -46,6 +45,7 @@ impl Presence {
             )
             .await
             .context("consuming the presence queue")?;
+        let consumer = Inbound::new(consumer, topo.presence_queue());
         let keys = Keys::new(&settings.redis);
         let (metrics, registry) = Metrics::new();
         let metrics_endpoint =
@@ -116,29 +116,26 @@ impl Presence {
                         tracing::warn!(error = %e, "presence sweep failed");
                     }
                 }
-                delivery = consumer.next() => {
+                delivery = consumer.next::<PresenceEvent>() => {
                     let Some(delivery) = delivery else { break };
-                    let delivery = match delivery {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::error!(error = %e, "presence consumer failed");
-                            continue;
-                        }
-                    };
-                    match bus::decode_each::<PresenceEvent>(&delivery.data) {
-                        Ok(decoded) => {
-                            for bad in decoded.undecodable {
+                    let acker = match delivery {
+                        Ok(received) => {
+                            for bad in received.undecodable {
                                 tracing::error!(error = %bad.error, event = %bad.raw, "undecodable presence event dropped");
                             }
-                            for event in decoded.events {
-                                if let Err(e) = service.handle(event).await {
+                            for event in received.events {
+                                if let Err(e) = service.handle(event, received.via.as_ref()).await {
                                     tracing::warn!(error = %e, "presence event dropped");
                                 }
                             }
+                            received.acker
                         }
-                        Err(e) => tracing::error!(error = %e, "undecodable presence event dropped"),
-                    }
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        Err(bad) => {
+                            tracing::error!(error = %bad.error, "undecodable presence event dropped");
+                            bad.acker
+                        }
+                    };
+                    let _ = acker.ack(BasicAckOptions::default()).await;
                 }
             }
         }

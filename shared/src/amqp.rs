@@ -15,6 +15,14 @@
 //!   recipients' shard keys in the `CC` header; RabbitMQ puts it once into
 //!   each queue bound to any of them, and the gateway delivers it to the
 //!   recipients it hosts.
+//!
+//! Every publish goes through one function (`basic_publish`, which writes
+//! the current span's trace context into the AMQP headers), and every
+//! delivery through one consumer wrapper ([`Inbound`], which reads it).
+
+mod inbound;
+
+pub use inbound::{Inbound, Received, Unreadable};
 
 use crate::config::{AmqpSettings, QueueType};
 use crate::ids::UserId;
@@ -112,6 +120,11 @@ pub enum PublishError {
     Unroutable,
     #[error("no confirm within {0:?}")]
     Timeout(Duration),
+    /// The channel did not even take the message in time: the connection
+    /// is stuck (a broker that stopped reading, a network that drops
+    /// packets without a reset).
+    #[error("the broker did not take the message within {0:?}")]
+    Stalled(Duration),
 }
 
 /// Connects with lapin's automatic recovery (connection, channels, topology)
@@ -407,8 +420,13 @@ impl ConfirmedPublisher {
 
     /// Hands the message to the channel in call order (so two calls from one
     /// task are published in that order) and returns the confirm to await.
+    /// Gives up after the confirm timeout ([`PublishError::Stalled`]): a
+    /// stuck connection must not stop the caller (the message may still go
+    /// out later; every publish on the chat path is safe to repeat).
     pub async fn start(&self, msg: Outgoing<'_>) -> Result<PendingConfirm, PublishError> {
-        let confirm = basic_publish(&self.channel, msg).await?;
+        let confirm = tokio::time::timeout(self.timeout, basic_publish(&self.channel, msg))
+            .await
+            .map_err(|_| PublishError::Stalled(self.timeout))??;
         Ok(PendingConfirm {
             confirm,
             timeout: self.timeout,
@@ -454,6 +472,13 @@ async fn basic_publish(
             ShortString::from("x-chat-reason"),
             AMQPValue::LongString(reason.into()),
         );
+    }
+    // W3C trace context of the span publishing it (when traced), so the
+    // consumer's span can name the publish that brought the message.
+    if let Some(trace) = crate::telemetry::propagation::current() {
+        for (name, value) in trace.fields() {
+            headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+        }
     }
     if !headers.inner().is_empty() {
         props = props.with_headers(headers);

@@ -41,6 +41,14 @@ impl PersistCommand {
             PersistCommand::Read(c) => c.conversation_id,
         }
     }
+
+    /// The creation context it carries (a traced `send`).
+    pub fn trace(&self) -> Option<&crate::telemetry::propagation::TraceHeaders> {
+        match self {
+            PersistCommand::Send(c) => c.trace.as_ref(),
+            PersistCommand::Read(_) => None,
+        }
+    }
 }
 
 /// `read`: `user_id` has read `conversation_id` up to `seq`.

@@ -1,7 +1,10 @@
 //! One message, one trace: with an OTLP endpoint configured, the send on
 //! the sender's gateway, the persister's batch (linked to the send, as the
 //! messaging conventions say for batches) with its Postgres commit, and the
-//! delivery on the recipient's gateway reach the collector, joined. HTTP
+//! delivery on the recipient's gateway reach the collector, joined. The
+//! links that only the AMQP headers can make (the batch to the gateway's
+//! publish, each delivery to the persister's) prove the context crosses
+//! the broker in the headers of every hop. HTTP
 //! requests get server spans that continue the caller's trace; a typing
 //! frame's trace runs through the presence service. What
 //! `chat-traces show` prints for the message names every hop.
@@ -76,7 +79,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
 
     let (send, deliveries, batch, commit) = wait_for(&spans, "the message's trace", |spans| {
         let send = spans.iter().find(|s| {
-            s.name == "send chat.persist" && s.attribute("chat.client_msg_id") == Some("traced")
+            s.name == "create chat.persist" && s.attribute("chat.client_msg_id") == Some("traced")
         })?;
         let deliveries: Vec<SpanRecord> = spans
             .iter()
@@ -100,11 +103,56 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     })
     .await;
     assert_eq!(send.attribute("messaging.system"), Some("rabbitmq"));
+    assert_eq!(send.attribute("messaging.operation.type"), Some("create"));
     assert_eq!(send.attribute("chat.frame"), Some("send"));
     assert_eq!(send.kind, 4, "PRODUCER");
+
+    // The AMQP message that carried the send: a CLIENT span of the
+    // gateway, linked to the send; the batch links to it too, which only
+    // the AMQP message's headers can have told the persister.
+    let publish = wait_for(&spans, "the gateway's publish", |spans| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == "send chat.persist"
+                    && s.links
+                        .contains(&(send.trace_id.clone(), send.span_id.clone()))
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(publish.kind, 3, "CLIENT");
+    assert_eq!(publish.attribute("messaging.operation.type"), Some("send"));
+    assert!(publish.attribute("messaging.batch.message_count").is_some());
+    assert!(
+        publish
+            .attribute("messaging.rabbitmq.destination.routing_key")
+            .is_some()
+    );
+    assert!(
+        batch
+            .links
+            .contains(&(publish.trace_id.clone(), publish.span_id.clone())),
+        "the batch names the publish that brought the send (AMQP headers)"
+    );
+    // The persister's publish of the stored message, which every delivery
+    // names through the fan-out message's headers.
+    let fanout = wait_for(&spans, "the persister's fan-out publish", |spans| {
+        spans
+            .iter()
+            .find(|s| s.name == "send chat.fanout" && s.parent_span_id == batch.span_id)
+            .cloned()
+    })
+    .await;
     for delivery in &deliveries {
         assert_eq!(delivery.parent_span_id, send.span_id, "a child of the send");
         assert_eq!(delivery.kind, 5, "CONSUMER");
+        assert!(
+            delivery
+                .links
+                .contains(&(fanout.trace_id.clone(), fanout.span_id.clone())),
+            "a delivery names the persister's publish (AMQP headers)"
+        );
         let since: f64 = delivery
             .attribute("chat.stored_to_here_ms")
             .unwrap()
@@ -124,7 +172,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
         otlp::render(&otlp::trace_of(&all, &message_id))
     };
     for line in [
-        "send chat.persist",
+        "create chat.persist",
         "process chat.fanout",
         "process chat.persist",
         "COMMIT",
@@ -143,14 +191,15 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     let read = wait_for(&spans, "the read frame's span", |spans| {
         spans
             .iter()
-            .find(|s| s.name == "send chat.persist" && s.attribute("chat.frame") == Some("read"))
+            .find(|s| s.name == "create chat.persist" && s.attribute("chat.frame") == Some("read"))
             .cloned()
     })
     .await;
     assert_eq!(read.kind, 4, "PRODUCER");
 
     // A typing frame: the gateway's producer span, presence's relay as its
-    // child, and the delivery on the recipient's gateway as the relay's.
+    // child, and the delivery on the recipient's gateway as the relay's,
+    // linked to the relay's publish (the AMQP headers).
     binh.send_json(
         serde_json::json!({"type": "typing", "conversation_id": conversation, "state": "start"}),
     )
@@ -158,7 +207,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     assert_eq!(an.next_of("typing").await["user_id"], 2);
     let (typing, relay, delivered) = wait_for(&spans, "the typing frame's trace", |spans| {
         let typing = spans.iter().find(|s| {
-            s.name == "send chat.presence" && s.attribute("chat.frame") == Some("typing")
+            s.name == "create chat.presence" && s.attribute("chat.frame") == Some("typing")
         })?;
         let relay = spans
             .iter()
@@ -172,6 +221,12 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     assert_eq!(typing.kind, 4, "PRODUCER");
     assert_eq!((relay.kind, delivered.kind), (5, 5), "CONSUMERs");
     assert_eq!(delivered.trace_id, typing.trace_id);
+    assert!(
+        delivered
+            .links
+            .contains(&(relay.trace_id.clone(), relay.span_id.clone())),
+        "the typing delivery names the relay that published it (AMQP headers)"
+    );
 
     // HTTP requests: a server span each, named by method and route (never
     // the path), continuing the caller's trace.

@@ -494,7 +494,7 @@ impl Session {
                 // The producer span of this typing frame (only when traces
                 // are exported): presence's relay and every delivery of it
                 // are its children.
-                let (_span, trace) = spans::send("presence", "typing", |span| {
+                let (span, trace) = spans::create("presence", "typing", |span| {
                     span.record("conversation.id", conversation_id.get());
                 });
                 let event = PresenceEvent::Typing {
@@ -503,7 +503,9 @@ impl Session {
                     state,
                     trace,
                 };
-                self.state.presence.publish(event).await;
+                // Published inside its span: one event, so the creation
+                // context is also the publish's, in the AMQP headers.
+                self.state.presence.publish(event).instrument(span).await;
             }
             Ok(ClientFrame::Read {
                 conversation_id,
@@ -535,10 +537,10 @@ impl Session {
         });
         // The producer span of this read frame (only when traces are
         // exported), like a send's.
-        let (span, _) = spans::send("persist", "read", |span| {
+        let (span, _) = spans::create("persist", "read", |span| {
             span.record("conversation.id", conversation_id.get());
         });
-        let started = self.state.sender.start(command).instrument(span).await;
+        let started = span.in_scope(|| self.state.sender.start(command));
         match started {
             Ok(confirm) => {
                 let user = self.user.user_id;
@@ -591,7 +593,7 @@ impl Session {
         // The producer span of this send (only when traces are exported):
         // the persister's batch links to it, and every gateway's delivery of
         // the message is its child.
-        let (span, trace) = spans::send("persist", "send", |span| {
+        let (span, trace) = spans::create("persist", "send", |span| {
             span.record("chat.client_msg_id", client_msg_id.as_str());
             span.record("conversation.id", send.conversation_id.get());
         });
@@ -607,12 +609,7 @@ impl Session {
         // Published here, in frame order, so one session's sends keep their
         // order; the confirm is awaited off this loop.
         let conversation_id = command.conversation_id;
-        let started = self
-            .state
-            .sender
-            .start(PersistCommand::Send(command))
-            .instrument(span)
-            .await;
+        let started = span.in_scope(|| self.state.sender.start(PersistCommand::Send(command)));
         match started {
             Err(e) => {
                 tracing::warn!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "send not accepted by the broker");

@@ -1,9 +1,11 @@
-//! W3C trace context (`traceparent`, `tracestate`) carried by bus commands
-//! and events. The gateway coalesces many sends into one AMQP message, and
-//! the persister stores many in one commit, so the context travels with each
-//! command and each stored-message event rather than in the AMQP headers:
-//! a send, its batch (linked) and its delivery on every gateway end up in
-//! the send's trace. Written and read here only, so no hop can forget it.
+//! W3C trace context (`traceparent`, `tracestate`), in two places: the
+//! headers of every AMQP message (the context of the span that published
+//! it, written by `amqp::basic_publish` and read by `amqp::Inbound`), and
+//! inside each bus command and stored-message event (the context of the
+//! frame that created it). Both are needed because the gateway coalesces
+//! many sends into one AMQP message and the persister stores many in one
+//! commit: the header says which publish carried a message, the field says
+//! whose message it is. Written and read here only, so no hop can forget it.
 
 use opentelemetry::trace::TraceContextExt as _;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,13 @@ impl opentelemetry::propagation::Extractor for TraceHeaders {
     }
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
+    }
+}
+
+impl TraceHeaders {
+    /// The header fields, to copy into another carrier (AMQP headers).
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 

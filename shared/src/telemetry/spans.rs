@@ -1,12 +1,21 @@
 //! The spans of the message path, after the OpenTelemetry messaging
 //! conventions for RabbitMQ, made in one place so that every hop names and
-//! tags them alike, and carries the trace context alike: [`send`] where a
-//! command or event is published (`send chat.<destination>`, PRODUCER; it
-//! returns the context the command must carry), [`process`] where one is
-//! handled (CONSUMER, a child of the context it carried), [`batch`] where
-//! many are handled together (CONSUMER, linked to each). Callers record the
-//! fields left empty here when they apply (`chat.client_msg_id`,
-//! `conversation.id`, `message.id`, `chat.stored_to_here_ms`).
+//! tags them alike, and carries the trace context alike:
+//! - [`create`] where a frame becomes a command or event (`create
+//!   chat.<destination>`, PRODUCER): its context is the message's creation
+//!   context, carried inside the command;
+//! - [`publish`] where commands go out in one AMQP message (`send
+//!   chat.<destination>`, CLIENT, `messaging.batch.message_count`, a link to
+//!   each command's creation context): `amqp::basic_publish` writes the
+//!   context of the current span into the AMQP headers;
+//! - [`process`] where one is handled (CONSUMER, a child of the context it
+//!   carried, linked to the publish that brought it);
+//! - [`batch`] where many are handled together (CONSUMER, linked to each
+//!   message and to each publish that brought them).
+//!
+//! Callers record the fields left empty here when they apply
+//! (`chat.client_msg_id`, `conversation.id`, `message.id`,
+//! `chat.stored_to_here_ms`).
 //!
 //! Nothing is made when tracing is off, or for a command that carries no
 //! (sampled) context: an untraced system pays one branch per hop.
@@ -15,11 +24,11 @@ use super::propagation::{self, TraceHeaders};
 use tracing::Span;
 use tracing::field::Empty;
 
-/// Publishing a `frame` (send, read, typing) towards `destination`
+/// A `frame` (send, read, typing) becoming a command towards `destination`
 /// (persist, presence): the PRODUCER span, after `record` has filled in its
-/// fields, and the trace context the published command must carry. Both are
-/// empty when tracing is off or the span is not sampled.
-pub fn send(
+/// fields, and the trace context the command must carry. Both are empty
+/// when tracing is off or the span is not sampled.
+pub fn create(
     destination: &'static str,
     frame: &'static str,
     record: impl FnOnce(&Span),
@@ -27,59 +36,105 @@ pub fn send(
     if !super::tracing_enabled() {
         return (Span::none(), None);
     }
-    let span = producer(destination, frame);
+    let span = tracing::info_span!(
+        "create",
+        otel.name = %format_args!("create chat.{destination}"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "create",
+        messaging.destination.name = destination,
+        chat.frame = frame,
+        chat.client_msg_id = Empty,
+        conversation.id = Empty,
+    );
     record(&span);
     let carried = span.in_scope(propagation::current);
     (span, carried)
 }
 
-/// Handling one command or event that carried `carried`: a CONSUMER span
-/// named `name` (`process chat.fanout`, ...), a child of the carried
-/// context; none when it carried none (it was not traced).
+/// Publishing one AMQP message of `count` commands towards `destination`
+/// whose creation contexts are `carried`: a CLIENT span, a child of the
+/// first traced command (so it is sampled whenever one of them is) and
+/// linked to every traced one; none when none is traced. Published inside
+/// it, the AMQP message carries its context in its headers.
+pub fn publish<'a>(
+    destination: &'static str,
+    routing_key: &str,
+    count: usize,
+    carried: impl IntoIterator<Item = Option<&'a TraceHeaders>>,
+) -> Span {
+    if !super::tracing_enabled() {
+        return Span::none();
+    }
+    let mut carried = carried.into_iter().flatten().peekable();
+    let Some(first) = carried.peek().copied() else {
+        return Span::none();
+    };
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send chat.{destination}"),
+        otel.kind = "client",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.destination.name = destination,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.batch.message_count = count,
+    );
+    propagation::set_parent(&span, Some(first));
+    for context in carried {
+        propagation::add_link(&span, Some(context));
+    }
+    span
+}
+
+/// Handling one command or event that carried `carried`, from an AMQP
+/// message whose headers carried `via`: a CONSUMER span named `name`
+/// (`process chat.fanout`, ...), a child of the carried context and linked
+/// to the publish (`via`); none when it carried no context.
 pub fn process(
     name: &'static str,
     destination: &'static str,
     carried: Option<&TraceHeaders>,
+    via: Option<&TraceHeaders>,
 ) -> Span {
     let Some(carried) = carried else {
         return Span::none();
     };
     let span = consumer(name, destination);
     propagation::set_parent(&span, Some(carried));
+    propagation::add_link(&span, via);
     span
 }
 
 /// Handling many commands together (a persist batch): one CONSUMER span,
-/// with `messaging.batch.message_count` and a link to the context each
-/// carried, as the conventions say for batches. (Made even when tracing is
+/// with `messaging.batch.message_count`, a link to the context each
+/// carried and to each publish that brought them (`via`), as the
+/// conventions say for batches. It is a child of the first traced command,
+/// so it is sampled whenever one of them is. (Made even when tracing is
 /// off, once per batch: log lines inside it name it.)
 pub fn batch<'a>(
     name: &'static str,
     destination: &'static str,
     count: usize,
     carried: impl IntoIterator<Item = Option<&'a TraceHeaders>>,
+    via: impl IntoIterator<Item = Option<&'a TraceHeaders>>,
 ) -> Span {
     let span = consumer(name, destination);
     span.record("messaging.batch.message_count", count);
-    for context in carried {
-        propagation::add_link(&span, context);
+    let mut parent_set = false;
+    for context in carried.into_iter().flatten() {
+        if !parent_set {
+            propagation::set_parent(&span, Some(context));
+            parent_set = true;
+        }
+        propagation::add_link(&span, Some(context));
+    }
+    let mut publishes: Vec<&TraceHeaders> = via.into_iter().flatten().collect();
+    publishes.dedup();
+    for context in publishes {
+        propagation::add_link(&span, Some(context));
     }
     span
-}
-
-/// The PRODUCER span itself (see [`send`]).
-fn producer(destination: &'static str, frame: &'static str) -> Span {
-    tracing::info_span!(
-        "send",
-        otel.name = %format_args!("send chat.{destination}"),
-        otel.kind = "producer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "send",
-        messaging.destination.name = destination,
-        chat.frame = frame,
-        chat.client_msg_id = Empty,
-        conversation.id = Empty,
-    )
 }
 
 /// The CONSUMER span itself (see [`process`], [`batch`]).
