@@ -38,12 +38,6 @@ const MAX_IN_FLIGHT: usize = 1;
 /// right after a busy round waits out the rest of the interval).
 const BUSY_ROUND: usize = 4;
 const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(2);
-/// Commands waiting for the publishing task. A full queue refuses at once
-/// (the session answers `unavailable`, and the client sends again later):
-/// a session never waits on the broker, so a stuck broker connection
-/// cannot stop it from reading frames, answering pings or being told to
-/// move to another gateway.
-const QUEUE: usize = 8192;
 
 /// The broker's verdict on one command: `Err` carries the reason, for logs.
 pub type Verdict = Result<(), String>;
@@ -67,19 +61,30 @@ impl Accepted {
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Queued>,
+    /// When a full queue was last logged (at most every [`FULL_LOG_EVERY`]:
+    /// every refusal is counted in `gateway_sends_refused_total`).
+    full_logged: Arc<std::sync::Mutex<Option<Instant>>>,
 }
+
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Sender {
     /// Starts the publishing task.
     /// `linger`: how long a round that has taken what was waiting waits
     /// for more (`gateway.publish_linger_ms`; zero: not at all).
+    /// `queue`: commands that may wait for it (`gateway.publish_queue`). A
+    /// full queue refuses at once (the session answers `unavailable`, and
+    /// the client sends again later): a session never waits on the broker,
+    /// so a stuck broker connection cannot stop it from reading frames,
+    /// answering pings or being told to move to another gateway.
     pub fn spawn(
         publisher: ConfirmedPublisher,
         topo: &Topology,
         linger: Duration,
+        queue: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(queue.max(1));
         let target = Target {
             exchange: topo.persist_exchange(),
             partitions: topo.partitions,
@@ -87,7 +92,10 @@ impl Sender {
             linger,
         };
         tokio::spawn(publish_loop(rx, publisher, target, metrics));
-        Self { tx }
+        Self {
+            tx,
+            full_logged: Arc::default(),
+        }
     }
 
     /// Queues `command`, in call order, or refuses it at once when the
@@ -98,11 +106,26 @@ impl Sender {
             .try_send(Queued { command, verdict })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
+                    self.log_full();
                     "the gateway's publish queue is full".to_owned()
                 }
                 mpsc::error::TrySendError::Closed(_) => "the publisher stopped".to_owned(),
             })?;
         Ok(Accepted(rx))
+    }
+}
+
+impl Sender {
+    fn log_full(&self) {
+        let mut logged = self.full_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.is_none_or(|at| at.elapsed() >= FULL_LOG_EVERY) {
+            *logged = Some(Instant::now());
+            tracing::warn!(
+                capacity = self.tx.max_capacity(),
+                key = "gateway.publish_queue",
+                "the publish queue is full (the broker is not confirming): sends are answered unavailable"
+            );
+        }
     }
 }
 

@@ -66,6 +66,7 @@ impl Gateway {
             ConfirmedPublisher::new(&conn, confirm_timeout).await?,
             &topo,
             Duration::from_millis(settings.gateway.publish_linger_ms),
+            settings.gateway.publish_queue,
             metrics.clone(),
         );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;

@@ -160,6 +160,9 @@ pub struct GatewaySettings {
     pub conformance_echo: bool,
     /// How long a round of persist publishes waits for more sends.
     pub publish_linger_ms: u64,
+    /// Commands (sends, read markers) waiting for the gateway's publisher;
+    /// beyond it a send is answered `unavailable` at once.
+    pub publish_queue: usize,
     pub limits: LimitSettings,
 }
 
@@ -327,6 +330,9 @@ impl Settings {
         }
         if p.linger_ms > 1000 {
             return invalid("persister.linger_ms", "at most 1000");
+        }
+        if self.gateway.publish_queue == 0 {
+            return invalid("gateway.publish_queue", "at least 1");
         }
         if self.gateway.session_queue == 0 || self.gateway.max_pending_sends == 0 {
             return invalid(

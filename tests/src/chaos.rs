@@ -13,6 +13,10 @@ pub struct ChaosProxy {
     pub addr: SocketAddr,
     target: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// While true, live connections stay open but nothing is forwarded
+    /// (a network that drops packets without a reset, a broker that stopped
+    /// reading): the peers' writes pile up until their buffers are full.
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -43,6 +47,7 @@ impl ChaosProxy {
             addr,
             target,
             state: Arc::default(),
+            frozen: tokio::sync::watch::Sender::new(false),
         };
         proxy.accept(listener);
         proxy
@@ -54,11 +59,18 @@ impl ChaosProxy {
 
     fn accept(&self, listener: TcpListener) {
         let (state, target) = (self.state.clone(), self.target);
+        let frozen = self.frozen.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                let frozen = frozen.clone();
                 let link = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        let (client_in, client_out) = client.into_split();
+                        let (server_in, server_out) = server.into_split();
+                        tokio::join!(
+                            pump(client_in, server_out, frozen.subscribe()),
+                            pump(server_in, client_out, frozen.subscribe()),
+                        );
                     }
                 });
                 state
@@ -83,6 +95,16 @@ impl ChaosProxy {
         }
     }
 
+    /// Stops forwarding on every connection, old and new, without closing
+    /// any: [`ChaosProxy::thaw`] resumes where it stopped.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+
     /// Opens the port again (a no-op while it is open).
     pub fn restore(&self) {
         if self.lock().accept.is_some() {
@@ -94,6 +116,30 @@ impl ChaosProxy {
             .unwrap_or_else(|e| panic!("proxy rebind {}: {e}", self.addr));
         self.accept(listener);
     }
+}
+
+/// Copies `from` to `to` until either side ends, waiting while frozen:
+/// while it waits it reads nothing, so the sender's writes back up.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for ChaosProxy {

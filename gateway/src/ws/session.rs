@@ -612,7 +612,8 @@ impl Session {
         let started = span.in_scope(|| self.state.sender.start(PersistCommand::Send(command)));
         match started {
             Err(e) => {
-                tracing::warn!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "send not accepted by the broker");
+                // Counted by reason; the publisher logs why (rate-limited).
+                tracing::debug!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "send not accepted by the broker");
                 self.refuse(
                     ErrorCode::Unavailable,
                     "message not accepted, send it again",

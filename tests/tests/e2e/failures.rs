@@ -254,3 +254,86 @@ async fn a_persister_and_a_presence_service_long_without_their_broker_fail_their
         .await;
     }
 }
+
+/// A broker connection that stops answering without closing (a network
+/// that drops packets, a broker that stopped reading) stalls the gateway's
+/// publisher, never its sessions: sends beyond what the publisher holds
+/// are answered `unavailable` at once, the session goes on answering, and
+/// once the broker answers again every send has been answered and new ones
+/// are acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_broker_stops_answering_keeps_answering_its_sessions() {
+    let mut system = TestSystem::start_with(1, 1, |_| {}).await;
+    let conversation = system.direct(1, 2).await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    settings.gateway.broker_lost_ms = 60_000;
+    settings.gateway.publish_queue = 16;
+    // Answers must come from the publisher, not from the session's timer.
+    settings.gateway.send_timeout_ms = 60_000;
+    settings.gateway.max_pending_sends = 100_000;
+    let limits = &mut settings.gateway.limits;
+    (limits.sends_per_second, limits.sends_burst) = (1e6, 1_000_000);
+    (limits.user_sends_per_second, limits.user_sends_burst) = (1e6, 1_000_000);
+    let index = system.start_gateway_with(settings).await;
+    let mut an = system.connect(index, 1).await;
+    an.send_and_ack(conversation, "before", "one").await;
+
+    // Many more sends than the publisher holds while it waits for the
+    // confirms of the frozen broker.
+    proxy.freeze();
+    let body = "ệ".repeat(1000);
+    let mut unanswered = std::collections::HashSet::new();
+    let mut refused_while_frozen = 0;
+    for chunk in 0..10 {
+        for i in 0..50 {
+            let id = format!("frozen-{chunk}-{i}");
+            an.send_message(conversation, &id, &body).await;
+            unanswered.insert(id);
+        }
+        // The session still answers (a ping, after everything queued).
+        for frame in an.drain().await {
+            assert_eq!(
+                frame["type"], "error",
+                "nothing is acked while frozen: {frame}"
+            );
+            assert_eq!(frame["code"], "unavailable", "{frame}");
+            unanswered.remove(frame["client_msg_id"].as_str().unwrap());
+            refused_while_frozen += 1;
+        }
+    }
+    assert!(
+        refused_while_frozen > 0,
+        "a full publish queue refuses at once"
+    );
+    proxy.thaw();
+    while !unanswered.is_empty() {
+        let frame = an.next().await;
+        if let Some(id) = frame["client_msg_id"].as_str() {
+            assert!(
+                frame["type"] == "ack" || frame["code"] == "unavailable",
+                "{frame}"
+            );
+            unanswered.remove(id);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    let mut i = 0;
+    loop {
+        i += 1;
+        let id = format!("after-{i}");
+        an.send_message(conversation, &id, "again").await;
+        let answer = loop {
+            let frame = an.next().await;
+            if frame["client_msg_id"] == id.as_str() {
+                break frame;
+            }
+        };
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ack after the broker answered again: {answer}"
+        );
+    }
+}
