@@ -214,6 +214,7 @@ impl Hub {
                 let span = spans::process("process chat.fanout", "fanout", here, via);
                 span.record("message.id", message.id.0);
                 let _in_span = span.enter();
+                let received_at_us = origin.as_ref().and_then(|o| o.received_at_us);
                 let origin = origin.map(|o| o.session_id);
                 // Serialised once, and only if a local session needs it: with
                 // coalesced events most of them concern other gateways.
@@ -264,6 +265,12 @@ impl Hub {
                         self.metrics.delivery_seconds.observe(seconds);
                     }
                     span.record("chat.stored_to_here_ms", seconds * 1e3);
+                    if let Some(received) = received_at_us {
+                        // The send frame read (the sender's gateway's
+                        // clock) -> here: the message's whole way.
+                        let micros = chrono::Utc::now().timestamp_micros() - received;
+                        span.record("chat.send_to_here_ms", micros.max(0) as f64 / 1e3);
+                    }
                 }
                 tracing::debug!(
                     message.id = message.id.0,

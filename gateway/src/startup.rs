@@ -60,16 +60,20 @@ impl Gateway {
         let dropped = fanout::consume(&setup, &fanout::dropped_queue(&queue)).await?;
 
         let metrics = Arc::new(Metrics::new());
+        let mut amqp_channels = vec![setup.clone()];
         let hub = Arc::new(Hub::new(setup, queue.clone(), &topo, metrics.clone()));
         let confirm_timeout = settings.amqp.confirm_timeout();
+        let publisher = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
+        amqp_channels.push(publisher.channel().clone());
         let sender = Sender::spawn(
-            ConfirmedPublisher::new(&conn, confirm_timeout).await?,
+            publisher,
             &topo,
             Duration::from_millis(settings.gateway.publish_linger_ms),
             settings.gateway.publish_queue,
             metrics.clone(),
         );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
+        amqp_channels.push(events.channel().clone());
         let presence = PresenceFeed::new(conn.create_channel().await?, &topo, &instance);
         let redis = cache::connect(&settings.redis).context("the Redis URL")?;
         let cache_keys = cache::Keys::new(&settings.redis);
@@ -93,6 +97,7 @@ impl Gateway {
             hub,
             metrics,
             amqp: Arc::new(conn),
+            amqp_channels: amqp_channels.into(),
             presence,
             redis,
             cache_keys,
@@ -170,6 +175,7 @@ impl Gateway {
         let metrics = state.metrics.clone();
         let broker_watch = tokio::spawn(amqp::watch_connections(
             vec![state.amqp.clone()],
+            state.amqp_channels.to_vec(),
             vec![
                 (
                     Duration::from_millis(state.settings.gateway.broker_lost_ms),

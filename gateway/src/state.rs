@@ -24,6 +24,9 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub amqp: Arc<lapin::Connection>,
+    /// The channels the gateway cannot work without (its queue's, its
+    /// publishers'): one the broker closed is as bad as no connection.
+    pub amqp_channels: Arc<[lapin::Channel]>,
     /// Session and typing events to the presence service.
     pub presence: PresenceFeed,
     /// Where presence is read from (`GET /api/presence`).

@@ -7,9 +7,9 @@
 //! delivers the events that concern its own sessions and skips the rest).
 //! All confirms are awaited before the input deliveries are acked.
 
-use crate::writer::Outcome;
+use crate::writer::{Outcome, Request};
 use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PublishError, Topology};
-use chat_shared::bus::{self, GatewayEvent, Origin};
+use chat_shared::bus::{self, GatewayEvent, Origin, PersistCommand, SendCommand};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most events in one AMQP message.
@@ -38,25 +38,35 @@ impl Announcer {
         }
     }
 
-    pub async fn announce(&self, outcomes: &[Outcome]) -> Result<(), PublishError> {
+    /// Announces the `outcomes` of the committed `requests` (each outcome
+    /// names its request, whose sender it answers).
+    pub async fn announce(
+        &self,
+        requests: &[Request<'_>],
+        outcomes: &[Outcome],
+    ) -> Result<(), PublishError> {
+        let send_of = |request: usize| match requests.get(request).map(|r| r.command) {
+            Some(PersistCommand::Send(send)) => Some(send),
+            _ => None,
+        };
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut current = Chunk::default();
         let mut replies: BTreeMap<&str, Vec<GatewayEvent>> = BTreeMap::new();
         for outcome in outcomes {
             let (recipients, event) = match outcome {
                 Outcome::Deliver {
+                    request,
                     message,
                     members,
-                    origin_session,
-                    origin_trace,
                 } => (
                     members,
                     GatewayEvent::Stored {
                         message: message.clone(),
                         member_ids: members.clone(),
-                        origin: Some(Origin {
-                            session_id: origin_session.clone(),
-                            trace: origin_trace.clone(),
+                        origin: send_of(*request).map(|send| Origin {
+                            session_id: send.session_id.clone(),
+                            trace: send.trace.clone(),
+                            received_at_us: send.received_at_us,
                         }),
                     },
                 ),
@@ -69,14 +79,19 @@ impl Announcer {
                         recipients: recipients.clone(),
                     },
                 ),
-                Outcome::Reply {
-                    user_id,
-                    session_id,
-                    reply_to,
-                    outcome,
-                } => {
+                Outcome::Reply { request, outcome } => {
+                    let Some(SendCommand {
+                        sender_id,
+                        session_id,
+                        reply_to,
+                        ..
+                    }) = send_of(*request)
+                    else {
+                        tracing::error!(request, "a reply names no send of its batch; dropped");
+                        continue;
+                    };
                     let event = GatewayEvent::Reply {
-                        user_id: *user_id,
+                        user_id: *sender_id,
                         session_id: session_id.clone(),
                         outcome: outcome.clone(),
                     };

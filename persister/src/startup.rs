@@ -1,6 +1,7 @@
 //! Building and running a persister: consumer -> batcher -> writer ->
 //! announcer -> acker, one batch at a time.
 
+use crate::acker;
 use crate::announcer::Announcer;
 use crate::batcher::{self, Weighed};
 use crate::consumer::{Budget, Incoming, PartitionConsumers};
@@ -11,8 +12,6 @@ use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use chat_shared::telemetry::spans;
-use lapin::options::BasicAckOptions;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +108,7 @@ impl Persister {
         let (dead_tx, dead) = watch::channel(false);
         let broker_watch = tokio::spawn(amqp::watch_connections(
             vec![conn.clone(), publish_conn.clone()],
+            consumers.channels.clone(),
             vec![(
                 Duration::from_millis(settings.persister.broker_dead_ms),
                 dead_tx,
@@ -207,7 +207,7 @@ impl Persister {
                 messaging.operation.type = "send",
                 messaging.destination.name = "fanout",
             );
-            if !announce(&announcer, &outcomes, &mut stop)
+            if !announce(&announcer, &requests, &outcomes, &mut stop)
                 .instrument(announce_span)
                 .await
             {
@@ -216,7 +216,7 @@ impl Persister {
             metrics
                 .announce_seconds
                 .observe(started.elapsed().as_secs_f64());
-            ack(&batch).await;
+            acker::ack(&batch).await;
         }
         metrics_server.abort();
         broker_watch.abort();
@@ -289,12 +289,13 @@ async fn store(
 /// Announces a committed batch, retrying until the broker confirms.
 async fn announce(
     announcer: &Announcer,
+    requests: &[Request<'_>],
     outcomes: &[Outcome],
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let mut delay = FIRST_RETRY;
     loop {
-        match announcer.announce(outcomes).await {
+        match announcer.announce(requests, outcomes).await {
             Ok(()) => return true,
             Err(e) => tracing::warn!(error = %e, "fan-out not confirmed, retrying"),
         }
@@ -317,28 +318,6 @@ async fn back_off(delay: &mut Duration, stop: &mut watch::Receiver<bool>) -> boo
     };
     *delay = (*delay * 2).min(Duration::from_secs(5));
     stopped
-}
-
-/// Acks, per channel, everything up to the newest delivery of the batch.
-async fn ack(batch: &[Incoming]) {
-    let mut newest: BTreeMap<u16, &Incoming> = BTreeMap::new();
-    for incoming in batch {
-        newest
-            .entry(incoming.channel)
-            .and_modify(|n| {
-                if incoming.delivery_tag > n.delivery_tag {
-                    *n = incoming;
-                }
-            })
-            .or_insert(incoming);
-    }
-    for incoming in newest.values() {
-        if let Err(e) = incoming.acker.ack(BasicAckOptions { multiple: true }).await {
-            // The channel is gone; the broker will redeliver, and the
-            // idempotency key turns that into a harmless re-delivery.
-            tracing::warn!(error = %e, "ack failed");
-        }
-    }
 }
 
 fn log_outcomes(outcomes: &[Outcome]) {

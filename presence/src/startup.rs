@@ -21,6 +21,8 @@ pub struct Presence {
     conn: std::sync::Arc<lapin::Connection>,
     broker_dead: Duration,
     consumer: Inbound,
+    /// The channel it consumes on, watched with the connection.
+    channel: lapin::Channel,
     service: Service,
     sweep_every: Duration,
 }
@@ -70,6 +72,7 @@ impl Presence {
             conn: std::sync::Arc::new(conn),
             broker_dead: Duration::from_millis(settings.presence.broker_dead_ms),
             consumer,
+            channel,
             service,
             sweep_every,
         })
@@ -92,12 +95,14 @@ impl Presence {
             conn,
             broker_dead,
             mut consumer,
+            channel,
             mut service,
             sweep_every,
         } = self;
         let (dead_tx, dead) = tokio::sync::watch::channel(false);
         let broker_watch = tokio::spawn(amqp::watch_connections(
             vec![conn.clone()],
+            vec![channel],
             vec![(broker_dead, dead_tx)],
             |_| {},
         ));

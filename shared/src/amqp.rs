@@ -164,14 +164,18 @@ pub async fn connect(
     }
 }
 
-/// Watches broker connections, every 100 ms, for as long as it runs. Each
-/// `(after, signal)` is raised once any of `conns` has been down `after`
-/// (and lowered when all are back): a service without its broker can do
-/// nothing useful, and one whose AMQP client stays stuck reconnecting (seen
-/// with lapin after an interrupted handshake, docs/reliability.md) is better
+/// Watches broker connections and the channels a service cannot work
+/// without, every 100 ms, for as long as it runs. Each `(after, signal)` is
+/// raised once any of `conns` or `channels` has been down `after` (and
+/// lowered when all are back): a service without its broker can do nothing
+/// useful, and one whose AMQP client stays stuck reconnecting (seen with
+/// lapin after an interrupted handshake, docs/reliability.md), or whose
+/// channel the broker closed while recovering it (a gateway's exclusive
+/// queue still held by its old connection: `RESOURCE_LOCKED`), is better
 /// restarted. `on_tick` hears, each time, whether all are connected.
 pub async fn watch_connections(
     conns: Vec<std::sync::Arc<Connection>>,
+    channels: Vec<Channel>,
     signals: Vec<(Duration, tokio::sync::watch::Sender<bool>)>,
     mut on_tick: impl FnMut(bool),
 ) {
@@ -181,7 +185,8 @@ pub async fn watch_connections(
     loop {
         tick.tick().await;
         let now = tokio::time::Instant::now();
-        let connected = conns.iter().all(|conn| conn.status().connected());
+        let connected = conns.iter().all(|conn| conn.status().connected())
+            && channels.iter().all(|channel| channel.status().connected());
         on_tick(connected);
         if connected {
             down_since = None;

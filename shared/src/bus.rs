@@ -22,6 +22,11 @@ pub struct SendCommand {
     /// The trace of the `send` (only when it is traced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::telemetry::propagation::TraceHeaders>,
+    /// When the sender's gateway read the `send` frame, in Unix
+    /// microseconds (only when it is traced): the delivery spans say how
+    /// long after it they came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at_us: Option<i64>,
 }
 
 /// gateway -> persister: what goes through the persist path, in order per
@@ -90,6 +95,10 @@ pub struct Origin {
     /// The trace of the `send` (only when it is traced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::telemetry::propagation::TraceHeaders>,
+    /// When the sender's gateway read the `send` frame (Unix µs; only when
+    /// it is traced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at_us: Option<i64>,
 }
 
 /// persister or gateway -> gateways.
@@ -233,6 +242,7 @@ mod tests {
             client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
             body: "hi".into(),
             trace: None,
+            received_at_us: None,
         };
         let cmd = PersistCommand::Send(cmd);
         let bytes = encode(std::slice::from_ref(&cmd));

@@ -46,9 +46,12 @@ pub struct LogSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TelemetrySettings {
-    /// OTLP/HTTP collector base URL; empty (and no OTEL_EXPORTER_OTLP_*
+    /// OTLP collector base URL; empty (and no OTEL_EXPORTER_OTLP_*
     /// endpoint variable) means no tracing.
     pub otlp_endpoint: String,
+    /// `http/protobuf` or `grpc`, unless OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL
+    /// says.
+    pub otlp_protocol: String,
     /// Share of traces kept (parent-based), unless OTEL_TRACES_SAMPLER says.
     pub sample_ratio: f64,
 }
@@ -296,6 +299,9 @@ impl Settings {
                 "gateway.limits.connections_per_user",
                 "connections_per_user and connections_per_ip must be at least 1",
             );
+        }
+        if !["http/protobuf", "grpc"].contains(&self.telemetry.otlp_protocol.as_str()) {
+            return invalid("telemetry.otlp_protocol", "http/protobuf or grpc");
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return invalid("telemetry.sample_ratio", "must be between 0 and 1");

@@ -1,15 +1,18 @@
 //! Logging and tracing shared by every service: human-readable text locally,
 //! JSON lines in production, filtered by `log.filter` (or `RUST_LOG`); and,
 //! when an OTLP endpoint is configured, OpenTelemetry traces exported over
-//! OTLP/HTTP (protobuf). No endpoint, no exporter and no cost.
+//! OTLP, `http/protobuf` or `grpc`. No endpoint, no exporter and no cost.
 //!
 //! Configuration follows the OpenTelemetry variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or the key
-//! `telemetry.otlp_endpoint`), `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default: parent-based,
-//! ratio `telemetry.sample_ratio`). Only `http/protobuf` is built in; spans
-//! are sent by a thread of their own, with a plain HTTP/1.1 client (an
-//! in-cluster collector; no TLS).
+//! `telemetry.otlp_endpoint`), `OTEL_EXPORTER_OTLP_PROTOCOL` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, or `telemetry.otlp_protocol`),
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
+//! `OTEL_TRACES_SAMPLER_ARG` (default: parent-based, ratio
+//! `telemetry.sample_ratio`). Spans are sent in batches by a thread of their
+//! own: over HTTP/1.1 with a plain blocking client, or over gRPC with tonic
+//! on a one-thread runtime of its own (the batch thread has none). Plain
+//! `http://` only (an in-cluster collector; no TLS).
 
 pub mod propagation;
 pub mod spans;
@@ -91,29 +94,95 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The OTLP endpoint (the collector's base URL) from the environment or the
-/// settings, if any.
-pub fn otlp_endpoint(telemetry: &TelemetrySettings) -> Option<String> {
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+/// The OTLP protocol from the environment or the settings; `Err` names a
+/// value that is neither `http/protobuf` nor `grpc`.
+pub fn otlp_protocol(telemetry: &TelemetrySettings) -> Result<Protocol, String> {
+    let name = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| telemetry.otlp_protocol.clone());
+    match name.as_str() {
+        "http/protobuf" => Ok(Protocol::HttpProtobuf),
+        "grpc" => Ok(Protocol::Grpc),
+        other => Err(other.to_owned()),
+    }
+}
+
+/// The OTLP endpoint from the environment or the settings, if any: for
+/// `http/protobuf` the base URL with the signal's path (`/v1/traces`)
+/// appended, for `grpc` the base URL itself (a `..._TRACES_ENDPOINT` is
+/// taken as it is, as the specification says).
+pub fn otlp_endpoint(telemetry: &TelemetrySettings, protocol: Protocol) -> Option<String> {
+    let with_path = |base: &str| {
+        let base = base.trim_end_matches('/');
+        match protocol {
+            Protocol::HttpProtobuf => format!("{base}/v1/traces"),
+            Protocol::Grpc => base.to_owned(),
+        }
+    };
     env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| format!("{base}/v1/traces")))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|base| with_path(&base)))
         .or_else(|| {
-            let base = telemetry.otlp_endpoint.trim_end_matches('/');
-            (!base.is_empty()).then(|| format!("{base}/v1/traces"))
+            (!telemetry.otlp_endpoint.is_empty()).then(|| with_path(&telemetry.otlp_endpoint))
         })
 }
 
-fn tracer_provider(telemetry: &TelemetrySettings, service: &str) -> Option<SdkTracerProvider> {
-    let endpoint = otlp_endpoint(telemetry)?;
-    if env("OTEL_EXPORTER_OTLP_PROTOCOL").is_some_and(|p| p != "http/protobuf") {
-        eprintln!("OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is built in; traces are off");
-        return None;
+/// The runtime of the gRPC exporter: tonic needs a Tokio reactor, and the
+/// batch span processor's thread has none.
+static GRPC_RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+fn span_exporter(
+    protocol: Protocol,
+    endpoint: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    match protocol {
+        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .with_http_client(PlainHttp)
+            .build()
+            .map_err(|e| e.to_string()),
+        Protocol::Grpc => {
+            let runtime = match GRPC_RUNTIME.get() {
+                Some(runtime) => runtime,
+                None => {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .thread_name("otlp-grpc")
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("its runtime: {e}"))?;
+                    GRPC_RUNTIME.get_or_init(|| runtime)
+                }
+            };
+            let _in_runtime = runtime.enter();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| e.to_string())
+        }
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(endpoint.clone())
-        .with_http_client(PlainHttp)
-        .build();
-    let exporter = match exporter {
+}
+
+fn tracer_provider(telemetry: &TelemetrySettings, service: &str) -> Option<SdkTracerProvider> {
+    let protocol = match otlp_protocol(telemetry) {
+        Ok(protocol) => protocol,
+        Err(other) => {
+            eprintln!(
+                "OTLP protocol {other:?}: only http/protobuf and grpc are built in; traces are off"
+            );
+            return None;
+        }
+    };
+    let endpoint = otlp_endpoint(telemetry, protocol)?;
+    let exporter = match span_exporter(protocol, &endpoint) {
         Ok(exporter) => exporter,
         Err(e) => {
             eprintln!("OTLP exporter for {endpoint}: {e}; traces are off");

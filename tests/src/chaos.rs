@@ -1,8 +1,11 @@
 //! A TCP proxy a test can cut: every byte between a service and a real server
 //! goes through it, and `cut` drops the live connections and closes the
 //! port (new connections are refused, as by a stopped server) until
-//! `restore` opens it again. How a test breaks a dependency mid-way without
-//! touching the servers other tests share.
+//! `restore` opens it again. `freeze` stops forwarding without closing
+//! anything; `strand` closes the service's side of the live connections but
+//! keeps the server's open (the server still counts them alive, as after a
+//! partition that only one side noticed). How a test breaks a dependency
+//! mid-way without touching the servers other tests share.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,7 +26,14 @@ pub struct ChaosProxy {
 struct State {
     /// The accept loop while the port is open.
     accept: Option<AbortHandle>,
-    links: Vec<AbortHandle>,
+    links: Vec<Link>,
+    /// Server sides of stranded connections, kept open until `cut`.
+    stranded: Vec<std::net::TcpStream>,
+}
+
+struct Link {
+    task: AbortHandle,
+    strand: tokio::sync::oneshot::Sender<()>,
 }
 
 impl ChaosProxy {
@@ -63,21 +73,40 @@ impl ChaosProxy {
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let frozen = frozen.clone();
+                let (strand, stranded) = tokio::sync::oneshot::channel();
+                let links = state.clone();
                 let link = tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(target).await {
-                        let (client_in, client_out) = client.into_split();
-                        let (server_in, server_out) = server.into_split();
-                        tokio::join!(
-                            pump(client_in, server_out, frozen.subscribe()),
-                            pump(server_in, client_out, frozen.subscribe()),
-                        );
+                    let Some((server, keep)) = connect_keeping(target).await else {
+                        return;
+                    };
+                    let (client_in, client_out) = client.into_split();
+                    // Not `into_split`: dropping its write half would shut
+                    // the server's side down, and a stranded one must stay.
+                    let (server_in, server_out) = tokio::io::split(server);
+                    tokio::select! {
+                        _ = async {
+                            tokio::join!(
+                                pump(client_in, server_out, frozen.subscribe()),
+                                pump(server_in, client_out, frozen.subscribe()),
+                            )
+                        } => {}
+                        Ok(()) = stranded => {
+                            links
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .stranded
+                                .push(keep);
+                        }
                     }
                 });
                 state
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .links
-                    .push(link.abort_handle());
+                    .push(Link {
+                        task: link.abort_handle(),
+                        strand,
+                    });
             }
         })
         .abort_handle();
@@ -91,7 +120,16 @@ impl ChaosProxy {
             accept.abort();
         }
         for link in state.links.drain(..) {
-            link.abort();
+            link.task.abort();
+        }
+        state.stranded.clear();
+    }
+
+    /// Closes the service's side of every live connection, keeping the
+    /// server's side open (until `cut`); new connections pass as before.
+    pub fn strand(&self) {
+        for link in self.lock().links.drain(..) {
+            let _ = link.strand.send(());
         }
     }
 
@@ -118,11 +156,19 @@ impl ChaosProxy {
     }
 }
 
+/// A connection to `target`, and a second handle on its socket that keeps
+/// it open when the first is dropped.
+async fn connect_keeping(target: SocketAddr) -> Option<(TcpStream, std::net::TcpStream)> {
+    let server = TcpStream::connect(target).await.ok()?.into_std().ok()?;
+    let keep = server.try_clone().ok()?;
+    Some((TcpStream::from_std(server).ok()?, keep))
+}
+
 /// Copies `from` to `to` until either side ends, waiting while frozen:
 /// while it waits it reads nothing, so the sender's writes back up.
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
     mut frozen: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

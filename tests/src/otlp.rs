@@ -1,5 +1,6 @@
-//! The smallest OTLP/HTTP trace receiver (protobuf over HTTP/1.1,
-//! `POST /v1/traces`), for the trace test and for `chat-traces`, the local
+//! The smallest OTLP trace receivers: OTLP/HTTP (protobuf over HTTP/1.1,
+//! `POST /v1/traces`) and OTLP/gRPC (HTTP/2 without TLS), for the trace
+//! tests and for `chat-traces`, the local
 //! stand-in for a trace viewer (no collector or viewer is packaged for
 //! Debian 12). Spans become [`SpanRecord`]s: plain data, one JSON line each.
 
@@ -182,6 +183,89 @@ async fn connection(mut socket: TcpStream, spans: mpsc::Sender<Vec<SpanRecord>>)
             return;
         }
     }
+}
+
+/// Accepts OTLP/gRPC exports (HTTP/2 without TLS,
+/// `opentelemetry.proto.collector.trace.v1.TraceService/Export`) on
+/// `listener` and sends their spans to `spans` until it is dropped. A
+/// request it cannot read is answered `grpc-status: 3` (invalid argument).
+pub async fn serve_grpc(listener: TcpListener, spans: mpsc::Sender<Vec<SpanRecord>>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        let spans = spans.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let spans = spans.clone();
+                async move { Ok::<_, std::convert::Infallible>(grpc_export(request, spans).await) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+type GrpcBody = http_body_util::StreamBody<
+    futures_util::stream::Iter<
+        std::vec::IntoIter<
+            Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
+        >,
+    >,
+>;
+
+/// One unary call: a length-prefixed message in, an empty
+/// `ExportTraceServiceResponse` and the status trailer out.
+async fn grpc_export(
+    request: hyper::Request<hyper::body::Incoming>,
+    spans: mpsc::Sender<Vec<SpanRecord>>,
+) -> hyper::Response<GrpcBody> {
+    use http_body_util::BodyExt as _;
+    let is_export =
+        request.uri().path() == "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes());
+    // The message: 1 byte "compressed" (0), 4 bytes length, the protobuf.
+    let decoded = body.ok().filter(|_| is_export).and_then(|b| {
+        let (head, message) = (b.get(..5)?, b.get(5..)?);
+        let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        (head[0] == 0 && length == message.len()).then(|| decode(message).ok())?
+    });
+    let status = match decoded {
+        Some(decoded) => {
+            let _ = spans.send(decoded).await;
+            "0"
+        }
+        None => "3",
+    };
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert(
+        "grpc-status",
+        hyper::header::HeaderValue::from_static(status),
+    );
+    let mut frames = Vec::new();
+    if status == "0" {
+        frames.push(Ok(hyper::body::Frame::data(
+            hyper::body::Bytes::from_static(&[0, 0, 0, 0, 0]),
+        )));
+    }
+    frames.push(Ok(hyper::body::Frame::trailers(trailers)));
+    let mut response = hyper::Response::new(http_body_util::StreamBody::new(
+        futures_util::stream::iter(frames),
+    ));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// An empty answer: an empty `ExportTraceServiceResponse` is zero bytes.

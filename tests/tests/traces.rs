@@ -107,7 +107,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     assert_eq!(send.attribute("chat.frame"), Some("send"));
     assert_eq!(send.kind, 4, "PRODUCER");
 
-    // The AMQP message that carried the send: a CLIENT span of the
+    // The AMQP message that carried the send: a PRODUCER span of the
     // gateway, linked to the send; the batch links to it too, which only
     // the AMQP message's headers can have told the persister.
     let publish = wait_for(&spans, "the gateway's publish", |spans| {
@@ -121,7 +121,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
             .cloned()
     })
     .await;
-    assert_eq!(publish.kind, 3, "CLIENT");
+    assert_eq!(publish.kind, 4, "PRODUCER");
     assert_eq!(publish.attribute("messaging.operation.type"), Some("send"));
     assert!(publish.attribute("messaging.batch.message_count").is_some());
     assert!(
@@ -159,6 +159,12 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
             .parse()
             .unwrap();
         assert!(since >= 0.0);
+        let whole_way: f64 = delivery
+            .attribute("chat.send_to_here_ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(whole_way >= since, "the send was read before it was stored");
     }
     assert_eq!(batch.kind, 5, "CONSUMER");
     assert!(batch.attribute("messaging.batch.message_count").is_some());

@@ -45,6 +45,11 @@ pub async fn ready(
     if wants("broker") && !state.amqp.status().connected() {
         return Err(ApiError::unavailable("broker not connected"));
     }
+    if wants("broker") && !state.amqp_channels.iter().all(|c| c.status().connected()) {
+        return Err(ApiError::unavailable(
+            "a broker channel is closed (the gateway queue could not be recovered)",
+        ));
+    }
     if wants("database") {
         state.store.ping().await.map_err(|e| {
             tracing::warn!(error = %e, "readiness: database unreachable");

@@ -597,8 +597,12 @@ impl Session {
             span.record("chat.client_msg_id", client_msg_id.as_str());
             span.record("conversation.id", send.conversation_id.get());
         });
+        let received_at_us = trace
+            .as_ref()
+            .map(|_| chrono::Utc::now().timestamp_micros());
         let command = SendCommand {
             trace,
+            received_at_us,
             session_id: self.session_id.to_string(),
             reply_to: self.state.queue.to_string(),
             conversation_id: send.conversation_id,

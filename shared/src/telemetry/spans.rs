@@ -5,7 +5,7 @@
 //!   chat.<destination>`, PRODUCER): its context is the message's creation
 //!   context, carried inside the command;
 //! - [`publish`] where commands go out in one AMQP message (`send
-//!   chat.<destination>`, CLIENT, `messaging.batch.message_count`, a link to
+//!   chat.<destination>`, PRODUCER, `messaging.batch.message_count`, a link to
 //!   each command's creation context): `amqp::basic_publish` writes the
 //!   context of the current span into the AMQP headers;
 //! - [`process`] where one is handled (CONSUMER, a child of the context it
@@ -15,7 +15,7 @@
 //!
 //! Callers record the fields left empty here when they apply
 //! (`chat.client_msg_id`, `conversation.id`, `message.id`,
-//! `chat.stored_to_here_ms`).
+//! `chat.stored_to_here_ms`, `chat.send_to_here_ms`).
 //!
 //! Nothing is made when tracing is off, or for a command that carries no
 //! (sampled) context: an untraced system pays one branch per hop.
@@ -53,7 +53,8 @@ pub fn create(
 }
 
 /// Publishing one AMQP message of `count` commands towards `destination`
-/// whose creation contexts are `carried`: a CLIENT span, a child of the
+/// whose creation contexts are `carried`: a PRODUCER span (as the
+/// persister's `send chat.fanout`), a child of the
 /// first traced command (so it is sampled whenever one of them is) and
 /// linked to every traced one; none when none is traced. Published inside
 /// it, the AMQP message carries its context in its headers.
@@ -73,7 +74,7 @@ pub fn publish<'a>(
     let span = tracing::info_span!(
         "send",
         otel.name = %format_args!("send chat.{destination}"),
-        otel.kind = "client",
+        otel.kind = "producer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "send",
         messaging.destination.name = destination,
@@ -150,5 +151,6 @@ fn consumer(name: &'static str, destination: &'static str) -> Span {
         conversation.id = Empty,
         message.id = Empty,
         chat.stored_to_here_ms = Empty,
+        chat.send_to_here_ms = Empty,
     )
 }

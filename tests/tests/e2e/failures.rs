@@ -337,3 +337,48 @@ async fn a_gateway_whose_broker_stops_answering_keeps_answering_its_sessions() {
         );
     }
 }
+
+/// After a connection loss that only the gateway noticed, the broker still
+/// holds the old connection, and with it the gateway's exclusive queue: the
+/// reconnected gateway cannot declare it again (`RESOURCE_LOCKED`), and its
+/// channel is closed. Such a gateway can deliver nothing, so it must not
+/// look healthy: `/ready` answers 503, its sessions are sent to another
+/// gateway (1011) once `gateway.broker_lost_ms` has passed, and `/health`
+/// fails after `gateway.broker_dead_ms`, so it is restarted with a new
+/// queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_cannot_declare_its_queue_again_is_not_ready_and_sends_its_sessions_away() {
+    let mut system = TestSystem::start_with(1, 1, |_| {}).await;
+    let conversation = system.direct(1, 2).await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    // Longer than the reconnection takes (about a second): only a channel
+    // that stays closed after it can trip these.
+    settings.gateway.broker_lost_ms = 2_500;
+    settings.gateway.broker_dead_ms = 4_000;
+    let index = system.start_gateway_with(settings).await;
+    let mut an = system.connect(index, 1).await;
+    an.send_and_ack(conversation, "before", "one").await;
+    assert_eq!(system.get(index, "/ready", None).await.0, 200);
+
+    proxy.strand();
+
+    assert_eq!(
+        an.closed().await,
+        chat_tests::client::Closed::Code(1011),
+        "sent to another gateway"
+    );
+    let (status, body) = system.get(index, "/ready", None).await;
+    assert_eq!(status, 503, "{body}");
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    while system.get(index, "/health", None).await.0 != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health still answers ok"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The other gateway goes on.
+    let mut binh = system.connect(0, 2).await;
+    binh.send_and_ack(conversation, "elsewhere", "two").await;
+    proxy.cut();
+}

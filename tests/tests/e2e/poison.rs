@@ -22,6 +22,7 @@ fn send(conversation: i64, sender: i64, client_msg_id: &str, body: &str) -> Pers
         client_msg_id: ClientMsgId::try_from(client_msg_id.to_owned()).expect("a client_msg_id"),
         body: body.into(),
         trace: None,
+        received_at_us: None,
     })
 }
 

@@ -1,0 +1,78 @@
+//! Traces over OTLP/gRPC (`telemetry.otlp_protocol = "grpc"`, as
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` would say): one message's spans, from
+//! both gateways and the persister, reach a gRPC receiver, joined in one
+//! trace as over OTLP/HTTP (`traces.rs` checks every attribute; this checks
+//! that the other transport carries them).
+//!
+//! Its own test binary: the tracing subscriber is global to a process.
+
+use chat_tests::TestSystem;
+use chat_tests::otlp::{self, SpanRecord};
+use std::sync::{Arc, Mutex};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_is_one_trace_over_otlp_grpc() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port for the receiver");
+    let url = format!("http://{}", listener.local_addr().expect("its address"));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(otlp::serve_grpc(listener, tx));
+    let spans: Arc<Mutex<Vec<SpanRecord>>> = Arc::default();
+    let received = spans.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch);
+        }
+    });
+
+    let mut settings = chat_shared::config::Settings::load_profile("test").unwrap();
+    settings.telemetry.otlp_endpoint = url;
+    settings.telemetry.otlp_protocol = "grpc".into();
+    settings.telemetry.sample_ratio = 1.0;
+    chat_shared::telemetry::init(&settings.log, &settings.telemetry, "chat-tests");
+
+    let system = TestSystem::start().await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(0, 1).await;
+    let mut binh = system.connect(1, 2).await;
+    let stored = an.send_and_ack(conversation, "over-grpc", "xin chào").await;
+    assert_eq!(binh.next_of("message").await["message"], stored);
+    let message_id = stored["id"].as_str().unwrap().to_owned();
+
+    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
+    loop {
+        chat_shared::telemetry::flush();
+        {
+            let all = spans.lock().unwrap_or_else(|p| p.into_inner());
+            let create = all.iter().find(|s| {
+                s.name == "create chat.persist"
+                    && s.attribute("chat.client_msg_id") == Some("over-grpc")
+            });
+            if let Some(create) = create {
+                let delivered = all.iter().any(|s| {
+                    s.name == "process chat.fanout"
+                        && s.trace_id == create.trace_id
+                        && s.attribute("message.id") == Some(message_id.as_str())
+                });
+                let batch = all.iter().any(|s| {
+                    s.name == "process chat.persist"
+                        && s.links
+                            .contains(&(create.trace_id.clone(), create.span_id.clone()))
+                });
+                if delivered && batch {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the message's spans did not arrive over gRPC: {:?}",
+                all.iter().map(|s| &s.name).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
