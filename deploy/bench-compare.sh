@@ -12,6 +12,9 @@
 # chat-presence), optionally followed by settings for its services:
 #   /tmp/old  /tmp/new  "/tmp/new CHAT_PERSISTER__LINGER_FROM=2 CHAT_PERSISTER__LINGER_MS=3"
 # (keep a build's binaries with: cp ~/.cache/mapmo-chat/target/release/chat-* /tmp/old/).
+# The word HOG=N runs `stress-ng --cpu N` beside that variant's runs (a
+# neighbour taking N cores; not counted in the system's CPU; needs
+# `apt-get install stress-ng`):  /tmp/new  "/tmp/new HOG=1"
 #
 # Environment: ROUNDS, DURATION, WARMUP (passed to bench.sh). Nothing is
 # built: build chat-load (cargo build --release -p chat-tests) first.
@@ -40,10 +43,21 @@ for round in $(seq 1 "$ROUNDS"); do
   for v in "${!VARIANTS[@]}"; do
     read -r -a words <<<"${VARIANTS[$v]}"
     dir=$(cd "${words[0]}" && pwd)
+    settings=() hog=0
+    for word in "${words[@]:1}"; do
+      case "$word" in HOG=*) hog=${word#HOG=} ;; *) settings+=("$word") ;; esac
+    done
     stop_services
-    env "${words[@]:1}" CHAT_SKIP_BUILD=1 CHAT_BIN_DIR="$dir" deploy/up.sh >/dev/null 2>&1
+    env "${settings[@]}" CHAT_SKIP_BUILD=1 CHAT_BIN_DIR="$dir" deploy/up.sh >/dev/null 2>&1
     echo "== round $round, variant $v: ${VARIANTS[$v]}" >&2
+    hog_pid=
+    if [ "$hog" != 0 ]; then
+      command -v stress-ng >/dev/null || { echo "HOG needs stress-ng: apt-get install stress-ng" >&2; exit 1; }
+      stress-ng --cpu "$hog" --quiet &
+      hog_pid=$!
+    fi
     CHAT_SKIP_BUILD=1 deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$v.txt" | grep -E '^(cpu seconds|persister:)' >&2 || true
+    if [ -n "$hog_pid" ]; then kill "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null || true; fi
   done
 done
 stop_services

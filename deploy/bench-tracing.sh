@@ -7,13 +7,17 @@
 #
 #   deploy/bench-tracing.sh                 RATE=5000 DURATION=20 ROUNDS=3
 #
+# CHAT_BIN_DIR: run the binaries of that folder (chat-gateway,
+# chat-persister, chat-presence, chat-load); with CHAT_SKIP_BUILD=1 nothing
+# is built (so a benchmark names the commit it ran).
+#
 # Prints one line per run (acks/s, delivery p50/p99) and a summary table
 # (median, min-max). Results: .data/local/bench-tracing/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${RATE:-5000}" DURATION="${DURATION:-20}" ROUNDS="${ROUNDS:-3}" USERS="${USERS:-2000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
-BIN="$CARGO_TARGET_DIR/release"
+BIN="${CHAT_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 RUN=.data/local/run
 OUT=".data/local/bench-tracing/$(date -u +%Y%m%dT%H%M%SZ)"
 SINK_PORT=24318
@@ -28,7 +32,7 @@ LOCAL_RUN="$RUN"
 restart_with() {
   local name
   for name in gateway-1 gateway-2 persister presence; do stop "$name"; done
-  env CHAT_SKIP_BUILD=1 "$@" deploy/up.sh >/dev/null 2>&1
+  env CHAT_SKIP_BUILD=1 CHAT_BIN_DIR="$BIN" "$@" deploy/up.sh >/dev/null 2>&1
 }
 
 python3 - "$SINK_PORT" >"$OUT/sink.log" 2>&1 <<'PY' &
@@ -46,8 +50,10 @@ PY
 SINK=$!
 trap 'kill $SINK 2>/dev/null || true' EXIT
 
-cargo build --release -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins >&2
-deploy/up.sh >/dev/null 2>&1
+if [ "${CHAT_SKIP_BUILD:-}" != 1 ]; then
+  cargo build --release -p chat-gateway -p chat-persister -p chat-presence -p chat-tests --bins >&2
+fi
+env CHAT_SKIP_BUILD=1 CHAT_BIN_DIR="$BIN" deploy/up.sh >/dev/null 2>&1
 
 for round in $(seq 1 "$ROUNDS"); do
   for mode in off 1pct 100pct; do

@@ -206,13 +206,26 @@ impl Gateway {
         let hub = state.hub.clone();
         let amqp = state.amqp.clone();
         let tx = shutdown_tx.clone();
+        let mut broker_dead = state.broker_dead.clone();
+        let exit_when_dead = state.settings.gateway.exit_when_broker_dead;
+        let dead_at_exit = state.broker_dead.clone();
         server::serve(
             listener,
             http::router(state),
             header_timeout,
             grace,
             async move {
-                shutdown.await;
+                let dead = async {
+                    if !exit_when_dead || broker_dead.wait_for(|dead| *dead).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = shutdown => {}
+                    () = dead => {
+                        tracing::error!("the broker has been unreachable for gateway.broker_dead_ms: exiting (gateway.exit_when_broker_dead)");
+                    }
+                }
                 let _ = tx.send(true);
             },
         )
@@ -229,6 +242,9 @@ impl Gateway {
         metrics.abort();
         broker_watch.abort();
         tracing::info!(%addr, "gateway stopped");
+        if exit_when_dead && *dead_at_exit.borrow() {
+            anyhow::bail!("the broker was unreachable for gateway.broker_dead_ms");
+        }
         Ok(())
     }
 }

@@ -148,6 +148,10 @@ pub struct GatewaySettings {
     /// A broker connection down this long makes `/health` answer 503, so a
     /// supervisor restarts a gateway whose AMQP client is stuck.
     pub broker_dead_ms: u64,
+    /// Then also exit (after closing the sessions), for supervisors that
+    /// restart a process that ends but do not probe `/health` (Compose,
+    /// systemd).
+    pub exit_when_broker_dead: bool,
     pub http_request_timeout_ms: u64,
     pub http_header_timeout_ms: u64,
     pub http_body_bytes: usize,

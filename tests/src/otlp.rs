@@ -110,8 +110,19 @@ pub fn decode(body: &[u8]) -> Result<Vec<SpanRecord>, prost::DecodeError> {
 /// Accepts OTLP/HTTP exports on `listener` and sends their spans to `spans`
 /// until it is dropped. Anything but a decodable `POST` is answered 400.
 pub async fn serve(listener: TcpListener, spans: mpsc::Sender<Vec<SpanRecord>>) {
-    // Exporters hold one connection each; past this many, new ones wait
-    // in the listen backlog until one closes.
+    accept_each(listener, spans, connection).await;
+}
+
+/// Serves each connection of `listener` with `serve`, at most
+/// [`MAX_CONNECTIONS`] at once: exporters hold one connection each; past
+/// this many, new ones wait in the listen backlog until one closes.
+async fn accept_each<F>(
+    listener: TcpListener,
+    spans: mpsc::Sender<Vec<SpanRecord>>,
+    serve: impl Fn(TcpStream, mpsc::Sender<Vec<SpanRecord>>) -> F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -120,12 +131,41 @@ pub async fn serve(listener: TcpListener, spans: mpsc::Sender<Vec<SpanRecord>>) 
         let Ok((socket, _)) = listener.accept().await else {
             return;
         };
-        let spans = spans.clone();
+        let connection = serve(socket, spans.clone());
         tokio::spawn(async move {
-            connection(socket, spans).await;
+            connection.await;
             drop(slot);
         });
     }
+}
+
+/// A receiver on a free loopback port (OTLP/gRPC if `grpc`, else
+/// OTLP/HTTP) for a test: the URL to export to, and every span it got.
+pub async fn receiver(grpc: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<SpanRecord>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("a port for the receiver: {e}"));
+    let url = listener
+        .local_addr()
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|e| panic!("its address: {e}"));
+    let (tx, mut rx) = mpsc::channel(64);
+    if grpc {
+        tokio::spawn(serve_grpc(listener, tx));
+    } else {
+        tokio::spawn(serve(listener, tx));
+    }
+    let spans: std::sync::Arc<std::sync::Mutex<Vec<SpanRecord>>> = Default::default();
+    let received = spans.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch);
+        }
+    });
+    (url, spans)
 }
 
 /// One keep-alive connection: request after request.
@@ -190,26 +230,16 @@ async fn connection(mut socket: TcpStream, spans: mpsc::Sender<Vec<SpanRecord>>)
 /// `listener` and sends their spans to `spans` until it is dropped. A
 /// request it cannot read is answered `grpc-status: 3` (invalid argument).
 pub async fn serve_grpc(listener: TcpListener, spans: mpsc::Sender<Vec<SpanRecord>>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((socket, _)) = listener.accept().await else {
-            return;
-        };
-        let spans = spans.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let spans = spans.clone();
-                async move { Ok::<_, std::convert::Infallible>(grpc_export(request, spans).await) }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                .await;
-            drop(slot);
+    accept_each(listener, spans, |socket, spans| async move {
+        let service = hyper::service::service_fn(move |request| {
+            let spans = spans.clone();
+            async move { Ok::<_, std::convert::Infallible>(grpc_export(request, spans).await) }
         });
-    }
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+            .await;
+    })
+    .await;
 }
 
 type GrpcBody = http_body_util::StreamBody<

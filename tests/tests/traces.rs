@@ -14,28 +14,7 @@
 
 use chat_tests::TestSystem;
 use chat_tests::otlp::{self, SpanRecord};
-use std::sync::{Arc, Mutex};
-
-/// An OTLP/HTTP receiver on a free port: its URL, and every span it got.
-async fn receiver() -> (String, Arc<Mutex<Vec<SpanRecord>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port for the receiver");
-    let url = format!("http://{}", listener.local_addr().expect("its address"));
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(otlp::serve(listener, tx));
-    let spans: Arc<Mutex<Vec<SpanRecord>>> = Arc::default();
-    let received = spans.clone();
-    tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            received
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(batch);
-        }
-    });
-    (url, spans)
-}
+use std::sync::Mutex;
 
 /// Flushes the exporter until `find` finds what it looks for in the spans.
 async fn wait_for<T>(
@@ -63,7 +42,7 @@ async fn wait_for<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
-    let (url, spans) = receiver().await;
+    let (url, spans) = otlp::receiver(false).await;
     let mut settings = chat_shared::config::Settings::load_profile("test").unwrap();
     settings.telemetry.otlp_endpoint = url;
     settings.telemetry.sample_ratio = 1.0;

@@ -7,27 +7,11 @@
 //! Its own test binary: the tracing subscriber is global to a process.
 
 use chat_tests::TestSystem;
-use chat_tests::otlp::{self, SpanRecord};
-use std::sync::{Arc, Mutex};
+use chat_tests::otlp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_over_otlp_grpc() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port for the receiver");
-    let url = format!("http://{}", listener.local_addr().expect("its address"));
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(otlp::serve_grpc(listener, tx));
-    let spans: Arc<Mutex<Vec<SpanRecord>>> = Arc::default();
-    let received = spans.clone();
-    tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            received
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(batch);
-        }
-    });
+    let (url, spans) = otlp::receiver(true).await;
 
     let mut settings = chat_shared::config::Settings::load_profile("test").unwrap();
     settings.telemetry.otlp_endpoint = url;

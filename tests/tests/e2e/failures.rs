@@ -382,3 +382,29 @@ async fn a_gateway_that_cannot_declare_its_queue_again_is_not_ready_and_sends_it
     binh.send_and_ack(conversation, "elsewhere", "two").await;
     proxy.cut();
 }
+
+/// Where nothing probes `/health` (Compose, systemd), a gateway told to
+/// (`gateway.exit_when_broker_dead`) ends once its broker has been gone for
+/// `gateway.broker_dead_ms`, with an error, so its supervisor starts it
+/// afresh (with a new queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_told_to_exit_when_its_broker_is_dead_ends_with_an_error() {
+    let system = TestSystem::start_with(1, 1, |_| {}).await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    settings.gateway.broker_lost_ms = 500;
+    settings.gateway.broker_dead_ms = 1_500;
+    settings.gateway.exit_when_broker_dead = true;
+    settings.gateway.listen = "127.0.0.1:0".parse().unwrap();
+    settings.gateway.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    let gateway = chat_gateway::Gateway::build(settings).await.unwrap();
+    let running = tokio::spawn(gateway.run_until(std::future::pending()));
+
+    proxy.cut();
+
+    let ended = tokio::time::timeout(chat_tests::DEADLINE, running)
+        .await
+        .expect("the gateway ends by itself")
+        .expect("without panicking");
+    let error = ended.expect_err("an error, so the supervisor restarts it");
+    assert!(error.to_string().contains("broker_dead_ms"), "{error:#}");
+}
