@@ -143,6 +143,9 @@ run() {
     # to recipients (the senders' acks not counted).
     group10-2223) scenario group10-2223 --users 2000 --group-size 10 --rate 2223 --skip-history ;;
     group100-100) scenario group100-100 --users 2000 --group-size 100 --rate 100 ;;
+    # Issue 11's target: 99 recipients a message at 200 msg/s, 19,800
+    # message frames a second. Not in the default set.
+    group100-200) scenario group100-200 --users 2000 --group-size 100 --rate 200 --skip-history ;;
     idle)
       local port
       for port in "${GATEWAYS[@]}"; do

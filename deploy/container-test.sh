@@ -131,7 +131,9 @@ cleanup() {
     say "KEEP=1: the containers stay up (project $PROJECT); to stop them:"
     say "  ${COMPOSE[*]} -p $PROJECT --env-file $ENV_FILE -f deploy/compose.yaml ${PROFILE_ARGS[*]} down -v"
   elif [ -f "$ENV_FILE" ]; then
-    say "docker compose down -v"
+    # The services' own logs, for what the verdicts cannot say.
+    dc logs --no-color --timestamps >"$OUT/services.log" 2>&1 || true
+    say "services' logs in $OUT/services.log; docker compose down -v"
     dc down -v --remove-orphans >>"$OUT/compose.log" 2>&1 || say "compose down failed (see $OUT/compose.log)"
     rm -f "$ENV_FILE"
   fi

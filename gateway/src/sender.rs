@@ -42,7 +42,7 @@ const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(2);
 /// The broker's verdict on one command: `Err` carries the reason, for logs.
 pub type Verdict = Result<(), String>;
 
-struct Queued {
+pub struct Queued {
     command: PersistCommand,
     verdict: oneshot::Sender<Verdict>,
 }
@@ -61,8 +61,7 @@ impl Accepted {
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Queued>,
-    /// When a full queue was last logged (at most every [`FULL_LOG_EVERY`]:
-    /// every refusal is counted in `gateway_sends_refused_total`).
+    /// When a full queue was last logged (at most every [`FULL_LOG_EVERY`]).
     full_logged: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
@@ -73,10 +72,10 @@ impl Sender {
     /// `linger`: how long a round that has taken what was waiting waits
     /// for more (`gateway.publish_linger_ms`; zero: not at all).
     /// `queue`: commands that may wait for it (`gateway.publish_queue`). A
-    /// full queue refuses at once (the session answers `unavailable`, and
-    /// the client sends again later): a session never waits on the broker,
-    /// so a stuck broker connection cannot stop it from reading frames,
-    /// answering pings or being told to move to another gateway.
+    /// session whose command finds it full holds that command and reads no
+    /// more frames until there is room (backpressure, in frame order), but
+    /// never waits on the broker: it goes on with its timers, its outbound
+    /// frames, shutdown and a lost broker.
     pub fn spawn(
         publisher: ConfirmedPublisher,
         topo: &Topology,
@@ -98,24 +97,35 @@ impl Sender {
         }
     }
 
-    /// Queues `command`, in call order, or refuses it at once when the
-    /// queue is full (the broker is not keeping up, or not answering).
-    pub fn start(&self, command: PersistCommand) -> Result<Accepted, String> {
+    /// Queues `command`, in call order; when the queue is full (the broker
+    /// is not keeping up, or not answering) hands it back, for the caller
+    /// to hold until [`Sender::reserve`] gives it room.
+    pub fn try_start(&self, command: PersistCommand) -> Result<Accepted, Refused> {
         let (verdict, rx) = oneshot::channel();
         self.tx
             .try_send(Queued { command, verdict })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
+                mpsc::error::TrySendError::Full(queued) => {
                     self.log_full();
-                    "the gateway's publish queue is full".to_owned()
+                    Refused::Full(Box::new(queued.command))
                 }
-                mpsc::error::TrySendError::Closed(_) => "the publisher stopped".to_owned(),
+                mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
             })?;
         Ok(Accepted(rx))
     }
-}
 
-impl Sender {
+    /// Waits for room in the queue; the room is kept until it is used or
+    /// dropped. Cancel-safe (a dropped wait takes no room).
+    pub fn reserve(&self) -> impl std::future::Future<Output = Result<Room, Refused>> + 'static {
+        let tx = self.tx.clone();
+        async move {
+            tx.reserve_owned()
+                .await
+                .map(Room)
+                .map_err(|_| Refused::Stopped)
+        }
+    }
+
     fn log_full(&self) {
         let mut logged = self.full_logged.lock().unwrap_or_else(|p| p.into_inner());
         if logged.is_none_or(|at| at.elapsed() >= FULL_LOG_EVERY) {
@@ -123,9 +133,30 @@ impl Sender {
             tracing::warn!(
                 capacity = self.tx.max_capacity(),
                 key = "gateway.publish_queue",
-                "the publish queue is full (the broker is not confirming): sends are answered unavailable"
+                "the publish queue is full (the broker is not confirming): sessions hold their next command and read no more frames until there is room"
             );
         }
+    }
+}
+
+/// Why a command was not queued.
+#[derive(Debug)]
+pub enum Refused {
+    /// No room now: here it is back.
+    Full(Box<PersistCommand>),
+    /// The publishing task has ended (shutting down).
+    Stopped,
+}
+
+/// Room for one command in the publisher's queue ([`Sender::reserve`]).
+pub struct Room(mpsc::OwnedPermit<Queued>);
+
+impl Room {
+    /// Queues `command` in the room kept for it.
+    pub fn start(self, command: PersistCommand) -> Accepted {
+        let (verdict, rx) = oneshot::channel();
+        self.0.send(Queued { command, verdict });
+        Accepted(rx)
     }
 }
 

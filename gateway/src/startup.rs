@@ -208,7 +208,10 @@ impl Gateway {
         let tx = shutdown_tx.clone();
         let mut broker_dead = state.broker_dead.clone();
         let exit_when_dead = state.settings.gateway.exit_when_broker_dead;
-        let dead_at_exit = state.broker_dead.clone();
+        // Set when the gateway stops because its broker is dead, whatever
+        // the broker does during the drain: the exit status says why.
+        let died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let died_flag = died.clone();
         server::serve(
             listener,
             http::router(state),
@@ -223,6 +226,7 @@ impl Gateway {
                 tokio::select! {
                     () = shutdown => {}
                     () = dead => {
+                        died_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!("the broker has been unreachable for gateway.broker_dead_ms: exiting (gateway.exit_when_broker_dead)");
                     }
                 }
@@ -242,7 +246,7 @@ impl Gateway {
         metrics.abort();
         broker_watch.abort();
         tracing::info!(%addr, "gateway stopped");
-        if exit_when_dead && *dead_at_exit.borrow() {
+        if died.load(std::sync::atomic::Ordering::Relaxed) {
             anyhow::bail!("the broker was unreachable for gateway.broker_dead_ms");
         }
         Ok(())

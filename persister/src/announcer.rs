@@ -63,11 +63,20 @@ impl Announcer {
                     GatewayEvent::Stored {
                         message: message.clone(),
                         member_ids: members.clone(),
-                        origin: send_of(*request).map(|send| Origin {
-                            session_id: send.session_id.clone(),
-                            trace: send.trace.clone(),
-                            received_at_us: send.received_at_us,
-                        }),
+                        origin: match send_of(*request) {
+                            Some(send) => Some(Origin {
+                                session_id: send.session_id.clone(),
+                                trace: send.trace.clone(),
+                                received_at_us: send.received_at_us,
+                            }),
+                            None => {
+                                tracing::error!(
+                                    request,
+                                    "a stored message names no send of its batch; delivered without its ack"
+                                );
+                                None
+                            }
+                        },
                     },
                 ),
                 Outcome::ReadMoved { read, recipients } => (

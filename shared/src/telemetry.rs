@@ -135,7 +135,7 @@ pub fn otlp_endpoint(telemetry: &TelemetrySettings, protocol: Protocol) -> Optio
 
 /// The runtime of the gRPC exporter: tonic needs a Tokio reactor, and the
 /// batch span processor's thread has none.
-static GRPC_RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+static GRPC_RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
 
 fn span_exporter(
     protocol: Protocol,
@@ -149,18 +149,18 @@ fn span_exporter(
             .build()
             .map_err(|e| e.to_string()),
         Protocol::Grpc => {
-            let runtime = match GRPC_RUNTIME.get() {
-                Some(runtime) => runtime,
-                None => {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
+            let runtime = GRPC_RUNTIME
+                .get_or_init(|| {
+                    tokio::runtime::Builder::new_multi_thread()
                         .worker_threads(1)
                         .thread_name("otlp-grpc")
                         .enable_all()
                         .build()
-                        .map_err(|e| format!("its runtime: {e}"))?;
-                    GRPC_RUNTIME.get_or_init(|| runtime)
-                }
-            };
+                        .map_err(|e| eprintln!("the OTLP gRPC runtime: {e}"))
+                        .ok()
+                })
+                .as_ref()
+                .ok_or("no runtime for the gRPC exporter")?;
             let _in_runtime = runtime.enter();
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()

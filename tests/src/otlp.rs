@@ -139,6 +139,32 @@ async fn accept_each<F>(
     }
 }
 
+/// For the trace tests: flushes this process's exporter until `find` finds
+/// what it looks for in the spans received, and fails the test after the
+/// deadline, naming what it had.
+pub async fn wait_for<T>(
+    spans: &std::sync::Mutex<Vec<SpanRecord>>,
+    what: &str,
+    find: impl Fn(&[SpanRecord]) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + crate::DEADLINE;
+    loop {
+        chat_shared::telemetry::flush();
+        {
+            let all = spans.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(found) = find(&all) {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not found in {:?}",
+                all.iter().map(|s| &s.name).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// A receiver on a free loopback port (OTLP/gRPC if `grpc`, else
 /// OTLP/HTTP) for a test: the URL to export to, and every span it got.
 pub async fn receiver(grpc: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<SpanRecord>>>) {

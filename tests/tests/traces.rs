@@ -14,31 +14,6 @@
 
 use chat_tests::TestSystem;
 use chat_tests::otlp::{self, SpanRecord};
-use std::sync::Mutex;
-
-/// Flushes the exporter until `find` finds what it looks for in the spans.
-async fn wait_for<T>(
-    spans: &Mutex<Vec<SpanRecord>>,
-    what: &str,
-    find: impl Fn(&[SpanRecord]) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
-    loop {
-        chat_shared::telemetry::flush();
-        {
-            let all = spans.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(found) = find(&all) {
-                return found;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: not found in {:?}",
-                all.iter().map(|s| &s.name).collect::<Vec<_>>()
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
@@ -56,31 +31,34 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     assert_eq!(binh.next_of("message").await["message"], stored);
     let message_id = stored["id"].as_str().unwrap().to_owned();
 
-    let (send, deliveries, batch, commit) = wait_for(&spans, "the message's trace", |spans| {
-        let send = spans.iter().find(|s| {
-            s.name == "create chat.persist" && s.attribute("chat.client_msg_id") == Some("traced")
-        })?;
-        let deliveries: Vec<SpanRecord> = spans
-            .iter()
-            .filter(|s| {
-                s.name == "process chat.fanout"
-                    && s.trace_id == send.trace_id
-                    && s.attribute("message.id") == Some(message_id.as_str())
-            })
-            .cloned()
-            .collect();
-        let batch = spans.iter().find(|s| {
-            s.name == "process chat.persist"
-                && s.links
-                    .iter()
-                    .any(|(trace, span)| *trace == send.trace_id && *span == send.span_id)
-        })?;
-        let commit = spans
-            .iter()
-            .find(|s| s.name == "COMMIT" && s.parent_span_id == batch.span_id)?;
-        (deliveries.len() >= 2).then(|| (send.clone(), deliveries, batch.clone(), commit.clone()))
-    })
-    .await;
+    let (send, deliveries, batch, commit) =
+        otlp::wait_for(&spans, "the message's trace", |spans| {
+            let send = spans.iter().find(|s| {
+                s.name == "create chat.persist"
+                    && s.attribute("chat.client_msg_id") == Some("traced")
+            })?;
+            let deliveries: Vec<SpanRecord> = spans
+                .iter()
+                .filter(|s| {
+                    s.name == "process chat.fanout"
+                        && s.trace_id == send.trace_id
+                        && s.attribute("message.id") == Some(message_id.as_str())
+                })
+                .cloned()
+                .collect();
+            let batch = spans.iter().find(|s| {
+                s.name == "process chat.persist"
+                    && s.links
+                        .iter()
+                        .any(|(trace, span)| *trace == send.trace_id && *span == send.span_id)
+            })?;
+            let commit = spans
+                .iter()
+                .find(|s| s.name == "COMMIT" && s.parent_span_id == batch.span_id)?;
+            (deliveries.len() >= 2)
+                .then(|| (send.clone(), deliveries, batch.clone(), commit.clone()))
+        })
+        .await;
     assert_eq!(send.attribute("messaging.system"), Some("rabbitmq"));
     assert_eq!(send.attribute("messaging.operation.type"), Some("create"));
     assert_eq!(send.attribute("chat.frame"), Some("send"));
@@ -89,7 +67,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     // The AMQP message that carried the send: a PRODUCER span of the
     // gateway, linked to the send; the batch links to it too, which only
     // the AMQP message's headers can have told the persister.
-    let publish = wait_for(&spans, "the gateway's publish", |spans| {
+    let publish = otlp::wait_for(&spans, "the gateway's publish", |spans| {
         spans
             .iter()
             .find(|s| {
@@ -116,7 +94,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     );
     // The persister's publish of the stored message, which every delivery
     // names through the fan-out message's headers.
-    let fanout = wait_for(&spans, "the persister's fan-out publish", |spans| {
+    let fanout = otlp::wait_for(&spans, "the persister's fan-out publish", |spans| {
         spans
             .iter()
             .find(|s| s.name == "send chat.fanout" && s.parent_span_id == batch.span_id)
@@ -173,7 +151,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     // A read frame: a producer span of its own.
     an.send_json(serde_json::json!({"type": "read", "conversation_id": conversation, "seq": 1}))
         .await;
-    let read = wait_for(&spans, "the read frame's span", |spans| {
+    let read = otlp::wait_for(&spans, "the read frame's span", |spans| {
         spans
             .iter()
             .find(|s| s.name == "create chat.persist" && s.attribute("chat.frame") == Some("read"))
@@ -190,7 +168,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
     )
     .await;
     assert_eq!(an.next_of("typing").await["user_id"], 2);
-    let (typing, relay, delivered) = wait_for(&spans, "the typing frame's trace", |spans| {
+    let (typing, relay, delivered) = otlp::wait_for(&spans, "the typing frame's trace", |spans| {
         let typing = spans.iter().find(|s| {
             s.name == "create chat.presence" && s.attribute("chat.frame") == Some("typing")
         })?;
@@ -231,7 +209,7 @@ async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let request = wait_for(&spans, "the request's server span", |spans| {
+    let request = otlp::wait_for(&spans, "the request's server span", |spans| {
         spans.iter().find(|s| s.trace_id == caller_trace).cloned()
     })
     .await;

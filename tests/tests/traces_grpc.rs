@@ -27,36 +27,22 @@ async fn one_message_is_one_trace_over_otlp_grpc() {
     assert_eq!(binh.next_of("message").await["message"], stored);
     let message_id = stored["id"].as_str().unwrap().to_owned();
 
-    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
-    loop {
-        chat_shared::telemetry::flush();
-        {
-            let all = spans.lock().unwrap_or_else(|p| p.into_inner());
-            let create = all.iter().find(|s| {
-                s.name == "create chat.persist"
-                    && s.attribute("chat.client_msg_id") == Some("over-grpc")
-            });
-            if let Some(create) = create {
-                let delivered = all.iter().any(|s| {
-                    s.name == "process chat.fanout"
-                        && s.trace_id == create.trace_id
-                        && s.attribute("message.id") == Some(message_id.as_str())
-                });
-                let batch = all.iter().any(|s| {
-                    s.name == "process chat.persist"
-                        && s.links
-                            .contains(&(create.trace_id.clone(), create.span_id.clone()))
-                });
-                if delivered && batch {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the message's spans did not arrive over gRPC: {:?}",
-                all.iter().map(|s| &s.name).collect::<Vec<_>>()
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    otlp::wait_for(&spans, "the message's spans over gRPC", |all| {
+        let create = all.iter().find(|s| {
+            s.name == "create chat.persist"
+                && s.attribute("chat.client_msg_id") == Some("over-grpc")
+        })?;
+        let delivered = all.iter().any(|s| {
+            s.name == "process chat.fanout"
+                && s.trace_id == create.trace_id
+                && s.attribute("message.id") == Some(message_id.as_str())
+        });
+        let batch = all.iter().any(|s| {
+            s.name == "process chat.persist"
+                && s.links
+                    .contains(&(create.trace_id.clone(), create.span_id.clone()))
+        });
+        (delivered && batch).then_some(())
+    })
+    .await;
 }

@@ -9,6 +9,7 @@
 use crate::auth::{AuthUser, unix_now};
 use crate::hub::{self, Outbound, RegisterError, SessionHandle};
 use crate::limits::{ConnectionSlot, TokenBucket, retry_after_ms};
+use crate::sender::{Accepted, Refused};
 use crate::state::AppState;
 use crate::store::Membership;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -103,6 +104,7 @@ pub async fn run(
         reads: TokenBucket::new(limits.reads_per_second, limits.reads_burst, now),
         member_of: HashSet::new(),
         broken: None,
+        parked: None,
     };
     let reason = session.serve(rx, overflow).await;
     let last = state
@@ -194,6 +196,40 @@ struct Session {
     broken: Option<Ended>,
     /// When the session's timer fires next ([`Session::deadline`]).
     next_check: Instant,
+    /// A command the publisher's queue had no room for: until it is queued
+    /// the session reads no more frames (backpressure, in frame order), and
+    /// goes on with everything else.
+    parked: Option<Parked>,
+}
+
+struct Parked {
+    command: Box<PersistCommand>,
+    span: tracing::Span,
+}
+
+/// What was handed to the publisher, for the bookkeeping once it is queued.
+enum Submitted {
+    Send {
+        client_msg_id: ClientMsgId,
+        conversation_id: ConversationId,
+    },
+    Read {
+        conversation_id: ConversationId,
+    },
+}
+
+impl Submitted {
+    fn of(command: &PersistCommand) -> Self {
+        match command {
+            PersistCommand::Send(send) => Submitted::Send {
+                client_msg_id: send.client_msg_id.clone(),
+                conversation_id: send.conversation_id,
+            },
+            PersistCommand::Read(read) => Submitted::Read {
+                conversation_id: read.conversation_id,
+            },
+        }
+    }
 }
 
 /// The instant of a Unix time in seconds, at most a day ahead (a timer set
@@ -270,9 +306,23 @@ impl Session {
                         return ended;
                     }
                 }
+                // Room for the command held back: queue it, and read again.
+                room = self.state.sender.reserve(), if self.parked.is_some() => {
+                    last_heard = Instant::now(); // nothing was read meanwhile
+                    if let Some(Parked { command, span }) = self.parked.take() {
+                        let what = Submitted::of(&command);
+                        match room {
+                            Ok(room) => {
+                                let accepted = span.in_scope(|| room.start(*command));
+                                self.published(what, accepted);
+                            }
+                            Err(_) => self.not_queued(what).await,
+                        }
+                    }
+                }
                 // Frame handling is boxed: it is big, and only exists while a
                 // frame is being handled, so an idle session stays small.
-                incoming = self.socket.recv() => {
+                incoming = self.socket.recv(), if self.parked.is_none() => {
                     last_heard = Instant::now();
                     match incoming {
                         None | Some(Ok(WsMessage::Close(_))) => return Ended::ClientLeft,
@@ -286,7 +336,9 @@ impl Session {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > heartbeat_timeout {
+                    // While a command is held nothing is read, so silence
+                    // is ours, not the client's.
+                    if self.parked.is_none() && last_heard.elapsed() > heartbeat_timeout {
                         close_with(&mut self.socket, close::NORMAL, "heartbeat timeout").await;
                         return Ended::Unresponsive;
                     }
@@ -540,20 +592,7 @@ impl Session {
         let (span, _) = spans::create("persist", "read", |span| {
             span.record("conversation.id", conversation_id.get());
         });
-        let started = span.in_scope(|| self.state.sender.start(command));
-        match started {
-            Ok(confirm) => {
-                let user = self.user.user_id;
-                tokio::spawn(async move {
-                    if let Err(e) = confirm.wait().await {
-                        tracing::warn!(user.id = %user, conversation.id = %conversation_id, error = %e, "read marker not confirmed by the broker");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "read marker not accepted by the broker");
-            }
-        }
+        self.submit(command, span).await;
     }
 
     async fn on_send(&mut self, send: SendFrame) {
@@ -612,23 +651,40 @@ impl Session {
         };
         // Published here, in frame order, so one session's sends keep their
         // order; the confirm is awaited off this loop.
-        let conversation_id = command.conversation_id;
-        let started = span.in_scope(|| self.state.sender.start(PersistCommand::Send(command)));
-        match started {
-            Err(e) => {
-                // Counted by reason; the publisher logs why (rate-limited).
-                tracing::debug!(user.id = %self.user.user_id, conversation.id = %conversation_id, error = %e, "send not accepted by the broker");
-                self.refuse(
-                    ErrorCode::Unavailable,
-                    "message not accepted, send it again",
-                    Some(client_msg_id.as_str().to_owned()),
-                )
-                .await;
+        self.submit(PersistCommand::Send(command), span).await;
+    }
+
+    /// Hands `command` to the publisher, in frame order. With no room in
+    /// its queue the session holds the command and reads no more frames
+    /// until there is ([`Session::serve`]): later sends never overtake it.
+    async fn submit(&mut self, command: PersistCommand, span: tracing::Span) {
+        let what = Submitted::of(&command);
+        match span.in_scope(|| self.state.sender.try_start(command)) {
+            Ok(accepted) => self.published(what, accepted),
+            Err(Refused::Full(command)) => self.parked = Some(Parked { command, span }),
+            Err(Refused::Stopped) => self.not_queued(what).await,
+        }
+    }
+
+    /// A command is queued for the broker: a send waits for its ack (and
+    /// gets `unavailable` if the broker does not confirm it).
+    fn published(&mut self, what: Submitted, accepted: Accepted) {
+        let user = self.user.user_id;
+        match what {
+            Submitted::Read { conversation_id } => {
+                tokio::spawn(async move {
+                    if let Err(e) = accepted.wait().await {
+                        tracing::warn!(user.id = %user, conversation.id = %conversation_id, error = %e, "read marker not confirmed by the broker");
+                    }
+                });
             }
-            Ok(confirm) => {
+            Submitted::Send {
+                client_msg_id,
+                conversation_id,
+            } => {
                 self.state.metrics.sends_received.inc();
                 tracing::debug!(
-                    user.id = %self.user.user_id,
+                    user.id = %user,
                     session.id = %self.session_id,
                     conversation.id = %conversation_id,
                     client_msg_id = client_msg_id.as_str(),
@@ -639,9 +695,8 @@ impl Session {
                 let timeout = Duration::from_millis(self.state.settings.gateway.send_timeout_ms);
                 self.next_check = self.next_check.min(now + timeout);
                 let tx = self.tx.clone();
-                let user = self.user.user_id;
                 tokio::spawn(async move {
-                    if let Err(e) = confirm.wait().await {
+                    if let Err(e) = accepted.wait().await {
                         tracing::warn!(user.id = %user, error = %e, "send not confirmed by the broker");
                         let frame = unavailable(&client_msg_id);
                         let _ = tx
@@ -652,6 +707,24 @@ impl Session {
                             .await;
                     }
                 });
+            }
+        }
+    }
+
+    /// The publisher has stopped (the gateway is shutting down): a send is
+    /// answered `unavailable` (send it again, elsewhere).
+    async fn not_queued(&mut self, what: Submitted) {
+        match what {
+            Submitted::Send { client_msg_id, .. } => {
+                self.refuse(
+                    ErrorCode::Unavailable,
+                    "message not accepted, send it again",
+                    Some(client_msg_id.as_str().to_owned()),
+                )
+                .await;
+            }
+            Submitted::Read { conversation_id } => {
+                tracing::debug!(user.id = %self.user.user_id, conversation.id = %conversation_id, "read marker not queued: the publisher stopped");
             }
         }
     }

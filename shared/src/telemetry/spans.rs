@@ -67,10 +67,10 @@ pub fn publish<'a>(
     if !super::tracing_enabled() {
         return Span::none();
     }
-    let mut carried = carried.into_iter().flatten().peekable();
-    let Some(first) = carried.peek().copied() else {
+    let carried: Vec<&TraceHeaders> = carried.into_iter().flatten().collect();
+    if carried.is_empty() {
         return Span::none();
-    };
+    }
     let span = tracing::info_span!(
         "send",
         otel.name = %format_args!("send chat.{destination}"),
@@ -81,11 +81,21 @@ pub fn publish<'a>(
         messaging.rabbitmq.destination.routing_key = routing_key,
         messaging.batch.message_count = count,
     );
-    propagation::set_parent(&span, Some(first));
-    for context in carried {
-        propagation::add_link(&span, Some(context));
-    }
+    follow(&span, carried);
     span
+}
+
+/// Makes `span` a child of the first of `carried` (so it is sampled when
+/// that one was) and links it to each.
+fn follow<'a>(span: &Span, carried: impl IntoIterator<Item = &'a TraceHeaders>) {
+    let mut carried = carried.into_iter();
+    if let Some(first) = carried.next() {
+        propagation::set_parent(span, Some(first));
+        propagation::add_link(span, Some(first));
+    }
+    for context in carried {
+        propagation::add_link(span, Some(context));
+    }
 }
 
 /// Handling one command or event that carried `carried`, from an AMQP
@@ -122,14 +132,7 @@ pub fn batch<'a>(
 ) -> Span {
     let span = consumer(name, destination);
     span.record("messaging.batch.message_count", count);
-    let mut parent_set = false;
-    for context in carried.into_iter().flatten() {
-        if !parent_set {
-            propagation::set_parent(&span, Some(context));
-            parent_set = true;
-        }
-        propagation::add_link(&span, Some(context));
-    }
+    follow(&span, carried.into_iter().flatten());
     let mut publishes: Vec<&TraceHeaders> = via.into_iter().flatten().collect();
     publishes.dedup();
     for context in publishes {

@@ -6,6 +6,10 @@ use super::run::{Plan, RunResult};
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// Reads of one history page before its failure counts (one a second).
+const HISTORY_ATTEMPTS: u32 = 30;
 
 #[derive(Debug, Default)]
 pub struct Verdict {
@@ -84,19 +88,32 @@ pub async fn history(
             let mut ids = HashSet::new();
             let mut keys = HashSet::new();
             loop {
-                let page: Result<Value, _> = async {
-                    http.get(format!(
-                        "{url}/api/conversations/{conversation}/messages?after_seq={}&limit=200",
-                        next_seq - 1
-                    ))
-                    .bearer_auth(token)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await
-                }
-                .await;
+                // A page that cannot be read now (no gateway ready behind
+                // the load balancer yet, after a fault) is asked again for a
+                // while: only what history says counts, not its absence.
+                let mut attempts = 0;
+                let page: Result<Value, reqwest::Error> = loop {
+                    let page = async {
+                        http.get(format!(
+                            "{url}/api/conversations/{conversation}/messages?after_seq={}&limit=200",
+                            next_seq - 1
+                        ))
+                        .bearer_auth(token)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await
+                    }
+                    .await;
+                    attempts += 1;
+                    match page {
+                        Err(_) if attempts < HISTORY_ATTEMPTS => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        page => break page,
+                    }
+                };
                 let messages = match page {
                     Ok(page) => page["messages"].as_array().cloned().unwrap_or_default(),
                     Err(e) => {
