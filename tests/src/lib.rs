@@ -177,48 +177,55 @@ impl TestSystem {
     /// A gateway in its own process (the `chat-gateway` binary), so a test
     /// can kill it with SIGKILL.
     pub async fn spawn_gateway_process(&self) -> GatewayProcess {
-        let port = free_port();
         let binary = std::env::current_exe()
             .ok()
             .and_then(|exe| Some(exe.parent()?.parent()?.join("chat-gateway")))
             .unwrap_or_else(|| panic!("cannot locate the chat-gateway binary"));
         let s = &self.settings;
-        let child = tokio::process::Command::new(&binary)
-            .env("CHAT_PROFILE", "test")
-            .env("CHAT_DATABASE__URL", &s.database.url)
-            .env("CHAT_AMQP__URL", &s.amqp.url)
-            .env("CHAT_AMQP__PREFIX", &s.amqp.prefix)
-            .env("CHAT_REDIS__URL", &s.redis.url)
-            .env("CHAT_REDIS__PREFIX", &s.redis.prefix)
-            .env(
-                "CHAT_PRESENCE__HEARTBEAT_MS",
-                s.presence.heartbeat_ms.to_string(),
-            )
-            .env("CHAT_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
-            .env("CHAT_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "spawning {}: {e} (build it: cargo build -p chat-gateway)",
-                    binary.display()
+        // The free port may be taken by another test before the process
+        // binds it: then it exits at once, and another port is tried.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = tokio::process::Command::new(&binary)
+                .env("CHAT_PROFILE", "test")
+                .env("CHAT_DATABASE__URL", &s.database.url)
+                .env("CHAT_AMQP__URL", &s.amqp.url)
+                .env("CHAT_AMQP__PREFIX", &s.amqp.prefix)
+                .env("CHAT_REDIS__URL", &s.redis.url)
+                .env("CHAT_REDIS__PREFIX", &s.redis.prefix)
+                .env(
+                    "CHAT_PRESENCE__HEARTBEAT_MS",
+                    s.presence.heartbeat_ms.to_string(),
                 )
-            });
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let ready = format!("http://{addr}/ready?require=broker,database");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let answer = self.http.get(&ready).send().await;
-            if answer.is_ok_and(|r| r.status().is_success()) {
-                break;
+                .env("CHAT_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+                .env("CHAT_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "spawning {}: {e} (build it: cargo build -p chat-gateway)",
+                        binary.display()
+                    )
+                });
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let ready = format!("http://{addr}/ready?require=broker,database");
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                let answer = self.http.get(&ready).send().await;
+                if answer.is_ok_and(|r| r.status().is_success()) {
+                    return GatewayProcess { child, addr };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // exited (its port was taken): another port
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gateway process not ready at {addr}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway process not ready at {addr}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        GatewayProcess { child, addr }
+        panic!("no gateway process started in five attempts");
     }
 
     /// Stops gateway `index` gracefully (its sessions get close code 1012).
