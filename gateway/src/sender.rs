@@ -220,12 +220,11 @@ async fn publish_loop(
         // the round is refused at once rather than each waiting as long.
         let mut stalled: Option<String> = None;
         for (partition, queued) in by_partition {
-            let verdicts: Vec<oneshot::Sender<Verdict>>;
+            let (commands, verdicts): (Vec<PersistCommand>, Vec<oneshot::Sender<Verdict>>) =
+                queued.into_iter().map(|q| (q.command, q.verdict)).unzip();
             let started = if let Some(e) = &stalled {
-                verdicts = queued.into_iter().map(|q| q.verdict).collect();
                 Err(e.clone())
             } else {
-                let commands: Vec<&PersistCommand> = queued.iter().map(|q| &q.command).collect();
                 metrics.persist_publishes.inc();
                 metrics.persist_commands.inc_by(commands.len() as u64);
                 let payload = bus::encode(&commands);
@@ -236,7 +235,7 @@ async fn publish_loop(
                     "persist",
                     &key,
                     commands.len(),
-                    commands.iter().map(|c| c.trace()),
+                    commands.iter().map(PersistCommand::trace),
                 );
                 let started = publisher
                     .start(Outgoing {
@@ -250,7 +249,6 @@ async fn publish_loop(
                     })
                     .instrument(span)
                     .await;
-                verdicts = queued.into_iter().map(|q| q.verdict).collect();
                 started.map_err(|e| {
                     if matches!(e, PublishError::Stalled(_)) {
                         metrics.persist_publish_stalls.inc();

@@ -60,7 +60,12 @@ impl Inbound {
                     continue;
                 }
             };
-            let via = delivery.properties.headers().as_ref().and_then(|headers| {
+            // Read only when traces are exported: an untraced system pays
+            // one branch per delivery.
+            let headers = crate::telemetry::tracing_enabled()
+                .then(|| delivery.properties.headers().as_ref())
+                .flatten();
+            let via = headers.and_then(|headers| {
                 propagation::from_headers(|name| match headers.inner().get(name)? {
                     AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
                     _ => None,
