@@ -56,7 +56,7 @@ for round in $(seq 1 "$ROUNDS"); do
       stress-ng --cpu "$hog" --quiet &
       hog_pid=$!
     fi
-    CHAT_SKIP_BUILD=1 deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$v.txt" | grep -E '^(cpu seconds|persister:)' >&2 || true
+    CHAT_SKIP_BUILD=1 deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$v.txt" | grep -E '^(cpu seconds|persister:|steady state)' >&2 || true
     if [ -n "$hog_pid" ]; then kill "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null || true; fi
   done
 done
@@ -67,24 +67,25 @@ env CHAT_SKIP_BUILD=1 deploy/up.sh >/dev/null 2>&1 || true # back to the usual b
 for v in "${!VARIANTS[@]}"; do
   for f in "$OUT"/*-"$v".txt; do
     cpu=$(sed -n 's/.*system total [0-9.]* (\([0-9]*\)).*/\1/p' "$f")
+    steady=$(sed -n 's/^steady state.* system total \([0-9]*\)$/\1/p' "$f")
     json=$(grep '^{' "$f" | tail -1)
     p50=$(sed -n 's/.*"delivery_latency":{[^}]*"p50_ms":\([0-9.]*\).*/\1/p' <<<"$json")
     p99=$(sed -n 's/.*"delivery_latency":{[^}]*"p99_ms":\([0-9.]*\).*/\1/p' <<<"$json")
     ok=false
     grep -q '"verification":{[^}]*"ok":true' <<<"$json" && ok=true
-    echo "$v ${cpu:-0} ${p50:-0} ${p99:-0} $ok"
+    echo "$v ${cpu:-0} ${p50:-0} ${p99:-0} $ok ${steady:-0}"
   done
 done >"$OUT/runs.txt"
 awk '
-  { cpu[$1] = cpu[$1] " " $2; p50[$1] = p50[$1] " " $3; p99[$1] = p99[$1] " " $4; if ($5 != "true") bad[$1]++ }
+  { cpu[$1] = cpu[$1] " " $2; steady[$1] = steady[$1] " " $6; p50[$1] = p50[$1] " " $3; p99[$1] = p99[$1] " " $4; if ($5 != "true") bad[$1]++ }
   function stat(list,   n, v, i, j, t) {
     n = split(list, v, " ")
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] + 0 < v[i] + 0) { t = v[i]; v[i] = v[j]; v[j] = t }
     return sprintf("%s (%s-%s)", v[int((n + 1) / 2)], v[1], v[n])
   }
   END {
-    printf "%-8s %-22s %-22s %-24s %s\n", "variant", "system us/command", "delivery p50 ms", "delivery p99 ms", "runs failing verification"
-    for (k = 0; k in cpu; k++) printf "%-8s %-22s %-22s %-24s %d\n", k, stat(cpu[k]), stat(p50[k]), stat(p99[k]), bad[k]
+    printf "%-8s %-22s %-22s %-22s %-24s %s\n", "variant", "system us/command", "steady us/message", "delivery p50 ms", "delivery p99 ms", "runs failing verification"
+    for (k = 0; k in cpu; k++) printf "%-8s %-22s %-22s %-22s %-24s %d\n", k, stat(cpu[k]), stat(steady[k]), stat(p50[k]), stat(p99[k]), bad[k]
   }' "$OUT/runs.txt" | tee "$OUT/summary.txt"
 for v in "${!VARIANTS[@]}"; do echo "variant $v: ${VARIANTS[$v]}"; done | tee -a "$OUT/summary.txt"
 echo "scenario $SCENARIO, $ROUNDS rounds, median (min-max); runs in $OUT" | tee -a "$OUT/summary.txt"

@@ -92,6 +92,69 @@ cpu_ticks() {
 }
 TICKS=$(getconf CLK_TCK)
 
+# The same parts, in more detail: user and system CPU (clock ticks) and
+# context switches (voluntary + involuntary, summed over the threads alive
+# at the time), "user sys switches" per part in the order of cpu_ticks.
+# Kernel time and switches are what a message's hand-offs between threads
+# and processes cost, which an instruction count of user code misses.
+cpu_detail() {
+  local own proc others=""
+  own=$(readlink /proc/self/ns/mnt)
+  for proc in /proc/[0-9]*; do
+    [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" = "$own" ] || others+=" ${proc#/proc/}"
+  done
+  {
+    for proc in /proc/[0-9]*; do
+      read -r stat <"$proc/stat" 2>/dev/null || continue
+      switches=$(cat "$proc"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')
+      echo "$stat $switches"
+    done
+  } | awk -v others="$others" '
+  BEGIN { n = split(others, list, " "); for (i = 1; i <= n; i++) skip[list[i]] = 1 }
+  {
+    if ($1 in skip) next
+    comm = $2; gsub(/[()]/, "", comm); p = ""
+    if (comm == "beam.smp") p = "rabbitmq"
+    else if (comm == "postgres") p = "postgres"
+    else if (comm == "nginx") p = "nginx"
+    else if (comm == "redis-server") p = "redis"
+    else if (comm == "chat-gateway") p = "gateways"
+    else if (comm == "chat-persister") p = "persister"
+    else if (comm == "chat-presence") p = "presence"
+    if (p == "") next
+    u[p] += $14; s[p] += $15; w[p] += $NF
+  } END {
+    n = split("rabbitmq postgres nginx redis gateways persister presence", name, " ")
+    for (i = 1; i <= n; i++) printf "%d %d %d ", u[name[i]], s[name[i]], w[name[i]]
+    printf "\n"
+  }'
+}
+
+# steady_window PROGRESS OUT: while the load generator runs, snapshots the
+# CPU detail (cpu_detail) and the acked count at the first progress line of
+# the measured window (t = WARMUP + 1 s) and at its second-to-last second
+# (t = WARMUP + DURATION - 1 s), one "acked detail..." line each into OUT.
+# Between them the system only carries messages: no sessions set up, no
+# history read back, so it is the cost of the message path alone.
+steady_window() {
+  local progress=$1 out=$2 line t acked first=$((WARMUP + 1)) last=$((WARMUP + DURATION - 1)) taken=0
+  tail -n +1 -F "$progress" 2>/dev/null | while read -r line; do
+    case "$line" in
+      t=*) ;;
+      *) continue ;;
+    esac
+    t=$(sed -n 's/^t= *\([0-9]*\)\..*/\1/p' <<<"$line")
+    acked=$(sed -n 's/.* acked=\([0-9]*\).*/\1/p' <<<"$line")
+    if [ "$taken" = 0 ] && [ "${t:-0}" -ge "$first" ]; then
+      echo "$acked $(cpu_detail)" >>"$out"
+      taken=1
+    elif [ "$taken" = 1 ] && [ "${t:-0}" -ge "$last" ]; then
+      echo "$acked $(cpu_detail)" >>"$out"
+      break
+    fi
+  done
+}
+
 # scenario NAME ARGS...: one load-generator run with the work counters around it.
 scenario() {
   local name=$1
@@ -102,13 +165,21 @@ scenario() {
   local pub0 cmd0
   pub0=$(gateway_counter gateway_persist_publishes_total)
   cmd0=$(gateway_counter gateway_persist_commands_total)
-  local cpu0 cpu1
+  local cpu0 cpu1 detail0 detail1
+  detail0=$(cpu_detail)
   cpu0=$(cpu_ticks)
+  : >"$OUT/$name.progress"
+  steady_window "$OUT/$name.progress" "$OUT/$name.steady" &
+  local watcher=$!
   {
     TIMEFORMAT='%U %S'
     time "$BIN/chat-load" run --url "$URL" --duration "$DURATION" --warmup "$WARMUP" "$@" 2>>"$OUT/$name.progress" | tee -a "$OUT/$name.txt" || true
   } 2>"$OUT/$name.loadcpu"
   cpu1=$(cpu_ticks)
+  detail1=$(cpu_detail)
+  kill "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
+  pkill -f "tail -n \+1 -F $OUT/$name.progress" 2>/dev/null || true
   read -r tx1 ins1 < <(db_counters)
   read -r b1 m1 st1 c1 a1 < <(persister_counters)
   awk -v b="$b0 $b1" -v m="$m0 $m1" -v st="$st0 $st1" -v c="$c0 $c1" -v a="$a0 $a1" 'BEGIN {
@@ -131,6 +202,34 @@ scenario() {
     for (i = 1; i <= n; i++) { s = (B[i] - A[i]) / hz; total += s; line = line sprintf(" %s %.1f (%.0f),", name[i], s, cmd ? s * 1e6 / cmd : 0) }
     g = L[1] + L[2]
     printf "%s system total %.1f (%.0f); load generator %.1f (%.0f)\n", line, total, cmd ? total * 1e6 / cmd : 0, g, cmd ? g * 1e6 / cmd : 0 }' | tee -a "$OUT/$name.txt"
+  # The same, split: user and system CPU in us, and context switches, per command.
+  awk -v a="$detail0" -v b="$detail1" -v hz="$TICKS" -v cmd=$((cmd1 - cmd0)) 'BEGIN {
+    split(a, A); split(b, B)
+    n = split("rabbitmq postgres nginx redis gateways persister presence", name, " ")
+    line = "per command, user/system us and context switches:"
+    for (i = 1; i <= n; i++) {
+      j = 3 * (i - 1)
+      u = (B[j + 1] - A[j + 1]) / hz; s = (B[j + 2] - A[j + 2]) / hz; w = B[j + 3] - A[j + 3]
+      line = line sprintf(" %s %.0f/%.0f %.1f,", name[i], cmd ? u * 1e6 / cmd : 0, cmd ? s * 1e6 / cmd : 0, cmd ? w / cmd : 0)
+    }
+    print line }' | tee -a "$OUT/$name.txt"
+  # The steady state: CPU per acked message while messages only flow.
+  if [ "$(wc -l <"$OUT/$name.steady" 2>/dev/null || echo 0)" -ge 2 ]; then
+    awk -v hz="$TICKS" '
+    NR == 1 { split($0, A) } NR == 2 { split($0, B) }
+    END {
+      n = split("rabbitmq postgres nginx redis gateways persister presence", name, " ")
+      msgs = B[1] - A[1]; if (msgs <= 0) exit
+      line = ""; total = 0
+      for (i = 1; i <= n; i++) {
+        j = 1 + 3 * (i - 1)
+        u = (B[j + 1] - A[j + 1]) / hz; s = (B[j + 2] - A[j + 2]) / hz; w = B[j + 3] - A[j + 3]
+        total += u + s
+        line = line sprintf(" %s %.0f (%.0f/%.0f, %.1f switches),", name[i], (u + s) * 1e6 / msgs, u * 1e6 / msgs, s * 1e6 / msgs, w / msgs)
+      }
+      printf "steady state, us per acked message (user/system) and context switches, over %d acks:%s system total %.0f\n", msgs, line, total * 1e6 / msgs
+    }' "$OUT/$name.steady" | tee -a "$OUT/$name.txt"
+  fi
 }
 
 run() {

@@ -5,11 +5,12 @@
 //! to the recipients it names that are here.
 
 use crate::metrics::Metrics;
+use crate::sender::Refusals;
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::amqp::Topology;
-use chat_shared::bus::{GatewayEvent, SendOutcome};
+use chat_shared::bus::{GatewayEvent, PersistCommand, SendOutcome};
 use chat_shared::ids::{ClientMsgId, UserId};
-use chat_shared::protocol::ServerFrame;
+use chat_shared::protocol::{ErrorCode, ServerFrame};
 use chat_shared::telemetry::propagation::TraceHeaders;
 use chat_shared::telemetry::spans;
 use lapin::Channel;
@@ -405,6 +406,47 @@ impl Hub {
             session.overflow.notify_one();
         }
     }
+}
+
+/// The publisher's refusals go to the session that sent the command: a send
+/// is answered `unavailable` (send it again, same `client_msg_id`); a read
+/// marker is only logged (the client's next `read` moves it).
+impl Refusals for Hub {
+    fn unconfirmed(&self, command: &PersistCommand, reason: &str) {
+        match command {
+            PersistCommand::Send(send) => {
+                let Some(session) = self
+                    .sessions_of(send.sender_id)
+                    .into_iter()
+                    .find(|s| *s.session_id == *send.session_id)
+                else {
+                    return; // gone: nobody to answer
+                };
+                self.metrics.send_refused(ErrorCode::Unavailable);
+                self.offer(
+                    &session,
+                    Outbound::SendAnswered {
+                        client_msg_id: Box::new(send.client_msg_id.clone()),
+                        frame: unavailable(&send.client_msg_id),
+                    },
+                );
+            }
+            PersistCommand::Read(read) => {
+                tracing::debug!(user.id = %read.user_id, conversation.id = %read.conversation_id, error = %reason, "read marker not confirmed by the broker");
+            }
+        }
+    }
+}
+
+/// The answer to a send the broker did not take, or that was not acked in
+/// time: resending it with the same `client_msg_id` is always safe.
+pub fn unavailable(client_msg_id: &ClientMsgId) -> Utf8Bytes {
+    frame(&ServerFrame::Error {
+        code: ErrorCode::Unavailable,
+        message: "message not confirmed in time, send it again".into(),
+        client_msg_id: Some(client_msg_id.as_str().to_owned()),
+        retry_after_ms: None,
+    })
 }
 
 /// Serialises a server frame once; the result is shared by every recipient.

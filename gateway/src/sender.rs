@@ -20,7 +20,7 @@ use chat_shared::telemetry::spans;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument as _;
 
 /// Most commands coalesced into one AMQP message.
@@ -39,28 +39,18 @@ const MAX_IN_FLIGHT: usize = 1;
 const BUSY_ROUND: usize = 4;
 const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(2);
 
-/// The broker's verdict on one command: `Err` carries the reason, for logs.
-pub type Verdict = Result<(), String>;
-
-pub struct Queued {
-    command: PersistCommand,
-    verdict: oneshot::Sender<Verdict>,
-}
-
-/// A command handed to the publisher; `wait` gives the broker's verdict.
-pub struct Accepted(oneshot::Receiver<Verdict>);
-
-impl Accepted {
-    pub async fn wait(self) -> Verdict {
-        self.0
-            .await
-            .unwrap_or_else(|_| Err("the publisher stopped".into()))
-    }
+/// Who answers a command the broker did not take (nacked, returned, not
+/// confirmed in time, or not taken at all). A confirmed command needs no
+/// answer here: its ack comes from the persister. So the publisher wakes no
+/// session for a send that went well, and holds no task per send.
+pub trait Refusals: Send + Sync + 'static {
+    /// `command` was not taken, for `reason` (for logs).
+    fn unconfirmed(&self, command: &PersistCommand, reason: &str);
 }
 
 #[derive(Clone)]
 pub struct Sender {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<PersistCommand>,
     /// When a full queue was last logged (at most every [`FULL_LOG_EVERY`]).
     full_logged: Arc<std::sync::Mutex<Option<Instant>>>,
 }
@@ -76,11 +66,13 @@ impl Sender {
     /// more frames until there is room (backpressure, in frame order), but
     /// never waits on the broker: it goes on with its timers, its outbound
     /// frames, shutdown and a lost broker.
+    /// `refusals`: who answers the commands the broker did not take.
     pub fn spawn(
         publisher: ConfirmedPublisher,
         topo: &Topology,
         linger: Duration,
         queue: usize,
+        refusals: Arc<dyn Refusals>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
@@ -90,7 +82,7 @@ impl Sender {
             persistent: topo.persistent_sends,
             linger,
         };
-        tokio::spawn(publish_loop(rx, publisher, target, metrics));
+        tokio::spawn(publish_loop(rx, publisher, target, refusals, metrics));
         Self {
             tx,
             full_logged: Arc::default(),
@@ -100,18 +92,14 @@ impl Sender {
     /// Queues `command`, in call order; when the queue is full (the broker
     /// is not keeping up, or not answering) hands it back, for the caller
     /// to hold until [`Sender::reserve`] gives it room.
-    pub fn try_start(&self, command: PersistCommand) -> Result<Accepted, Refused> {
-        let (verdict, rx) = oneshot::channel();
-        self.tx
-            .try_send(Queued { command, verdict })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(queued) => {
-                    self.log_full();
-                    Refused::Full(Box::new(queued.command))
-                }
-                mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
-            })?;
-        Ok(Accepted(rx))
+    pub fn try_start(&self, command: PersistCommand) -> Result<(), Refused> {
+        self.tx.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(command) => {
+                self.log_full();
+                Refused::Full(Box::new(command))
+            }
+            mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
+        })
     }
 
     /// Waits for room in the queue; the room is kept until it is used or
@@ -149,14 +137,12 @@ pub enum Refused {
 }
 
 /// Room for one command in the publisher's queue ([`Sender::reserve`]).
-pub struct Room(mpsc::OwnedPermit<Queued>);
+pub struct Room(mpsc::OwnedPermit<PersistCommand>);
 
 impl Room {
     /// Queues `command` in the room kept for it.
-    pub fn start(self, command: PersistCommand) -> Accepted {
-        let (verdict, rx) = oneshot::channel();
-        self.0.send(Queued { command, verdict });
-        Accepted(rx)
+    pub fn start(self, command: PersistCommand) {
+        self.0.send(command);
     }
 }
 
@@ -168,9 +154,10 @@ struct Target {
 }
 
 async fn publish_loop(
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::Receiver<PersistCommand>,
     publisher: ConfirmedPublisher,
     target: Target,
+    refusals: Arc<dyn Refusals>,
     metrics: Arc<Metrics>,
 ) {
     let Target {
@@ -210,18 +197,16 @@ async fn publish_loop(
             }
         }
         busy_since = (waiting.len() >= BUSY_ROUND).then_some(started);
-        let mut by_partition: BTreeMap<u16, Vec<Queued>> = BTreeMap::new();
-        for queued in waiting {
-            let partition = bus::partition_of(queued.command.conversation_id(), partitions);
-            by_partition.entry(partition).or_default().push(queued);
+        let mut by_partition: BTreeMap<u16, Vec<PersistCommand>> = BTreeMap::new();
+        for command in waiting {
+            let partition = bus::partition_of(command.conversation_id(), partitions);
+            by_partition.entry(partition).or_default().push(command);
         }
         let mut round = Vec::with_capacity(by_partition.len());
         // Once the channel has not taken one message in time, the rest of
         // the round is refused at once rather than each waiting as long.
         let mut stalled: Option<String> = None;
-        for (partition, queued) in by_partition {
-            let (commands, verdicts): (Vec<PersistCommand>, Vec<oneshot::Sender<Verdict>>) =
-                queued.into_iter().map(|q| (q.command, q.verdict)).unzip();
+        for (partition, commands) in by_partition {
             let started = if let Some(e) = &stalled {
                 Err(e.clone())
             } else {
@@ -258,12 +243,8 @@ async fn publish_loop(
                 })
             };
             match started {
-                Ok(confirm) => round.push((confirm, verdicts, Instant::now())),
-                Err(e) => {
-                    for v in verdicts {
-                        let _ = v.send(Err(e.clone()));
-                    }
-                }
+                Ok(confirm) => round.push((confirm, commands, Instant::now())),
+                Err(e) => refuse(&*refusals, &commands, &e),
             }
         }
         if let Some(e) = &stalled {
@@ -273,21 +254,32 @@ async fn publish_loop(
         // waits at most one confirm timeout); the permit goes back when the
         // whole round is answered.
         let metrics = metrics.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
-            let answers = round.into_iter().map(|(confirm, verdicts, published)| {
+            let answers = round.into_iter().map(|(confirm, commands, published)| {
                 let metrics = metrics.clone();
+                let refusals = refusals.clone();
                 async move {
-                    let verdict = confirm.wait().await.map_err(|e| e.to_string());
+                    let verdict = confirm.wait().await;
                     metrics
                         .persist_confirm_seconds
                         .observe(published.elapsed().as_secs_f64());
-                    for v in verdicts {
-                        let _ = v.send(verdict.clone());
+                    if let Err(e) = verdict {
+                        refuse(&*refusals, &commands, &e.to_string());
                     }
                 }
             });
             futures_util::future::join_all(answers).await;
             drop(permit);
         });
+    }
+}
+
+/// The broker did not take the AMQP message carrying `commands`: one log
+/// line for them all, and each answered by `refusals`.
+fn refuse(refusals: &dyn Refusals, commands: &[PersistCommand], reason: &str) {
+    tracing::warn!(commands = commands.len(), error = %reason, "persist publish not confirmed by the broker; its sends are answered unavailable");
+    for command in commands {
+        refusals.unconfirmed(command, reason);
     }
 }

@@ -70,6 +70,7 @@ impl Gateway {
             &topo,
             Duration::from_millis(settings.gateway.publish_linger_ms),
             settings.gateway.publish_queue,
+            hub.clone(),
             metrics.clone(),
         );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;

@@ -4,11 +4,16 @@
 use anyhow::Context;
 use chat_persister::Persister;
 use chat_shared::config::Settings;
-use chat_shared::{schema, shutdown, telemetry};
+use chat_shared::{runtime, schema, shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading configuration")?;
+    runtime::build(&settings.runtime)
+        .context("starting the Tokio runtime")?
+        .block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log, &settings.telemetry, "chat-persister");
     match std::env::args().nth(1).as_deref() {
         Some("migrate") => {

@@ -27,6 +27,7 @@ pub enum ConfigError {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    pub runtime: RuntimeSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub database: DatabaseSettings,
@@ -36,6 +37,12 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub persister: PersisterSettings,
     pub presence: PresenceSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuntimeSettings {
+    /// Tokio worker threads; 0 means one per core (or TOKIO_WORKER_THREADS).
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,7 +8,8 @@
 //! - [`schema`]: the Postgres schema as sea-orm migrations, and connecting;
 //! - [`config`]: typed layered settings; [`telemetry`]: logging;
 //!   [`shutdown`]: the stop signal; [`time`]: wire timestamps;
-//!   [`metrics`]: `/metrics` for services without an HTTP server.
+//!   [`metrics`]: `/metrics` for services without an HTTP server;
+//!   [`runtime`]: the Tokio runtime, sized by the settings.
 
 pub mod amqp;
 pub mod bus;
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod runtime;
 pub mod schema;
 pub mod shutdown;
 pub mod telemetry;

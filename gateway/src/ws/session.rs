@@ -9,7 +9,7 @@
 use crate::auth::{AuthUser, unix_now};
 use crate::hub::{self, Outbound, RegisterError, SessionHandle};
 use crate::limits::{ConnectionSlot, TokenBucket, retry_after_ms};
-use crate::sender::{Accepted, Refused};
+use crate::sender::Refused;
 use crate::state::AppState;
 use crate::store::Membership;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -68,7 +68,7 @@ pub async fn run(
     let overflow = Arc::new(Notify::new());
     let handle = SessionHandle {
         session_id: session_id.clone(),
-        tx: tx.clone(),
+        tx,
         overflow: overflow.clone(),
     };
     let max_sessions = state.settings.gateway.limits.connections_per_user;
@@ -96,7 +96,6 @@ pub async fn run(
         state: state.clone(),
         user,
         session_id,
-        tx,
         pending: HashMap::new(),
         next_check: Instant::now(),
         typing_window: (now, 0),
@@ -181,8 +180,6 @@ struct Session {
     state: AppState,
     user: AuthUser,
     session_id: Arc<str>,
-    /// A sender to this session's own queue, for answers produced here.
-    tx: mpsc::Sender<Outbound>,
     /// Sends published but not yet answered, with when they were sent.
     pending: HashMap<ClientMsgId, Instant>,
     /// Typing frames forwarded in the current one-second window.
@@ -313,8 +310,8 @@ impl Session {
                         let what = Submitted::of(&command);
                         match room {
                             Ok(room) => {
-                                let accepted = span.in_scope(|| room.start(*command));
-                                self.published(what, accepted);
+                                span.in_scope(|| room.start(*command));
+                                self.published(what);
                             }
                             Err(_) => self.not_queued(what).await,
                         }
@@ -660,55 +657,36 @@ impl Session {
     async fn submit(&mut self, command: PersistCommand, span: tracing::Span) {
         let what = Submitted::of(&command);
         match span.in_scope(|| self.state.sender.try_start(command)) {
-            Ok(accepted) => self.published(what, accepted),
+            Ok(()) => self.published(what),
             Err(Refused::Full(command)) => self.parked = Some(Parked { command, span }),
             Err(Refused::Stopped) => self.not_queued(what).await,
         }
     }
 
-    /// A command is queued for the broker: a send waits for its ack (and
-    /// gets `unavailable` if the broker does not confirm it).
-    fn published(&mut self, what: Submitted, accepted: Accepted) {
-        let user = self.user.user_id;
-        match what {
-            Submitted::Read { conversation_id } => {
-                tokio::spawn(async move {
-                    if let Err(e) = accepted.wait().await {
-                        tracing::warn!(user.id = %user, conversation.id = %conversation_id, error = %e, "read marker not confirmed by the broker");
-                    }
-                });
-            }
-            Submitted::Send {
-                client_msg_id,
-                conversation_id,
-            } => {
-                self.state.metrics.sends_received.inc();
-                tracing::debug!(
-                    user.id = %user,
-                    session.id = %self.session_id,
-                    conversation.id = %conversation_id,
-                    client_msg_id = client_msg_id.as_str(),
-                    "send published"
-                );
-                let now = Instant::now();
-                self.pending.insert(client_msg_id.clone(), now);
-                let timeout = Duration::from_millis(self.state.settings.gateway.send_timeout_ms);
-                self.next_check = self.next_check.min(now + timeout);
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = accepted.wait().await {
-                        tracing::warn!(user.id = %user, error = %e, "send not confirmed by the broker");
-                        let frame = unavailable(&client_msg_id);
-                        let _ = tx
-                            .send(Outbound::SendAnswered {
-                                client_msg_id: Box::new(client_msg_id),
-                                frame,
-                            })
-                            .await;
-                    }
-                });
-            }
-        }
+    /// A command is queued for the broker: a send waits for its ack. If
+    /// the broker does not take it, the publisher has the hub answer it
+    /// `unavailable` (`Refusals`); if nothing answers it in
+    /// `gateway.send_timeout_ms`, this session does.
+    fn published(&mut self, what: Submitted) {
+        let Submitted::Send {
+            client_msg_id,
+            conversation_id,
+        } = what
+        else {
+            return;
+        };
+        self.state.metrics.sends_received.inc();
+        tracing::debug!(
+            user.id = %self.user.user_id,
+            session.id = %self.session_id,
+            conversation.id = %conversation_id,
+            client_msg_id = client_msg_id.as_str(),
+            "send published"
+        );
+        let now = Instant::now();
+        self.pending.insert(client_msg_id, now);
+        let timeout = Duration::from_millis(self.state.settings.gateway.send_timeout_ms);
+        self.next_check = self.next_check.min(now + timeout);
     }
 
     /// The publisher has stopped (the gateway is shutting down): a send is
@@ -742,18 +720,9 @@ impl Session {
         for id in expired {
             self.pending.remove(&id);
             self.state.metrics.send_refused(ErrorCode::Unavailable);
-            if self.write(unavailable(&id)).await.is_err() {
+            if self.write(hub::unavailable(&id)).await.is_err() {
                 return;
             }
         }
     }
-}
-
-fn unavailable(client_msg_id: &ClientMsgId) -> axum::extract::ws::Utf8Bytes {
-    hub::frame(&ServerFrame::Error {
-        code: ErrorCode::Unavailable,
-        message: "message not confirmed in time, send it again".into(),
-        client_msg_id: Some(client_msg_id.as_str().to_owned()),
-        retry_after_ms: None,
-    })
 }
