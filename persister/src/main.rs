@@ -8,14 +8,14 @@ use chat_shared::{runtime, schema, shutdown, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading configuration")?;
-    runtime::build(&settings.runtime)
-        .context("starting the Tokio runtime")?
-        .block_on(run(settings))
+    let runtime_settings = settings.runtime.clone();
+    runtime::run(&runtime_settings, run(settings)).context("starting the Tokio runtime")?
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(&settings.log, &settings.telemetry, "chat-persister");
-    match std::env::args().nth(1).as_deref() {
+    let command = std::env::args().nth(1);
+    match command.as_deref() {
         Some("migrate") => {
             let db = schema::connect(&settings.database)
                 .await

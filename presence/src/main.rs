@@ -5,9 +5,8 @@ use chat_shared::{runtime, shutdown, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading configuration")?;
-    runtime::build(&settings.runtime)
-        .context("starting the Tokio runtime")?
-        .block_on(run(settings))
+    let runtime_settings = settings.runtime.clone();
+    runtime::run(&runtime_settings, run(settings)).context("starting the Tokio runtime")?
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
