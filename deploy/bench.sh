@@ -62,41 +62,15 @@ db_counters() {
             (SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'messages')" | tr '|' ' '
 }
 
-# CPU time (clock ticks) used so far by each part of the system, summed over
-# its processes: rabbitmq postgres nginx redis gateways persister presence.
+# CPU used so far by each part of the system, summed over its processes:
+# "user sys switches" (clock ticks, and context switches, voluntary +
+# involuntary, summed over the threads alive at the time) for each of
+# rabbitmq postgres nginx redis gateways persister presence, in that order.
+# Kernel time and switches are what a message's hand-offs between threads
+# and processes cost, which an instruction count of user code misses.
 # (Processes that exited in between, like short-lived Postgres backends, are
 # not counted; nor are processes in containers, such as the Erlang nodes of
 # deploy/container-test.sh: those live in another mount namespace.)
-cpu_ticks() {
-  local own proc others=""
-  own=$(readlink /proc/self/ns/mnt)
-  for proc in /proc/[0-9]*; do
-    [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" = "$own" ] || others+=" ${proc#/proc/}"
-  done
-  # (cat, not awk directly: a process may exit between the glob and the read)
-  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v others="$others" '
-  BEGIN { n = split(others, list, " "); for (i = 1; i <= n; i++) skip[list[i]] = 1 }
-  {
-    if ($1 in skip) next
-    comm = $2; gsub(/[()]/, "", comm); t = $14 + $15
-    if (comm == "beam.smp") c["rabbitmq"] += t
-    else if (comm == "postgres") c["postgres"] += t
-    else if (comm == "nginx") c["nginx"] += t
-    else if (comm == "redis-server") c["redis"] += t
-    else if (comm == "chat-gateway") c["gateways"] += t
-    else if (comm == "chat-persister") c["persister"] += t
-    else if (comm == "chat-presence") c["presence"] += t
-  } END {
-    printf "%d %d %d %d %d %d %d\n", c["rabbitmq"], c["postgres"], c["nginx"], c["redis"], c["gateways"], c["persister"], c["presence"]
-  }'
-}
-TICKS=$(getconf CLK_TCK)
-
-# The same parts, in more detail: user and system CPU (clock ticks) and
-# context switches (voluntary + involuntary, summed over the threads alive
-# at the time), "user sys switches" per part in the order of cpu_ticks.
-# Kernel time and switches are what a message's hand-offs between threads
-# and processes cost, which an instruction count of user code misses.
 cpu_detail() {
   local own proc others=""
   own=$(readlink /proc/self/ns/mnt)
@@ -129,6 +103,12 @@ cpu_detail() {
     printf "\n"
   }'
 }
+
+# ticks_of DETAIL: user + system ticks per part, from a cpu_detail line.
+ticks_of() {
+  awk '{ for (i = 0; i < 7; i++) printf "%d ", $(3 * i + 1) + $(3 * i + 2); printf "\n" }' <<<"$1"
+}
+TICKS=$(getconf CLK_TCK)
 
 # steady_window PROGRESS OUT: while the load generator runs, snapshots the
 # CPU detail (cpu_detail) and the acked count at the first progress line of
@@ -167,7 +147,7 @@ scenario() {
   cmd0=$(gateway_counter gateway_persist_commands_total)
   local cpu0 cpu1 detail0 detail1
   detail0=$(cpu_detail)
-  cpu0=$(cpu_ticks)
+  cpu0=$(ticks_of "$detail0")
   : >"$OUT/$name.progress"
   steady_window "$OUT/$name.progress" "$OUT/$name.steady" &
   local watcher=$!
@@ -175,8 +155,8 @@ scenario() {
     TIMEFORMAT='%U %S'
     time "$BIN/chat-load" run --url "$URL" --duration "$DURATION" --warmup "$WARMUP" "$@" 2>>"$OUT/$name.progress" | tee -a "$OUT/$name.txt" || true
   } 2>"$OUT/$name.loadcpu"
-  cpu1=$(cpu_ticks)
   detail1=$(cpu_detail)
+  cpu1=$(ticks_of "$detail1")
   kill "$watcher" 2>/dev/null || true
   wait "$watcher" 2>/dev/null || true
   pkill -f "tail -n \+1 -F $OUT/$name.progress" 2>/dev/null || true

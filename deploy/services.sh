@@ -1011,6 +1011,8 @@ cmd_nginx_start() {
     conf="${conf//@@USER_DIRECTIVE@@/$user_directive}"
     conf="${conf//@@RLIMIT_NOFILE@@/$nofile}"
     conf="${conf//@@WORKER_CONNECTIONS@@/$worker_conns}"
+    # CHAT_NGINX_WORKERS: nginx's worker_processes (default auto, one per core).
+    conf="${conf//@@WORKER_PROCESSES@@/${CHAT_NGINX_WORKERS:-auto}}"
     conf="${conf//@@NGINX_DIR@@/$NGINX_DIR}"
     conf="${conf//@@PID_FILE@@/$NGINX_PID_FILE}"
     conf="${conf//@@ERROR_LOG@@/$NGINX_ERROR_LOG}"
