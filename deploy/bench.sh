@@ -72,21 +72,22 @@ db_counters() {
 # not counted; nor are processes in containers, such as the Erlang nodes of
 # deploy/container-test.sh: those live in another mount namespace.)
 cpu_detail() {
-  local own proc others=""
+  local own proc comm stat switches
   own=$(readlink /proc/self/ns/mnt)
+  # Only the parts' processes are read further (a snapshot is taken inside
+  # the measured window, so it must cost little).
   for proc in /proc/[0-9]*; do
-    [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" = "$own" ] || others+=" ${proc#/proc/}"
-  done
+    read -r comm <"$proc/comm" 2>/dev/null || continue
+    case "$comm" in
+      beam.smp | postgres | nginx | redis-server | chat-gateway | chat-persister | chat-presence) ;;
+      *) continue ;;
+    esac
+    [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" = "$own" ] || continue
+    read -r stat <"$proc/stat" 2>/dev/null || continue
+    switches=$(awk '/ctxt_switches/ { s += $2 } END { print s + 0 }' "$proc"/task/*/status 2>/dev/null || echo 0)
+    echo "$stat $switches"
+  done | awk '
   {
-    for proc in /proc/[0-9]*; do
-      read -r stat <"$proc/stat" 2>/dev/null || continue
-      switches=$(cat "$proc"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')
-      echo "$stat $switches"
-    done
-  } | awk -v others="$others" '
-  BEGIN { n = split(others, list, " "); for (i = 1; i <= n; i++) skip[list[i]] = 1 }
-  {
-    if ($1 in skip) next
     comm = $2; gsub(/[()]/, "", comm); p = ""
     if (comm == "beam.smp") p = "rabbitmq"
     else if (comm == "postgres") p = "postgres"
@@ -157,9 +158,9 @@ scenario() {
   } 2>"$OUT/$name.loadcpu"
   detail1=$(cpu_detail)
   cpu1=$(ticks_of "$detail1")
-  kill "$watcher" 2>/dev/null || true
-  wait "$watcher" 2>/dev/null || true
+  # Ending its tail ends the watcher's loop, after any snapshot in progress.
   pkill -f "tail -n \+1 -F $OUT/$name.progress" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
   read -r tx1 ins1 < <(db_counters)
   read -r b1 m1 st1 c1 a1 < <(persister_counters)
   awk -v b="$b0 $b1" -v m="$m0 $m1" -v st="$st0 $st1" -v c="$c0 $c1" -v a="$a0 $a1" 'BEGIN {

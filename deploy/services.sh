@@ -283,7 +283,7 @@ select_instance() {
         # worker each here: with one per core, handing a message between
         # Erlang processes woke an idle scheduler on the other core. At
         # 1,000 msg/s the broker spent 121 instead of 150 µs per message, at
-        # 10,000 the same throughput (docs/benchmarks.md). A broker of its
+        # 10,000 the same throughput in two runs (docs/benchmarks.md). A broker of its
         # own on a bigger machine wants its default (one per core).
         # CHAT_RABBITMQ_ERL_ARGS adds or overrides emulator flags.
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none +S 1:1 ${CHAT_RABBITMQ_ERL_ARGS:-}"

@@ -31,6 +31,10 @@ pub enum Outbound {
         client_msg_id: Box<ClientMsgId>,
         frame: Utf8Bytes,
     },
+    /// The broker did not take one of this session's sends: `unavailable`,
+    /// written (and counted) only if the send is still unanswered, since
+    /// its timeout may have answered it already.
+    SendRefused(Box<ClientMsgId>),
 }
 
 /// The hub's handle on one session.
@@ -422,13 +426,9 @@ impl Refusals for Hub {
                 else {
                     return; // gone: nobody to answer
                 };
-                self.metrics.send_refused(ErrorCode::Unavailable);
                 self.offer(
                     &session,
-                    Outbound::SendAnswered {
-                        client_msg_id: Box::new(send.client_msg_id.clone()),
-                        frame: unavailable(&send.client_msg_id),
-                    },
+                    Outbound::SendRefused(Box::new(send.client_msg_id.clone())),
                 );
             }
             PersistCommand::Read(read) => {

@@ -42,7 +42,9 @@ const BUSY_ROUND_INTERVAL: Duration = Duration::from_millis(2);
 /// Who answers a command the broker did not take (nacked, returned, not
 /// confirmed in time, or not taken at all). A confirmed command needs no
 /// answer here: its ack comes from the persister. So the publisher wakes no
-/// session for a send that went well, and holds no task per send.
+/// session for a send that went well, and holds no task per send. (Should
+/// the publishing task itself end, the sends it held are answered by their
+/// sessions' `gateway.send_timeout_ms`.)
 pub trait Refusals: Send + Sync + 'static {
     /// `command` was not taken, for `reason` (for logs).
     fn unconfirmed(&self, command: &PersistCommand, reason: &str);
@@ -278,7 +280,7 @@ async fn publish_loop(
 /// The broker did not take the AMQP message carrying `commands`: one log
 /// line for them all, and each answered by `refusals`.
 fn refuse(refusals: &dyn Refusals, commands: &[PersistCommand], reason: &str) {
-    tracing::warn!(commands = commands.len(), error = %reason, "persist publish not confirmed by the broker; its sends are answered unavailable");
+    tracing::warn!(commands = commands.len(), error = %reason, "persist publish not confirmed by the broker; its sends are answered unavailable, its read markers dropped");
     for command in commands {
         refusals.unconfirmed(command, reason);
     }

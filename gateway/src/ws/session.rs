@@ -298,8 +298,9 @@ impl Session {
                     return Ended::TooSlow;
                 }
                 Some(out) = rx.recv() => {
-                    let frame = self.outbound_frame(out);
-                    if let Err(ended) = self.write(frame).await {
+                    if let Some(frame) = self.outbound_frame(out)
+                        && let Err(ended) = self.write(frame).await
+                    {
                         return ended;
                     }
                 }
@@ -368,10 +369,11 @@ impl Session {
             .max(now + Duration::from_millis(1))
     }
 
-    /// The frame to write for `out`; an answered send leaves `pending`.
-    fn outbound_frame(&mut self, out: Outbound) -> axum::extract::ws::Utf8Bytes {
+    /// The frame to write for `out`, if any; an answered send leaves
+    /// `pending`. A refusal of a send already answered writes nothing.
+    fn outbound_frame(&mut self, out: Outbound) -> Option<axum::extract::ws::Utf8Bytes> {
         match out {
-            Outbound::Frame(frame) => frame,
+            Outbound::Frame(frame) => Some(frame),
             Outbound::SendAnswered {
                 client_msg_id,
                 frame,
@@ -380,7 +382,12 @@ impl Session {
                     let waited = sent.elapsed().as_secs_f64();
                     self.state.metrics.send_ack_seconds.observe(waited);
                 }
-                frame
+                Some(frame)
+            }
+            Outbound::SendRefused(client_msg_id) => {
+                self.pending.remove(&client_msg_id)?;
+                self.state.metrics.send_refused(ErrorCode::Unavailable);
+                Some(hub::unavailable(&client_msg_id))
             }
         }
     }
@@ -398,8 +405,9 @@ impl Session {
                 () = &mut deadline => break,
             };
             let Some(out) = out else { break };
-            let frame = self.outbound_frame(out);
-            if self.write(frame).await.is_err() {
+            if let Some(frame) = self.outbound_frame(out)
+                && self.write(frame).await.is_err()
+            {
                 break;
             }
         }
