@@ -10,6 +10,7 @@
 use crate::hub::Hub;
 use chat_shared::amqp::{self, Outgoing, Topology};
 use chat_shared::bus::{self, PresenceEvent};
+use chat_shared::telemetry::throttle::LogThrottle;
 use lapin::Channel;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub struct PresenceFeed {
     queue: String,
     /// This gateway's id in presence events.
     pub gateway: Arc<str>,
+    /// Events not published, logged at most every ten seconds (without a
+    /// broker, every session that opens or closes would log a line).
+    unpublished: Arc<LogThrottle>,
 }
 
 impl PresenceFeed {
@@ -28,6 +32,7 @@ impl PresenceFeed {
             channel,
             queue: topo.presence_queue(),
             gateway: gateway.into(),
+            unpublished: Arc::new(LogThrottle::new(Duration::from_secs(10))),
         }
     }
 
@@ -36,8 +41,10 @@ impl PresenceFeed {
         let published =
             amqp::publish_unconfirmed(&self.channel, Outgoing::to_queue(&self.queue, &payload))
                 .await;
-        if let Err(e) = published {
-            tracing::warn!(error = %e, "presence event not published");
+        if let Err(e) = published
+            && let Some(events) = self.unpublished.hit()
+        {
+            tracing::warn!(error = %e, events, "presence events not published (the next heartbeat repairs them)");
         }
     }
 

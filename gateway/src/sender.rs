@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PublishError, Topology};
 use chat_shared::bus::{self, PersistCommand};
 use chat_shared::telemetry::spans;
+use chat_shared::telemetry::throttle::LogThrottle;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,11 +54,9 @@ pub trait Refusals: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<PersistCommand>,
-    /// When a full queue was last logged (at most every [`FULL_LOG_EVERY`]).
-    full_logged: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// A full queue, logged at most every ten seconds.
+    full: Arc<LogThrottle>,
 }
-
-const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Sender {
     /// Starts the publishing task.
@@ -87,7 +86,7 @@ impl Sender {
         tokio::spawn(publish_loop(rx, publisher, target, refusals, metrics));
         Self {
             tx,
-            full_logged: Arc::default(),
+            full: Arc::new(LogThrottle::new(Duration::from_secs(10))),
         }
     }
 
@@ -117,11 +116,10 @@ impl Sender {
     }
 
     fn log_full(&self) {
-        let mut logged = self.full_logged.lock().unwrap_or_else(|p| p.into_inner());
-        if logged.is_none_or(|at| at.elapsed() >= FULL_LOG_EVERY) {
-            *logged = Some(Instant::now());
+        if let Some(times) = self.full.hit() {
             tracing::warn!(
                 capacity = self.tx.max_capacity(),
+                times,
                 key = "gateway.publish_queue",
                 "the publish queue is full (the broker is not confirming): sessions hold their next command and read no more frames until there is room"
             );

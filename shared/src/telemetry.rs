@@ -16,6 +16,7 @@
 
 pub mod propagation;
 pub mod spans;
+pub mod throttle;
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
