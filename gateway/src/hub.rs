@@ -290,11 +290,7 @@ impl Hub {
                 session_id,
                 outcome,
             } => {
-                let Some(session) = self
-                    .sessions_of(user_id)
-                    .into_iter()
-                    .find(|s| *s.session_id == *session_id)
-                else {
+                let Some(session) = self.session(user_id, &session_id) else {
                     return;
                 };
                 let (client_msg_id, reply) = match outcome {
@@ -398,6 +394,16 @@ impl Hub {
         }
     }
 
+    /// One session of `user`, by its id (answers meant for it alone).
+    fn session(&self, user: UserId, session_id: &str) -> Option<SessionHandle> {
+        let sessions = self.sessions();
+        sessions
+            .get(&user)?
+            .iter()
+            .find(|s| *s.session_id == *session_id)
+            .cloned()
+    }
+
     fn sessions_of(&self, user: UserId) -> Vec<SessionHandle> {
         self.sessions().get(&user).cloned().unwrap_or_default()
     }
@@ -419,11 +425,7 @@ impl Refusals for Hub {
     fn unconfirmed(&self, command: &PersistCommand, reason: &str) {
         match command {
             PersistCommand::Send(send) => {
-                let Some(session) = self
-                    .sessions_of(send.sender_id)
-                    .into_iter()
-                    .find(|s| *s.session_id == *send.session_id)
-                else {
+                let Some(session) = self.session(send.sender_id, &send.session_id) else {
                     return; // gone: nobody to answer
                 };
                 self.offer(

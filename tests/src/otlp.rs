@@ -165,6 +165,21 @@ pub async fn wait_for<T>(
     }
 }
 
+/// Exports every span of this test process (the services it starts in
+/// process included) to a new [`receiver`] (OTLP/gRPC if `grpc`), and
+/// returns what the receiver gets. Once per process: the tracing subscriber
+/// is global, so each trace test is a test binary of its own.
+pub async fn trace_everything(grpc: bool) -> std::sync::Arc<std::sync::Mutex<Vec<SpanRecord>>> {
+    let (url, spans) = receiver(grpc).await;
+    let mut settings = chat_shared::config::Settings::load_profile("test")
+        .unwrap_or_else(|e| panic!("the test profile: {e}"));
+    settings.telemetry.otlp_endpoint = url;
+    settings.telemetry.otlp_protocol = if grpc { "grpc" } else { "http/protobuf" }.into();
+    settings.telemetry.sample_ratio = 1.0;
+    chat_shared::telemetry::init(&settings.log, &settings.telemetry, "chat-tests");
+    spans
+}
+
 /// A receiver on a free loopback port (OTLP/gRPC if `grpc`, else
 /// OTLP/HTTP) for a test: the URL to export to, and every span it got.
 pub async fn receiver(grpc: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<SpanRecord>>>) {

@@ -17,11 +17,7 @@ use chat_tests::otlp::{self, SpanRecord};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_from_the_senders_gateway_to_the_recipients() {
-    let (url, spans) = otlp::receiver(false).await;
-    let mut settings = chat_shared::config::Settings::load_profile("test").unwrap();
-    settings.telemetry.otlp_endpoint = url;
-    settings.telemetry.sample_ratio = 1.0;
-    chat_shared::telemetry::init(&settings.log, &settings.telemetry, "chat-tests");
+    let spans = otlp::trace_everything(false).await;
 
     let system = TestSystem::start().await;
     let conversation = system.direct(1, 2).await;

@@ -11,13 +11,7 @@ use chat_tests::otlp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_over_otlp_grpc() {
-    let (url, spans) = otlp::receiver(true).await;
-
-    let mut settings = chat_shared::config::Settings::load_profile("test").unwrap();
-    settings.telemetry.otlp_endpoint = url;
-    settings.telemetry.otlp_protocol = "grpc".into();
-    settings.telemetry.sample_ratio = 1.0;
-    chat_shared::telemetry::init(&settings.log, &settings.telemetry, "chat-tests");
+    let spans = otlp::trace_everything(true).await;
 
     let system = TestSystem::start().await;
     let conversation = system.direct(1, 2).await;
