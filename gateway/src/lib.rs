@@ -2,26 +2,31 @@
 //! load balancer. One message's way through it:
 //!
 //! 1. [`ws`] upgrades `/ws` and authenticates ([`auth`]); [`ws::session`]
-//!    reads a `send` frame and parses it at the boundary;
-//! 2. [`sender`] publishes it to the persist exchange (confirmed, persistent);
+//!    reads a `send` frame and [`ws::frames`] checks it (body, rates,
+//!    pending sends) and makes it a command;
+//! 2. [`sender`] publishes it to the persist exchange (confirmed; persistent
+//!    only if `amqp.persistent_sends`), and the session's ledger
+//!    ([`ws::ledger`]) waits for its answer;
 //! 3. the persister stores it and publishes it back on the fan-out exchange;
-//! 4. [`fanout`] consumes this gateway's queue and [`hub`] hands the frame to
-//!    every local session of every member (the sender's own gets the `ack`).
+//! 4. [`inbox`] consumes this gateway's queue and [`hub`] hands the frame to
+//!    every local session of every member (the sender's own gets the `ack`),
+//!    through [`outbound`].
 //!
 //! [`listener`] counts connections per client address from the accept and
 //! [`server`] serves HTTP/1.1 on them; [`limits`] holds every per-client
 //! limit. [`http`] is the HTTP API (conversations, history, presence, dev
 //! login, health, readiness; metrics on their own port) over [`store`] and
-//! Redis. [`presence_feed`]
-//! tells the presence service who is here and who is typing. [`startup`] builds and runs it all.
+//! Redis. [`presence_feed`] tells the presence service who is here and who
+//! is typing. [`startup`] builds and runs it all.
 
 pub mod auth;
-pub mod fanout;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod outbound;
 pub mod presence_feed;
 pub mod sender;
 pub mod server;

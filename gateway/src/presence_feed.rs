@@ -4,64 +4,80 @@
 //! heartbeat is what lets the presence service notice a gateway that died
 //! without a word (kill -9), and rebuild its state after Redis was down.
 //!
-//! Fire and forget: presence is ephemeral, and a lost event is repaired by the
-//! next heartbeat.
+//! Fire and forget: presence is ephemeral, and a lost event is repaired by
+//! the next heartbeat. Events wait in a bounded queue that one task
+//! publishes from, in order, so no session ever waits on the broker for
+//! them; when the queue is full (the broker is not taking them) an event
+//! is dropped and logged.
 
 use crate::hub::Hub;
 use chat_shared::amqp::{self, Outgoing, Topology};
 use chat_shared::bus::{self, PresenceEvent};
+use chat_shared::ids::UserId;
 use chat_shared::telemetry::throttle::LogThrottle;
 use lapin::Channel;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+/// Presence events waiting for the broker, at most.
+const QUEUE: usize = 4096;
+
+/// An event, with the span it is published in (a typing frame's, so the
+/// relay and its deliveries join the frame's trace).
+pub type Queued = (PresenceEvent, tracing::Span);
 
 #[derive(Clone)]
 pub struct PresenceFeed {
-    channel: Channel,
-    queue: String,
+    tx: mpsc::Sender<Queued>,
     /// This gateway's id in presence events.
     pub gateway: Arc<str>,
-    /// Events not published, logged at most every ten seconds (without a
-    /// broker, every session that opens or closes would log a line).
-    unpublished: Arc<LogThrottle>,
+    /// Events dropped, logged at most every ten seconds (without a broker,
+    /// every session that opens or closes would log a line).
+    dropped: Arc<LogThrottle>,
 }
 
 impl PresenceFeed {
-    pub fn new(channel: Channel, topo: &Topology, gateway: &str) -> Self {
-        Self {
-            channel,
-            queue: topo.presence_queue(),
+    /// A feed, and the queue it fills for [`publish`] (or a test) to read.
+    pub fn new(gateway: &str) -> (Self, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let feed = Self {
+            tx,
             gateway: gateway.into(),
-            unpublished: Arc::new(LogThrottle::new(Duration::from_secs(10))),
-        }
+            dropped: Arc::new(LogThrottle::new(Duration::from_secs(10))),
+        };
+        (feed, rx)
     }
 
-    pub async fn publish(&self, event: PresenceEvent) {
-        let payload = bus::encode(&[event]);
-        let published =
-            amqp::publish_unconfirmed(&self.channel, Outgoing::to_queue(&self.queue, &payload))
-                .await;
-        if let Err(e) = published
-            && let Some(events) = self.unpublished.hit()
+    /// Queues `event`, to be published in `span`.
+    pub fn publish_in(&self, event: PresenceEvent, span: tracing::Span) {
+        if self.tx.try_send((event, span)).is_err()
+            && let Some(events) = self.dropped.hit()
         {
-            tracing::warn!(error = %e, events, "presence events not published (the next heartbeat repairs them)");
+            tracing::warn!(
+                events,
+                "presence events not published: their queue is full (the next heartbeat repairs them)"
+            );
         }
     }
 
-    pub async fn opened(&self, user: chat_shared::ids::UserId) {
-        self.publish(PresenceEvent::SessionOpened {
-            gateway: self.gateway.to_string(),
+    pub fn opened(&self, user: UserId) {
+        let gateway = self.gateway.to_string();
+        let event = PresenceEvent::SessionOpened {
+            gateway,
             user_id: user,
-        })
-        .await;
+        };
+        self.publish_in(event, tracing::Span::none());
     }
 
-    pub async fn closed(&self, user: chat_shared::ids::UserId) {
-        self.publish(PresenceEvent::SessionClosed {
-            gateway: self.gateway.to_string(),
+    pub fn closed(&self, user: UserId) {
+        let gateway = self.gateway.to_string();
+        let event = PresenceEvent::SessionClosed {
+            gateway,
             user_id: user,
-        })
-        .await;
+        };
+        self.publish_in(event, tracing::Span::none());
     }
 
     /// Sends a heartbeat every `every` until the task is dropped.
@@ -74,7 +90,28 @@ impl PresenceFeed {
                 gateway: self.gateway.to_string(),
                 user_ids: hub.users(),
             };
-            self.publish(event).await;
+            self.publish_in(event, tracing::Span::none());
+        }
+    }
+}
+
+/// Publishes the queued events to the presence queue, in order, until the
+/// feed is dropped.
+pub async fn publish(mut rx: mpsc::Receiver<Queued>, channel: Channel, topo: Topology) {
+    let queue = topo.presence_queue();
+    let unpublished = LogThrottle::new(Duration::from_secs(10));
+    while let Some((event, span)) = rx.recv().await {
+        let payload = bus::encode(&[event]);
+        let outgoing = Outgoing::to_queue(&queue, &payload);
+        // Published inside the event's span: its context goes out in the
+        // AMQP headers.
+        let published = amqp::publish_unconfirmed(&channel, outgoing)
+            .instrument(span)
+            .await;
+        if let Err(e) = published
+            && let Some(events) = unpublished.hit()
+        {
+            tracing::warn!(error = %e, events, "presence events not published (the next heartbeat repairs them)");
         }
     }
 }

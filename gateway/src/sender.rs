@@ -5,9 +5,10 @@
 //! ack itself comes later, from the persister, once the message is committed.
 //!
 //! One task publishes for the whole gateway. It takes whatever commands are
-//! waiting (up to [`MAX_COMMANDS_PER_MESSAGE`]) and publishes one AMQP
-//! message per partition: alone under light load, so nobody waits, and many
-//! to a message under heavy load, which is what lets the broker keep up.
+//! waiting (up to [`MAX_COMMANDS_PER_MESSAGE`]), lingers up to
+//! `gateway.publish_linger_ms` for more, and publishes one AMQP message per
+//! partition: few to a message under light load, many under heavy load,
+//! which is what lets the broker keep up.
 //! One task on one channel also keeps every session's commands in order. At
 //! most [`MAX_IN_FLIGHT`] rounds await their confirms at once; while they do,
 //! new sends wait and then go out together, so the busier the broker, the
@@ -76,7 +77,7 @@ impl Sender {
         refusals: Arc<dyn Refusals>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (sender, rx) = Self::channel(queue);
         let target = Target {
             exchange: topo.persist_exchange(),
             partitions: topo.partitions,
@@ -84,23 +85,36 @@ impl Sender {
             linger,
         };
         tokio::spawn(publish_loop(rx, publisher, target, refusals, metrics));
-        Self {
-            tx,
-            full: Arc::new(LogThrottle::new(Duration::from_secs(10))),
-        }
+        sender
     }
 
-    /// Queues `command`, in call order; when the queue is full (the broker
-    /// is not keeping up, or not answering) hands it back, for the caller
-    /// to hold until [`Sender::reserve`] gives it room.
-    pub fn try_start(&self, command: PersistCommand) -> Result<(), Refused> {
-        self.tx.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(command) => {
-                self.log_full();
-                Refused::Full(Box::new(command))
-            }
-            mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
-        })
+    /// A sender and the queue it fills, for the publishing task (or a
+    /// test) to read.
+    pub fn channel(queue: usize) -> (Self, mpsc::Receiver<PersistCommand>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let sender = Self {
+            tx,
+            full: Arc::new(LogThrottle::new(Duration::from_secs(10))),
+        };
+        (sender, rx)
+    }
+
+    /// Room for one command in the queue, now; when the queue is full
+    /// (the broker is not keeping up, or not answering) the caller holds
+    /// its command until [`Sender::reserve`] gives it room. Commands queued
+    /// through rooms keep the order in which the rooms were used.
+    pub fn try_reserve(&self) -> Result<Room, Refused> {
+        self.tx
+            .clone()
+            .try_reserve_owned()
+            .map(Room)
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.log_full();
+                    Refused::Full
+                }
+                mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
+            })
     }
 
     /// Waits for room in the queue; the room is kept until it is used or
@@ -127,11 +141,11 @@ impl Sender {
     }
 }
 
-/// Why a command was not queued.
-#[derive(Debug)]
+/// Why there is no room for a command.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// No room now: here it is back.
-    Full(Box<PersistCommand>),
+    /// No room now.
+    Full,
     /// The publishing task has ended (shutting down).
     Stopped,
 }

@@ -2,15 +2,17 @@
 //! then serve until the shutdown future resolves and drain with a deadline.
 
 use crate::auth::JwtKeys;
-use crate::hub::Hub;
+use crate::hub::{AmqpBindings, Hub};
 use crate::limits::Limits;
 use crate::listener::CountingListener;
 use crate::metrics::Metrics;
-use crate::presence_feed::PresenceFeed;
+use crate::presence_feed::{self, PresenceFeed};
 use crate::sender::Sender;
 use crate::state::AppState;
 use crate::store::Store;
-use crate::{fanout, http, server};
+use crate::ws::context::{SessionContext, Timing};
+use crate::ws::frames::Rules;
+use crate::{http, inbox, server};
 use anyhow::Context;
 use chat_shared::amqp::Inbound;
 use chat_shared::amqp::{self, ConfirmedPublisher};
@@ -53,15 +55,20 @@ impl Gateway {
         // before its bindings and its consumer are restored.
         let setup = conn.create_channel().await?;
         let queue = topo.gateway_queue(&instance);
-        fanout::declare_queue(&setup, &queue, settings.gateway.queue_max_length)
+        inbox::declare_queue(&setup, &queue, settings.gateway.queue_max_length)
             .await
             .context("declaring the gateway queue")?;
-        let consumer = fanout::consume(&setup, &queue).await?;
-        let dropped = fanout::consume(&setup, &fanout::dropped_queue(&queue)).await?;
+        let consumer = inbox::consume(&setup, &queue).await?;
+        let dropped = inbox::consume(&setup, &inbox::dropped_queue(&queue)).await?;
 
         let metrics = Arc::new(Metrics::new());
         let mut amqp_channels = vec![setup.clone()];
-        let hub = Arc::new(Hub::new(setup, queue.clone(), &topo, metrics.clone()));
+        let bindings = AmqpBindings::new(setup, queue.clone(), &topo);
+        let hub = Arc::new(Hub::new(
+            Arc::new(bindings),
+            topo.route_shards,
+            metrics.clone(),
+        ));
         let confirm_timeout = settings.amqp.confirm_timeout();
         let publisher = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
         amqp_channels.push(publisher.channel().clone());
@@ -75,7 +82,13 @@ impl Gateway {
         );
         let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
         amqp_channels.push(events.channel().clone());
-        let presence = PresenceFeed::new(conn.create_channel().await?, &topo, &instance);
+        let (presence, presence_queue) = PresenceFeed::new(&instance);
+        let presence_channel = conn.create_channel().await?;
+        tokio::spawn(presence_feed::publish(
+            presence_queue,
+            presence_channel,
+            topo.clone(),
+        ));
         let redis = cache::connect(&settings.redis).context("the Redis URL")?;
         let cache_keys = cache::Keys::new(&settings.redis);
 
@@ -88,11 +101,27 @@ impl Gateway {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (broker_lost_tx, broker_lost) = watch::channel(false);
         let (broker_dead_tx, broker_dead) = watch::channel(false);
+        let store = Store::new(db.get_postgres_connection_pool().clone());
+        let limits = Arc::new(Limits::new(&settings.gateway.limits));
+        let queue: Arc<str> = queue.into();
+        let sessions = Arc::new(SessionContext {
+            rules: Rules::from_settings(&settings.gateway),
+            timing: Timing::from_settings(&settings.gateway),
+            sender: sender.clone(),
+            members: Arc::new(store.clone()),
+            presence: presence.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            reply_to: queue.clone(),
+            shutdown: shutdown.clone(),
+            broker_lost: broker_lost.clone(),
+        });
         let state = AppState {
             keys: JwtKeys::from_settings(&settings.auth).context("auth.jwt_secret")?,
-            limits: Arc::new(Limits::new(&settings.gateway.limits)),
+            limits,
             settings: Arc::new(settings),
-            store: Store::new(db.get_postgres_connection_pool().clone()),
+            store,
+            sessions,
             sender,
             events,
             hub,
@@ -103,7 +132,7 @@ impl Gateway {
             redis,
             cache_keys,
             topo,
-            queue: queue.into(),
+            queue,
             shutdown,
             broker_lost,
             broker_dead,
@@ -151,12 +180,12 @@ impl Gateway {
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, queue = %state.queue, "gateway serving");
-        let fanout = tokio::spawn(fanout::run(
+        let inbox = tokio::spawn(inbox::run(
             consumer,
             state.hub.clone(),
             state.metrics.clone(),
         ));
-        let drops = tokio::spawn(fanout::count_dropped(
+        let drops = tokio::spawn(inbox::count_dropped(
             dropped,
             state.queue.to_string(),
             state.metrics.clone(),
@@ -241,7 +270,7 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = amqp.close(200, "gateway shutdown".into()).await;
-        fanout.abort();
+        inbox.abort();
         drops.abort();
         heartbeats.abort();
         metrics.abort();

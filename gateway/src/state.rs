@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::presence_feed::PresenceFeed;
 use crate::sender::Sender;
 use crate::store::Store;
+use crate::ws::context::SessionContext;
 use chat_shared::amqp::{ConfirmedPublisher, Topology};
 use chat_shared::config::Settings;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub keys: JwtKeys,
     pub store: Store,
     pub sender: Sender,
+    /// What every WebSocket session is given (a narrow part of this).
+    pub sessions: Arc<SessionContext>,
     /// Publishes gateway events (a conversation appeared) to other gateways.
     pub events: ConfirmedPublisher,
     pub hub: Arc<Hub>,

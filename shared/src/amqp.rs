@@ -95,7 +95,11 @@ impl Topology {
     }
     /// The fan-out shard of a user.
     pub fn route_shard(&self, user: UserId) -> u16 {
-        user.get().rem_euclid(i64::from(self.route_shards.max(1))) as u16
+        Self::shard_of(user, self.route_shards)
+    }
+    /// The fan-out shard of a user, of `route_shards` shards.
+    pub fn shard_of(user: UserId, route_shards: u16) -> u16 {
+        user.get().rem_euclid(i64::from(route_shards.max(1))) as u16
     }
     /// The fan-out routing key of a shard.
     pub fn shard_key(shard: u16) -> String {

@@ -25,8 +25,9 @@ async fn echo(mut socket: WebSocket) {
             // Pings are answered and closes returned by the socket itself.
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_)) => continue,
             Err(error) => {
-                if let Some((code, reason)) = super::protocol_close(&error.into_inner()) {
-                    super::session::close_with(&mut socket, code, reason).await;
+                if let Some((code, reason)) = super::close::for_protocol_error(&error.into_inner())
+                {
+                    super::close::send(&mut socket, code, reason).await;
                 }
                 return;
             }

@@ -2,8 +2,15 @@
 //! client's connection limits, the header token) and the upgrade. The
 //! session itself is in [`session`].
 
+pub mod close;
+pub mod context;
 pub mod echo;
+pub mod frames;
+pub mod ledger;
+pub mod members;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 
 use crate::http::error::ApiError;
 use crate::http::extract::header_user;
@@ -77,19 +84,6 @@ fn configured(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
-}
-
-/// How RFC 6455 says to close after a read failed below the message layer
-/// (bad UTF-8, an oversized frame, a malformed one), or `None` when the
-/// connection is simply gone.
-fn protocol_close(error: &axum::BoxError) -> Option<(u16, &'static str)> {
-    use session::close;
-    match error.downcast_ref::<tungstenite::Error>()? {
-        tungstenite::Error::Utf8(_) => Some((close::INVALID_DATA, "text frame is not UTF-8")),
-        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "frame too large")),
-        tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
-        _ => None,
-    }
 }
 
 /// A connection that a trusted load balancer carries is counted against the

@@ -259,7 +259,7 @@ async fn a_persister_holds_at_most_its_command_budget_and_still_stores_everythin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_a_full_gateway_queue_drops_is_counted() {
-    use chat_gateway::fanout;
+    use chat_gateway::inbox;
     use chat_gateway::metrics::Metrics;
     use lapin::options::ConfirmSelectOptions;
     use std::sync::Arc;
@@ -270,7 +270,7 @@ async fn every_event_a_full_gateway_queue_drops_is_counted() {
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
     let queue = format!("{}.gw.overfull", system.settings.amqp.prefix);
-    fanout::declare_queue(&channel, &queue, 3).await.unwrap();
+    inbox::declare_queue(&channel, &queue, 3).await.unwrap();
     // Ten AMQP messages of two events each, and nobody consuming yet: the
     // queue keeps the newest three messages and drops seven, 14 events.
     let publisher = conn.create_channel().await.unwrap();
@@ -294,10 +294,10 @@ async fn every_event_a_full_gateway_queue_drops_is_counted() {
             .unwrap();
     }
     let metrics = Arc::new(Metrics::new());
-    let dropped = fanout::consume(&channel, &fanout::dropped_queue(&queue))
+    let dropped = inbox::consume(&channel, &inbox::dropped_queue(&queue))
         .await
         .unwrap();
-    tokio::spawn(fanout::count_dropped(
+    tokio::spawn(inbox::count_dropped(
         dropped,
         queue.clone(),
         metrics.clone(),

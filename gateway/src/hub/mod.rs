@@ -1,0 +1,395 @@
+//! The sessions this gateway hosts, and the routing that follows them: the
+//! gateway's queue is bound to `shard.<n>` on the fan-out exchange while at
+//! least one user of shard `n` has a session here, so each gateway receives
+//! the traffic of the shards it hosts, and delivers each event only to the
+//! recipients it names that are here.
+//!
+//! [`registry`] is who is here (pure data), [`route`] which of them get
+//! which frame for an event (pure), [`bindings`] the broker side. The hub
+//! puts them together, with the traces and metrics of each delivery.
+
+mod bindings;
+mod registry;
+mod route;
+
+pub use bindings::{AmqpBindings, ShardBindings};
+pub use registry::SessionHandle;
+
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::sender::Refusals;
+use chat_shared::bus::{GatewayEvent, PersistCommand};
+use chat_shared::ids::UserId;
+use chat_shared::protocol::Message;
+use chat_shared::telemetry::propagation::TraceHeaders;
+use chat_shared::telemetry::spans;
+use registry::{Registry, TooManySessions};
+use route::Routed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+pub struct Hub {
+    registry: Mutex<Registry>,
+    /// Serialises bind and unbind so a shard's last user leaving and a new
+    /// one arriving cannot leave the binding in the wrong state.
+    routing: tokio::sync::Mutex<()>,
+    bindings: Arc<dyn ShardBindings>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("user {0} already has the most sessions allowed here")]
+    TooManySessions(UserId),
+    #[error("could not route user {user} to this gateway: {source}")]
+    Bind { user: UserId, source: lapin::Error },
+}
+
+impl Hub {
+    pub fn new(bindings: Arc<dyn ShardBindings>, route_shards: u16, metrics: Arc<Metrics>) -> Self {
+        Self {
+            registry: Mutex::new(Registry::new(route_shards)),
+            routing: tokio::sync::Mutex::new(()),
+            bindings,
+            metrics,
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding this lock cannot leave the registry
+        // half-updated (every update completes without panicking), so
+        // poisoning is ignored.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a session; binds the user's shard first if it is the shard's
+    /// first user here. Returns once the broker has the binding, so nothing
+    /// stored after `hello` can miss this session; `true` when it was the
+    /// user's first session here. A user who already has `max_per_user`
+    /// sessions here gets none.
+    pub async fn register(
+        &self,
+        user: UserId,
+        handle: SessionHandle,
+        max_per_user: usize,
+    ) -> Result<bool, RegisterError> {
+        let _routing = self.routing.lock().await;
+        let admission = self
+            .registry()
+            .admit(user, max_per_user)
+            .map_err(|TooManySessions| RegisterError::TooManySessions(user))?;
+        if let Some(shard) = admission.bind {
+            self.bindings
+                .bind(shard)
+                .await
+                .map_err(|source| RegisterError::Bind { user, source })?;
+        }
+        Ok(self.registry().add(user, handle))
+    }
+
+    /// Removes a session (`true` when it was the user's last one here), and
+    /// unbinds the user's shard when no user of it is left here.
+    pub async fn unregister(&self, user: UserId, session_id: &str) -> bool {
+        let _routing = self.routing.lock().await;
+        let removal = self.registry().remove(user, session_id);
+        if let Some(shard) = removal.unbind
+            && let Err(e) = self.bindings.unbind(shard).await
+        {
+            // Harmless: deliveries for users with no session here are dropped.
+            tracing::warn!(shard, error = %e, "unbind failed");
+        }
+        removal.last_of_user
+    }
+
+    /// The users with at least one session here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.registry().users()
+    }
+
+    pub fn hosts(&self, user: UserId) -> bool {
+        self.registry().hosts(user)
+    }
+
+    /// How many sessions `user` has here.
+    pub fn sessions_of_user(&self, user: UserId) -> usize {
+        self.registry().sessions_of_user(user)
+    }
+
+    /// Frames queued towards all sessions, not yet written.
+    pub fn queued_frames(&self) -> usize {
+        self.registry().queued_frames()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.registry().session_count()
+    }
+
+    /// Delivers one bus event to the local sessions it concerns; `via` is
+    /// the trace context of the publish that brought it (AMQP headers).
+    pub fn dispatch(&self, event: GatewayEvent, via: Option<&TraceHeaders>) {
+        let registry = self.registry();
+        // The delivery on this gateway, in the trace of the frame that
+        // caused it: only for a traced event that concerns a session here.
+        let span = delivery_span(&event, &registry, via);
+        let _in_span = span.enter();
+        let stored = match &event {
+            GatewayEvent::Stored {
+                message, origin, ..
+            } => Some(StoredFacts::of(
+                message,
+                origin.as_ref().and_then(|o| o.received_at_us),
+            )),
+            _ => None,
+        };
+        let routed = route::route(event, &registry, |session, out| self.offer(session, out));
+        drop(registry);
+        self.count(&routed);
+        if let Some(stored) = stored {
+            stored.record(&routed, &span, &self.metrics);
+        }
+    }
+
+    fn count(&self, routed: &Routed) {
+        self.metrics.acks_sent.inc_by(routed.acks as u64);
+        self.metrics
+            .messages_delivered
+            .inc_by(routed.deliveries as u64);
+        if let Some(code) = routed.refused {
+            self.metrics.send_refused(code);
+        }
+    }
+
+    /// Queues a frame without waiting: a session whose queue is full is too
+    /// slow to keep up and is told to close (it catches up from history).
+    fn offer(&self, session: &SessionHandle, out: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(out) {
+            self.metrics.session_overflows.inc();
+            session.overflow.notify_one();
+        }
+    }
+}
+
+/// The span of one event's delivery here: only for a traced send or typing
+/// frame that concerns a session here (most events of a shard concern
+/// other gateways).
+fn delivery_span(
+    event: &GatewayEvent,
+    registry: &Registry,
+    via: Option<&TraceHeaders>,
+) -> tracing::Span {
+    match event {
+        GatewayEvent::Stored {
+            message,
+            member_ids,
+            origin,
+        } => {
+            let trace = origin.as_ref().and_then(|o| o.trace.as_ref());
+            let here = trace.filter(|_| member_ids.iter().any(|m| registry.hosts(*m)));
+            let span = spans::process("process chat.fanout", "fanout", here, via);
+            span.record("message.id", message.id.0);
+            span
+        }
+        GatewayEvent::Typing {
+            conversation_id,
+            recipients,
+            trace,
+            ..
+        } => {
+            let here = trace
+                .as_ref()
+                .filter(|_| recipients.iter().any(|r| registry.hosts(*r)));
+            let span = spans::process("process chat.typing", "fanout", here, via);
+            span.record("conversation.id", conversation_id.get());
+            span
+        }
+        _ => tracing::Span::none(),
+    }
+}
+
+/// What a stored message's delivery records once it is handed out.
+struct StoredFacts {
+    id: i64,
+    conversation: chat_shared::ids::ConversationId,
+    seq: i64,
+    created_at: chat_shared::time::Timestamp,
+    received_at_us: Option<i64>,
+}
+
+impl StoredFacts {
+    fn of(message: &Message, received_at_us: Option<i64>) -> Self {
+        Self {
+            id: message.id.0,
+            conversation: message.conversation_id,
+            seq: message.seq,
+            created_at: message.created_at,
+            received_at_us,
+        }
+    }
+
+    fn record(&self, routed: &Routed, span: &tracing::Span, metrics: &Metrics) {
+        if routed.sessions > 0 {
+            // Stored (the persister's clock) -> handed to the sessions here
+            // (recipients, or the sender's ack).
+            let since = chrono::Utc::now() - self.created_at;
+            let seconds = since.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            if routed.deliveries > 0 {
+                metrics.delivery_seconds.observe(seconds);
+            }
+            span.record("chat.stored_to_here_ms", seconds * 1e3);
+            if let Some(received) = self.received_at_us {
+                // The send frame read (the sender's gateway's clock) ->
+                // here: the message's whole way.
+                let micros = chrono::Utc::now().timestamp_micros() - received;
+                span.record("chat.send_to_here_ms", micros.max(0) as f64 / 1e3);
+            }
+        }
+        tracing::debug!(
+            message.id = self.id,
+            conversation.id = %self.conversation,
+            message.seq = self.seq,
+            sessions = routed.sessions,
+            "message delivered to local sessions"
+        );
+    }
+}
+
+/// The publisher's refusals go to the session that sent the command: a send
+/// is answered by that session's ledger; a read marker is only logged (the
+/// client's next `read` moves it).
+impl Refusals for Hub {
+    fn unconfirmed(&self, command: &PersistCommand, reason: &str) {
+        match command {
+            PersistCommand::Send(send) => {
+                let registry = self.registry();
+                let Some(session) = registry.session(send.sender_id, &send.session_id) else {
+                    return; // gone: nobody to answer
+                };
+                let id = Box::new(send.client_msg_id.clone());
+                self.offer(session, Outbound::SendRefused(id));
+            }
+            PersistCommand::Read(read) => {
+                tracing::debug!(user.id = %read.user_id, conversation.id = %read.conversation_id, error = %reason, "read marker not confirmed by the broker");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registry::tests::{handle, user};
+    use super::*;
+    use futures_util::future::BoxFuture;
+
+    /// Records every bind and unbind; fails binds when told to.
+    #[derive(Default)]
+    struct FakeBindings {
+        calls: Mutex<Vec<String>>,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl FakeBindings {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl ShardBindings for FakeBindings {
+        fn bind(&self, shard: u16) -> BoxFuture<'_, Result<(), lapin::Error>> {
+            self.calls.lock().unwrap().push(format!("bind {shard}"));
+            let failing = self.failing.load(std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                if failing {
+                    Err(lapin::Error::from(lapin::ErrorKind::ChannelsLimitReached))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        fn unbind(&self, shard: u16) -> BoxFuture<'_, Result<(), lapin::Error>> {
+            self.calls.lock().unwrap().push(format!("unbind {shard}"));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn hub() -> (Hub, Arc<FakeBindings>) {
+        let bindings = Arc::new(FakeBindings::default());
+        let hub = Hub::new(bindings.clone(), 4, Arc::new(Metrics::new()));
+        (hub, bindings)
+    }
+
+    #[tokio::test]
+    async fn a_shard_is_bound_once_while_any_of_its_users_is_here() {
+        let (hub, bindings) = hub();
+        assert!(hub.register(user(1), handle("a").0, 8).await.unwrap());
+        assert!(!hub.register(user(1), handle("b").0, 8).await.unwrap());
+        assert!(hub.register(user(5), handle("c").0, 8).await.unwrap());
+        assert_eq!(bindings.calls(), ["bind 1"]);
+        assert!(!hub.unregister(user(1), "a").await);
+        assert!(hub.unregister(user(1), "b").await);
+        assert!(hub.unregister(user(5), "c").await);
+        assert_eq!(bindings.calls(), ["bind 1", "unbind 1"]);
+        assert_eq!(hub.session_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_shard_cannot_be_bound_is_not_added() {
+        let (hub, bindings) = hub();
+        bindings
+            .failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let refused = hub.register(user(2), handle("a").0, 8).await;
+        assert!(matches!(refused, Err(RegisterError::Bind { .. })));
+        assert!(!hub.hosts(user(2)));
+        // The next session of that shard tries again.
+        bindings
+            .failing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(hub.register(user(2), handle("b").0, 8).await.unwrap());
+        assert_eq!(bindings.calls(), ["bind 2", "bind 2"]);
+    }
+
+    #[tokio::test]
+    async fn a_user_beyond_the_session_limit_is_refused_without_binding() {
+        let (hub, bindings) = hub();
+        hub.register(user(3), handle("a").0, 1).await.unwrap();
+        let refused = hub.register(user(3), handle("b").0, 1).await;
+        assert!(matches!(refused, Err(RegisterError::TooManySessions(_))));
+        assert_eq!(bindings.calls(), ["bind 3"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_session_queue_is_told_to_close_and_a_refused_send_reaches_its_session() {
+        let (hub, _) = hub();
+        let (a, mut rx) = handle("a");
+        let overflow = a.overflow.clone();
+        hub.register(user(1), a, 8).await.unwrap();
+        let presence = |n: i64| GatewayEvent::Presence {
+            user_id: user(n),
+            status: chat_shared::protocol::PresenceStatus::Online,
+            last_seen: None,
+            recipients: vec![user(1)],
+        };
+        // The test handle's queue holds four frames; the fifth overflows.
+        for n in 0..5 {
+            hub.dispatch(presence(10 + n), None);
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(1), overflow.notified())
+            .await
+            .expect("the session was told it fell behind");
+        assert_eq!(hub.metrics.session_overflows.get(), 1);
+        while rx.try_recv().is_ok() {}
+
+        let send = chat_shared::bus::SendCommand {
+            trace: None,
+            received_at_us: None,
+            session_id: "a".into(),
+            reply_to: "gw.q".into(),
+            conversation_id: chat_shared::ids::ConversationId::new(5).unwrap(),
+            sender_id: user(1),
+            client_msg_id: chat_shared::ids::ClientMsgId::try_from("m1".to_owned()).unwrap(),
+            body: "hi".into(),
+        };
+        hub.unconfirmed(&PersistCommand::Send(send), "nacked");
+        assert!(matches!(rx.try_recv(), Ok(Outbound::SendRefused(id)) if id.as_str() == "m1"));
+    }
+}

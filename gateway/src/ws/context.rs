@@ -1,0 +1,51 @@
+//! What a session needs of its gateway, and nothing more: the publisher,
+//! the membership lookup, the presence feed, the shared limits, the
+//! settings, and the two signals that end every session (shutdown, a lost
+//! broker). Unit tests build one from channels and fakes.
+
+use super::frames::Rules;
+use super::members::MembershipLookup;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::presence_feed::PresenceFeed;
+use crate::sender::Sender;
+use chat_shared::config::GatewaySettings;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct SessionContext {
+    pub rules: Rules,
+    pub timing: Timing,
+    pub sender: Sender,
+    pub members: Arc<dyn MembershipLookup>,
+    pub presence: PresenceFeed,
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+    /// This gateway's queue: where the persister answers its sessions.
+    pub reply_to: Arc<str>,
+    /// Flips to true when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// True while the broker has been unreachable for `gateway.broker_lost_ms`.
+    pub broker_lost: watch::Receiver<bool>,
+}
+
+/// The session's clocks (`[gateway]`).
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub heartbeat_timeout: Duration,
+    pub write_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Timing {
+    pub fn from_settings(gateway: &GatewaySettings) -> Self {
+        Self {
+            heartbeat: Duration::from_millis(gateway.heartbeat_ms),
+            heartbeat_timeout: Duration::from_millis(gateway.heartbeat_timeout_ms),
+            write_timeout: Duration::from_millis(gateway.write_timeout_ms),
+            shutdown_grace: Duration::from_millis(gateway.shutdown_grace_ms),
+        }
+    }
+}
