@@ -1,65 +1,21 @@
-//! The gateway's own queue: declared exclusive (it dies with the gateway),
-//! bounded, and consumed here. Everything the gateway must deliver arrives on
+//! The gateway's inbox: its own queue (declared exclusive and bounded by
+//! `amqp::declare_gateway_queue`), consumed here. Everything the gateway must deliver arrives on
 //! it: stored messages (fan-out exchange, by shard key), replies meant for one
 //! session (default exchange, by queue name), conversations that appeared.
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use chat_shared::amqp::{self, Inbound};
+use chat_shared::amqp::Inbound;
 use chat_shared::bus::GatewayEvent;
 use lapin::Channel;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
 use serde::de::IgnoredAny;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Most dropped messages waiting to be counted (see [`declare_queue`]).
-const DROPPED_MAX: u32 = 10_000;
-
 /// How often a summary of the drops is logged, at most.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// The queue that receives what the gateway queue drops.
-pub fn dropped_queue(queue: &str) -> String {
-    format!("{queue}.dropped")
-}
-
-/// Declares the gateway queue; `max_length` bounds it (oldest dropped first:
-/// a client that misses a frame fills the gap from history). What it drops
-/// is dead-lettered into a small queue of its own, [`dropped_queue`], which
-/// [`count_dropped`] reads, so that every dropped event is counted and
-/// logged (RabbitMQ counts none).
-pub async fn declare_queue(
-    channel: &Channel,
-    name: &str,
-    max_length: u32,
-) -> Result<(), lapin::Error> {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let dropped = dropped_queue(name);
-    let args = amqp::bounded_drop_head(FieldTable::default(), DROPPED_MAX);
-    channel
-        .queue_declare(dropped.as_str().into(), options, args)
-        .await?;
-    let mut args = amqp::bounded_drop_head(FieldTable::default(), max_length);
-    // The default exchange routes by queue name.
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dropped.into()),
-    );
-    channel
-        .queue_declare(name.into(), options, args)
-        .await
-        .map(|_| ())
-}
 
 /// Counts what the gateway queue `queue` dropped, event by event, in
 /// `gateway_events_dropped_total{reason="queue_full"}`, and logs it: the

@@ -1,18 +1,11 @@
-use anyhow::Context;
 use chat_gateway::Gateway;
-use chat_shared::config::Settings;
-use chat_shared::{runtime, shutdown, telemetry};
+use chat_shared::{service, shutdown};
 
 fn main() -> anyhow::Result<()> {
-    let settings = Settings::load().context("loading configuration")?;
-    let runtime_settings = settings.runtime.clone();
-    runtime::run(&runtime_settings, run(settings)).context("starting the Tokio runtime")?
-}
-
-async fn run(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(&settings.log, &settings.telemetry, "chat-gateway");
-    let gateway = Gateway::build(settings).await?;
-    let result = gateway.run_until(shutdown::signal()).await;
-    telemetry::flush();
-    result
+    service::main("chat-gateway", |settings| async move {
+        Gateway::build(settings)
+            .await?
+            .run_until(shutdown::signal())
+            .await
+    })
 }

@@ -15,7 +15,8 @@
 //! fewer and larger the messages.
 
 use crate::metrics::Metrics;
-use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PublishError, Topology};
+use chat_shared::amqp::{ConfirmedPublisher, Outgoing, PendingConfirm, PublishError, Topology};
+use chat_shared::batch;
 use chat_shared::bus::{self, PersistCommand};
 use chat_shared::telemetry::spans;
 use chat_shared::telemetry::throttle::LogThrottle;
@@ -174,17 +175,19 @@ async fn publish_loop(
     refusals: Arc<dyn Refusals>,
     metrics: Arc<Metrics>,
 ) {
-    let Target {
-        exchange,
-        partitions,
-        persistent,
-        linger,
-    } = target;
+    // A round takes what is waiting and lingers from its first command.
+    let limits = batch::Limits {
+        max: MAX_COMMANDS_PER_MESSAGE,
+        linger_from: 1,
+        linger_until: MAX_COMMANDS_PER_MESSAGE,
+        linger: target.linger,
+    };
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // When the last round was busy, when it started: the next one waits for
     // the busy interval to pass.
     let mut busy_since: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
+    let mut spill = None;
+    while let Some(first) = batch::first(&mut rx, &mut spill).await {
         // While the broker still owes the confirms of earlier rounds, sends
         // pile up here and go out together: coalescing grows with load.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -194,99 +197,110 @@ async fn publish_loop(
             tokio::time::sleep_until((since + BUSY_ROUND_INTERVAL).into()).await;
         }
         let started = Instant::now();
-        let mut waiting = vec![first];
-        while waiting.len() < MAX_COMMANDS_PER_MESSAGE {
-            match rx.try_recv() {
-                Ok(queued) => waiting.push(queued),
-                Err(_) => break,
-            }
-        }
-        if !linger.is_zero() {
-            let until = tokio::time::Instant::from(started + linger);
-            while waiting.len() < MAX_COMMANDS_PER_MESSAGE {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(queued)) => waiting.push(queued),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
-        busy_since = (waiting.len() >= BUSY_ROUND).then_some(started);
-        let mut by_partition: BTreeMap<u16, Vec<PersistCommand>> = BTreeMap::new();
-        for command in waiting {
-            let partition = bus::partition_of(command.conversation_id(), partitions);
-            by_partition.entry(partition).or_default().push(command);
-        }
-        let mut round = Vec::with_capacity(by_partition.len());
-        // Once the channel has not taken one message in time, the rest of
-        // the round is refused at once rather than each waiting as long.
-        let mut stalled: Option<String> = None;
-        for (partition, commands) in by_partition {
-            let started = if let Some(e) = &stalled {
-                Err(e.clone())
-            } else {
-                metrics.persist_publishes.inc();
-                metrics.persist_commands.inc_by(commands.len() as u64);
-                let payload = bus::encode(&commands);
-                let key = partition.to_string();
-                // The publish of this AMQP message, linked to each traced
-                // send in it; its context goes out in the AMQP headers.
-                let span = spans::publish(
-                    "persist",
-                    &key,
-                    commands.len(),
-                    commands.iter().map(PersistCommand::trace),
-                );
-                let started = publisher
-                    .start(Outgoing {
-                        exchange: &exchange,
-                        routing_key: &key,
-                        cc: &[],
-                        payload: &payload,
-                        persistent,
-                        mandatory: true,
-                        reason: None,
-                    })
-                    .instrument(span)
-                    .await;
-                started.map_err(|e| {
-                    if matches!(e, PublishError::Stalled(_)) {
-                        metrics.persist_publish_stalls.inc();
-                        stalled = Some(e.to_string());
-                    }
-                    e.to_string()
-                })
-            };
-            match started {
-                Ok(confirm) => round.push((confirm, commands, Instant::now())),
-                Err(e) => refuse(&*refusals, &commands, &e),
-            }
-        }
-        if let Some(e) = &stalled {
-            tracing::warn!(error = %e, "persist publishes stalled; their sends are answered unavailable");
-        }
+        let commands = batch::fill(first, &mut rx, &limits, &mut spill).await;
+        busy_since = (commands.len() >= BUSY_ROUND).then_some(started);
+        let round = publish_round(commands, &publisher, &target, &*refusals, &metrics).await;
         // The confirms are awaited off this loop, together (so a round
         // waits at most one confirm timeout); the permit goes back when the
         // whole round is answered.
-        let metrics = metrics.clone();
-        let refusals = refusals.clone();
+        let confirms = await_confirms(round, metrics.clone(), refusals.clone());
         tokio::spawn(async move {
-            let answers = round.into_iter().map(|(confirm, commands, published)| {
-                let metrics = metrics.clone();
-                let refusals = refusals.clone();
-                async move {
-                    let verdict = confirm.wait().await;
-                    metrics
-                        .persist_confirm_seconds
-                        .observe(published.elapsed().as_secs_f64());
-                    if let Err(e) = verdict {
-                        refuse(&*refusals, &commands, &e.to_string());
-                    }
-                }
-            });
-            futures_util::future::join_all(answers).await;
+            confirms.await;
             drop(permit);
         });
     }
+}
+
+/// One AMQP message of a round: its confirm, its commands, when it went.
+type Published = (PendingConfirm, Vec<PersistCommand>, Instant);
+
+/// Publishes one AMQP message per partition of `commands`. Once the
+/// channel has not taken one message in time, the rest of the round is
+/// refused at once rather than each waiting as long.
+async fn publish_round(
+    commands: Vec<PersistCommand>,
+    publisher: &ConfirmedPublisher,
+    target: &Target,
+    refusals: &dyn Refusals,
+    metrics: &Metrics,
+) -> Vec<Published> {
+    let mut by_partition: BTreeMap<u16, Vec<PersistCommand>> = BTreeMap::new();
+    for command in commands {
+        let partition = bus::partition_of(command.conversation_id(), target.partitions);
+        by_partition.entry(partition).or_default().push(command);
+    }
+    let mut round = Vec::with_capacity(by_partition.len());
+    let mut stalled: Option<String> = None;
+    for (partition, commands) in by_partition {
+        if let Some(e) = &stalled {
+            refuse(refusals, &commands, e);
+            continue;
+        }
+        match publish_partition(partition, &commands, publisher, target, metrics).await {
+            Ok(confirm) => round.push((confirm, commands, Instant::now())),
+            Err(e) => {
+                if matches!(e, PublishError::Stalled(_)) {
+                    metrics.persist_publish_stalls.inc();
+                    stalled = Some(e.to_string());
+                }
+                refuse(refusals, &commands, &e.to_string());
+            }
+        }
+    }
+    if let Some(e) = &stalled {
+        tracing::warn!(error = %e, "persist publishes stalled; their sends are answered unavailable");
+    }
+    round
+}
+
+/// Publishes the commands of one partition as one AMQP message, linked to
+/// each traced send in it; its context goes out in the AMQP headers.
+async fn publish_partition(
+    partition: u16,
+    commands: &[PersistCommand],
+    publisher: &ConfirmedPublisher,
+    target: &Target,
+    metrics: &Metrics,
+) -> Result<PendingConfirm, PublishError> {
+    metrics.persist_publishes.inc();
+    metrics.persist_commands.inc_by(commands.len() as u64);
+    let payload = bus::encode(commands);
+    let key = partition.to_string();
+    let span = spans::publish(
+        "persist",
+        &key,
+        commands.len(),
+        commands.iter().map(PersistCommand::trace),
+    );
+    let message = Outgoing {
+        exchange: &target.exchange,
+        routing_key: &key,
+        cc: &[],
+        payload: &payload,
+        persistent: target.persistent,
+        mandatory: true,
+        reason: None,
+    };
+    publisher.start(message).instrument(span).await
+}
+
+/// Awaits a round's confirms together; what the broker did not confirm is
+/// answered by `refusals`.
+async fn await_confirms(round: Vec<Published>, metrics: Arc<Metrics>, refusals: Arc<dyn Refusals>) {
+    let answers = round.into_iter().map(|(confirm, commands, published)| {
+        let metrics = metrics.clone();
+        let refusals = refusals.clone();
+        async move {
+            let verdict = confirm.wait().await;
+            metrics
+                .persist_confirm_seconds
+                .observe(published.elapsed().as_secs_f64());
+            if let Err(e) = verdict {
+                refuse(&*refusals, &commands, &e.to_string());
+            }
+        }
+    });
+    futures_util::future::join_all(answers).await;
 }
 
 /// The broker did not take the AMQP message carrying `commands`: one log

@@ -14,14 +14,15 @@ use crate::ws::context::{SessionContext, Timing};
 use crate::ws::frames::Rules;
 use crate::{http, inbox, server};
 use anyhow::Context;
-use chat_shared::amqp::Inbound;
-use chat_shared::amqp::{self, ConfirmedPublisher};
-use chat_shared::cache;
+use chat_shared::amqp::{self, Announcer, ConfirmedPublisher, Inbound, Topology};
 use chat_shared::config::Settings;
+use chat_shared::presence_state;
 use chat_shared::schema;
+use chat_shared::service::{Background, BrokerWatch};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,12 +31,40 @@ pub struct Gateway {
     listener: TcpListener,
     metrics_listener: TcpListener,
     state: AppState,
+    /// This gateway's queue, and what it dropped (to be counted).
+    inbox: Inbox,
+    signals: Signals,
+}
+
+/// The gateway's own queue, consumed.
+struct Inbox {
     consumer: Inbound,
-    /// What the gateway queue dropped (dead-lettered), to be counted.
     dropped: Inbound,
-    shutdown_tx: watch::Sender<bool>,
-    broker_lost_tx: watch::Sender<bool>,
-    broker_dead_tx: watch::Sender<bool>,
+}
+
+/// The senders of the signals every session and handler watches.
+struct Signals {
+    shutdown: watch::Sender<bool>,
+    broker_lost: watch::Sender<bool>,
+    broker_dead: watch::Sender<bool>,
+}
+
+/// The broker side of a gateway, as `build` makes it.
+struct Broker {
+    conn: lapin::Connection,
+    topo: Topology,
+    queue: String,
+    /// Declares the queue, binds it (the hub) and consumes it.
+    setup: lapin::Channel,
+    inbox: Inbox,
+}
+
+/// What publishes for the gateway, and the channels it cannot work without.
+struct Publishers {
+    sender: Sender,
+    events: Announcer,
+    presence: PresenceFeed,
+    channels: Vec<lapin::Channel>,
 }
 
 impl Gateway {
@@ -45,107 +74,65 @@ impl Gateway {
             .context("connecting to Postgres")?;
         schema::check_bus_settings(&db, &settings.amqp).await?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let (conn, topo) =
-            amqp::connect_and_declare(&settings.amqp, &format!("gateway {instance}"))
-                .await
-                .context("connecting to RabbitMQ and declaring the topology")?;
-        // One channel declares the gateway's queue, binds it (the hub) and
-        // consumes it: lapin's recovery replays a channel's topology in
-        // order, so after a lost connection the exclusive queue exists again
-        // before its bindings and its consumer are restored.
-        let setup = conn.create_channel().await?;
-        let queue = topo.gateway_queue(&instance);
-        inbox::declare_queue(&setup, &queue, settings.gateway.queue_max_length)
-            .await
-            .context("declaring the gateway queue")?;
-        let consumer = inbox::consume(&setup, &queue).await?;
-        let dropped = inbox::consume(&setup, &inbox::dropped_queue(&queue)).await?;
-
+        let broker = connect_broker(&settings, &instance).await?;
         let metrics = Arc::new(Metrics::new());
-        let mut amqp_channels = vec![setup.clone()];
-        let bindings = AmqpBindings::new(setup, queue.clone(), &topo);
-        let hub = Arc::new(Hub::new(
-            Arc::new(bindings),
-            topo.route_shards,
-            metrics.clone(),
-        ));
-        let confirm_timeout = settings.amqp.confirm_timeout();
-        let publisher = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
-        amqp_channels.push(publisher.channel().clone());
-        let sender = Sender::spawn(
-            publisher,
-            &topo,
-            Duration::from_millis(settings.gateway.publish_linger_ms),
-            settings.gateway.publish_queue,
-            hub.clone(),
-            metrics.clone(),
-        );
-        let events = ConfirmedPublisher::new(&conn, confirm_timeout).await?;
-        amqp_channels.push(events.channel().clone());
-        let (presence, presence_queue) = PresenceFeed::new(&instance);
-        let presence_channel = conn.create_channel().await?;
-        tokio::spawn(presence_feed::publish(
-            presence_queue,
-            presence_channel,
-            topo.clone(),
-        ));
-        let redis = cache::connect(&settings.redis).context("the Redis URL")?;
-        let cache_keys = cache::Keys::new(&settings.redis);
-
-        let listener = TcpListener::bind(settings.gateway.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.gateway.listen))?;
-        let metrics_listener = TcpListener::bind(settings.gateway.metrics_listen)
-            .await
-            .with_context(|| format!("binding {}", settings.gateway.metrics_listen))?;
-        let (shutdown_tx, shutdown) = watch::channel(false);
-        let (broker_lost_tx, broker_lost) = watch::channel(false);
-        let (broker_dead_tx, broker_dead) = watch::channel(false);
+        let bindings = AmqpBindings::new(broker.setup.clone(), broker.queue.clone(), &broker.topo);
+        let shards = broker.topo.route_shards;
+        let hub = Arc::new(Hub::new(Arc::new(bindings), shards, metrics.clone()));
+        let publishers = start_publishers(&settings, &broker, &hub, &metrics, &instance).await?;
+        let listener = bind(settings.gateway.listen).await?;
+        let metrics_listener = bind(settings.gateway.metrics_listen).await?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (broker_lost, broker_lost_rx) = watch::channel(false);
+        let (broker_dead, broker_dead_rx) = watch::channel(false);
         let store = Store::new(db.get_postgres_connection_pool().clone());
         let limits = Arc::new(Limits::new(&settings.gateway.limits));
-        let queue: Arc<str> = queue.into();
+        let queue: Arc<str> = broker.queue.into();
         let sessions = Arc::new(SessionContext {
             rules: Rules::from_settings(&settings.gateway),
             timing: Timing::from_settings(&settings.gateway),
-            sender: sender.clone(),
+            sender: publishers.sender.clone(),
             members: Arc::new(store.clone()),
-            presence: presence.clone(),
+            presence: publishers.presence.clone(),
             limits: limits.clone(),
             metrics: metrics.clone(),
             reply_to: queue.clone(),
-            shutdown: shutdown.clone(),
-            broker_lost: broker_lost.clone(),
+            shutdown: shutdown_rx.clone(),
+            broker_lost: broker_lost_rx.clone(),
         });
+        let mut amqp_channels = publishers.channels;
+        amqp_channels.push(broker.setup);
         let state = AppState {
             keys: JwtKeys::from_settings(&settings.auth).context("auth.jwt_secret")?,
             limits,
+            redis: presence_state::connect(&settings.redis).context("the Redis URL")?,
+            presence_keys: presence_state::Keys::new(&settings.redis),
             settings: Arc::new(settings),
             store,
             sessions,
-            sender,
-            events,
+            sender: publishers.sender,
+            events: publishers.events,
             hub,
             metrics,
-            amqp: Arc::new(conn),
+            amqp: Arc::new(broker.conn),
             amqp_channels: amqp_channels.into(),
-            presence,
-            redis,
-            cache_keys,
-            topo,
+            presence: publishers.presence,
+            topo: broker.topo,
             queue,
-            shutdown,
-            broker_lost,
-            broker_dead,
+            shutdown: shutdown_rx,
+            broker_lost: broker_lost_rx,
+            broker_dead: broker_dead_rx,
         };
         Ok(Self {
             listener,
             metrics_listener,
             state,
-            consumer,
-            dropped,
-            shutdown_tx,
-            broker_lost_tx,
-            broker_dead_tx,
+            inbox: broker.inbox,
+            signals: Signals {
+                shutdown,
+                broker_lost,
+                broker_dead,
+            },
         })
     }
 
@@ -172,113 +159,177 @@ impl Gateway {
             listener,
             metrics_listener,
             state,
-            consumer,
-            dropped,
-            shutdown_tx,
-            broker_lost_tx,
-            broker_dead_tx,
+            inbox,
+            signals,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, queue = %state.queue, "gateway serving");
-        let inbox = tokio::spawn(inbox::run(
-            consumer,
-            state.hub.clone(),
-            state.metrics.clone(),
-        ));
-        let drops = tokio::spawn(inbox::count_dropped(
-            dropped,
-            state.queue.to_string(),
-            state.metrics.clone(),
-        ));
-        let heartbeats = tokio::spawn(state.presence.clone().heartbeats(
-            state.hub.clone(),
-            Duration::from_millis(state.settings.presence.heartbeat_ms),
-        ));
+        let gateway = &state.settings.gateway;
         state
             .metrics
             .connections_max
-            .set(state.settings.gateway.max_connections as i64);
-        // A gateway without its broker can neither store nor deliver: its
-        // sessions are better off on another gateway (`broker_lost`), and
-        // after much longer the process is better restarted (`broker_dead`,
-        // `/health` 503).
-        let metrics = state.metrics.clone();
-        let broker_watch = tokio::spawn(amqp::watch_connections(
-            vec![state.amqp.clone()],
-            state.amqp_channels.to_vec(),
-            vec![
-                (
-                    Duration::from_millis(state.settings.gateway.broker_lost_ms),
-                    broker_lost_tx,
-                ),
-                (
-                    Duration::from_millis(state.settings.gateway.broker_dead_ms),
-                    broker_dead_tx,
-                ),
-            ],
-            move |connected| {
-                metrics.broker_connected.set(i64::from(connected));
-            },
-        ));
-        let metrics = tokio::spawn(
-            axum::serve(metrics_listener, http::metrics_router(state.clone())).into_future(),
-        );
-        let gateway = &state.settings.gateway;
+            .set(gateway.max_connections as i64);
+        let background = start_background(&state, inbox, metrics_listener, &signals);
         let listener = CountingListener::new(
             listener,
             state.limits.connections.clone(),
-            state.settings.gateway.limits.connections_per_ip,
+            gateway.limits.connections_per_ip,
             gateway.trusted_proxies.clone(),
             state.metrics.clone(),
         );
-        let header_timeout = Duration::from_millis(gateway.http_header_timeout_ms);
-        let grace = Duration::from_millis(gateway.shutdown_grace_ms);
-        let hub = state.hub.clone();
-        let amqp = state.amqp.clone();
-        let tx = shutdown_tx.clone();
-        let mut broker_dead = state.broker_dead.clone();
-        let exit_when_dead = state.settings.gateway.exit_when_broker_dead;
+        let header_timeout = gateway.http_header_timeout;
+        let grace = gateway.shutdown_grace;
         // Set when the gateway stops because its broker is dead, whatever
         // the broker does during the drain: the exit status says why.
-        let died = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let died_flag = died.clone();
-        server::serve(
-            listener,
-            http::router(state),
-            header_timeout,
-            grace,
-            async move {
-                let dead = async {
-                    if !exit_when_dead || broker_dead.wait_for(|dead| *dead).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                };
-                tokio::select! {
-                    () = shutdown => {}
-                    () = dead => {
-                        died_flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                        tracing::error!("the broker has been unreachable for gateway.broker_dead_ms: exiting (gateway.exit_when_broker_dead)");
-                    }
-                }
-                let _ = tx.send(true);
-            },
-        )
-        .await;
-        let _ = shutdown_tx.send(true);
+        let died = Arc::new(AtomicBool::new(false));
+        let stop = stop_signal(&state, shutdown, signals.shutdown.clone(), died.clone());
+        let (hub, amqp) = (state.hub.clone(), state.amqp.clone());
+        server::serve(listener, http::router(state), header_timeout, grace, stop).await;
+        let _ = signals.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + grace;
         while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = amqp.close(200, "gateway shutdown".into()).await;
-        inbox.abort();
-        drops.abort();
-        heartbeats.abort();
-        metrics.abort();
-        broker_watch.abort();
+        background.stop();
         tracing::info!(%addr, "gateway stopped");
-        if died.load(std::sync::atomic::Ordering::Relaxed) {
+        if died.load(Ordering::Relaxed) {
             anyhow::bail!("the broker was unreachable for gateway.broker_dead_ms");
         }
         Ok(())
+    }
+}
+
+/// Connects as `gateway <instance>`, declares the topology and this
+/// gateway's queue, and consumes it.
+async fn connect_broker(settings: &Settings, instance: &str) -> anyhow::Result<Broker> {
+    let (conn, topo) = amqp::connect_and_declare(&settings.amqp, &format!("gateway {instance}"))
+        .await
+        .context("connecting to RabbitMQ and declaring the topology")?;
+    // One channel declares the gateway's queue, binds it (the hub) and
+    // consumes it: lapin's recovery replays a channel's topology in order,
+    // so after a lost connection the exclusive queue exists again before
+    // its bindings and its consumer are restored.
+    let setup = conn.create_channel().await?;
+    let queue = topo.gateway_queue(instance);
+    amqp::declare_gateway_queue(&setup, &queue, settings.gateway.queue_max_length)
+        .await
+        .context("declaring the gateway queue")?;
+    let consumer = inbox::consume(&setup, &queue).await?;
+    let dropped = inbox::consume(&setup, &amqp::gateway_dropped_queue(&queue)).await?;
+    Ok(Broker {
+        conn,
+        topo,
+        queue,
+        setup,
+        inbox: Inbox { consumer, dropped },
+    })
+}
+
+/// The persist-path publisher (answering what the broker refuses through
+/// the hub), the announcer of new conversations, and the presence feed.
+async fn start_publishers(
+    settings: &Settings,
+    broker: &Broker,
+    hub: &Arc<Hub>,
+    metrics: &Arc<Metrics>,
+    instance: &str,
+) -> anyhow::Result<Publishers> {
+    let confirm_timeout = settings.amqp.confirm_timeout;
+    let publisher = ConfirmedPublisher::new(&broker.conn, confirm_timeout).await?;
+    let mut channels = vec![publisher.channel().clone()];
+    let sender = Sender::spawn(
+        publisher,
+        &broker.topo,
+        settings.gateway.publish_linger,
+        settings.gateway.publish_queue,
+        hub.clone(),
+        metrics.clone(),
+    );
+    let events_publisher = ConfirmedPublisher::new(&broker.conn, confirm_timeout).await?;
+    let events = Announcer::new(events_publisher, &broker.topo);
+    channels.push(events.channel().clone());
+    let (presence, presence_queue) = PresenceFeed::new(instance);
+    let presence_channel = broker.conn.create_channel().await?;
+    let topo = broker.topo.clone();
+    tokio::spawn(presence_feed::publish(
+        presence_queue,
+        presence_channel,
+        topo,
+    ));
+    Ok(Publishers {
+        sender,
+        events,
+        presence,
+        channels,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// What runs beside the HTTP server: the inbox, the count of what it
+/// dropped, presence heartbeats, the broker watch and the metrics port.
+fn start_background(
+    state: &AppState,
+    inbox: Inbox,
+    metrics_listener: TcpListener,
+    signals: &Signals,
+) -> Background {
+    let mut background = Background::new();
+    let (hub, metrics) = (state.hub.clone(), state.metrics.clone());
+    background.spawn(inbox::run(inbox.consumer, hub.clone(), metrics.clone()));
+    let queue = state.queue.to_string();
+    background.spawn(inbox::count_dropped(inbox.dropped, queue, metrics.clone()));
+    let every = state.settings.presence.heartbeat;
+    background.spawn(state.presence.clone().heartbeats(hub, every));
+    // A gateway without its broker can neither store nor deliver: its
+    // sessions are better off on another gateway (`broker_lost`), and after
+    // much longer the process is better restarted (`broker_dead`, `/health`
+    // 503).
+    let gateway = &state.settings.gateway;
+    let watch = BrokerWatch {
+        connections: vec![state.amqp.clone()],
+        channels: state.amqp_channels.to_vec(),
+        signals: vec![
+            (gateway.broker_lost, signals.broker_lost.clone()),
+            (gateway.broker_dead, signals.broker_dead.clone()),
+        ],
+    };
+    background.watch_broker(watch, move |connected| {
+        metrics.broker_connected.set(i64::from(connected));
+    });
+    background.serve(metrics_listener, http::metrics_router(state.clone()));
+    background
+}
+
+/// Resolves when the gateway must stop: `shutdown`, or a broker dead for
+/// `gateway.broker_dead_ms` when `gateway.exit_when_broker_dead` (then
+/// `died` is set). Either way every session hears it at once.
+fn stop_signal(
+    state: &AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    tx: watch::Sender<bool>,
+    died: Arc<AtomicBool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut broker_dead = state.broker_dead.clone();
+    let exit_when_dead = state.settings.gateway.exit_when_broker_dead;
+    async move {
+        let dead = async {
+            if !exit_when_dead || broker_dead.wait_for(|dead| *dead).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            () = dead => {
+                died.store(true, Ordering::Relaxed);
+                tracing::error!("the broker has been unreachable for gateway.broker_dead_ms: exiting (gateway.exit_when_broker_dead)");
+            }
+        }
+        let _ = tx.send(true);
     }
 }

@@ -8,7 +8,7 @@ use crate::presence_feed::PresenceFeed;
 use crate::sender::Sender;
 use crate::store::Store;
 use crate::ws::context::SessionContext;
-use chat_shared::amqp::{ConfirmedPublisher, Topology};
+use chat_shared::amqp::{Announcer, Topology};
 use chat_shared::config::Settings;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ pub struct AppState {
     /// What every WebSocket session is given (a narrow part of this).
     pub sessions: Arc<SessionContext>,
     /// Publishes gateway events (a conversation appeared) to other gateways.
-    pub events: ConfirmedPublisher,
+    pub events: Announcer,
     pub hub: Arc<Hub>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
@@ -34,7 +34,7 @@ pub struct AppState {
     pub presence: PresenceFeed,
     /// Where presence is read from (`GET /api/presence`).
     pub redis: redis::aio::ConnectionManager,
-    pub cache_keys: chat_shared::cache::Keys,
+    pub presence_keys: chat_shared::presence_state::Keys,
     pub topo: Topology,
     /// This gateway's queue: where replies for its sessions are sent.
     pub queue: Arc<str>,

@@ -4,36 +4,31 @@
 use anyhow::Context;
 use chat_persister::Persister;
 use chat_shared::config::Settings;
-use chat_shared::{runtime, schema, shutdown, telemetry};
+use chat_shared::{schema, service, shutdown};
 
 fn main() -> anyhow::Result<()> {
-    let settings = Settings::load().context("loading configuration")?;
-    let runtime_settings = settings.runtime.clone();
-    runtime::run(&runtime_settings, run(settings)).context("starting the Tokio runtime")?
+    let command = std::env::args().nth(1);
+    service::main("chat-persister", |settings| async move {
+        match command.as_deref() {
+            None => {
+                Persister::build(settings)
+                    .await?
+                    .run_until(shutdown::signal())
+                    .await
+            }
+            Some("migrate") => migrate(settings).await,
+            Some(other) => {
+                anyhow::bail!("unknown command {other:?} (expected no argument, or `migrate`)")
+            }
+        }
+    })
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(&settings.log, &settings.telemetry, "chat-persister");
-    let command = std::env::args().nth(1);
-    match command.as_deref() {
-        Some("migrate") => {
-            let db = schema::connect(&settings.database)
-                .await
-                .context("connecting to Postgres")?;
-            schema::migrate(&db).await.context("migrating")?;
-            tracing::info!("schema is up to date");
-            Ok(())
-        }
-        None => {
-            let result = Persister::build(settings)
-                .await?
-                .run_until(shutdown::signal())
-                .await;
-            telemetry::flush();
-            result
-        }
-        Some(other) => {
-            anyhow::bail!("unknown command {other:?} (expected no argument, or `migrate`)")
-        }
-    }
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let db = schema::connect(&settings.database)
+        .await
+        .context("connecting to Postgres")?;
+    schema::migrate(&db).await.context("migrating")?;
+    tracing::info!("schema is up to date");
+    Ok(())
 }

@@ -24,10 +24,7 @@ impl Directory {
         .bind(conversation.get())
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids
-            .into_iter()
-            .filter_map(|id| UserId::new(id).ok())
-            .collect())
+        Ok(user_ids(ids))
     }
 
     /// Everyone who shares a conversation with `user`, `user` excluded.
@@ -43,9 +40,11 @@ impl Directory {
         .bind(MAX_CONTACTS)
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids
-            .into_iter()
-            .filter_map(|id| UserId::new(id).ok())
-            .collect())
+        Ok(user_ids(ids))
     }
+}
+
+/// The valid user ids of a column (a corrupt one is skipped).
+fn user_ids(ids: Vec<i64>) -> Vec<UserId> {
+    ids.into_iter().filter_map(|id| UserId::new(id).ok()).collect()
 }

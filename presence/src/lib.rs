@@ -1,14 +1,12 @@
 //! The presence service: online status and typing, kept in Redis, fed by the
 //! gateways over RabbitMQ (the presence queue), announced to the people
-//! concerned through the fan-out exchange.
+//! concerned through the fan-out exchange (`chat_shared::amqp::Announcer`).
 //!
 //! - [`online`]: sessions, gateway heartbeats, expiry and the offline grace;
 //! - [`typing`]: relay, throttle and lapse of typing;
 //! - [`directory`]: conversation members and contacts, from Postgres;
-//! - [`announce`]: publishing to the gateways;
 //! - [`service`]: one event or one sweep at a time; [`startup`]: wiring.
 
-pub mod announce;
 pub mod directory;
 pub mod online;
 pub mod service;

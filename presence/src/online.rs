@@ -1,4 +1,4 @@
-//! Who is online, kept in Redis (layout: `chat_shared::cache::Keys`).
+//! Who is online, kept in Redis (layout: `chat_shared::presence_state::Keys`).
 //!
 //! A user is online while at least one gateway that is alive hosts a session
 //! of theirs. Gateways say when a user's first session opens and last one
@@ -8,9 +8,9 @@
 //! A user whose last session closed goes offline only after
 //! `presence.offline_grace_ms`, so a quick reload shows no flicker.
 
-use chat_shared::cache::{Keys, LAST_SEEN_TTL_SECS};
 use chat_shared::config::PresenceSettings;
 use chat_shared::ids::UserId;
+use chat_shared::presence_state::{Keys, LAST_SEEN_TTL_SECS};
 use chat_shared::protocol::PresenceStatus;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -36,8 +36,8 @@ impl Online {
     pub fn new(keys: Keys, settings: &PresenceSettings) -> Self {
         Self {
             keys,
-            ttl_ms: settings.gateway_ttl_ms as i64,
-            grace_ms: settings.offline_grace_ms as i64,
+            ttl_ms: settings.gateway_ttl.as_millis() as i64,
+            grace_ms: settings.offline_grace.as_millis() as i64,
         }
     }
 

@@ -1,13 +1,13 @@
 //! The presence service: consumes the presence queue and sweeps on a timer,
 //! turning both into changes for the people concerned.
 
-use crate::announce::Announcer;
 use crate::directory::Directory;
 use crate::online::{Change, Online};
 use crate::typing::Typing;
+use chat_shared::amqp::Announcer;
 use chat_shared::bus::{GatewayEvent, PresenceEvent};
-use chat_shared::cache::{Keys, unix_ms};
 use chat_shared::ids::{ConversationId, UserId};
+use chat_shared::presence_state::{Keys, unix_ms};
 use chat_shared::protocol::TypingState;
 use redis::aio::ConnectionManager;
 use tracing::Instrument as _;

@@ -1,16 +1,17 @@
 //! Building and running the presence service.
 
-use crate::announce::Announcer;
 use crate::directory::Directory;
 use crate::online::Online;
 use crate::service::{Metrics, Service};
 use crate::typing::Typing;
 use anyhow::Context;
-use chat_shared::amqp::{self, ConfirmedPublisher, Inbound};
+use chat_shared::amqp::Announcer;
+use chat_shared::amqp::{self, ConfirmedPublisher, Inbound, Received, Unreadable};
 use chat_shared::bus::PresenceEvent;
-use chat_shared::cache::{self, Keys};
 use chat_shared::config::Settings;
+use chat_shared::presence_state::{self, Keys};
 use chat_shared::schema;
+use chat_shared::service::{Background, BrokerWatch};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::future::Future;
@@ -56,21 +57,21 @@ impl Presence {
                 .with_context(|| format!("binding {}", settings.presence.metrics_listen))?;
         let service = Service {
             metrics,
-            redis: cache::connect(&settings.redis).context("the Redis URL")?,
+            redis: presence_state::connect(&settings.redis).context("the Redis URL")?,
             online: Online::new(keys.clone(), &settings.presence),
             typing: Typing::new(keys.clone(), &settings.presence),
             keys,
             directory: Directory::new(db.get_postgres_connection_pool().clone()),
             announcer: Announcer::new(
-                ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout()).await?,
+                ConfirmedPublisher::new(&conn, settings.amqp.confirm_timeout).await?,
                 &topo,
             ),
         };
-        let sweep_every = Duration::from_millis(settings.presence.sweep_ms);
+        let sweep_every = settings.presence.sweep;
         Ok(Self {
             metrics_endpoint,
             conn: std::sync::Arc::new(conn),
-            broker_dead: Duration::from_millis(settings.presence.broker_dead_ms),
+            broker_dead: settings.presence.broker_dead,
             consumer,
             channel,
             service,
@@ -99,14 +100,16 @@ impl Presence {
             mut service,
             sweep_every,
         } = self;
+        let mut background = Background::new();
         let (dead_tx, dead) = tokio::sync::watch::channel(false);
-        let broker_watch = tokio::spawn(amqp::watch_connections(
-            vec![conn.clone()],
-            vec![channel],
-            vec![(broker_dead, dead_tx)],
-            |_| {},
-        ));
-        let metrics_server = metrics_endpoint.spawn(dead);
+        let watch = BrokerWatch {
+            connections: vec![conn.clone()],
+            channels: vec![channel],
+            signals: vec![(broker_dead, dead_tx)],
+        };
+        background.watch_broker(watch, |_| {});
+        let (listener, router) = metrics_endpoint.into_parts(dead);
+        background.serve(listener, router);
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -123,31 +126,37 @@ impl Presence {
                 }
                 delivery = consumer.next::<PresenceEvent>() => {
                     let Some(delivery) = delivery else { break };
-                    let acker = match delivery {
-                        Ok(received) => {
-                            for bad in received.undecodable {
-                                tracing::error!(error = %bad.error, event = %bad.raw, "undecodable presence event dropped");
-                            }
-                            for event in received.events {
-                                if let Err(e) = service.handle(event, received.via.as_ref()).await {
-                                    tracing::warn!(error = %e, "presence event dropped");
-                                }
-                            }
-                            received.acker
-                        }
-                        Err(bad) => {
-                            tracing::error!(error = %bad.error, "undecodable presence event dropped");
-                            bad.acker
-                        }
-                    };
-                    let _ = acker.ack(BasicAckOptions::default()).await;
+                    handle(&mut service, delivery).await;
                 }
             }
         }
-        metrics_server.abort();
-        broker_watch.abort();
+        background.stop();
         let _ = conn.close(200, "presence shutdown".into()).await;
         tracing::info!("presence stopped");
         Ok(())
     }
+}
+
+/// Handles the events of one delivery, then acks it. A failure (Redis or
+/// Postgres down) drops the event: the gateways' next heartbeats rebuild
+/// what it would have changed.
+async fn handle(service: &mut Service, delivery: Result<Received<PresenceEvent>, Unreadable>) {
+    let acker = match delivery {
+        Ok(received) => {
+            for bad in received.undecodable {
+                tracing::error!(error = %bad.error, event = %bad.raw, "undecodable presence event dropped");
+            }
+            for event in received.events {
+                if let Err(e) = service.handle(event, received.via.as_ref()).await {
+                    tracing::warn!(error = %e, "presence event dropped");
+                }
+            }
+            received.acker
+        }
+        Err(bad) => {
+            tracing::error!(error = %bad.error, "undecodable presence event dropped");
+            bad.acker
+        }
+    };
+    let _ = acker.ack(BasicAckOptions::default()).await;
 }

@@ -4,9 +4,9 @@
 //! `presence.typing_lapse_ms` from now. A start that lapses, found by the
 //! sweep, becomes a `stop`. Nothing of it is stored in Postgres.
 
-use chat_shared::cache::Keys;
 use chat_shared::config::PresenceSettings;
 use chat_shared::ids::{ConversationId, UserId};
+use chat_shared::presence_state::Keys;
 use chat_shared::protocol::TypingState;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -30,8 +30,8 @@ impl Typing {
     pub fn new(keys: Keys, settings: &PresenceSettings) -> Self {
         Self {
             keys,
-            lapse_ms: settings.typing_lapse_ms as i64,
-            throttle_ms: settings.typing_throttle_ms as i64,
+            lapse_ms: settings.typing_lapse.as_millis() as i64,
+            throttle_ms: settings.typing_throttle.as_millis() as i64,
         }
     }
 

@@ -167,6 +167,13 @@ pub enum SendOutcome {
     },
 }
 
+/// A command is one item of the gateway's publish rounds.
+impl crate::batch::Weighed for PersistCommand {
+    fn weight(&self) -> usize {
+        1
+    }
+}
+
 pub fn encode<T: Serialize>(events: &[T]) -> Vec<u8> {
     // Serialising these plain data types cannot fail.
     serde_json::to_vec(events).unwrap_or_default()

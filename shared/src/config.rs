@@ -8,6 +8,12 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// A `*_ms` key: whole milliseconds in the files and variables, a
+/// `Duration` in the code.
+fn millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
+}
+
 const DEFAULTS: &str = include_str!("../../config/default.toml");
 const PROFILES: &[(&str, &str)] = &[
     ("local", include_str!("../../config/local.toml")),
@@ -74,7 +80,8 @@ pub enum LogFormat {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
+    pub connect_timeout: Duration,
 }
 
 #[derive(Clone, Deserialize)]
@@ -84,7 +91,8 @@ pub struct AmqpSettings {
     pub partitions: u16,
     pub route_shards: u16,
     pub persistent_sends: bool,
-    pub confirm_timeout_ms: u64,
+    #[serde(rename = "confirm_timeout_ms", deserialize_with = "millis")]
+    pub confirm_timeout: Duration,
     /// The type of the shared durable queues (persist partitions, dead
     /// letters, presence).
     pub queue_type: QueueType,
@@ -111,13 +119,20 @@ pub struct RedisSettings {
 pub struct PresenceSettings {
     pub metrics_listen: SocketAddr,
     /// A broker connection down this long makes `/health` answer 503.
-    pub broker_dead_ms: u64,
-    pub heartbeat_ms: u64,
-    pub gateway_ttl_ms: u64,
-    pub offline_grace_ms: u64,
-    pub sweep_ms: u64,
-    pub typing_lapse_ms: u64,
-    pub typing_throttle_ms: u64,
+    #[serde(rename = "broker_dead_ms", deserialize_with = "millis")]
+    pub broker_dead: Duration,
+    #[serde(rename = "heartbeat_ms", deserialize_with = "millis")]
+    pub heartbeat: Duration,
+    #[serde(rename = "gateway_ttl_ms", deserialize_with = "millis")]
+    pub gateway_ttl: Duration,
+    #[serde(rename = "offline_grace_ms", deserialize_with = "millis")]
+    pub offline_grace: Duration,
+    #[serde(rename = "sweep_ms", deserialize_with = "millis")]
+    pub sweep: Duration,
+    #[serde(rename = "typing_lapse_ms", deserialize_with = "millis")]
+    pub typing_lapse: Duration,
+    #[serde(rename = "typing_throttle_ms", deserialize_with = "millis")]
+    pub typing_throttle: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,37 +145,47 @@ pub struct AuthSettings {
     pub dev_login: bool,
     pub dev_token_ttl_secs: u64,
     pub allowed_origins: Vec<String>,
-    pub auth_timeout_ms: u64,
+    #[serde(rename = "auth_timeout_ms", deserialize_with = "millis")]
+    pub auth_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewaySettings {
     pub listen: SocketAddr,
-    pub heartbeat_ms: u64,
-    pub heartbeat_timeout_ms: u64,
+    #[serde(rename = "heartbeat_ms", deserialize_with = "millis")]
+    pub heartbeat: Duration,
+    #[serde(rename = "heartbeat_timeout_ms", deserialize_with = "millis")]
+    pub heartbeat_timeout: Duration,
     pub max_frame_bytes: usize,
     pub max_body_chars: usize,
     pub session_queue: usize,
     pub max_pending_sends: usize,
-    pub send_timeout_ms: u64,
+    #[serde(rename = "send_timeout_ms", deserialize_with = "millis")]
+    pub send_timeout: Duration,
     pub max_connections: usize,
-    pub shutdown_grace_ms: u64,
+    #[serde(rename = "shutdown_grace_ms", deserialize_with = "millis")]
+    pub shutdown_grace: Duration,
     pub queue_max_length: u32,
     /// Where `GET /metrics` is served (never on the public `listen`).
     pub metrics_listen: SocketAddr,
-    pub write_timeout_ms: u64,
+    #[serde(rename = "write_timeout_ms", deserialize_with = "millis")]
+    pub write_timeout: Duration,
     /// A broker connection down this long sends the gateway's sessions
     /// elsewhere (close 1011) until it is back.
-    pub broker_lost_ms: u64,
+    #[serde(rename = "broker_lost_ms", deserialize_with = "millis")]
+    pub broker_lost: Duration,
     /// A broker connection down this long makes `/health` answer 503, so a
     /// supervisor restarts a gateway whose AMQP client is stuck.
-    pub broker_dead_ms: u64,
+    #[serde(rename = "broker_dead_ms", deserialize_with = "millis")]
+    pub broker_dead: Duration,
     /// Then also exit (after closing the sessions), for supervisors that
     /// restart a process that ends but do not probe `/health` (Compose,
     /// systemd).
     pub exit_when_broker_dead: bool,
-    pub http_request_timeout_ms: u64,
-    pub http_header_timeout_ms: u64,
+    #[serde(rename = "http_request_timeout_ms", deserialize_with = "millis")]
+    pub http_request_timeout: Duration,
+    #[serde(rename = "http_header_timeout_ms", deserialize_with = "millis")]
+    pub http_header_timeout: Duration,
     pub http_body_bytes: usize,
     /// Peers whose `X-Forwarded-For` names the client (the load balancers):
     /// addresses or networks (`10.0.0.0/8`).
@@ -173,7 +198,8 @@ pub struct GatewaySettings {
     /// Autobahn conformance suite (deploy/autobahn.sh). Loopback only.
     pub conformance_echo: bool,
     /// How long a round of persist publishes waits for more sends.
-    pub publish_linger_ms: u64,
+    #[serde(rename = "publish_linger_ms", deserialize_with = "millis")]
+    pub publish_linger: Duration,
     /// Commands (sends, read markers) waiting for the gateway's publisher;
     /// beyond it a send is answered `unavailable` at once.
     pub publish_queue: usize,
@@ -201,13 +227,15 @@ pub struct PersisterSettings {
     pub batch_max: usize,
     pub linger_from: usize,
     pub linger_until: usize,
-    pub linger_ms: u64,
+    #[serde(rename = "linger_ms", deserialize_with = "millis")]
+    pub linger: Duration,
     pub prefetch: u16,
     /// Most commands held between consuming and acking.
     pub max_commands_in_memory: usize,
     pub metrics_listen: SocketAddr,
     /// A broker connection down this long makes `/health` answer 503.
-    pub broker_dead_ms: u64,
+    #[serde(rename = "broker_dead_ms", deserialize_with = "millis")]
+    pub broker_dead: Duration,
 }
 
 impl Settings {
@@ -246,58 +274,134 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Every section's own rules, then the rules across sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_owned(),
-            })
-        };
-        if self.auth.jwt_secret.expose().len() < 32 {
-            return invalid("auth.jwt_secret", "must be set, at least 32 bytes");
-        }
+        self.auth.validate()?;
+        self.telemetry.validate()?;
+        self.database.validate()?;
+        self.amqp.validate()?;
+        self.gateway.validate()?;
+        self.persister.validate()?;
+        self.presence.validate()?;
         if self.auth.dev_login && !self.gateway.listen.ip().is_loopback() {
             return invalid(
                 "auth.dev_login",
                 "mints a token for any user: allowed only on a loopback gateway.listen",
             );
         }
-        if self.gateway.conformance_echo && !self.gateway.listen.ip().is_loopback() {
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        reason: reason.to_owned(),
+    })
+}
+
+/// The first of `durations` that is zero, refused.
+fn positive(durations: &[(&'static str, Duration)]) -> Result<(), ConfigError> {
+    match durations.iter().find(|(_, d)| d.is_zero()) {
+        Some((key, _)) => invalid(key, "must be positive"),
+        None => Ok(()),
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.expose().len() < 32 {
+            return invalid("auth.jwt_secret", "must be set, at least 32 bytes");
+        }
+        positive(&[("auth.auth_timeout_ms", self.auth_timeout)])
+    }
+}
+
+impl TelemetrySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !["http/protobuf", "grpc"].contains(&self.otlp_protocol.as_str()) {
+            return invalid("telemetry.otlp_protocol", "http/protobuf or grpc");
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return invalid("telemetry.sample_ratio", "must be between 0 and 1");
+        }
+        Ok(())
+    }
+}
+
+impl DatabaseSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[("database.connect_timeout_ms", self.connect_timeout)])
+    }
+}
+
+impl AmqpSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[("amqp.confirm_timeout_ms", self.confirm_timeout)])?;
+        if self.partitions == 0 {
+            return invalid("amqp.partitions", "must be at least 1");
+        }
+        if self.route_shards == 0 {
+            return invalid("amqp.route_shards", "must be at least 1");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            return invalid("amqp.prefix", "must be a non-empty word");
+        }
+        Ok(())
+    }
+}
+
+impl GatewaySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.conformance_echo && !self.listen.ip().is_loopback() {
             return invalid(
                 "gateway.conformance_echo",
                 "an echo endpoint is for conformance tests: allowed only on a loopback gateway.listen",
             );
         }
-        let g = &self.gateway;
-        let positive = [
-            ("gateway.heartbeat_ms", g.heartbeat_ms),
-            ("gateway.send_timeout_ms", g.send_timeout_ms),
-            ("gateway.write_timeout_ms", g.write_timeout_ms),
-            ("gateway.broker_lost_ms", g.broker_lost_ms),
-            ("gateway.broker_dead_ms", g.broker_dead_ms),
-            ("gateway.http_request_timeout_ms", g.http_request_timeout_ms),
-            ("auth.auth_timeout_ms", self.auth.auth_timeout_ms),
-            ("amqp.confirm_timeout_ms", self.amqp.confirm_timeout_ms),
-            (
-                "database.connect_timeout_ms",
-                self.database.connect_timeout_ms,
-            ),
-            ("presence.heartbeat_ms", self.presence.heartbeat_ms),
-            ("presence.broker_dead_ms", self.presence.broker_dead_ms),
-            ("persister.broker_dead_ms", self.persister.broker_dead_ms),
-        ];
-        if let Some((key, _)) = positive.iter().find(|(_, ms)| *ms == 0) {
-            return invalid(key, "must be positive");
+        positive(&[
+            ("gateway.heartbeat_ms", self.heartbeat),
+            ("gateway.send_timeout_ms", self.send_timeout),
+            ("gateway.write_timeout_ms", self.write_timeout),
+            ("gateway.broker_lost_ms", self.broker_lost),
+            ("gateway.broker_dead_ms", self.broker_dead),
+            ("gateway.http_request_timeout_ms", self.http_request_timeout),
+        ])?;
+        if self.heartbeat_timeout <= self.heartbeat {
+            return invalid(
+                "gateway.heartbeat_timeout_ms",
+                "must be longer than heartbeat_ms",
+            );
         }
-        let limits = &g.limits;
+        if self.publish_queue == 0 {
+            return invalid("gateway.publish_queue", "at least 1");
+        }
+        if self.session_queue == 0 || self.max_pending_sends == 0 {
+            return invalid(
+                "gateway.session_queue",
+                "session_queue and max_pending_sends must be at least 1",
+            );
+        }
+        if self.max_body_chars == 0 || self.max_body_chars * 6 + 1024 > self.max_frame_bytes {
+            return invalid(
+                "gateway.max_body_chars",
+                "must be at least 1 and fit max_frame_bytes escaped (6 bytes a character)",
+            );
+        }
+        self.limits.validate()
+    }
+}
+
+impl LimitSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
         let rates = [
-            ("gateway.limits.sends_per_second", limits.sends_per_second),
+            ("gateway.limits.sends_per_second", self.sends_per_second),
             (
                 "gateway.limits.user_sends_per_second",
-                limits.user_sends_per_second,
+                self.user_sends_per_second,
             ),
-            ("gateway.limits.reads_per_second", limits.reads_per_second),
-            ("gateway.limits.http_per_second", limits.http_per_second),
+            ("gateway.limits.reads_per_second", self.reads_per_second),
+            ("gateway.limits.http_per_second", self.http_per_second),
         ];
         if let Some((key, _)) = rates
             .iter()
@@ -305,84 +409,63 @@ impl Settings {
         {
             return invalid(key, "must be a positive number");
         }
-        if limits.connections_per_user == 0 || limits.connections_per_ip == 0 {
+        if self.connections_per_user == 0 || self.connections_per_ip == 0 {
             return invalid(
                 "gateway.limits.connections_per_user",
                 "connections_per_user and connections_per_ip must be at least 1",
             );
         }
-        if !["http/protobuf", "grpc"].contains(&self.telemetry.otlp_protocol.as_str()) {
-            return invalid("telemetry.otlp_protocol", "http/protobuf or grpc");
-        }
-        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
-            return invalid("telemetry.sample_ratio", "must be between 0 and 1");
-        }
-        if self.amqp.partitions == 0 {
-            return invalid("amqp.partitions", "must be at least 1");
-        }
-        if self.amqp.route_shards == 0 {
-            return invalid("amqp.route_shards", "must be at least 1");
-        }
-        if self.amqp.prefix.is_empty() || self.amqp.prefix.contains(char::is_whitespace) {
-            return invalid("amqp.prefix", "must be a non-empty word");
-        }
-        if self.persister.batch_max == 0 || self.persister.prefetch == 0 {
+        Ok(())
+    }
+}
+
+impl PersisterSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[("persister.broker_dead_ms", self.broker_dead)])?;
+        if self.batch_max == 0 || self.prefetch == 0 {
             return invalid(
                 "persister.batch_max",
                 "batch_max and prefetch must be at least 1",
             );
         }
-        let p = &self.persister;
-        if p.max_commands_in_memory < p.batch_max {
+        if self.max_commands_in_memory < self.batch_max {
             return invalid(
                 "persister.max_commands_in_memory",
                 "must be at least persister.batch_max",
             );
         }
-        if p.linger_from < 2 || p.linger_until < p.linger_from || p.linger_until > p.batch_max {
+        if self.linger_from < 2
+            || self.linger_until < self.linger_from
+            || self.linger_until > self.batch_max
+        {
             return invalid(
                 "persister.linger_from",
                 "need 2 <= linger_from <= linger_until <= batch_max (a lone message never lingers)",
             );
         }
-        if p.linger_ms > 1000 {
+        if self.linger > Duration::from_secs(1) {
             return invalid("persister.linger_ms", "at most 1000");
         }
-        if self.gateway.publish_queue == 0 {
-            return invalid("gateway.publish_queue", "at least 1");
-        }
-        if self.gateway.session_queue == 0 || self.gateway.max_pending_sends == 0 {
-            return invalid(
-                "gateway.session_queue",
-                "session_queue and max_pending_sends must be at least 1",
-            );
-        }
-        if self.gateway.max_body_chars == 0
-            || self.gateway.max_body_chars * 6 + 1024 > self.gateway.max_frame_bytes
-        {
-            return invalid(
-                "gateway.max_body_chars",
-                "must be at least 1 and fit max_frame_bytes escaped (6 bytes a character)",
-            );
-        }
-        if self.presence.gateway_ttl_ms < 2 * self.presence.heartbeat_ms {
+        Ok(())
+    }
+}
+
+impl PresenceSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[
+            ("presence.heartbeat_ms", self.heartbeat),
+            ("presence.broker_dead_ms", self.broker_dead),
+        ])?;
+        if self.gateway_ttl < 2 * self.heartbeat {
             return invalid(
                 "presence.gateway_ttl_ms",
                 "must be at least twice presence.heartbeat_ms",
             );
         }
-        if self.presence.sweep_ms == 0
-            || self.presence.typing_throttle_ms >= self.presence.typing_lapse_ms
-        {
+        if self.sweep.is_zero() || self.typing_throttle >= self.typing_lapse {
             return invalid(
                 "presence.typing_throttle_ms",
                 "sweep_ms must be positive, throttle shorter than lapse",
-            );
-        }
-        if self.gateway.heartbeat_timeout_ms <= self.gateway.heartbeat_ms {
-            return invalid(
-                "gateway.heartbeat_timeout_ms",
-                "must be longer than heartbeat_ms",
             );
         }
         Ok(())
@@ -442,7 +525,7 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &redact_url(&self.url))
             .field("max_connections", &self.max_connections)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -455,7 +538,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("partitions", &self.partitions)
             .field("route_shards", &self.route_shards)
             .field("persistent_sends", &self.persistent_sends)
-            .field("confirm_timeout_ms", &self.confirm_timeout_ms)
+            .field("confirm_timeout", &self.confirm_timeout)
             .finish()
     }
 }
@@ -466,12 +549,6 @@ impl std::fmt::Debug for RedisSettings {
             .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .finish()
-    }
-}
-
-impl AmqpSettings {
-    pub fn confirm_timeout(&self) -> Duration {
-        Duration::from_millis(self.confirm_timeout_ms)
     }
 }
 
@@ -568,8 +645,8 @@ mod tests {
     #[test]
     fn zero_intervals_and_rates_are_refused_before_anything_starts() {
         let mut settings = local();
-        settings.gateway.heartbeat_ms = 0;
-        settings.gateway.heartbeat_timeout_ms = 10;
+        settings.gateway.heartbeat = Duration::ZERO;
+        settings.gateway.heartbeat_timeout = Duration::from_millis(10);
         assert!(matches!(
             settings.validate(),
             Err(ConfigError::Invalid {

@@ -9,7 +9,6 @@ use crate::ids::{ClientMsgId, ConversationId, MessageId, UserId};
 use crate::protocol::Message;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
-use std::time::Duration;
 
 /// Opens a pool, lazily: a service starts while Postgres is down and its
 /// `/ready` says so until it is back. Statements are plain SQL through
@@ -20,8 +19,8 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     options
         .max_connections(settings.max_connections)
         .connect_lazy(true)
-        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .connect_timeout(settings.connect_timeout)
+        .acquire_timeout(settings.connect_timeout)
         .sqlx_logging(false);
     Database::connect(options).await
 }

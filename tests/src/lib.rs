@@ -23,10 +23,11 @@ use chat_shared::schema;
 use sea_orm::sqlx::{self, Connection as _};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How long any wait in a test may take before the test fails.
-pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct TestSystem {
     pub settings: Settings,
@@ -41,6 +42,8 @@ pub struct TestSystem {
     /// Dropping a sender stops the service it belongs to.
     stops: Vec<oneshot::Sender<()>>,
     gateway_stops: Vec<Option<oneshot::Sender<()>>>,
+    /// Its own database, dropped with it.
+    database: TestDatabase,
 }
 
 impl TestSystem {
@@ -73,8 +76,8 @@ impl TestSystem {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         settings.amqp.prefix = format!("t{}", &unique[..12]);
         settings.redis.prefix = settings.amqp.prefix.clone();
-        settings.database.url =
-            create_database(&settings.database.url, &format!("test_{}", &unique[..16])).await;
+        let database = TestDatabase::create(&settings.database.url, &unique[..16]).await;
+        settings.database.url = database.url.clone();
         chat_shared::telemetry::init(&settings.log, &settings.telemetry, "chat-tests");
         let db = schema::connect(&settings.database)
             .await
@@ -94,6 +97,7 @@ impl TestSystem {
             http: reqwest::Client::new(),
             stops: Vec::new(),
             gateway_stops: Vec::new(),
+            database,
         };
         for _ in 0..persisters {
             system.start_persister().await;
@@ -195,7 +199,7 @@ impl TestSystem {
                 .env("CHAT_REDIS__PREFIX", &s.redis.prefix)
                 .env(
                     "CHAT_PRESENCE__HEARTBEAT_MS",
-                    s.presence.heartbeat_ms.to_string(),
+                    s.presence.heartbeat.as_millis().to_string(),
                 )
                 .env("CHAT_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
                 .env("CHAT_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
@@ -209,21 +213,22 @@ impl TestSystem {
                 });
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let ready = format!("http://{addr}/ready?require=broker,database");
-            let deadline = tokio::time::Instant::now() + DEADLINE;
-            loop {
+            // Ready (true), or exited because its port was taken (false).
+            let started = eventually_within(DEADLINE, async || {
                 let answer = self.http.get(&ready).send().await;
                 if answer.is_ok_and(|r| r.status().is_success()) {
-                    return GatewayProcess { child, addr };
+                    Ok(true)
+                } else if child.try_wait().ok().flatten().is_some() {
+                    Ok(false)
+                } else {
+                    Err(format!("gateway process not ready at {addr}"))
                 }
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // exited (its port was taken): another port
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "gateway process not ready at {addr}"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            })
+            .await;
+            if started {
+                return GatewayProcess { child, addr };
             }
+            // Another port.
         }
         panic!("no gateway process started in five attempts");
     }
@@ -357,6 +362,9 @@ impl Drop for TestSystem {
         for stop in self.gateway_stops.iter_mut().filter_map(Option::take) {
             let _ = stop.send(());
         }
+        // The services stop in the background and may still hold
+        // connections to it: the drop ends them (`WITH (FORCE)`).
+        self.database.drop_database();
     }
 }
 
@@ -401,18 +409,28 @@ impl GatewayProcess {
 
 /// Waits until `check` says yes, asking every 50 ms; fails the test with
 /// `what` after [`DEADLINE`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} (waited {DEADLINE:?})"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    eventually_within(DEADLINE, async || check().await.then_some(()).ok_or(what)).await
+}
+
+/// Asks `check` every 50 ms until it answers `Ok`, and returns what it
+/// answered; once `within` has passed, fails the test with its last `Err`
+/// (what did not happen, and how things stood) and how long it waited.
+/// `check` may change what it captures (count its attempts, send again).
+pub async fn eventually_within<T, E: std::fmt::Display>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{last} (waited {within:?})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -437,18 +455,88 @@ async fn respond(request: reqwest::RequestBuilder) -> (u16, Value) {
     )
 }
 
-/// Creates database `name` next to the one in `url`; returns its URL.
-async fn create_database(url: &str, name: &str) -> String {
-    let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!("test Postgres at {base}: {e} (run the tests through deploy/test.sh)")
-        });
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap_or_else(|e| panic!("create database {name}: {e}"));
-    admin.close().await.ok();
-    format!("{base}/{name}")
+/// The database of one [`TestSystem`].
+struct TestDatabase {
+    /// The maintenance database of its server, to create and drop it from.
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// How long dropping it may take before the test goes on without.
+    const DROP_WAIT: Duration = Duration::from_secs(5);
+
+    /// Creates database `test_{suffix}` next to the one in `url`.
+    async fn create(url: &str, suffix: &str) -> Self {
+        let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
+        let database = TestDatabase {
+            admin_url: format!("{base}/postgres"),
+            name: format!("test_{suffix}"),
+            url: format!("{base}/test_{suffix}"),
+        };
+        let name = &database.name;
+        let mut admin = sqlx::PgConnection::connect(&database.admin_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("test Postgres at {base}: {e} (run the tests through deploy/test.sh)")
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        admin.close().await.ok();
+        database
+    }
+
+    /// Drops it, connections and all, waiting at most [`Self::DROP_WAIT`].
+    /// This runs in `Drop`, maybe on a runtime's thread, so the work is done
+    /// on a thread of its own with a runtime of its own. A database left
+    /// behind is only a warning: deploy/test.sh drops every `test_%` one
+    /// before the tests run.
+    fn drop_database(&self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let (done, result) = std::sync::mpsc::channel();
+        let dropping = move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("a runtime: {e}"))
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        let drop = async {
+                            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                            sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            )))
+                            .execute(&mut admin)
+                            .await?;
+                            admin.close().await
+                        };
+                        match tokio::time::timeout(Self::DROP_WAIT, drop).await {
+                            Ok(dropped) => dropped.map_err(|e| e.to_string()),
+                            Err(_) => Err(format!("not done in {:?}", Self::DROP_WAIT)),
+                        }
+                    })
+                });
+            let _ = done.send(outcome);
+        };
+        let outcome = match std::thread::Builder::new()
+            .name(format!("drop {}", self.name))
+            .spawn(dropping)
+        {
+            Err(e) => Err(format!("a thread: {e}")),
+            // A little longer than the drop may take, to hear why it failed.
+            Ok(_) => match result.recv_timeout(Self::DROP_WAIT + Duration::from_secs(1)) {
+                Ok(outcome) => outcome,
+                Err(e) => Err(format!("no answer: {e}")),
+            },
+        };
+        if let Err(e) = outcome {
+            eprintln!(
+                "warning: test database {} not dropped: {e} (deploy/test.sh drops it before the next run)",
+                self.name
+            );
+        }
+    }
 }

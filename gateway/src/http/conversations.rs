@@ -9,8 +9,7 @@ use crate::store::{Membership, Page};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chat_shared::amqp::Outgoing;
-use chat_shared::bus::{self, GatewayEvent};
+use chat_shared::bus::GatewayEvent;
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{
     Conversation, ConversationList, CreateConversationRequest, MessagePage, NewConversation,
@@ -66,7 +65,7 @@ pub async fn create(
 async fn count_group(state: &AppState, user: chat_shared::ids::UserId) -> Result<(), ApiError> {
     let now = chrono::Utc::now().timestamp();
     let (hour, into_hour) = (now.div_euclid(3600), now.rem_euclid(3600));
-    let key = state.cache_keys.groups_created(user, hour);
+    let key = state.presence_keys.groups_created(user, hour);
     let mut redis = state.redis.clone();
     let counted: Result<(u32,), redis::RedisError> = redis::pipe()
         .atomic()
@@ -103,13 +102,7 @@ async fn announce(
         conversation: conversation.clone(),
         member_ids: members.to_vec(),
     };
-    let payload = bus::encode(&[event]);
-    let keys = state.topo.route_keys(members.iter().copied());
-    let exchange = state.topo.fanout_exchange();
-    let Some(message) = Outgoing::to_gateways(&exchange, &keys, &payload) else {
-        return;
-    };
-    if let Err(e) = state.events.publish(message).await {
+    if let Err(e) = state.events.send(members, event).await {
         tracing::warn!(conversation.id = %conversation.id, error = %e, "could not announce the new conversation");
     }
 }

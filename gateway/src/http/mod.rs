@@ -15,7 +15,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use std::time::Duration;
 
 /// The public API. `/metrics` is not here: it is served on
 /// `gateway.metrics_listen` ([`metrics_router`]), away from the public entry.
@@ -59,7 +58,7 @@ pub fn metrics_router(state: AppState) -> Router {
 /// A request that takes longer than `gateway.http_request_timeout_ms` is
 /// answered 503 `unavailable` and its work dropped.
 async fn request_deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let deadline = Duration::from_millis(state.settings.gateway.http_request_timeout_ms);
+    let deadline = state.settings.gateway.http_request_timeout;
     match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {

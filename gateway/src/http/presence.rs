@@ -112,7 +112,7 @@ async fn from_redis(
     state: &AppState,
     users: &[UserId],
 ) -> Result<Vec<UserPresence>, redis::RedisError> {
-    let keys = &state.cache_keys;
+    let keys = &state.presence_keys;
     let mut online = redis::cmd("SMISMEMBER");
     online.arg(keys.online());
     for user in users {

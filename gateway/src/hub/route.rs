@@ -6,7 +6,7 @@ use super::registry::{Registry, SessionHandle};
 use crate::outbound::{Outbound, encode};
 use chat_shared::bus::{GatewayEvent, SendOutcome};
 use chat_shared::ids::UserId;
-use chat_shared::protocol::{ErrorCode, ServerFrame};
+use chat_shared::protocol::{ErrorCode, Message, ServerFrame};
 
 /// What one event came to here.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,6 +27,7 @@ pub fn route(
     registry: &Registry,
     mut offer: impl FnMut(&SessionHandle, Outbound),
 ) -> Routed {
+    let offer = &mut offer;
     match event {
         GatewayEvent::Stored {
             message,
@@ -34,60 +35,16 @@ pub fn route(
             origin,
         } => {
             let origin = origin.map(|o| o.session_id);
-            let mut routed = Routed::default();
-            let mut delivery = None;
-            let mut ack = None;
-            for session in member_ids.iter().flat_map(|m| registry.sessions_of(*m)) {
-                if origin.as_deref() == Some(&*session.session_id) {
-                    let frame = ack.get_or_insert_with(|| {
-                        encode(&ServerFrame::Ack {
-                            client_msg_id: message.client_msg_id.clone(),
-                            message: message.clone(),
-                        })
-                    });
-                    let client_msg_id = Box::new(message.client_msg_id.clone());
-                    let frame = frame.clone();
-                    offer(
-                        session,
-                        Outbound::SendAnswered {
-                            client_msg_id,
-                            frame,
-                        },
-                    );
-                    routed.acks += 1;
-                } else {
-                    let frame = delivery.get_or_insert_with(|| {
-                        encode(&ServerFrame::Message {
-                            message: message.clone(),
-                        })
-                    });
-                    offer(session, Outbound::Frame(frame.clone()));
-                    routed.deliveries += 1;
-                }
-                routed.sessions += 1;
-            }
-            routed
+            stored(&message, &member_ids, origin.as_deref(), registry, offer)
         }
         GatewayEvent::Reply {
             user_id,
             session_id,
             outcome,
-        } => {
-            let Some(session) = registry.session(user_id, &session_id) else {
-                return Routed::default();
-            };
-            let (client_msg_id, reply, routed) = answer(outcome);
-            let client_msg_id = Box::new(client_msg_id);
-            let frame = encode(&reply);
-            offer(
-                session,
-                Outbound::SendAnswered {
-                    client_msg_id,
-                    frame,
-                },
-            );
-            routed
-        }
+        } => match registry.session(user_id, &session_id) {
+            Some(session) => reply(session, outcome, offer),
+            None => Routed::default(), // gone: nobody to answer
+        },
         GatewayEvent::Typing {
             conversation_id,
             user_id,
@@ -97,7 +54,7 @@ pub fn route(
         } => {
             // Never to the typist's own sessions, whatever the list says.
             let recipients = recipients.iter().filter(|r| **r != user_id);
-            to_each(recipients, registry, &mut offer, || ServerFrame::Typing {
+            to_each(recipients, registry, offer, || ServerFrame::Typing {
                 conversation_id,
                 user_id,
                 state,
@@ -108,19 +65,17 @@ pub fn route(
             user_id,
             seq,
             recipients,
-        } => to_each(recipients.iter(), registry, &mut offer, || {
-            ServerFrame::Read {
-                conversation_id,
-                user_id,
-                seq,
-            }
+        } => to_each(recipients.iter(), registry, offer, || ServerFrame::Read {
+            conversation_id,
+            user_id,
+            seq,
         }),
         GatewayEvent::Presence {
             user_id,
             status,
             last_seen,
             recipients,
-        } => to_each(recipients.iter(), registry, &mut offer, || {
+        } => to_each(recipients.iter(), registry, offer, || {
             ServerFrame::Presence {
                 user_id,
                 status,
@@ -130,12 +85,75 @@ pub fn route(
         GatewayEvent::ConversationAdded {
             conversation,
             member_ids,
-        } => to_each(member_ids.iter(), registry, &mut offer, || {
+        } => to_each(member_ids.iter(), registry, offer, || {
             ServerFrame::Conversation {
                 conversation: conversation.clone(),
             }
         }),
     }
+}
+
+/// A stored message: `ack` to the session that sent it, `message` to every
+/// other session of every member.
+fn stored(
+    message: &Message,
+    member_ids: &[UserId],
+    origin: Option<&str>,
+    registry: &Registry,
+    offer: &mut impl FnMut(&SessionHandle, Outbound),
+) -> Routed {
+    let mut routed = Routed::default();
+    let mut delivery = None;
+    let mut ack = None;
+    for session in member_ids.iter().flat_map(|m| registry.sessions_of(*m)) {
+        if origin == Some(&*session.session_id) {
+            let frame = ack.get_or_insert_with(|| {
+                encode(&ServerFrame::Ack {
+                    client_msg_id: message.client_msg_id.clone(),
+                    message: message.clone(),
+                })
+            });
+            let client_msg_id = Box::new(message.client_msg_id.clone());
+            let frame = frame.clone();
+            offer(
+                session,
+                Outbound::SendAnswered {
+                    client_msg_id,
+                    frame,
+                },
+            );
+            routed.acks += 1;
+        } else {
+            let frame = delivery.get_or_insert_with(|| {
+                encode(&ServerFrame::Message {
+                    message: message.clone(),
+                })
+            });
+            offer(session, Outbound::Frame(frame.clone()));
+            routed.deliveries += 1;
+        }
+        routed.sessions += 1;
+    }
+    routed
+}
+
+/// The persister's answer to one session's send.
+fn reply(
+    session: &SessionHandle,
+    outcome: SendOutcome,
+    offer: &mut impl FnMut(&SessionHandle, Outbound),
+) -> Routed {
+    let (client_msg_id, reply, routed) = answer(outcome);
+    let client_msg_id = Box::new(client_msg_id);
+    let frame = encode(&reply);
+    offer(
+        session,
+        Outbound::SendAnswered {
+            client_msg_id,
+            frame,
+        },
+    );
+    routed
 }
 
 /// The frame answering one send, for the session that sent it.

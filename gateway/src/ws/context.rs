@@ -42,10 +42,10 @@ pub struct Timing {
 impl Timing {
     pub fn from_settings(gateway: &GatewaySettings) -> Self {
         Self {
-            heartbeat: Duration::from_millis(gateway.heartbeat_ms),
-            heartbeat_timeout: Duration::from_millis(gateway.heartbeat_timeout_ms),
-            write_timeout: Duration::from_millis(gateway.write_timeout_ms),
-            shutdown_grace: Duration::from_millis(gateway.shutdown_grace_ms),
+            heartbeat: gateway.heartbeat,
+            heartbeat_timeout: gateway.heartbeat_timeout,
+            write_timeout: gateway.write_timeout,
+            shutdown_grace: gateway.shutdown_grace,
         }
     }
 }

@@ -61,7 +61,7 @@ impl Rules {
         Self {
             max_body_chars: gateway.max_body_chars,
             max_pending_sends: gateway.max_pending_sends,
-            send_timeout: Duration::from_millis(gateway.send_timeout_ms),
+            send_timeout: gateway.send_timeout,
             sends_per_second: gateway.limits.sends_per_second,
             sends_burst: gateway.limits.sends_burst,
             reads_per_second: gateway.limits.reads_per_second,

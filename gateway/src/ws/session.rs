@@ -26,7 +26,6 @@ use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{ClientFrame, ServerFrame};
 use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
@@ -101,7 +100,7 @@ pub async fn run(
 
 /// A connection without the header must send `auth` first, within the timeout.
 async fn auth_frame(socket: &mut WebSocket, state: &AppState) -> Result<AuthUser, &'static str> {
-    let timeout = Duration::from_millis(state.settings.auth.auth_timeout_ms);
+    let timeout = state.settings.auth.auth_timeout;
     let first = tokio::time::timeout(timeout, socket.recv()).await;
     let Ok(Some(Ok(WsMessage::Text(text)))) = first else {
         return Err("expected an auth frame first");

@@ -2,10 +2,14 @@
 //! to take it at the time.
 
 use chat_tests::TestSystem;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_made_while_no_persister_runs_are_stored_and_acked_when_one_starts() {
-    let mut system = TestSystem::start_with(2, 0, |s| s.gateway.send_timeout_ms = 30_000).await;
+    let mut system = TestSystem::start_with(2, 0, |s| {
+        s.gateway.send_timeout = Duration::from_millis(30_000)
+    })
+    .await;
     let conversation = system.direct(1, 2).await;
     let mut an = system.connect(0, 1).await;
     let mut binh = system.connect(1, 2).await;

@@ -1,15 +1,19 @@
 //! Dependencies that break mid-way: the service degrades, loses nothing, and
 //! recovers by itself.
 
-use chat_tests::TestSystem;
+use chat_tests::{DEADLINE, TestSystem, eventually_within};
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_persister_rides_out_a_database_outage_and_loses_nothing() {
-    let mut system = TestSystem::start_with(2, 0, |s| s.gateway.send_timeout_ms = 60_000).await;
+    let mut system = TestSystem::start_with(2, 0, |s| {
+        s.gateway.send_timeout = Duration::from_millis(60_000)
+    })
+    .await;
     let conversation = system.direct(1, 2).await;
     let (proxy, mut persister) = system.database_proxy().await;
-    persister.database.connect_timeout_ms = 500;
+    persister.database.connect_timeout = Duration::from_millis(500);
     system.start_persister_with(persister).await;
     let mut an = system.connect(0, 1).await;
     let mut binh = system.connect(1, 2).await;
@@ -42,7 +46,7 @@ async fn a_gateway_that_loses_its_broker_connection_delivers_again_once_it_is_ba
     let conversation = system.direct(1, 2).await;
     let (proxy, mut settings) = system.broker_proxy().await;
     // Sessions stay through the cut (sending them elsewhere is the next test).
-    settings.gateway.broker_lost_ms = 60_000;
+    settings.gateway.broker_lost = Duration::from_millis(60_000);
     let index = system.start_gateway_with(settings).await;
     let mut an = system.connect(0, 1).await;
     let mut binh = system.connect(index, 2).await;
@@ -53,28 +57,23 @@ async fn a_gateway_that_loses_its_broker_connection_delivers_again_once_it_is_ba
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     proxy.restore();
 
-    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
     let mut i = 0;
-    loop {
+    eventually_within(DEADLINE, async || {
         i += 1;
-        let sent = an
-            .send_and_ack(conversation, &format!("after-{i}"), "again")
+        an.send_and_ack(conversation, &format!("after-{i}"), "again")
             .await;
         let got = tokio::time::timeout(
             std::time::Duration::from_millis(500),
             binh.next_of("message"),
         )
         .await;
-        if let Ok(frame) = got {
-            assert_eq!(frame["message"]["seq"].as_i64().map(|s| s >= 2), Some(true));
-            let _ = sent;
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no delivery after the broker came back"
-        );
-    }
+        let Ok(frame) = got else {
+            return Err("no delivery after the broker came back");
+        };
+        assert_eq!(frame["message"]["seq"].as_i64().map(|s| s >= 2), Some(true));
+        Ok(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +96,7 @@ async fn a_persister_that_loses_its_broker_connection_stores_again_once_it_is_ba
     // The first message's ack to the broker may have died with the
     // connection: then it is delivered again, and a repeat of its frames
     // (same id) is allowed.
-    let deadline = tokio::time::Instant::now() + 3 * chat_tests::DEADLINE;
-    let stored = 'resend: loop {
+    let stored = eventually_within(3 * DEADLINE, async || {
         an.send_message(conversation, "after", "two").await;
         loop {
             let answer = an.next().await;
@@ -110,17 +108,14 @@ async fn a_persister_that_loses_its_broker_connection_stores_again_once_it_is_ba
                 continue;
             }
             if answer["type"] == "ack" {
-                break 'resend answer["message"].clone();
+                return Ok(answer["message"].clone());
             }
             assert_eq!(answer["type"], "error", "{answer}");
             assert_eq!(answer["code"], "unavailable", "{answer}");
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the persister did not come back: {answer}"
-            );
-            break;
+            return Err(format!("the persister did not come back: {answer}"));
         }
-    };
+    })
+    .await;
     assert_eq!(stored["client_msg_id"], "after");
     assert_eq!(stored["seq"], 2, "stored once, after the first: {stored}");
     loop {
@@ -148,8 +143,7 @@ async fn the_presence_service_relays_again_after_losing_its_broker_connection() 
 
     // Typing is relayed by the presence service only: once it consumes and
     // publishes again, a `start` reaches the other member.
-    let deadline = tokio::time::Instant::now() + 3 * chat_tests::DEADLINE;
-    loop {
+    eventually_within(3 * DEADLINE, async || {
         an.send_json(json!({"type": "typing", "conversation_id": conversation, "state": "start"}))
             .await;
         let heard = tokio::time::timeout(
@@ -157,16 +151,14 @@ async fn the_presence_service_relays_again_after_losing_its_broker_connection() 
             binh.next_of("typing"),
         )
         .await;
-        if let Ok(frame) = heard {
-            assert_eq!(frame["user_id"], 1);
-            assert_eq!(frame["state"], "start");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the presence service did not come back"
-        );
-    }
+        let Ok(frame) = heard else {
+            return Err("the presence service did not come back");
+        };
+        assert_eq!(frame["user_id"], 1);
+        assert_eq!(frame["state"], "start");
+        Ok(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,27 +180,23 @@ async fn a_gateway_cut_from_its_broker_sends_its_sessions_elsewhere_until_it_is_
     }
 
     proxy.restore();
-    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
-    loop {
+    eventually_within(DEADLINE, async || {
         match chat_tests::Client::connect(system.gateways[index], Some(&token), None).await {
             Ok(client) => {
                 client.authenticated().await;
-                break;
+                Ok(())
             }
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "the gateway never took sessions again: {e}"
-            ),
+            Err(e) => Err(format!("the gateway never took sessions again: {e}")),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_long_without_its_broker_fails_its_health_check_until_it_is_back() {
     let mut system = TestSystem::start_with(0, 1, |_| {}).await;
     let (proxy, mut settings) = system.broker_proxy().await;
-    settings.gateway.broker_dead_ms = 1500;
+    settings.gateway.broker_dead = Duration::from_millis(1500);
     let index = system.start_gateway_with(settings).await;
     assert_eq!(system.get(index, "/health", None).await.0, 200);
     proxy.cut();
@@ -228,8 +216,8 @@ async fn a_persister_and_a_presence_service_long_without_their_broker_fail_their
  {
     let mut system = TestSystem::start_services(0, 0, false, |_| {}).await;
     let (proxy, mut settings) = system.broker_proxy().await;
-    settings.persister.broker_dead_ms = 1500;
-    settings.presence.broker_dead_ms = 1500;
+    settings.persister.broker_dead = Duration::from_millis(1500);
+    settings.presence.broker_dead = Duration::from_millis(1500);
     system.start_persister_with(settings.clone()).await;
     system.start_presence_with(settings).await;
     let health = [
@@ -267,11 +255,11 @@ async fn a_gateway_whose_broker_stops_answering_holds_sends_in_order_and_keeps_a
     let mut system = TestSystem::start_with(1, 1, |_| {}).await;
     let conversation = system.direct(1, 2).await;
     let (proxy, mut settings) = system.broker_proxy().await;
-    settings.gateway.broker_lost_ms = 60_000;
+    settings.gateway.broker_lost = Duration::from_millis(60_000);
     settings.gateway.publish_queue = 4;
     // The session's own timer answers, long before the publisher gives up.
-    settings.gateway.send_timeout_ms = 1_000;
-    settings.amqp.confirm_timeout_ms = 60_000;
+    settings.gateway.send_timeout = Duration::from_millis(1_000);
+    settings.amqp.confirm_timeout = Duration::from_millis(60_000);
     settings.gateway.max_pending_sends = 1_000;
     let limits = &mut settings.gateway.limits;
     (limits.sends_per_second, limits.sends_burst) = (1e6, 1_000_000);
@@ -328,8 +316,8 @@ async fn a_gateway_that_cannot_declare_its_queue_again_is_not_ready_and_sends_it
     let (proxy, mut settings) = system.broker_proxy().await;
     // Longer than the reconnection takes (about a second): only a
     // recovery that failed can trip these.
-    settings.gateway.broker_lost_ms = 2_500;
-    settings.gateway.broker_dead_ms = 4_000;
+    settings.gateway.broker_lost = Duration::from_millis(2_500);
+    settings.gateway.broker_dead = Duration::from_millis(4_000);
     let index = system.start_gateway_with(settings).await;
     let mut an = system.connect(index, 1).await;
     an.send_and_ack(conversation, "before", "one").await;
@@ -347,14 +335,10 @@ async fn a_gateway_that_cannot_declare_its_queue_again_is_not_ready_and_sends_it
     // which the next test covers.)
     let (status, body) = system.get(index, "/ready", None).await;
     assert_eq!(status, 503, "{body}");
-    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
-    while system.get(index, "/health", None).await.0 != 503 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health still answers ok"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    chat_tests::eventually("/health still answers ok", async || {
+        system.get(index, "/health", None).await.0 == 503
+    })
+    .await;
     // The other gateway goes on.
     let mut binh = system.connect(0, 2).await;
     binh.send_and_ack(conversation, "elsewhere", "two").await;
@@ -409,8 +393,8 @@ async fn a_closed_channel_counts_as_a_lost_broker() {
 async fn a_gateway_told_to_exit_when_its_broker_is_dead_ends_with_an_error() {
     let system = TestSystem::start_with(1, 1, |_| {}).await;
     let (proxy, mut settings) = system.broker_proxy().await;
-    settings.gateway.broker_lost_ms = 500;
-    settings.gateway.broker_dead_ms = 1_500;
+    settings.gateway.broker_lost = Duration::from_millis(500);
+    settings.gateway.broker_dead = Duration::from_millis(1_500);
     settings.gateway.exit_when_broker_dead = true;
     settings.gateway.listen = "127.0.0.1:0".parse().unwrap();
     settings.gateway.metrics_listen = "127.0.0.1:0".parse().unwrap();

@@ -2,6 +2,7 @@
 
 use chat_tests::TestSystem;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_direct_conversation_of_a_pair_is_the_same_every_time() {
@@ -142,7 +143,7 @@ async fn ready_says_503_when_the_database_is_unreachable() {
         let (server, database) = s.database.url.rsplit_once('/').unwrap();
         let (host, _port) = server.rsplit_once(':').unwrap();
         s.database.url = format!("{host}:1/{database}");
-        s.database.connect_timeout_ms = 500;
+        s.database.connect_timeout = Duration::from_millis(500);
     })
     .await;
     let (status, body) = system.get(0, "/ready", None).await;

@@ -3,7 +3,7 @@
 //! nobody else notices. Limits are set low per test through the settings.
 
 use chat_tests::client::Closed;
-use chat_tests::{Client, DEADLINE, TestSystem, eventually};
+use chat_tests::{Client, DEADLINE, TestSystem, eventually, eventually_within};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -206,7 +206,7 @@ async fn connections_per_address_are_counted_from_the_accept_before_any_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_that_never_ends_is_cut_off() {
     let system = TestSystem::start_with(1, 0, |s| {
-        s.gateway.http_header_timeout_ms = 300;
+        s.gateway.http_header_timeout = Duration::from_millis(300);
     })
     .await;
     let mut slow = TcpStream::connect(system.gateways[0]).await.unwrap();
@@ -281,8 +281,7 @@ async fn presence_answers_only_about_users_who_share_a_conversation() {
     let _two = system.connect(0, 2).await;
     let _four = system.connect(0, 4).await;
     let token = system.token(1).await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually_within(DEADLINE, async || {
         let (status, body) = system
             .get(0, "/api/presence?user_ids=2,4", Some(&token))
             .await;
@@ -295,14 +294,12 @@ async fn presence_answers_only_about_users_who_share_a_conversation() {
         );
         assert!(stranger["last_seen"].is_null(), "{body}");
         if body["presence"][0]["status"] == "online" {
-            break;
+            Ok(())
+        } else {
+            Err(format!("partner never online: {body}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "partner never online: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +345,7 @@ async fn invalid_utf8_closes_with_1007_and_an_oversized_frame_with_1009() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_and_goes_offline() {
     let system = TestSystem::start_with(1, 1, |s| {
-        s.gateway.write_timeout_ms = 500;
+        s.gateway.write_timeout = Duration::from_millis(500);
         // Big enough that the write deadline, not the queue, ends it.
         s.gateway.session_queue = 100_000;
         s.gateway.limits.sends_per_second = 10_000.0;
@@ -363,17 +360,13 @@ async fn a_client_that_stops_reading_is_closed_and_goes_offline() {
     let _deaf = system.connect(0, 2).await;
     // About 24 MB of messages, far more than the kernel buffers hold.
     let body = "ệ".repeat(4000);
-    let deadline = tokio::time::Instant::now() + DEADLINE * 3;
     let mut sent = 0;
-    loop {
+    eventually_within(DEADLINE * 3, async || {
         let metrics = system.gateway_metrics(0).await;
         if metrics.contains(r#"gateway_sessions_closed_total{reason="write_timeout"} 1"#) {
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the deaf session was never closed ({sent} sent)"
-        );
+        let not_yet = format!("the deaf session was never closed ({sent} sent)");
         for _ in 0..50 {
             sender
                 .send_message(conversation, &format!("m{sent}"), &body)
@@ -381,7 +374,9 @@ async fn a_client_that_stops_reading_is_closed_and_goes_offline() {
             sent += 1;
         }
         let _ = sender.drain().await;
-    }
+        Err(not_yet)
+    })
+    .await;
     // Its slot is free; the sender never noticed and goes on.
     assert!(
         system

@@ -3,6 +3,7 @@
 
 use chat_tests::TestSystem;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_on_two_gateways_exchange_messages() {
@@ -117,8 +118,10 @@ async fn a_user_keeps_receiving_when_another_user_of_the_same_routing_shard_leav
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_publish_linger_sends_close_together_travel_in_one_amqp_message() {
     async fn two_sends_50_ms_apart(linger_ms: u64) -> String {
-        let system =
-            TestSystem::start_with(1, 1, |s| s.gateway.publish_linger_ms = linger_ms).await;
+        let system = TestSystem::start_with(1, 1, |s| {
+            s.gateway.publish_linger = Duration::from_millis(linger_ms)
+        })
+        .await;
         let conversation = system.direct(1, 2).await;
         let mut an = system.connect(0, 1).await;
         an.send_message(conversation, "first", "một").await;

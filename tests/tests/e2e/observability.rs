@@ -9,7 +9,6 @@ use chat_tests::load::{self, Scenario};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -48,6 +47,15 @@ fn percent_encoded(text: &str) -> String {
         .collect()
 }
 
+/// A directory removed when the test ends, however it ends.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn targets(addrs: &[SocketAddr]) -> Value {
     json!(addrs.iter().map(ToString::to_string).collect::<Vec<_>>())
 }
@@ -61,6 +69,8 @@ async fn every_dashboard_query_finds_data_in_a_real_prometheus() {
     let system = TestSystem::start().await;
     let dir = std::env::temp_dir().join(format!("chat-prometheus-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
+    // (Dropped after Prometheus, which is killed on drop.)
+    let _dir = RemovedOnDrop(dir.clone());
     // Prometheus reads YAML; JSON is YAML.
     let config = json!({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -122,11 +132,10 @@ async fn every_dashboard_query_finds_data_in_a_real_prometheus() {
     let http = reqwest::Client::new();
     let queries = dashboard_queries();
     assert!(queries.len() >= 20, "{queries:?}");
-    let deadline = tokio::time::Instant::now() + 3 * chat_tests::DEADLINE;
     let mut missing: Vec<String> = queries.clone();
-    while !missing.is_empty() {
+    chat_tests::eventually_within(3 * chat_tests::DEADLINE, async || {
         let mut still = Vec::new();
-        for query in missing {
+        for query in std::mem::take(&mut missing) {
             let answer = http
                 .get(format!(
                     "http://127.0.0.1:{port}/api/v1/query?query={}",
@@ -146,15 +155,12 @@ async fn every_dashboard_query_finds_data_in_a_real_prometheus() {
             }
         }
         missing = still;
-        if tokio::time::Instant::now() > deadline {
-            break;
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("dashboard queries without data: {missing:#?}"))
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     let _ = prometheus.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        missing.is_empty(),
-        "dashboard queries without data: {missing:#?}"
-    );
 }

@@ -3,10 +3,10 @@
 //! log line, a metric, a dead letter); so does what an overfull gateway
 //! queue drops.
 
-use chat_shared::amqp::Topology;
+use chat_shared::amqp::{self, Topology};
 use chat_shared::bus::{self, PersistCommand, SendCommand};
 use chat_shared::ids::{ClientMsgId, ConversationId, UserId};
-use chat_tests::{DEADLINE, TestSystem};
+use chat_tests::{DEADLINE, TestSystem, eventually_within};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -57,17 +57,16 @@ async fn an_undecodable_command_is_dead_lettered_and_its_neighbours_are_stored()
         .await
         .unwrap();
 
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually_within(DEADLINE, async || {
         let stored = system.history(0, 1, conversation, "").await;
-        if stored.len() == 2 {
-            assert_eq!(stored[0]["client_msg_id"], "first");
-            assert_eq!(stored[1]["client_msg_id"], "second");
-            break;
+        if stored.len() != 2 {
+            return Err(format!("stored: {stored:?}"));
         }
-        assert!(tokio::time::Instant::now() < deadline, "stored: {stored:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        assert_eq!(stored[0]["client_msg_id"], "first");
+        assert_eq!(stored[1]["client_msg_id"], "second");
+        Ok(())
+    })
+    .await;
     assert_eq!(
         depth(&channel, &topo.dead_letter_queue()).await,
         1,
@@ -171,7 +170,10 @@ async fn a_full_persist_queue_refuses_sends_at_once_instead_of_growing() {
     // No persister: sends pile up in the persist queue. deploy/services.sh
     // bounds every persist queue by policy (1,000,000); this test's own
     // prefix gets a bound of 2, with a higher priority.
-    let system = TestSystem::start_with(1, 0, |s| s.gateway.send_timeout_ms = 60_000).await;
+    let system = TestSystem::start_with(1, 0, |s| {
+        s.gateway.send_timeout = Duration::from_millis(60_000)
+    })
+    .await;
     let prefix = &system.settings.amqp.prefix;
     let policy = format!("{prefix}-bound");
     let services = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/services.sh");
@@ -194,21 +196,15 @@ async fn a_full_persist_queue_refuses_sends_at_once_instead_of_growing() {
     let conversation = system.direct(1, 2).await;
     let mut an = system.connect(0, 1).await;
     // The policy applies within moments; until then sends queue.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut n = 0;
-    let refused = loop {
+    let refused = eventually_within(DEADLINE, async || {
         n += 1;
         an.send_message(conversation, &format!("m{n}"), "xin chào")
             .await;
         let answer = tokio::time::timeout(Duration::from_millis(300), an.next_of("error")).await;
-        if let Ok(error) = answer {
-            break error;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the queue took {n} sends"
-        );
-    };
+        answer.map_err(|_| format!("the queue took {n} sends"))
+    })
+    .await;
     assert_eq!(refused["code"], "unavailable", "{refused}");
     assert!(n >= 3, "two sends fit in the queue: {n}");
     let _ = std::process::Command::new(services)
@@ -270,7 +266,9 @@ async fn every_event_a_full_gateway_queue_drops_is_counted() {
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
     let queue = format!("{}.gw.overfull", system.settings.amqp.prefix);
-    inbox::declare_queue(&channel, &queue, 3).await.unwrap();
+    amqp::declare_gateway_queue(&channel, &queue, 3)
+        .await
+        .unwrap();
     // Ten AMQP messages of two events each, and nobody consuming yet: the
     // queue keeps the newest three messages and drops seven, 14 events.
     let publisher = conn.create_channel().await.unwrap();
@@ -294,7 +292,7 @@ async fn every_event_a_full_gateway_queue_drops_is_counted() {
             .unwrap();
     }
     let metrics = Arc::new(Metrics::new());
-    let dropped = inbox::consume(&channel, &inbox::dropped_queue(&queue))
+    let dropped = inbox::consume(&channel, &amqp::gateway_dropped_queue(&queue))
         .await
         .unwrap();
     tokio::spawn(inbox::count_dropped(

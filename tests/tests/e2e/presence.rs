@@ -89,7 +89,7 @@ async fn a_killed_gateway_process_takes_its_users_offline_within_the_bound() {
     let took = killed.elapsed();
     assert_eq!(offline["status"], "offline");
     let p = &system.settings.presence;
-    let bound = std::time::Duration::from_millis(p.gateway_ttl_ms + p.sweep_ms);
+    let bound = p.gateway_ttl + p.sweep;
     println!("gateway killed -> user offline: {took:?} (bound {bound:?})");
     // The bound is the configured TTL plus one sweep; allow a noisy machine 3 s more.
     assert!(
@@ -112,7 +112,7 @@ async fn a_quick_reload_shows_no_offline_online_flicker() {
     an.close().await;
     // The reload takes a moment: several sweeps long, well inside the grace.
     let p = &system.settings.presence;
-    tokio::time::sleep(std::time::Duration::from_millis(p.sweep_ms * 3)).await;
+    tokio::time::sleep(p.sweep * 3).await;
     let _an_again = system.connect(1, 1).await;
     // Carol leaves after An's reload: her offline is due after An's would be.
     carol.close().await;

@@ -2,8 +2,7 @@
 //! knows, and recovers by itself when Redis is back. This test runs its own
 //! redis-server (the test instance's is shared by every test).
 
-use chat_tests::{TestSystem, free_port};
-use std::time::Duration;
+use chat_tests::{DEADLINE, TestSystem, eventually, eventually_within, free_port};
 
 struct RedisServer {
     child: tokio::process::Child,
@@ -26,17 +25,12 @@ impl RedisServer {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("redis-server: {e}"));
-        let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("redis-server did not start", async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
         Self { child }
     }
 
@@ -87,21 +81,18 @@ async fn chat_goes_on_with_redis_down_and_presence_recovers_when_it_is_back() {
 
     // Redis comes back (empty): heartbeats rebuild presence without anyone reconnecting.
     let _redis = RedisServer::start(port).await;
-    let deadline = tokio::time::Instant::now() + chat_tests::DEADLINE;
-    loop {
+    eventually_within(DEADLINE, async || {
         // Gateway 1 does not host An: only Redis can say An is online.
         let (_, body) = system
             .get(1, "/api/presence?user_ids=1", Some(&token))
             .await;
         if body["presence"][0]["status"] == "online" && body["presence"][0]["last_seen"].is_string()
         {
-            break;
+            Ok(())
+        } else {
+            Err(format!("presence did not recover: {body}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence did not recover: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert_eq!(system.get(0, "/ready", None).await.0, 200);
 }

@@ -1,0 +1,101 @@
+//! What every service runs beside its own work, written once: a watch on
+//! its broker connections that raises signals when they stay down, an
+//! internal HTTP endpoint (metrics, health), and whatever else it spawns;
+//! all of it stopped together when the service stops (or is dropped); and
+//! the `main` of every service binary.
+
+use crate::amqp;
+use crate::config::Settings;
+use crate::telemetry;
+use anyhow::Context as _;
+use lapin::{Channel, Connection};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The tasks a service runs beside its own work.
+#[derive(Default)]
+pub struct Background {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the broker watch looks at, and what it raises.
+pub struct BrokerWatch {
+    /// Connections that must be up.
+    pub connections: Vec<Arc<Connection>>,
+    /// Channels the service cannot work without.
+    pub channels: Vec<Channel>,
+    /// Each raised once they have been down this long (lowered when back).
+    pub signals: Vec<(Duration, watch::Sender<bool>)>,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `task` until the service stops.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Stops `task` with the others.
+    pub fn adopt(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Watches the broker ([`amqp::watch_connections`]); `on_tick` hears
+    /// every 100 ms whether all is connected.
+    pub fn watch_broker(&mut self, watch: BrokerWatch, on_tick: impl FnMut(bool) + Send + 'static) {
+        self.spawn(amqp::watch_connections(
+            watch.connections,
+            watch.channels,
+            watch.signals,
+            on_tick,
+        ));
+    }
+
+    /// Serves `router` on `listener` (the internal port: metrics, health).
+    pub fn serve(&mut self, listener: TcpListener, router: axum::Router) {
+        self.spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the internal endpoint stopped");
+            }
+        });
+    }
+
+    /// Stops every task.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A service binary's whole `main`: load the settings (the profile named by
+/// `CHAT_PROFILE`), start the Tokio runtime they size, set up telemetry as
+/// `name`, run `service`, and flush the traces it left.
+pub fn main<F, Fut>(name: &'static str, service: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Settings) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let settings = Settings::load().context("loading configuration")?;
+    let runtime_settings = settings.runtime.clone();
+    let run = async move {
+        telemetry::init(&settings.log, &settings.telemetry, name);
+        let result = service(settings).await;
+        telemetry::flush();
+        result
+    };
+    crate::runtime::run(&runtime_settings, run).context("starting the Tokio runtime")?
+}
