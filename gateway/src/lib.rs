@@ -13,11 +13,11 @@
 //!    through [`outbound`].
 //!
 //! [`listener`] counts connections per client address from the accept and
-//! [`server`] serves HTTP/1.1 on them; [`limits`] holds every per-client
+//! `chat_shared::http_server` serves HTTP/1.1 on them; [`limits`] holds every per-client
 //! limit. [`http`] is the HTTP API (conversations, history, presence, dev
 //! login, health, readiness; metrics on their own port) over [`store`] and
 //! Redis. [`presence_feed`] tells the presence service who is here and who
-//! is typing. [`startup`] builds and runs it all.
+//! is typing; [`profiles`] stores the names tokens carry. [`startup`] builds and runs it all.
 
 pub mod auth;
 pub mod http;
@@ -28,8 +28,8 @@ pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod presence_feed;
+pub mod profiles;
 pub mod sender;
-pub mod server;
 pub mod startup;
 pub mod state;
 pub mod store;

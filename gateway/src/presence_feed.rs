@@ -5,10 +5,13 @@
 //! without a word (kill -9), and rebuild its state after Redis was down.
 //!
 //! Fire and forget: presence is ephemeral, and a lost event is repaired by
-//! the next heartbeat. Events wait in a bounded queue that one task
-//! publishes from, in order, so no session ever waits on the broker for
-//! them; when the queue is full (the broker is not taking them) an event
-//! is dropped and logged.
+//! the next heartbeat. Events wait in a bounded queue ([`QUEUE`]) that one
+//! task publishes from, in order, so no session ever waits on the broker for
+//! them. When the queue is full (a stuck broker connection that takes
+//! nothing) an event is dropped and logged; with the connection down,
+//! publishes fail at once and the task drops them (logged too). At
+//! shutdown the gateway lets the queue empty before it closes the broker
+//! connection, so its users' last `SessionClosed` go out.
 
 use crate::hub::Hub;
 use chat_shared::amqp::{self, Outgoing, Topology};
@@ -21,8 +24,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-/// Presence events waiting for the broker, at most.
-const QUEUE: usize = 4096;
+/// Presence events waiting for the broker, at most (about 100 bytes each).
+pub const QUEUE: usize = 16_384;
 
 /// An event, with the span it is published in (a typing frame's, so the
 /// relay and its deliveries join the frame's trace).
@@ -52,13 +55,27 @@ impl PresenceFeed {
 
     /// Queues `event`, to be published in `span`.
     pub fn publish_in(&self, event: PresenceEvent, span: tracing::Span) {
-        if self.tx.try_send((event, span)).is_err()
-            && let Some(events) = self.dropped.hit()
-        {
+        let Err(e) = self.tx.try_send((event, span)) else {
+            return;
+        };
+        if let Some(events) = self.dropped.hit() {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "their queue is full",
+                mpsc::error::TrySendError::Closed(_) => "the feed has stopped",
+            };
             tracing::warn!(
                 events,
-                "presence events not published: their queue is full (the next heartbeat repairs them)"
+                "presence events not published: {why} (the next heartbeat repairs them)"
             );
+        }
+    }
+
+    /// Waits, at most `within`, until the queue is empty.
+    pub async fn flushed(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.tx.capacity() < self.tx.max_capacity() && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -104,28 +104,26 @@ impl Sender {
     /// (the broker is not keeping up, or not answering) the caller holds
     /// its command until [`Sender::reserve`] gives it room. Commands queued
     /// through rooms keep the order in which the rooms were used.
-    pub fn try_reserve(&self) -> Result<Room, Refused> {
-        self.tx
-            .clone()
-            .try_reserve_owned()
-            .map(Room)
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    self.log_full();
-                    Refused::Full
-                }
-                mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
-            })
+    pub fn try_reserve(&self) -> Result<Room<'_>, Refused> {
+        self.tx.try_reserve().map(Room::Now).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.log_full();
+                Refused::Full
+            }
+            mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
+        })
     }
 
     /// Waits for room in the queue; the room is kept until it is used or
     /// dropped. Cancel-safe (a dropped wait takes no room).
-    pub fn reserve(&self) -> impl std::future::Future<Output = Result<Room, Refused>> + 'static {
+    pub fn reserve(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Room<'static>, Refused>> + 'static {
         let tx = self.tx.clone();
         async move {
             tx.reserve_owned()
                 .await
-                .map(Room)
+                .map(Room::Later)
                 .map_err(|_| Refused::Stopped)
         }
     }
@@ -151,13 +149,22 @@ pub enum Refused {
     Stopped,
 }
 
-/// Room for one command in the publisher's queue ([`Sender::reserve`]).
-pub struct Room(mpsc::OwnedPermit<PersistCommand>);
+/// Room for one command in the publisher's queue: found at once
+/// ([`Sender::try_reserve`]) or waited for ([`Sender::reserve`]).
+pub enum Room<'a> {
+    Now(mpsc::Permit<'a, PersistCommand>),
+    Later(mpsc::OwnedPermit<PersistCommand>),
+}
 
-impl Room {
+impl Room<'_> {
     /// Queues `command` in the room kept for it.
     pub fn start(self, command: PersistCommand) {
-        self.0.send(command);
+        match self {
+            Room::Now(permit) => permit.send(command),
+            Room::Later(permit) => {
+                permit.send(command);
+            }
+        }
     }
 }
 

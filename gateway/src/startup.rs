@@ -7,15 +7,18 @@ use crate::limits::Limits;
 use crate::listener::CountingListener;
 use crate::metrics::Metrics;
 use crate::presence_feed::{self, PresenceFeed};
+use crate::profiles::Profiles;
 use crate::sender::Sender;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::ws::context::{SessionContext, Timing};
 use crate::ws::frames::Rules;
-use crate::{http, inbox, server};
+use crate::{http, inbox};
 use anyhow::Context;
 use chat_shared::amqp::{self, Announcer, ConfirmedPublisher, Inbound, Topology};
 use chat_shared::config::Settings;
+use chat_shared::directory::Directory;
+use chat_shared::http_server;
 use chat_shared::presence_state;
 use chat_shared::schema;
 use chat_shared::service::{Background, BrokerWatch};
@@ -86,6 +89,7 @@ impl Gateway {
         let (broker_lost, broker_lost_rx) = watch::channel(false);
         let (broker_dead, broker_dead_rx) = watch::channel(false);
         let store = Store::new(db.get_postgres_connection_pool().clone());
+        let directory = Directory::new(db.get_postgres_connection_pool().clone());
         let limits = Arc::new(Limits::new(&settings.gateway.limits));
         let queue: Arc<str> = broker.queue.into();
         let sessions = Arc::new(SessionContext {
@@ -108,16 +112,20 @@ impl Gateway {
             redis: presence_state::connect(&settings.redis).context("the Redis URL")?,
             presence_keys: presence_state::Keys::new(&settings.redis),
             settings: Arc::new(settings),
-            store,
+            store: store.clone(),
             sessions,
-            sender: publishers.sender,
+            profiles: Arc::new(Profiles::new(
+                store.clone(),
+                directory.clone(),
+                publishers.events.clone(),
+            )),
+            directory,
             events: publishers.events,
             hub,
             metrics,
             amqp: Arc::new(broker.conn),
             amqp_channels: amqp_channels.into(),
             presence: publishers.presence,
-            topo: broker.topo,
             queue,
             shutdown: shutdown_rx,
             broker_lost: broker_lost_rx,
@@ -183,13 +191,19 @@ impl Gateway {
         // the broker does during the drain: the exit status says why.
         let died = Arc::new(AtomicBool::new(false));
         let stop = stop_signal(&state, shutdown, signals.shutdown.clone(), died.clone());
-        let (hub, amqp) = (state.hub.clone(), state.amqp.clone());
-        server::serve(listener, http::router(state), header_timeout, grace, stop).await;
+        let (hub, amqp, presence) = (
+            state.hub.clone(),
+            state.amqp.clone(),
+            state.presence.clone(),
+        );
+        http_server::serve(listener, http::router(state), header_timeout, grace, stop).await;
         let _ = signals.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + grace;
         while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The sessions' last presence events go out before the connection.
+        presence.flushed(Duration::from_secs(1)).await;
         let _ = amqp.close(200, "gateway shutdown".into()).await;
         background.stop();
         tracing::info!(%addr, "gateway stopped");

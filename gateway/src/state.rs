@@ -5,11 +5,12 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence_feed::PresenceFeed;
-use crate::sender::Sender;
+use crate::profiles::Profiles;
 use crate::store::Store;
 use crate::ws::context::SessionContext;
-use chat_shared::amqp::{Announcer, Topology};
+use chat_shared::amqp::Announcer;
 use chat_shared::config::Settings;
+use chat_shared::directory::Directory;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -18,11 +19,14 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub keys: JwtKeys,
     pub store: Store,
-    pub sender: Sender,
+    /// Who shares a conversation with whom.
+    pub directory: Directory,
     /// What every WebSocket session is given (a narrow part of this).
     pub sessions: Arc<SessionContext>,
     /// Publishes gateway events (a conversation appeared) to other gateways.
     pub events: Announcer,
+    /// People's names, from the tokens used here.
+    pub profiles: Arc<Profiles>,
     pub hub: Arc<Hub>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
@@ -35,7 +39,6 @@ pub struct AppState {
     /// Where presence is read from (`GET /api/presence`).
     pub redis: redis::aio::ConnectionManager,
     pub presence_keys: chat_shared::presence_state::Keys,
-    pub topo: Topology,
     /// This gateway's queue: where replies for its sessions are sent.
     pub queue: Arc<str>,
     /// Flips to true when the gateway shuts down.

@@ -3,7 +3,9 @@
 //! sea-orm's sqlx pool.
 
 use chat_shared::ids::{ConversationId, UserId};
-use chat_shared::protocol::{Conversation, ConversationKind, Message, NewConversation};
+use chat_shared::protocol::{
+    Conversation, ConversationKind, Message, NewConversation, ReadMarker, User,
+};
 use chat_shared::schema::{RowError, message_from_row};
 use chat_shared::time::Timestamp;
 use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
@@ -14,6 +16,19 @@ pub enum Membership {
     Member,
     NotMember,
     NoSuchConversation,
+}
+
+/// What a change of a group's members came to.
+pub enum MembersChange {
+    /// Done: the members now, ascending.
+    Changed(Vec<UserId>),
+    NoSuchConversation,
+    /// The caller is not a member (so may neither add nor leave).
+    NotMember,
+    /// A direct conversation's members never change.
+    Direct,
+    /// The group would grow past `Conversation::MAX_MEMBERS`.
+    TooMany,
 }
 
 /// Which page of history.
@@ -120,32 +135,123 @@ impl Store {
         })
     }
 
-    /// Those of `users` who share at least one conversation with `caller`
-    /// (the caller counts as sharing with themself).
-    pub async fn co_members(
+    /// Adds `users` to the group `conversation` on behalf of `caller`, a
+    /// member. Changes of one conversation's members are serialised (the
+    /// conversation's row is locked).
+    pub async fn add_members(
         &self,
+        conversation: ConversationId,
         caller: UserId,
         users: &[UserId],
-    ) -> Result<Vec<UserId>, StoreError> {
+    ) -> Result<MembersChange, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(refused) = lock_group(&mut tx, conversation, caller).await? {
+            return Ok(refused);
+        }
         let ids: Vec<i64> = users.iter().map(|u| u.get()).collect();
-        let rows: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT other.user_id
-               FROM members mine
-               JOIN members other ON other.conversation_id = mine.conversation_id
-              WHERE mine.user_id = $1 AND other.user_id = ANY($2)",
+        sqlx::query(
+            "INSERT INTO members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])
+             ON CONFLICT DO NOTHING",
         )
+        .bind(conversation.get())
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        let members = members_of(&mut tx, conversation).await?;
+        if members.len() > Conversation::MAX_MEMBERS {
+            return Ok(MembersChange::TooMany); // rolled back on drop
+        }
+        tx.commit().await?;
+        Ok(MembersChange::Changed(members))
+    }
+
+    /// Takes `caller` out of the group `conversation`.
+    pub async fn leave(
+        &self,
+        conversation: ConversationId,
+        caller: UserId,
+    ) -> Result<MembersChange, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(refused) = lock_group(&mut tx, conversation, caller).await? {
+            return Ok(refused);
+        }
+        sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
+            .bind(conversation.get())
+            .bind(caller.get())
+            .execute(&mut *tx)
+            .await?;
+        let members = members_of(&mut tx, conversation).await?;
+        tx.commit().await?;
+        Ok(MembersChange::Changed(members))
+    }
+
+    /// The read markers of `conversation`'s members other than `caller`
+    /// who have read something, by user id.
+    pub async fn reads(
+        &self,
+        conversation: ConversationId,
+        caller: UserId,
+    ) -> Result<Vec<ReadMarker>, StoreError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT user_id, last_read_seq FROM members
+              WHERE conversation_id = $1 AND user_id <> $2 AND last_read_seq > 0
+              ORDER BY user_id",
+        )
+        .bind(conversation.get())
         .bind(caller.get())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(user_id, seq)| {
+                Ok(ReadMarker {
+                    user_id: UserId::new(user_id)?,
+                    seq,
+                })
+            })
+            .collect()
+    }
+
+    /// The profiles of `users` (a user never named has `name` null).
+    pub async fn users(&self, users: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let ids: Vec<i64> = users.iter().map(|u| u.get()).collect();
+        let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT i.id, u.name, u.avatar_url
+               FROM unnest($1::bigint[]) WITH ORDINALITY AS i(id, n)
+               LEFT JOIN users u ON u.id = i.id
+              ORDER BY i.n",
+        )
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        let mut shared: Vec<UserId> = rows
-            .into_iter()
-            .filter_map(|id| UserId::new(id).ok())
-            .collect();
-        if users.contains(&caller) {
-            shared.push(caller);
-        }
-        Ok(shared)
+        rows.into_iter()
+            .map(|(id, name, avatar_url)| {
+                Ok(User {
+                    id: UserId::new(id)?,
+                    name,
+                    avatar_url,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores `name` as `user`'s unless it is already theirs; the profile
+    /// when it changed (a first name counts as a change).
+    pub async fn set_name(&self, user: UserId, name: &str) -> Result<Option<User>, StoreError> {
+        let changed: Option<(Option<String>,)> = sqlx::query_as(
+            "INSERT INTO users (id, name) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, updated_at = now()
+              WHERE users.name IS DISTINCT FROM EXCLUDED.name
+             RETURNING avatar_url",
+        )
+        .bind(user.get())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(changed.map(|(avatar_url,)| User {
+            id: user,
+            name: Some(name.to_owned()),
+            avatar_url,
+        }))
     }
 
     /// The caller's conversations, most recent activity first.
@@ -158,13 +264,20 @@ impl Store {
     ) -> Result<Vec<Conversation>, StoreError> {
         let rows = sqlx::query(
             "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at,
-                    (SELECT array_agg(user_id ORDER BY user_id) FROM members WHERE conversation_id = c.id),
+                    mem.ids,
                     (SELECT count(*) FROM messages x
                       WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq AND x.sender_id <> $1),
-                    lm.id, lm.conversation_id, lm.seq, lm.sender_id, lm.client_msg_id, lm.body, lm.created_at
+                    lm.id, lm.conversation_id, lm.seq, lm.sender_id, lm.client_msg_id, lm.body, lm.created_at,
+                    mem.names, mem.avatars
                FROM members m
                JOIN conversations c ON c.id = m.conversation_id
                LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq
+               LEFT JOIN LATERAL (
+                   SELECT array_agg(mm.user_id ORDER BY mm.user_id) AS ids,
+                          array_agg(u.name ORDER BY mm.user_id) AS names,
+                          array_agg(u.avatar_url ORDER BY mm.user_id) AS avatars
+                     FROM members mm LEFT JOIN users u ON u.id = mm.user_id
+                    WHERE mm.conversation_id = c.id) mem ON true
               WHERE m.user_id = $1
                 AND ($2::bigint IS NULL OR c.id = $2)
                 AND ($3::timestamptz IS NULL OR c.last_activity_at < $3)
@@ -215,22 +328,78 @@ fn conversation_from_row(row: &PgRow) -> Result<Conversation, StoreError> {
         "group" => ConversationKind::Group,
         other => return Err(RowError::Corrupt(format!("conversation kind {other:?}"))),
     };
-    let members: Vec<i64> = row.try_get::<Option<Vec<i64>>, _>(5)?.unwrap_or_default();
+    let member_ids: Vec<UserId> = row
+        .try_get::<Option<Vec<i64>>, _>(5)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(UserId::new)
+        .collect::<Result<_, _>>()?;
     let last_message = match row.try_get::<Option<i64>, _>(7)? {
         Some(_) => Some(message_from_row(row, 7)?),
         None => None,
+    };
+    let shown = kind == ConversationKind::Direct || member_ids.len() <= Conversation::MEMBERS_SHOWN;
+    let members = if shown {
+        let names: Vec<Option<String>> = row.try_get::<Option<_>, _>(14)?.unwrap_or_default();
+        let avatars: Vec<Option<String>> = row.try_get::<Option<_>, _>(15)?.unwrap_or_default();
+        let users = member_ids.iter().zip(names.into_iter().zip(avatars));
+        Some(
+            users
+                .map(|(id, (name, avatar_url))| User {
+                    id: *id,
+                    name,
+                    avatar_url,
+                })
+                .collect(),
+        )
+    } else {
+        None
     };
     Ok(Conversation {
         id: ConversationId::new(id)?,
         kind,
         title: row.try_get(2)?,
-        member_ids: members
-            .into_iter()
-            .map(UserId::new)
-            .collect::<Result<_, _>>()?,
+        member_ids,
+        members,
         last_message,
         last_seq: row.try_get(3)?,
         unread_count: row.try_get(6)?,
         created_at: row.try_get(4)?,
     })
+}
+
+/// Locks the group `conversation` for a change of members by `caller`;
+/// the refusal, if the change may not happen.
+async fn lock_group(
+    tx: &mut sqlx::PgConnection,
+    conversation: ConversationId,
+    caller: UserId,
+) -> Result<Option<MembersChange>, StoreError> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT c.kind, EXISTS (SELECT 1 FROM members WHERE conversation_id = c.id AND user_id = $2)
+           FROM conversations c WHERE c.id = $1 FOR UPDATE",
+    )
+    .bind(conversation.get())
+    .bind(caller.get())
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(match row {
+        None => Some(MembersChange::NoSuchConversation),
+        Some((_, false)) => Some(MembersChange::NotMember),
+        Some((kind, true)) if kind == "direct" => Some(MembersChange::Direct),
+        Some(_) => None,
+    })
+}
+
+async fn members_of(
+    tx: &mut sqlx::PgConnection,
+    conversation: ConversationId,
+) -> Result<Vec<UserId>, StoreError> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY user_id",
+    )
+    .bind(conversation.get())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(ids.into_iter().map(UserId::new).collect::<Result<_, _>>()?)
 }

@@ -72,6 +72,11 @@ export class Api {
     return this.#request('POST', '/api/conversations', { title, member_ids: memberIds });
   }
 
+  /** `{reads: [{user_id, seq}]}`: how far the other members have read. */
+  reads(conversationId) {
+    return this.#request('GET', `/api/conversations/${conversationId}/reads`);
+  }
+
   /** `{presence: [{user_id, status, last_seen}]}` for at most 200 ids. */
   presence(userIds) {
     return this.#request('GET', `/api/presence?user_ids=${userIds.join(',')}`);

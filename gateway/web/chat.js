@@ -63,6 +63,8 @@ export class Chat extends EventTarget {
     this.#api = api;
     this.#connection = connection;
     this.me = userId;
+    /** Profiles by user id: the members of our conversations. */
+    this.users = new Map();
     this.#loadOutbox();
     connection.addEventListener('state', (e) => this.#emit('connection', e.detail));
     connection.addEventListener('hello', (e) => this.#onHello(e.detail));
@@ -88,7 +90,17 @@ export class Chat extends EventTarget {
   }
 
   titleOf(conversation) {
-    return conversation.title ?? `User ${this.peerOf(conversation)}`;
+    return conversation.title ?? this.nameOf(this.peerOf(conversation));
+  }
+
+  /** A user's name as the host site gave it, or their id when it gave none. */
+  nameOf(userId) {
+    return this.users.get(userId)?.name ?? `User ${userId}`;
+  }
+
+  /** Remembers profiles (a conversation's `members`, a `user` frame). */
+  #learn(users = []) {
+    for (const user of users) this.users.set(user.id, user);
   }
 
   /** Our sends to this conversation not stored yet, in sending order. */
@@ -113,7 +125,10 @@ export class Chat extends EventTarget {
       this.#emit('list');
       await this.refreshPresence();
       for (const conversation of this.conversations.values()) {
-        if (conversation.loaded) this.#catchUp(conversation);
+        if (conversation.loaded) {
+          this.#catchUp(conversation);
+          this.#loadReads(conversation);
+        }
       }
     } catch (error) {
       this.#notice(`Could not load conversations: ${error.message}`);
@@ -150,6 +165,7 @@ export class Chat extends EventTarget {
 
   /** A conversation from the server (list, create, `conversation` frame). */
   #merge(incoming) {
+    this.#learn(incoming.members);
     const known = this.conversations.get(incoming.id);
     if (!known) {
       const conversation = {
@@ -162,6 +178,7 @@ export class Chat extends EventTarget {
         catchingUp: null,
         catchUpAgain: false,
         readSent: 0,
+        reads: new Map(), // other member's id -> the highest seq they read
         typing: new Map(), // user id -> timer
       };
       this.conversations.set(incoming.id, conversation);
@@ -183,7 +200,26 @@ export class Chat extends EventTarget {
 
   // ----------------------------------------------------------- messages
 
+  /** Read markers move only forward. */
+  #onRead({ conversation_id: id, user_id: userId, seq }) {
+    const conversation = this.conversations.get(id);
+    if (!conversation || userId === this.me) return;
+    if (seq > (conversation.reads.get(userId) ?? 0)) conversation.reads.set(userId, seq);
+    this.#emit('reads', { conversationId: id });
+  }
+
+  /** How far the others have read, from the server (after a reconnect). */
+  async #loadReads(conversation) {
+    try {
+      const { reads } = await this.#api.reads(conversation.id);
+      for (const read of reads) this.#onRead({ conversation_id: conversation.id, ...read });
+    } catch (error) {
+      this.#notice(`Could not load read receipts: ${error.message}`);
+    }
+  }
+
   async #loadNewest(conversation) {
+    this.#loadReads(conversation);
     try {
       const { messages } = await this.#api.messages(conversation.id, { limit: PAGE });
       conversation.messages = messages;
@@ -478,8 +514,13 @@ export class Chat extends EventTarget {
         this.#emit('list');
         this.refreshPresence([this.peerOf(frame.conversation)].filter(Boolean));
         break;
-      case 'read':
-        break; // another member read up to frame.seq; this client shows no read receipts
+      case 'read': // another member read up to frame.seq: "seen"
+        this.#onRead(frame);
+        break;
+      case 'user': // someone we share a conversation with changed name or avatar
+        this.#learn([frame.user]);
+        this.#emit('names');
+        break;
       case 'error': {
         const entry = this.outbox.get(frame.client_msg_id);
         if (entry) this.#onSendRefused(entry, frame);

@@ -45,6 +45,10 @@ export class View {
       if (e.detail.conversationId === chat.openId) this.#renderTyping();
     });
     chat.addEventListener('connection', (e) => this.#renderConnection(e.detail));
+    chat.addEventListener('names', () => this.#renderNames());
+    chat.addEventListener('reads', (e) => {
+      if (e.detail.conversationId === chat.openId) this.#renderSeen();
+    });
     chat.addEventListener('notice', (e) => this.#notice(e.detail.message));
     this.#bind();
     $('me').textContent = `User ${chat.me}`;
@@ -144,7 +148,7 @@ export class View {
           const status = chat.presence.get(peer)?.status ?? 'offline';
           button.append(element('span', { class: `dot ${status}`, 'aria-label': status }));
         }
-        button.append(element('span', { class: 'title' }, chat.titleOf(c)));
+        button.append(avatar(chat, c), element('span', { class: 'title', ...nameHook(c) }, chat.titleOf(c)));
         if (c.unread_count > 0) {
           const label = `${c.unread_count} unread`;
           button.append(element('span', { class: 'unread', 'data-testid': 'unread', 'aria-label': label }, String(c.unread_count)));
@@ -200,7 +204,8 @@ export class View {
     const chat = this.#chat;
     const conversation = chat.open;
     if (!conversation) return;
-    $('conversation-title').textContent = chat.titleOf(conversation);
+    $('conversation-avatar').replaceChildren(avatar(chat, conversation));
+    $('conversation-title').replaceChildren(element('span', nameHook(conversation), chat.titleOf(conversation)));
     const slot = $('presence-slot');
     const peer = chat.peerOf(conversation);
     if (peer == null) return slot.replaceChildren();
@@ -241,6 +246,7 @@ export class View {
         this.#messageElements.delete(key);
       }
     }
+    this.#renderSeen();
   }
 
   #newMessageElement(item) {
@@ -248,7 +254,10 @@ export class View {
     const li = element('li', { class: mine ? 'message mine' : 'message', 'data-testid': 'message' });
     li.dataset.clientMsgId = item.client_msg_id;
     const meta = element('div', { class: 'meta' });
-    meta.append(element('span', { class: 'sender' }, mine ? 'You' : `User ${item.sender_id}`), ' ', element('time', { datetime: item.created_at }, timeOf(item.created_at)));
+    const sender = mine
+      ? element('span', { class: 'sender' }, 'You')
+      : element('span', { class: 'sender', 'data-testid': 'display-name', 'data-user-id': item.sender_id }, this.#chat.nameOf(item.sender_id));
+    meta.append(sender, ' ', element('time', { datetime: item.created_at }, timeOf(item.created_at)));
     li.append(meta, element('p', { class: 'body' }, item.body), element('div', { class: 'status' }));
     return li;
   }
@@ -270,12 +279,45 @@ export class View {
     }
   }
 
+  /**
+   * "Seen" under our last stored message that the peer has read; in a
+   * group, "Seen by N" (the members who read that far).
+   */
+  #renderSeen() {
+    const chat = this.#chat;
+    const conversation = chat.open;
+    document.querySelectorAll('#messages [data-testid="seen"]').forEach((el) => el.remove());
+    if (!conversation) return;
+    const readers = [...conversation.reads.values()];
+    const mine = conversation.messages.filter((m) => m.sender_id === chat.me);
+    const last = mine.findLast((m) => readers.some((seq) => seq >= m.seq));
+    if (!last) return;
+    const el = this.#messageElements.get(`${last.sender_id}:${last.client_msg_id}`);
+    if (!el) return;
+    const count = readers.filter((seq) => seq >= last.seq).length;
+    const vi = navigator.language?.startsWith('vi');
+    const text = conversation.kind === 'direct'
+      ? (vi ? 'Đã xem' : 'Seen')
+      : (vi ? `${count} người đã xem` : `Seen by ${count}`);
+    el.append(element('div', { class: 'seen', 'data-testid': 'seen' }, text));
+  }
+
+  /** A name changed: every place that shows one says the new one. */
+  #renderNames() {
+    this.#renderList();
+    this.#renderHeader();
+    this.#renderTyping();
+    for (const el of document.querySelectorAll('#messages [data-testid="display-name"][data-user-id]')) {
+      el.textContent = this.#chat.nameOf(Number(el.dataset.userId));
+    }
+  }
+
   #renderTyping() {
     const chat = this.#chat;
     const slot = $('typing-slot');
     const typists = chat.openId ? chat.typists(chat.openId) : [];
     if (!typists.length) return slot.replaceChildren();
-    const names = typists.map((id) => `User ${id}`).join(', ');
+    const names = typists.map((id) => chat.nameOf(id)).join(', ');
     const text = `${names} ${typists.length > 1 ? 'are' : 'is'} typing…`;
     const shown = slot.querySelector('[data-testid="typing"]');
     if (shown) shown.textContent = text;
@@ -309,4 +351,28 @@ export class View {
     clearTimeout(this.noticeTimer);
     this.noticeTimer = setTimeout(() => (el.hidden = true), 6000);
   }
+}
+
+/**
+ * The picture of a conversation: the peer's avatar (or initials) for a
+ * direct one, the title's initials for a group.
+ */
+function avatar(chat, conversation) {
+  const peer = chat.peerOf(conversation);
+  const url = peer == null ? null : chat.users.get(peer)?.avatar_url;
+  const attrs = { class: 'avatar', 'data-testid': 'avatar', 'aria-hidden': 'true' };
+  if (url) return element('img', { ...attrs, src: url, alt: '' });
+  return element('span', attrs, initials(chat.titleOf(conversation)));
+}
+
+/** Up to two letters of a name: "Lan Nguyễn" -> "LN". */
+function initials(name) {
+  const words = name.trim().split(/\s+/).filter(Boolean);
+  const letters = words.length > 1 ? [words[0], words[words.length - 1]] : words;
+  return letters.map((w) => [...w][0]?.toUpperCase() ?? '').join('') || '?';
+}
+
+/** The test hook of a shown name: only direct conversations show a person's. */
+function nameHook(conversation) {
+  return conversation.kind === 'direct' ? { 'data-testid': 'display-name' } : {};
 }

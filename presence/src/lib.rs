@@ -4,10 +4,9 @@
 //!
 //! - [`online`]: sessions, gateway heartbeats, expiry and the offline grace;
 //! - [`typing`]: relay, throttle and lapse of typing;
-//! - [`directory`]: conversation members and contacts, from Postgres;
+//! - `chat_shared::directory`: conversation members and who shares one, from Postgres;
 //! - [`service`]: one event or one sweep at a time; [`startup`]: wiring.
 
-pub mod directory;
 pub mod online;
 pub mod service;
 pub mod startup;

@@ -1,11 +1,11 @@
 //! The presence service: consumes the presence queue and sweeps on a timer,
 //! turning both into changes for the people concerned.
 
-use crate::directory::Directory;
 use crate::online::{Change, Online};
 use crate::typing::Typing;
 use chat_shared::amqp::Announcer;
 use chat_shared::bus::{GatewayEvent, PresenceEvent};
+use chat_shared::directory::Directory;
 use chat_shared::ids::{ConversationId, UserId};
 use chat_shared::presence_state::{Keys, unix_ms};
 use chat_shared::protocol::TypingState;
@@ -212,7 +212,7 @@ impl Service {
         for change in changes {
             self.metrics.changes.inc();
             tracing::debug!(user.id = %change.user, status = ?change.status, "presence changed");
-            let contacts = self.directory.contacts(change.user).await?;
+            let contacts = self.directory.sharing_with(change.user).await?;
             let recipients = self.online_among(&contacts).await?;
             let event = GatewayEvent::Presence {
                 user_id: change.user,

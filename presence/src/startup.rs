@@ -1,6 +1,5 @@
 //! Building and running the presence service.
 
-use crate::directory::Directory;
 use crate::online::Online;
 use crate::service::{Metrics, Service};
 use crate::typing::Typing;
@@ -9,6 +8,7 @@ use chat_shared::amqp::Announcer;
 use chat_shared::amqp::{self, ConfirmedPublisher, Inbound, Received, Unreadable};
 use chat_shared::bus::PresenceEvent;
 use chat_shared::config::Settings;
+use chat_shared::directory::Directory;
 use chat_shared::presence_state::{self, Keys};
 use chat_shared::schema;
 use chat_shared::service::{Background, BrokerWatch};

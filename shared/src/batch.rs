@@ -26,9 +26,9 @@ pub trait Weighed {
 /// How large a batch may grow, and when it waits to grow.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most commands in one batch.
+    /// Most weight (commands) in one batch.
     pub max: usize,
-    /// A batch that holds this many commands (its first included) once it
+    /// A batch that holds this much weight (its first item included) once it
     /// has taken what was waiting lingers.
     pub linger_from: usize,
     /// A lingering batch stops waiting once it holds this many.

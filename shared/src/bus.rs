@@ -146,6 +146,12 @@ pub enum GatewayEvent {
         last_seen: Option<Timestamp>,
         recipients: Vec<UserId>,
     },
+    /// A user's profile changed: the sessions of `recipients` (everyone who
+    /// shares a conversation with them) get a `user` frame.
+    Profile {
+        user: crate::profile::User,
+        recipients: Vec<UserId>,
+    },
     /// Users were added to a conversation: their sessions get a
     /// `conversation` frame. Routed to the added members only.
     ConversationAdded {

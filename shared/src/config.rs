@@ -201,7 +201,8 @@ pub struct GatewaySettings {
     #[serde(rename = "publish_linger_ms", deserialize_with = "millis")]
     pub publish_linger: Duration,
     /// Commands (sends, read markers) waiting for the gateway's publisher;
-    /// beyond it a send is answered `unavailable` at once.
+    /// a session whose command finds it full holds that command and reads
+    /// no more frames until there is room (backpressure, in frame order).
     pub publish_queue: usize,
     pub limits: LimitSettings,
 }
@@ -274,22 +275,22 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Every section's own rules, then the rules across sections.
+    /// Every section's own rules, and the one rule across sections (the dev
+    /// login only on a loopback gateway), the most dangerous first.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.auth.validate()?;
-        self.telemetry.validate()?;
-        self.database.validate()?;
-        self.amqp.validate()?;
-        self.gateway.validate()?;
-        self.persister.validate()?;
-        self.presence.validate()?;
         if self.auth.dev_login && !self.gateway.listen.ip().is_loopback() {
             return invalid(
                 "auth.dev_login",
                 "mints a token for any user: allowed only on a loopback gateway.listen",
             );
         }
-        Ok(())
+        self.gateway.validate()?;
+        self.amqp.validate()?;
+        self.database.validate()?;
+        self.telemetry.validate()?;
+        self.persister.validate()?;
+        self.presence.validate()
     }
 }
 

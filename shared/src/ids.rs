@@ -16,6 +16,8 @@ pub enum InvalidValue {
     TooLong { what: &'static str, max: usize },
     #[error("{0} must not contain NUL characters")]
     Nul(&'static str),
+    #[error("{0} must not contain control characters")]
+    Control(&'static str),
 }
 
 macro_rules! positive_id {

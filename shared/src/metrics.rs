@@ -2,7 +2,8 @@
 //! own (persister, presence), served by axum: `GET /metrics`, Prometheus
 //! text from a prometheus-client registry, and `GET /health`, the liveness
 //! probe: 200, or 503 while the service says it is dead (its broker
-//! connection down for `broker_dead_ms`). Anything else gets 404.
+//! connection down for `broker_dead_ms`). Another path gets 404, another
+//! method 405. Served by [`crate::http_server`] ([`crate::service::Background::serve`]).
 
 use axum::Router;
 use axum::extract::State;

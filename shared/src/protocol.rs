@@ -4,6 +4,7 @@
 //! pin the JSON so that any change to the wire shows in review.
 
 use crate::ids::{ClientMsgId, ConversationId, InvalidValue, MessageBody, MessageId, UserId};
+pub use crate::profile::User;
 use crate::time::{self, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +44,54 @@ pub struct Conversation {
     pub kind: ConversationKind,
     pub title: Option<String>,
     pub member_ids: Vec<UserId>,
+    /// Version 2: the members' profiles, for direct conversations and for
+    /// groups of up to [`Conversation::MEMBERS_SHOWN`] members; absent for
+    /// larger groups (`GET /api/users` answers for the ids a client shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<User>>,
     pub last_message: Option<Message>,
     pub last_seq: i64,
     pub unread_count: i64,
     #[serde(with = "time::rfc3339")]
     pub created_at: Timestamp,
+}
+
+impl Conversation {
+    /// Groups up to this size carry their members' profiles.
+    pub const MEMBERS_SHOWN: usize = 50;
+    /// The most members a group may have, its creator included.
+    pub const MAX_MEMBERS: usize = 1000;
+}
+
+/// `POST /api/conversations/{id}/members` (version 2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddMembersRequest {
+    pub user_ids: Vec<i64>,
+}
+
+impl AddMembersRequest {
+    /// The users to add, each once, ascending; the error is the 400 message.
+    pub fn parse(self) -> Result<Vec<UserId>, String> {
+        if self.user_ids.is_empty() || self.user_ids.len() > Conversation::MAX_MEMBERS {
+            return Err(format!("give 1 to {} user_ids", Conversation::MAX_MEMBERS));
+        }
+        let mut users = self
+            .user_ids
+            .into_iter()
+            .map(|id| UserId::new(id).map_err(|e| format!("user_ids: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+}
+
+/// How far one member has read a conversation (version 2,
+/// `GET /api/conversations/{id}/reads`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarker {
+    pub user_id: UserId,
+    pub seq: i64,
 }
 
 /// Error codes shared by WebSocket error frames and HTTP error bodies.
@@ -228,6 +272,11 @@ pub enum ServerFrame {
     Conversation {
         conversation: Conversation,
     },
+    /// Version 2: a user who shares a conversation with the caller changed
+    /// name or avatar.
+    User {
+        user: User,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -293,7 +342,7 @@ impl CreateConversationRequest {
                 if title.contains('\0') {
                     return Err("title must not contain NUL characters".into());
                 }
-                if ids.len() > 1000 {
+                if ids.len() > Conversation::MAX_MEMBERS {
                     return Err("a group has at most 1000 members".into());
                 }
                 let mut members = vec![caller];
@@ -305,7 +354,7 @@ impl CreateConversationRequest {
                 if members.len() < 2 {
                     return Err("a group needs at least one member besides the caller".into());
                 }
-                if members.len() > 1000 {
+                if members.len() > Conversation::MAX_MEMBERS {
                     return Err("a group has at most 1000 members".into());
                 }
                 Ok(NewConversation::Group { title, members })
@@ -410,6 +459,14 @@ mod tests {
             last_seen: None,
         };
         assert_snapshot!(json(&presence), @r#"{"type":"presence","user_id":7,"status":"offline","last_seen":null}"#);
+        let user = ServerFrame::User {
+            user: User {
+                id: uid(7),
+                name: Some("Lan Nguyễn".into()),
+                avatar_url: None,
+            },
+        };
+        assert_snapshot!(json(&user), @r#"{"type":"user","user":{"id":7,"name":"Lan Nguyễn","avatar_url":null}}"#);
     }
 
     #[test]

@@ -39,7 +39,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(InitialSchema), Box::new(BusSettingsTable)]
+        vec![
+            Box::new(InitialSchema),
+            Box::new(BusSettingsTable),
+            Box::new(UsersTable),
+        ]
     }
 }
 
@@ -129,6 +133,34 @@ impl MigrationTrait for BusSettingsTable {
                      prefix       TEXT PRIMARY KEY,
                      partitions   INTEGER NOT NULL,
                      route_shards INTEGER NOT NULL
+                 )",
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+struct UsersTable;
+
+impl MigrationName for UsersTable {
+    fn name(&self) -> &str {
+        "m0003_users"
+    }
+}
+
+/// People's profiles (version 2). A new table: nothing else is locked or
+/// rewritten. A user with no row here is a user nobody ever named.
+#[async_trait::async_trait]
+impl MigrationTrait for UsersTable {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE TABLE users (
+                     id         BIGINT PRIMARY KEY CHECK (id > 0),
+                     name       TEXT CHECK (char_length(name) BETWEEN 1 AND 100),
+                     avatar_url TEXT CHECK (char_length(avatar_url) <= 500),
+                     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
                  )",
             )
             .await

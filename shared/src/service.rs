@@ -4,9 +4,9 @@
 //! all of it stopped together when the service stops (or is dropped); and
 //! the `main` of every service binary.
 
-use crate::amqp;
 use crate::config::Settings;
 use crate::telemetry;
+use crate::{amqp, http_server};
 use anyhow::Context as _;
 use lapin::{Channel, Connection};
 use std::future::Future;
@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// How long a scraper may take to send a request head to an internal port.
+pub const INTERNAL_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The tasks a service runs beside its own work.
 #[derive(Default)]
@@ -58,13 +61,19 @@ impl Background {
         ));
     }
 
-    /// Serves `router` on `listener` (the internal port: metrics, health).
+    /// Serves `router` on `listener` (the internal port: metrics, health)
+    /// until the service stops; a request head must arrive within
+    /// [`INTERNAL_HEADER_TIMEOUT`].
     pub fn serve(&mut self, listener: TcpListener, router: axum::Router) {
-        self.spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "the internal endpoint stopped");
-            }
-        });
+        let forever = std::future::pending::<()>();
+        let serving = http_server::serve(
+            listener,
+            router,
+            INTERNAL_HEADER_TIMEOUT,
+            Duration::ZERO,
+            forever,
+        );
+        self.spawn(serving);
     }
 
     /// Stops every task.

@@ -102,7 +102,9 @@ class User:
         )
 
     def conversation_item_for(self, peer: "User"):
-        return self.page.get_by_test_id("conversation").filter(has_text=f"User {peer.id}")
+        # A direct conversation is shown under the peer's name (their id
+        # when they gave none).
+        return self.page.get_by_test_id("conversation").filter(has_text=peer.name)
 
     def send(self, text: str):
         composer = self.page.get_by_test_id("composer")

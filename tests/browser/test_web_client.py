@@ -96,7 +96,7 @@ def test_typing_is_shown_to_the_other_member_and_lapses(system, pair):
     b.page.get_by_test_id("composer").press_sequentially("đang gõ", delay=30)
 
     expect(typing).to_be_visible()
-    expect(typing).to_contain_text(f"User {b.id}")
+    expect(typing).to_contain_text(b.name)
     # B stops: the server's lapse (1 s in the test profile) or B's own stop
     # after a pause ends it.
     expect(typing).to_have_count(0, timeout=5_000)
@@ -405,7 +405,7 @@ def test_after_a_gateway_freezes_and_dies_a_resends_and_catches_up(system, pair)
     a, b = pair
     with_b = a.start_direct(b)
     b.open_conversation(with_b)
-    c = SimpleNamespace(id=a.id + 500)  # never logs in
+    c = SimpleNamespace(id=a.id + 500, name=f"User {a.id + 500}")  # never logs in, never named
     with_c = a.start_direct(c)
     system.gateways[a.gateway].signal(signal.SIGSTOP)
     try:
@@ -564,3 +564,40 @@ def test_a_gateway_killed_with_a_message_pending_stores_it_exactly_once(system, 
         expect(a.message("vẫn nhận được")).to_have_attribute("data-seq", "2")
     finally:
         system.start_gateway(a.gateway)
+
+
+def test_two_people_see_each_others_names_not_their_ids(system, pair):
+    a, b = pair
+    conversation = a.start_direct(b)
+    b.open_conversation(conversation)
+    # The list and the header name the peer, with their initials beside.
+    expect(a.item(conversation).get_by_test_id("display-name")).to_have_text(b.name)
+    expect(b.item(conversation).get_by_test_id("display-name")).to_have_text(a.name)
+    expect(a.item(conversation).get_by_test_id("avatar")).to_have_text("B")
+    expect(b.page.locator("#conversation-title").get_by_test_id("display-name")).to_have_text(a.name)
+    expect(b.page.locator("#conversation-avatar").get_by_test_id("avatar")).to_have_text("A")
+    a.send("chào Bình")
+    theirs = b.messages().last
+    expect(theirs.get_by_test_id("display-name")).to_have_text(a.name)
+    for user in (a, b):
+        shown = user.page.get_by_test_id("display-name").all_inner_texts()
+        assert not any(text.startswith("User ") for text in shown), shown
+
+
+def test_seen_appears_when_the_peer_reads_and_again_after_a_reload(system, pair):
+    a, b = pair
+    conversation = a.start_direct(b)
+    a.send("Bình ơi, xem chưa?")
+    expect(a.message("Bình ơi, xem chưa?")).to_have_attribute("data-state", "stored")
+    seen = a.page.get_by_test_id("seen")
+    expect(seen).to_have_count(0)
+    # B opens the conversation, which reads it: A's page says so (in
+    # Vietnamese: the browsers here speak vi-VN).
+    b.open_conversation(conversation)
+    expect(seen).to_have_text("Đã xem")
+    expect(a.message("Bình ơi, xem chưa?").get_by_test_id("seen")).to_have_count(1)
+    # After a reload the page asks the server how far B read.
+    a.page.reload()
+    expect(a.page.get_by_test_id("connection")).to_have_attribute("data-state", "open")
+    a.open_conversation(conversation)
+    expect(a.page.get_by_test_id("seen")).to_have_text("Đã xem")

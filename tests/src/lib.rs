@@ -8,6 +8,7 @@
 //! JSON frames over a WebSocket, exactly as a browser or an app would.
 
 pub mod chaos;
+pub mod cli;
 pub mod client;
 pub mod load;
 pub mod otlp;
@@ -244,16 +245,18 @@ impl TestSystem {
         format!("http://{}{path}", self.gateways[gateway])
     }
 
-    /// A token for `user`, from the dev login of gateway 0.
+    /// A token for `user`, without a name, from the dev login of gateway 0.
     pub async fn token(&self, user: i64) -> String {
-        let (status, body) = self
-            .post(
-                0,
-                "/api/dev/token",
-                None,
-                json!({"user_id": user, "name": format!("user {user}")}),
-            )
-            .await;
+        self.dev_token(json!({"user_id": user})).await
+    }
+
+    /// A token for `user` whose `name` claim is `name`.
+    pub async fn token_named(&self, user: i64, name: &str) -> String {
+        self.dev_token(json!({"user_id": user, "name": name})).await
+    }
+
+    async fn dev_token(&self, request: Value) -> String {
+        let (status, body) = self.post(0, "/api/dev/token", None, request).await;
         assert_eq!(status, 200, "dev token: {body}");
         body["token"].as_str().unwrap_or_default().to_owned()
     }

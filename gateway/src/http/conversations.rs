@@ -13,9 +13,10 @@ use chat_shared::bus::GatewayEvent;
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{
     Conversation, ConversationList, CreateConversationRequest, MessagePage, NewConversation,
+    ReadMarker,
 };
 use chat_shared::time;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 const DEFAULT_LIMIT: i64 = 50;
 /// Larger limits are clamped to this (docs/protocol.md).
@@ -143,11 +144,7 @@ pub async fn history(
     Path(raw_id): Path<String>,
     Params(params): Params<HistoryParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let id = raw_id
-        .parse::<i64>()
-        .ok()
-        .and_then(|raw| ConversationId::new(raw).ok())
-        .ok_or_else(|| ApiError::bad_request("conversation id must be a positive integer"))?;
+    let id = conversation_id(&raw_id)?;
     let limit = limit(params.limit)?;
     let page = match (params.before_seq, params.after_seq) {
         (Some(_), Some(_)) => {
@@ -159,13 +156,45 @@ pub async fn history(
         (None, Some(seq)) => Page::After(seq),
         (None, None) => Page::Before(i64::MAX),
     };
-    match state.store.membership(id, caller.user_id).await? {
-        Membership::Member => {}
-        Membership::NotMember => {
-            return Err(ApiError::forbidden("not a member of this conversation"));
-        }
-        Membership::NoSuchConversation => return Err(ApiError::not_found("no such conversation")),
-    }
+    member_of(&state, id, &caller).await?;
     let messages = state.store.history(id, page, limit).await?;
     Ok(Json(MessagePage { messages }))
+}
+
+#[derive(Serialize)]
+pub struct ReadList {
+    reads: Vec<ReadMarker>,
+}
+
+/// `GET /api/conversations/{id}/reads` (version 2): how far the other
+/// members have read, for "seen" after a reconnect.
+pub async fn reads(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+) -> Result<Json<ReadList>, ApiError> {
+    let id = conversation_id(&raw_id)?;
+    member_of(&state, id, &caller).await?;
+    let reads = state.store.reads(id, caller.user_id).await?;
+    Ok(Json(ReadList { reads }))
+}
+
+fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .and_then(|raw| ConversationId::new(raw).ok())
+        .ok_or_else(|| ApiError::bad_request("conversation id must be a positive integer"))
+}
+
+/// 403 for a caller who is not a member, 404 for no such conversation.
+async fn member_of(
+    state: &AppState,
+    id: ConversationId,
+    caller: &AuthUser,
+) -> Result<(), ApiError> {
+    match state.store.membership(id, caller.user_id).await? {
+        Membership::Member => Ok(()),
+        Membership::NotMember => Err(ApiError::forbidden("not a member of this conversation")),
+        Membership::NoSuchConversation => Err(ApiError::not_found("no such conversation")),
+    }
 }

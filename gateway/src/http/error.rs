@@ -86,6 +86,12 @@ impl ApiError {
     }
 }
 
+impl From<sea_orm::sqlx::Error> for ApiError {
+    fn from(e: sea_orm::sqlx::Error) -> Self {
+        Self::internal(e)
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         Self::internal(e)

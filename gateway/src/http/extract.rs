@@ -54,6 +54,7 @@ impl FromRequestParts<AppState> for AuthUser {
                 retry_after_ms(wait),
             ));
         }
+        state.profiles.token_used(&user);
         Ok(user)
     }
 }

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod ops;
 pub mod presence;
 pub mod trace;
+pub mod users;
 pub mod web;
 
 use crate::state::AppState;
@@ -33,7 +34,9 @@ pub fn router(state: AppState) -> Router {
             "/api/conversations/{id}/messages",
             get(conversations::history),
         )
+        .route("/api/conversations/{id}/reads", get(conversations::reads))
         .route("/api/presence", get(presence::presence))
+        .route("/api/users", get(users::users))
         .route("/api/dev/token", post(ops::dev_token))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

@@ -43,8 +43,8 @@ pub async fn presence(
     caller: AuthUser,
     Params(params): Params<PresenceParams>,
 ) -> Result<Json<PresenceList>, ApiError> {
-    let asked = parse_ids(params.user_ids.as_deref().unwrap_or_default())?;
-    let visible = state.store.co_members(caller.user_id, &asked).await?;
+    let asked = parse_ids(params.user_ids.as_deref().unwrap_or_default(), "user_ids")?;
+    let visible = state.directory.co_members(caller.user_id, &asked).await?;
     let users: Vec<UserId> = asked
         .iter()
         .copied()
@@ -88,7 +88,9 @@ pub async fn presence(
     Ok(Json(PresenceList { presence }))
 }
 
-fn parse_ids(raw: &str) -> Result<Vec<UserId>, ApiError> {
+/// Comma-separated positive ids, 1 to [`MAX_USERS`] of them, in the query
+/// parameter `name`.
+pub fn parse_ids(raw: &str, name: &str) -> Result<Vec<UserId>, ApiError> {
     let ids: Vec<UserId> = raw
         .split(',')
         .filter(|part| !part.trim().is_empty())
@@ -99,10 +101,12 @@ fn parse_ids(raw: &str) -> Result<Vec<UserId>, ApiError> {
                 .and_then(|n| UserId::new(n).ok())
         })
         .collect::<Option<_>>()
-        .ok_or_else(|| ApiError::bad_request("user_ids must be comma-separated positive ids"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{name} must be comma-separated positive ids"))
+        })?;
     if ids.is_empty() || ids.len() > MAX_USERS {
         return Err(ApiError::bad_request(format!(
-            "give 1 to {MAX_USERS} user_ids"
+            "give 1 to {MAX_USERS} {name}"
         )));
     }
     Ok(ids)
@@ -148,18 +152,21 @@ mod tests {
 
     #[test]
     fn ids_are_positive_and_at_most_two_hundred() {
-        assert_eq!(parse_ids("7, 42").map(|ids| ids.len()).ok(), Some(2));
+        assert_eq!(
+            parse_ids("7, 42", "user_ids").map(|ids| ids.len()).ok(),
+            Some(2)
+        );
         for bad in ["", ",", "0", "-1", "7,x", "1e3", "9223372036854775808"] {
-            assert!(parse_ids(bad).is_err(), "{bad:?}");
+            assert!(parse_ids(bad, "user_ids").is_err(), "{bad:?}");
         }
         let too_many: Vec<String> = (1..=201).map(|n| n.to_string()).collect();
-        assert!(parse_ids(&too_many.join(",")).is_err());
+        assert!(parse_ids(&too_many.join(","), "user_ids").is_err());
     }
 
     proptest! {
         #[test]
         fn any_query_value_is_parsed_or_refused_without_a_panic(raw in "[0-9,+ -]{0,40}|.{0,40}") {
-            if let Ok(ids) = parse_ids(&raw) {
+            if let Ok(ids) = parse_ids(&raw, "user_ids") {
                 prop_assert!(!ids.is_empty() && ids.len() <= MAX_USERS);
                 prop_assert!(ids.iter().all(|id| id.get() > 0));
             }

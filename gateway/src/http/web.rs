@@ -5,7 +5,9 @@
 //! client without rebuilding.
 //!
 //! Every answer carries a Content-Security-Policy that allows only our own
-//! origin: no CDN, no inline script, no framing.
+//! origin: no CDN, no inline script, no framing. Images are the exception:
+//! people's avatars are `https://` URLs of the host site's (the contract's
+//! User object), so `img-src` also allows `https:`.
 
 use super::error::ApiError;
 use crate::state::AppState;
@@ -18,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    img-src 'self' data:; connect-src 'self'; manifest-src 'self'; \
+    img-src 'self' data: https:; connect-src 'self'; manifest-src 'self'; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// `GET /`: the client's page.

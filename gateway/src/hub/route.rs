@@ -82,6 +82,11 @@ pub fn route(
                 last_seen,
             }
         }),
+        GatewayEvent::Profile { user, recipients } => {
+            to_each(recipients.iter(), registry, offer, || ServerFrame::User {
+                user: user.clone(),
+            })
+        }
         GatewayEvent::ConversationAdded {
             conversation,
             member_ids,

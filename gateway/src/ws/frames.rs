@@ -286,9 +286,7 @@ impl SessionState {
         match command {
             PersistCommand::Send(send) => {
                 self.metrics.send_refused(ErrorCode::Unavailable);
-                let id = Some(send.client_msg_id.as_str().to_owned());
-                let message = "message not accepted, send it again";
-                Some(error(ErrorCode::Unavailable, message, id, None))
+                Some(PendingSends::not_taken(&send.client_msg_id))
             }
             PersistCommand::Read(read) => {
                 tracing::debug!(user.id = %self.user.user_id, conversation.id = %read.conversation_id, "read marker not queued: the publisher stopped");
@@ -298,14 +296,14 @@ impl SessionState {
     }
 
     /// What to write for something the hub handed this session.
-    pub fn on_outbound(&mut self, out: Outbound, now: Instant) -> Option<Utf8Bytes> {
+    pub fn on_outbound(&mut self, out: Outbound) -> Option<Utf8Bytes> {
         match out {
             Outbound::Frame(frame) => Some(frame),
             Outbound::SendAnswered {
                 client_msg_id,
                 frame,
             } => {
-                if let Some(waited) = self.ledger.settle(&client_msg_id, now) {
+                if let Some(waited) = self.ledger.settle(&client_msg_id, Instant::now()) {
                     self.metrics.send_ack_seconds.observe(waited.as_secs_f64());
                 }
                 Some(frame)
@@ -542,6 +540,10 @@ mod tests {
         let answer = reply(s.on_text(&send("m1", "0123456789a"), t0));
         assert_eq!(answer["code"], "too_large");
         assert_eq!(answer["client_msg_id"], "m1");
+        // Counted in characters, not bytes: ten of "ư" (two bytes each) fit.
+        persisted(s.on_text(&send("m3", &"ư".repeat(10)), t0));
+        let answer = reply(s.on_text(&send("m4", &"ư".repeat(11)), t0));
+        assert_eq!(answer["code"], "too_large");
         assert_eq!(reply(s.on_text(&send("m2", ""), t0))["code"], "bad_request");
     }
 
@@ -571,6 +573,10 @@ mod tests {
         persisted(second.on_text(&send("c", "hi"), t0));
         let limited = reply(second.on_text(&send("d", "hi"), t0));
         assert_eq!(limited["code"], "rate_limited");
+        // Another user is not affected.
+        let mut other = session(Arc::clone(&first.shared), t0);
+        other.user.user_id = UserId::new(8).unwrap();
+        persisted(other.on_text(&send("e", "hi"), t0));
     }
 
     #[test]
@@ -643,9 +649,9 @@ mod tests {
             client_msg_id: id(),
             frame: ack.clone(),
         };
-        assert_eq!(s.on_outbound(answered, t0), Some(ack));
+        assert_eq!(s.on_outbound(answered), Some(ack));
         assert!(s.ledger.is_empty());
-        assert_eq!(s.on_outbound(Outbound::SendRefused(id()), t0), None);
+        assert_eq!(s.on_outbound(Outbound::SendRefused(id())), None);
         assert!(s.expired(due).is_empty());
         // With nothing pending the next look is at the token's expiry.
         assert!(s.deadline(t0) > t0 + Duration::from_secs(3000));

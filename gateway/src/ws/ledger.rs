@@ -1,10 +1,11 @@
 //! The sends a session has queued for the broker and not seen answered:
-//! the one place that decides whether a send still needs an answer. An
-//! answer from the persister (ack or refusal) settles a send; a send the
-//! broker did not take, or that nothing answered within
-//! `gateway.send_timeout_ms`, is answered `unavailable` here, once
-//! (resending with the same `client_msg_id` is always safe: it is never
-//! stored twice).
+//! the one place that decides whether a send still needs an answer, and
+//! that words the gateway's own answers. An answer from the persister (ack
+//! or refusal) settles a send; a send the broker did not take, or that
+//! nothing answered within `gateway.send_timeout_ms`, is answered
+//! `unavailable` here, once; so is a send the publisher could not even
+//! queue (shutting down). Resending with the same `client_msg_id` is always
+//! safe: it is never stored twice.
 
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::ids::ClientMsgId;
@@ -65,6 +66,12 @@ impl PendingSends {
         self.sent.remove(id).map(|_| unavailable(id))
     }
 
+    /// The answer to a send the publisher could not queue (it has stopped):
+    /// it never entered the ledger.
+    pub fn not_taken(id: &ClientMsgId) -> Utf8Bytes {
+        answer(id, "message not accepted, send it again")
+    }
+
     /// When the oldest pending send times out.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.sent.values().min().map(|sent| *sent + self.timeout)
@@ -89,9 +96,16 @@ impl PendingSends {
 /// The answer to a send the broker did not take, or that was not acked in
 /// time: resending it with the same `client_msg_id` is always safe.
 fn unavailable(client_msg_id: &ClientMsgId) -> Utf8Bytes {
+    answer(
+        client_msg_id,
+        "message not confirmed in time, send it again",
+    )
+}
+
+fn answer(client_msg_id: &ClientMsgId, message: &str) -> Utf8Bytes {
     crate::outbound::encode(&ServerFrame::Error {
         code: ErrorCode::Unavailable,
-        message: "message not confirmed in time, send it again".into(),
+        message: message.to_owned(),
         client_msg_id: Some(client_msg_id.as_str().to_owned()),
         retry_after_ms: None,
     })

@@ -164,5 +164,9 @@ mod tests {
             assert!(known.admits(&lookup, conv(c), user(7)).await);
         }
         assert!(known.member_of.len() <= REMEMBERED);
+        // What it holds it still remembers: no question asked again.
+        let asked = *lookup.asked.lock().unwrap();
+        assert!(known.admits(&lookup, conv(200), user(7)).await);
+        assert_eq!(*lookup.asked.lock().unwrap(), asked);
     }
 }

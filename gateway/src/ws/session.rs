@@ -62,6 +62,7 @@ pub async fn run(
             }
         },
     };
+    state.profiles.token_used(&user);
     let user_id = user.user_id;
     let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let (tx, rx) = mpsc::channel(state.settings.gateway.session_queue);
@@ -299,31 +300,31 @@ impl<S: Socket> Session<S> {
     /// its queue the session holds the command and reads no more frames
     /// until there is ([`Session::serve`]): later sends never overtake it.
     async fn submit(&mut self, command: PersistCommand, span: tracing::Span) {
-        match self.ctx.sender.try_reserve() {
-            Ok(room) => self.start(room, command, span),
-            Err(Refused::Full) => {
+        let refused = match self.ctx.sender.try_reserve() {
+            // (The room borrows the context: the state and timer are passed apart.)
+            Ok(room) => {
+                queue(&mut self.state, &mut self.next_check, room, command, span);
+                return;
+            }
+            Err(refused) => refused,
+        };
+        match refused {
+            Refused::Full => {
                 let command = Box::new(command);
                 self.parked = Some(Parked { command, span });
             }
-            Err(Refused::Stopped) => self.not_queued(&command).await,
+            Refused::Stopped => self.not_queued(&command).await,
         }
     }
 
-    async fn unpark(&mut self, room: Result<Room, Refused>) {
+    async fn unpark(&mut self, room: Result<Room<'static>, Refused>) {
         let Some(Parked { command, span }) = self.parked.take() else {
             return;
         };
         match room {
-            Ok(room) => self.start(room, *command, span),
+            Ok(room) => queue(&mut self.state, &mut self.next_check, room, *command, span),
             Err(_) => self.not_queued(&command).await,
         }
-    }
-
-    fn start(&mut self, room: Room, command: PersistCommand, span: tracing::Span) {
-        if let Some(due) = self.state.queued(&command, Instant::now()) {
-            self.next_check = self.next_check.min(due);
-        }
-        span.in_scope(|| room.start(command));
     }
 
     async fn not_queued(&mut self, command: &PersistCommand) {
@@ -333,7 +334,7 @@ impl<S: Socket> Session<S> {
     }
 
     async fn deliver(&mut self, out: Outbound) {
-        if let Some(frame) = self.state.on_outbound(out, Instant::now()) {
+        if let Some(frame) = self.state.on_outbound(out) {
             let _ = self.write(frame).await;
         }
     }
@@ -409,4 +410,19 @@ impl<S: Socket> Session<S> {
         tracing::debug!(user.id = %self.state.user_id(), code, error = %inner, "closing on a protocol error");
         self.close(code, reason, Ended::ProtocolError).await
     }
+}
+
+/// Queues `command` in `room`; a send joins the ledger, and the session's
+/// timer covers its deadline.
+fn queue(
+    state: &mut SessionState,
+    next_check: &mut Instant,
+    room: Room<'_>,
+    command: PersistCommand,
+    span: tracing::Span,
+) {
+    if let Some(due) = state.queued(&command, Instant::now()) {
+        *next_check = (*next_check).min(due);
+    }
+    span.in_scope(|| room.start(command));
 }

@@ -369,6 +369,9 @@ async fn a_shutdown_answers_the_sends_in_flight_then_closes_with_1012() {
     h.send("m1");
     h.command().await;
     h.shutdown.send(true).unwrap();
+    // The session sees the shutdown first (the clock moves only once it
+    // waits): the answer comes while it drains.
+    tokio::time::sleep(Duration::from_millis(1)).await;
     let answered = Outbound::SendAnswered {
         client_msg_id: msg_id("m1"),
         frame: encode(&ServerFrame::Pong),

@@ -43,7 +43,7 @@ pub struct Outgoing<'a> {
 }
 
 impl<'a> Outgoing<'a> {
-    /// Events for the gateways bound to `keys` (from [`Topology::route_keys`])
+    /// Events for the gateways bound to `keys` (shard keys, [`super::Topology::shard_key`])
     /// on the fan-out exchange: one publish, routed by the first key with the
     /// rest in `CC`. Transient and not mandatory: a user with no session
     /// anywhere routes nowhere, and reads history on return. `None` without
@@ -76,8 +76,9 @@ impl<'a> Outgoing<'a> {
     }
 }
 
-/// A channel in confirm mode. `publish` returns once the broker has
-/// confirmed the message, so `Ok` means "the broker has it".
+/// A channel in confirm mode: [`ConfirmedPublisher::start`] hands a
+/// message to the broker, and its [`PendingConfirm`] says `Ok` once the
+/// broker has it.
 #[derive(Clone)]
 pub struct ConfirmedPublisher {
     channel: Channel,
@@ -110,10 +111,6 @@ impl ConfirmedPublisher {
             confirm,
             timeout: self.timeout,
         })
-    }
-
-    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
-        self.start(msg).await?.wait().await
     }
 }
 

@@ -11,6 +11,7 @@
 //!   anything else      is sent to the current conversation
 
 use anyhow::{Context, bail};
+use chat_tests::cli::Args;
 use chat_tests::load::setup;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -19,15 +20,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let base = arg("--url").unwrap_or_else(|| "http://127.0.0.1:28080".into());
-    let user: i64 = arg("--user")
+    let args = Args::from_env();
+    let base = args
+        .value("--url")
+        .unwrap_or("http://127.0.0.1:28080")
+        .to_owned();
+    let user: i64 = args
+        .value("--user")
         .context("--user <id> is required")?
         .parse()
         .context("--user must be a number")?;

@@ -19,26 +19,10 @@
 //! resident memory per connection.
 
 use anyhow::{Context, bail};
+use chat_tests::cli::Args;
 use chat_tests::load::{self, Scenario, idle, report, setup};
 use std::io::Write;
 use std::time::Duration;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
-    match arg(args, name) {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .with_context(|| format!("{name} must be a number")),
-    }
-}
 
 const USAGE: &str = "usage:
   chat-load run  [--url URL[,URL...]] [--users N] [--group-size N] [--rate MSG_PER_S]
@@ -48,39 +32,23 @@ const USAGE: &str = "usage:
   chat-load proxy --listen ADDR --to ADDR    (SIGUSR1 cuts, SIGUSR2 restores)
   chat-load idle [--url URL] [--connections N] [--pid GATEWAY_PID] [--jwt-secret S] [--hold S]";
 
-/// Refuses anything but the subcommand's own flags (a typo must not start a
-/// run with defaults).
-fn check_flags(args: &[String], with_value: &[&str], switches: &[&str]) -> anyhow::Result<()> {
-    let mut rest = args.iter().skip(2);
-    while let Some(flag) = rest.next() {
-        if with_value.contains(&flag.as_str()) {
-            if rest.next().is_none() {
-                bail!("{flag} needs a value\n{USAGE}");
-            }
-        } else if !switches.contains(&flag.as_str()) {
-            bail!("unknown argument {flag}\n{USAGE}");
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
+    let args = Args::from_env();
+    if args.help() {
         // (not println!: a closed pipe, as in `| head`, is not an error here)
         let _ = writeln!(std::io::stdout(), "{USAGE}");
         return Ok(());
     }
-    let urls: Vec<String> = arg(&args, "--url")
-        .unwrap_or_else(|| "http://127.0.0.1:28080".into())
+    let urls: Vec<String> = args
+        .value("--url")
+        .unwrap_or("http://127.0.0.1:28080")
         .split(',')
         .map(|u| u.trim_end_matches('/').to_owned())
         .collect();
-    match args.get(1).map(String::as_str) {
+    match args.command() {
         Some("run") => {
-            check_flags(
-                &args,
+            args.only(
                 &[
                     "--url",
                     "--users",
@@ -91,22 +59,22 @@ async fn main() -> anyhow::Result<()> {
                     "--drain",
                 ],
                 &["--skip-history"],
+                USAGE,
             )?;
             let scenario = Scenario {
                 urls,
-                users: num(&args, "--users", 2000)?,
-                group_size: num(&args, "--group-size", 2)?,
-                rate: num(&args, "--rate", 1000.0)?,
-                warmup_secs: num(&args, "--warmup", 10.0)?,
-                duration_secs: num(&args, "--duration", 60.0)?,
-                drain_secs: num(&args, "--drain", 30.0)?,
-                skip_history: args.iter().any(|a| a == "--skip-history"),
+                users: args.number("--users", 2000)?,
+                group_size: args.number("--group-size", 2)?,
+                rate: args.number("--rate", 1000.0)?,
+                warmup_secs: args.number("--warmup", 10.0)?,
+                duration_secs: args.number("--duration", 60.0)?,
+                drain_secs: args.number("--drain", 30.0)?,
+                skip_history: args.flag("--skip-history"),
             };
             run_scenario(scenario).await
         }
         Some("chaos") => {
-            check_flags(
-                &args,
+            args.only(
                 &[
                     "--url",
                     "--users",
@@ -116,14 +84,17 @@ async fn main() -> anyhow::Result<()> {
                     "--jwt-secret",
                 ],
                 &[],
+                USAGE,
             )?;
             let scenario = load::resilient::ChaosScenario {
                 urls,
-                users: num(&args, "--users", 200)?,
-                rate: num(&args, "--rate", 1000.0)?,
-                duration_secs: num(&args, "--duration", 40.0)?,
-                drain_secs: num(&args, "--drain", 60.0)?,
-                jwt_secret: arg(&args, "--jwt-secret")
+                users: args.number("--users", 200)?,
+                rate: args.number("--rate", 1000.0)?,
+                duration_secs: args.number("--duration", 40.0)?,
+                drain_secs: args.number("--drain", 60.0)?,
+                jwt_secret: args
+                    .value("--jwt-secret")
+                    .map(str::to_owned)
                     .or_else(|| std::env::var("CHAT_LOAD_JWT_SECRET").ok()),
             };
             if scenario.users < 2 || !scenario.users.is_multiple_of(2) {
@@ -137,25 +108,25 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("proxy") => {
-            check_flags(&args, &["--listen", "--to"], &[])?;
+            args.only(&["--listen", "--to"], &[], USAGE)?;
             let addr = |flag: &str| -> anyhow::Result<std::net::SocketAddr> {
-                arg(&args, flag)
-                    .with_context(|| format!("{flag} is required\n{USAGE}"))?
+                args.required(flag, USAGE)?
                     .parse()
                     .with_context(|| format!("{flag} must be host:port"))
             };
             proxy(addr("--listen")?, addr("--to")?).await
         }
         Some("idle") => {
-            check_flags(
-                &args,
+            args.only(
                 &["--url", "--connections", "--pid", "--hold", "--jwt-secret"],
                 &[],
+                USAGE,
             )?;
-            let connections: usize = num(&args, "--connections", 1000)?;
-            let pid: Option<u32> = arg(&args, "--pid").and_then(|p| p.parse().ok());
-            let hold: f64 = num(&args, "--hold", 5.0)?;
-            idle_connections(&urls[0], connections, pid, arg(&args, "--jwt-secret"), hold).await
+            let connections: usize = args.number("--connections", 1000)?;
+            let pid: Option<u32> = args.value("--pid").and_then(|p| p.parse().ok());
+            let hold: f64 = args.number("--hold", 5.0)?;
+            let secret = args.value("--jwt-secret");
+            idle_connections(&urls[0], connections, pid, secret, hold).await
         }
         _ => {
             bail!("{USAGE}")
@@ -202,11 +173,11 @@ async fn idle_connections(
     url: &str,
     count: usize,
     pid: Option<u32>,
-    secret: Option<String>,
+    secret: Option<&str>,
     hold: f64,
 ) -> anyhow::Result<()> {
     let users = setup::user_ids(count);
-    let tokens = setup::tokens_for(&reqwest::Client::new(), url, &users, secret.as_deref()).await?;
+    let tokens = setup::tokens_for(&reqwest::Client::new(), url, &users, secret).await?;
     let before = pid.and_then(idle::rss_kib);
     let (sockets, failed) = idle::hold(url, &tokens, 256).await;
     tokio::time::sleep(Duration::from_secs_f64(hold)).await;

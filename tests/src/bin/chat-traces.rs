@@ -12,40 +12,28 @@
 //! duration of every span, and the persister batch linked to it.
 
 use anyhow::Context;
+use chat_tests::cli::Args;
 use chat_tests::otlp::{self, SpanRecord};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 const ROTATE_BYTES: u64 = 64 << 20;
 
-fn option(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let file = PathBuf::from(
-        option(&args, "--file").unwrap_or_else(|| ".data/local/traces.jsonl".to_owned()),
-    );
-    match args.first().map(String::as_str) {
+    let args = Args::from_env();
+    let file = PathBuf::from(args.value("--file").unwrap_or(".data/local/traces.jsonl"));
+    match args.command() {
         Some("serve") => {
-            let listen = option(&args, "--listen").unwrap_or_else(|| "127.0.0.1:24318".to_owned());
-            serve(&listen, file).await
+            let listen = args.value("--listen").unwrap_or("127.0.0.1:24318");
+            serve(listen, file).await
         }
         Some("show") => {
             let query = args
-                .iter()
-                .enumerate()
-                .skip(1)
-                .filter(|(i, a)| !a.starts_with("--") && !args[i - 1].starts_with("--"))
-                .map(|(_, a)| a.clone())
-                .next_back()
+                .positional()
+                .pop()
                 .context("show needs a trace id, a message id or a client_msg_id")?;
-            show(&file, &query)
+            show(&file, query)
         }
         _ => {
             eprintln!(

@@ -13,6 +13,7 @@ mod load;
 mod messaging;
 mod observability;
 mod ordering;
+mod people;
 mod poison;
 mod presence;
 mod read_markers;

@@ -116,3 +116,36 @@ async fn a_negative_read_is_a_bad_request_and_the_session_goes_on() {
     let stored = an.send_and_ack(conversation, "after", "still fine").await;
     assert_eq!(stored["seq"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answers_how_far_the_other_members_read_for_members_only() {
+    let system = TestSystem::start().await;
+    let group = system.group(1, &[2, 3]).await;
+    let mut an = system.connect(0, 1).await;
+    let mut binh = system.connect(1, 2).await;
+    for i in 1..=3 {
+        an.send_and_ack(group, &format!("a-{i}"), "tin").await;
+        binh.next_of("message").await;
+    }
+    read(&mut binh, group, 2).await;
+    an.next_of("read").await; // stored and relayed
+    read(&mut an, group, 3).await;
+    binh.next_of("read").await;
+
+    let token = system.token(1).await;
+    let path = format!("/api/conversations/{group}/reads");
+    let (status, body) = system.get(0, &path, Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    // The caller's own marker and a member who read nothing are left out.
+    assert_eq!(body, json!({"reads": [{"user_id": 2, "seq": 2}]}));
+
+    let stranger = system.token(9).await;
+    let (status, body) = system.get(0, &path, Some(&stranger)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let missing = "/api/conversations/999999/reads";
+    assert_eq!(system.get(0, missing, Some(&token)).await.0, 404);
+    assert_eq!(system.get(0, &path, None).await.0, 401);
+}

@@ -1,10 +1,11 @@
-//! The HTTP/1.1 server under the router, written out instead of
-//! `axum::serve` for the one thing that does not offer: a deadline on reading
-//! a request head (`gateway.http_header_timeout_ms`), so a client that
-//! trickles its headers (slow-loris) holds a connection slot only that long.
-//! Each connection carries its peer address as `ConnectInfo`.
+//! The HTTP/1.1 server under every router (the gateway's public port, and
+//! the internal metrics and health port of every service), written out
+//! instead of `axum::serve` for the one thing that does not offer: a
+//! deadline on reading a request head (`gateway.http_header_timeout_ms` on
+//! the public port), so a client that trickles its headers (slow-loris)
+//! holds a connection only that long. Each connection carries its peer
+//! address as `ConnectInfo`.
 
-use crate::listener::CountingListener;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
@@ -22,13 +23,15 @@ use tower_service::Service;
 /// returns once they are done or `grace` has passed. (Upgraded WebSockets
 /// are no longer HTTP connections: their sessions watch the shutdown
 /// themselves.)
-pub async fn serve(
-    mut listener: CountingListener,
+pub async fn serve<L>(
+    mut listener: L,
     router: Router,
     header_timeout: Duration,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    L: Listener<Addr = std::net::SocketAddr>,
+{
     let (closing_tx, closing) = watch::channel(false);
     let open = Arc::new(());
     tokio::pin!(shutdown);
