@@ -72,6 +72,17 @@ export class Api {
     return this.#request('POST', '/api/conversations', { title, member_ids: memberIds });
   }
 
+  /** Adds people to a group; the group with its new members. */
+  addMembers(conversationId, userIds) {
+    const path = `/api/conversations/${conversationId}/members`;
+    return this.#request('POST', path, { user_ids: userIds }, { repeatable: true });
+  }
+
+  /** Leaves a group (repeating it after a success answers 403, harmlessly). */
+  leave(conversationId) {
+    return this.#request('POST', `/api/conversations/${conversationId}/leave`, {});
+  }
+
   /** `{reads: [{user_id, seq}]}`: how far the other members have read. */
   reads(conversationId) {
     return this.#request('GET', `/api/conversations/${conversationId}/reads`);

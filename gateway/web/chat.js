@@ -142,6 +142,24 @@ export class Chat extends EventTarget {
     this.openConversation(conversation.id);
   }
 
+  async addMembers(conversationId, memberIds) {
+    this.#merge(await this.#api.addMembers(conversationId, memberIds), { counts: false });
+    this.#emit('list');
+    this.#emit('messages', { conversationId, reset: true });
+  }
+
+  async leave(conversationId) {
+    await this.#api.leave(conversationId);
+    this.#forget(conversationId);
+  }
+
+  /** A conversation we are no longer in leaves the list (and the screen). */
+  #forget(conversationId) {
+    if (this.openId === conversationId) this.closeConversation();
+    this.conversations.delete(conversationId);
+    this.#emit('list');
+  }
+
   async createGroup(title, memberIds) {
     const conversation = this.#merge(await this.#api.createGroup(title, memberIds));
     this.#emit('list');
@@ -164,7 +182,11 @@ export class Chat extends EventTarget {
   }
 
   /** A conversation from the server (list, create, `conversation` frame). */
-  #merge(incoming) {
+  /**
+   * `counts: false` for a `conversation` frame: its unread count and last
+   * message are those of whoever changed the group, not ours.
+   */
+  #merge(incoming, { counts = true } = {}) {
     this.#learn(incoming.members);
     const known = this.conversations.get(incoming.id);
     if (!known) {
@@ -190,7 +212,7 @@ export class Chat extends EventTarget {
       member_ids: incoming.member_ids,
     });
     // A list older than what the socket has told us since keeps ours.
-    if (incoming.last_seq >= known.last_seq) {
+    if (counts && incoming.last_seq >= known.last_seq) {
       known.last_seq = incoming.last_seq;
       known.last_message = incoming.last_message;
       known.unread_count = incoming.unread_count;
@@ -509,8 +531,12 @@ export class Chat extends EventTarget {
         this.presence.set(frame.user_id, frame);
         this.#emit('presence');
         break;
-      case 'conversation':
-        this.#merge(frame.conversation);
+      case 'conversation': // a new conversation, or a group's members changed
+        if (!frame.conversation.member_ids.includes(this.me)) {
+          this.#forget(frame.conversation.id); // we left it (on another device, maybe)
+          break;
+        }
+        this.#merge(frame.conversation, { counts: false });
         this.#emit('list');
         this.refreshPresence([this.peerOf(frame.conversation)].filter(Boolean));
         break;

@@ -77,6 +77,18 @@ export class View {
       if (item) chat.openConversation(Number(item.dataset.conversationId));
     });
     $('back').addEventListener('click', () => chat.closeConversation());
+    $('add-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      const ids = $('add-ids').value.split(',').map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
+      if (!ids.length || chat.openId == null) return;
+      chat.addMembers(chat.openId, ids)
+        .then(() => { $('add-ids').value = ''; })
+        .catch((error) => this.#notice(`Could not add: ${error.message}`));
+    });
+    $('leave').addEventListener('click', () => {
+      if (chat.openId == null) return;
+      chat.leave(chat.openId).catch((error) => this.#notice(`Could not leave: ${error.message}`));
+    });
 
     const composer = $('composer');
     $('composer-form').addEventListener('submit', (event) => {
@@ -205,6 +217,7 @@ export class View {
     const conversation = chat.open;
     if (!conversation) return;
     $('conversation-avatar').replaceChildren(avatar(chat, conversation));
+    $('add-form').hidden = conversation.kind !== 'group';
     $('conversation-title').replaceChildren(element('span', nameHook(conversation), chat.titleOf(conversation)));
     const slot = $('presence-slot');
     const peer = chat.peerOf(conversation);

@@ -601,3 +601,25 @@ def test_seen_appears_when_the_peer_reads_and_again_after_a_reload(system, pair)
     expect(a.page.get_by_test_id("connection")).to_have_attribute("data-state", "open")
     a.open_conversation(conversation)
     expect(a.page.get_by_test_id("seen")).to_have_text("Đã xem")
+
+
+def test_people_are_added_to_a_group_and_one_who_leaves_loses_it(system, pair):
+    a, b = pair
+    a.page.get_by_text("New group").click()
+    a.page.get_by_label("Title").fill("Nhóm nhỏ")
+    a.page.get_by_label("Member ids (comma-separated)").fill(f"{a.id + 900}")
+    a.page.get_by_role("button", name="Create group").click()
+    group = a.page.get_by_test_id("conversation").filter(has_text="Nhóm nhỏ")
+    expect(group).to_have_attribute("aria-current", "true")
+    # A adds B from the group's header: B's list shows the group at once.
+    a.page.get_by_test_id("add-members-ids").fill(str(b.id))
+    a.page.get_by_test_id("add-members").click()
+    theirs = b.page.get_by_test_id("conversation").filter(has_text="Nhóm nhỏ")
+    expect(theirs).to_have_count(1)
+    # B leaves: the group leaves B's list, and A's messages no longer reach B.
+    theirs.click()
+    b.page.get_by_test_id("leave").click()
+    expect(theirs).to_have_count(0)
+    a.send("Bình đã rời nhóm")
+    expect(a.message("Bình đã rời nhóm")).to_have_attribute("data-state", "stored")
+    expect(b.page.get_by_test_id("conversation").filter(has_text="Nhóm nhỏ")).to_have_count(0)

@@ -5,15 +5,15 @@ use super::error::ApiError;
 use super::extract::{Body, Params};
 use crate::auth::AuthUser;
 use crate::state::AppState;
-use crate::store::{Membership, Page};
+use crate::store::{MembersChange, Membership, Page};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chat_shared::bus::GatewayEvent;
 use chat_shared::ids::ConversationId;
 use chat_shared::protocol::{
-    Conversation, ConversationList, CreateConversationRequest, MessagePage, NewConversation,
-    ReadMarker,
+    AddMembersRequest, Conversation, ConversationList, CreateConversationRequest, MessagePage,
+    NewConversation, ReadMarker,
 };
 use chat_shared::time;
 use serde::{Deserialize, Serialize};
@@ -42,12 +42,7 @@ pub async fn create(
         count_group(&state, caller.user_id).await?;
     }
     let (id, members, created) = state.store.create(caller.user_id, &new).await?;
-    let conversation = state
-        .store
-        .conversations(caller.user_id, Some(id), None, 1)
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::internal(format!("conversation {id} vanished after create")))?;
+    let conversation = seen_by(&state, id, caller.user_id).await?;
     if created {
         tracing::info!(conversation.id = %id, user.id = %caller.user_id, members = members.len(), "conversation created");
         announce(&state, &conversation, &members).await;
@@ -92,8 +87,9 @@ async fn count_group(state: &AppState, user: chat_shared::ids::UserId) -> Result
     }
 }
 
-/// Tells the members' sessions, on whichever gateway, that the conversation
-/// exists. Best effort: a member who misses it sees it in the list.
+/// Tells the sessions of `members`, on whichever gateway, that the
+/// conversation exists or that its members changed (a `conversation` frame).
+/// Best effort: a member who misses it sees it in the list.
 async fn announce(
     state: &AppState,
     conversation: &Conversation,
@@ -177,6 +173,77 @@ pub async fn reads(
     member_of(&state, id, &caller).await?;
     let reads = state.store.reads(id, caller.user_id).await?;
     Ok(Json(ReadList { reads }))
+}
+
+/// `POST /api/conversations/{id}/members` (version 2): any member adds
+/// people to a group; every member, old and new, gets a `conversation`
+/// frame with the new member list.
+pub async fn add_members(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+    Body(request): Body<AddMembersRequest>,
+) -> Result<Json<Conversation>, ApiError> {
+    let id = conversation_id(&raw_id)?;
+    let users = request.parse().map_err(ApiError::bad_request)?;
+    let change = state.store.add_members(id, caller.user_id, &users).await?;
+    let members = changed(change)?;
+    tracing::info!(conversation.id = %id, user.id = %caller.user_id, added = users.len(), "members added");
+    let conversation = seen_by(&state, id, caller.user_id).await?;
+    announce(&state, &conversation, &members).await;
+    Ok(Json(conversation))
+}
+
+/// `POST /api/conversations/{id}/leave` (version 2): the caller leaves a
+/// group (204). The members left, and the caller's own sessions, get a
+/// `conversation` frame with the new member list; from then on the caller
+/// gets none of its frames and 403 on its history.
+pub async fn leave(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(raw_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = conversation_id(&raw_id)?;
+    let change = state.store.leave(id, caller.user_id).await?;
+    let members = changed(change)?;
+    tracing::info!(conversation.id = %id, user.id = %caller.user_id, "member left");
+    if let Some(member) = members.first() {
+        let conversation = seen_by(&state, id, *member).await?;
+        let mut told = members.clone();
+        told.push(caller.user_id);
+        announce(&state, &conversation, &told).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The members after a change, or why there was none.
+fn changed(change: MembersChange) -> Result<Vec<chat_shared::ids::UserId>, ApiError> {
+    match change {
+        MembersChange::Changed(members) => Ok(members),
+        MembersChange::NoSuchConversation => Err(ApiError::not_found("no such conversation")),
+        MembersChange::NotMember => Err(ApiError::forbidden("not a member of this conversation")),
+        MembersChange::Direct => Err(ApiError::bad_request(
+            "a direct conversation's members do not change",
+        )),
+        MembersChange::TooMany => Err(ApiError::bad_request(format!(
+            "a group has at most {} members",
+            Conversation::MAX_MEMBERS
+        ))),
+    }
+}
+
+/// The conversation as `member` sees it (its unread count and last message).
+async fn seen_by(
+    state: &AppState,
+    id: ConversationId,
+    member: chat_shared::ids::UserId,
+) -> Result<Conversation, ApiError> {
+    state
+        .store
+        .conversations(member, Some(id), None, 1)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal(format!("conversation {id} not found for a member")))
 }
 
 fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {

@@ -35,6 +35,11 @@ pub fn router(state: AppState) -> Router {
             get(conversations::history),
         )
         .route("/api/conversations/{id}/reads", get(conversations::reads))
+        .route(
+            "/api/conversations/{id}/members",
+            post(conversations::add_members),
+        )
+        .route("/api/conversations/{id}/leave", post(conversations::leave))
         .route("/api/presence", get(presence::presence))
         .route("/api/users", get(users::users))
         .route("/api/dev/token", post(ops::dev_token))

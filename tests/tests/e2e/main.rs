@@ -5,6 +5,7 @@ mod auth;
 mod conformance;
 mod durability;
 mod failures;
+mod groups;
 mod history;
 mod http_api;
 mod idempotency;
