@@ -181,7 +181,7 @@ impl Gateway {
         let listener = CountingListener::new(
             listener,
             state.limits.connections.clone(),
-            gateway.limits.connections_per_ip,
+            gateway.limits.connections_per_ip.get(),
             gateway.trusted_proxies.clone(),
             state.metrics.clone(),
         );
@@ -256,7 +256,7 @@ async fn start_publishers(
         publisher,
         &broker.topo,
         settings.gateway.publish_linger,
-        settings.gateway.publish_queue,
+        settings.gateway.publish_queue.get(),
         hub.clone(),
         metrics.clone(),
     );

@@ -40,7 +40,7 @@ impl Persister {
         let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "persister")
             .await
             .context("connecting to RabbitMQ and declaring the topology")?;
-        let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch)
+        let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch.get())
             .await
             .context("consuming the persist partitions")?;
         schema::check_bus_settings(&db, &settings.amqp).await?;
@@ -111,7 +111,7 @@ impl Persister {
         background.serve(listener, router);
         let depths = metrics.queue_messages.clone();
         background.spawn(crate::queues::watch(conn.clone(), topo, depths));
-        let (tx, rx) = mpsc::channel::<Incoming>(usize::from(p.prefetch).max(1));
+        let (tx, rx) = mpsc::channel::<Incoming>(usize::from(p.prefetch.get()));
         let budget = Budget::new(p.max_commands_in_memory);
         for feeder in consumers.spawn(tx, metrics.dead_lettered.clone(), budget.clone()) {
             background.adopt(feeder);
@@ -122,7 +122,7 @@ impl Persister {
             let _ = stop_tx.send(true);
         });
         let limits = batch::Limits {
-            max: p.batch_max,
+            max: p.batch_max.get(),
             linger_from: p.linger_from,
             linger_until: p.linger_until,
             linger: p.linger,

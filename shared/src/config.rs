@@ -6,7 +6,11 @@
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::time::Duration;
+
+// Counts that must be at least 1 are `NonZero*`: a 0 in a file or variable
+// is refused when the settings are read, naming the key.
 
 /// A `*_ms` key: whole milliseconds in the files and variables, a
 /// `Duration` in the code.
@@ -88,8 +92,8 @@ pub struct DatabaseSettings {
 pub struct AmqpSettings {
     pub url: String,
     pub prefix: String,
-    pub partitions: u16,
-    pub route_shards: u16,
+    pub partitions: NonZeroU16,
+    pub route_shards: NonZeroU16,
     pub persistent_sends: bool,
     #[serde(rename = "confirm_timeout_ms", deserialize_with = "millis")]
     pub confirm_timeout: Duration,
@@ -158,8 +162,8 @@ pub struct GatewaySettings {
     pub heartbeat_timeout: Duration,
     pub max_frame_bytes: usize,
     pub max_body_chars: usize,
-    pub session_queue: usize,
-    pub max_pending_sends: usize,
+    pub session_queue: NonZeroUsize,
+    pub max_pending_sends: NonZeroUsize,
     #[serde(rename = "send_timeout_ms", deserialize_with = "millis")]
     pub send_timeout: Duration,
     pub max_connections: usize,
@@ -203,15 +207,15 @@ pub struct GatewaySettings {
     /// Commands (sends, read markers) waiting for the gateway's publisher;
     /// a session whose command finds it full holds that command and reads
     /// no more frames until there is room (backpressure, in frame order).
-    pub publish_queue: usize,
+    pub publish_queue: NonZeroUsize,
     pub limits: LimitSettings,
 }
 
 /// What one client may consume (config/default.toml, `[gateway.limits]`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitSettings {
-    pub connections_per_ip: usize,
-    pub connections_per_user: usize,
+    pub connections_per_ip: NonZeroUsize,
+    pub connections_per_user: NonZeroUsize,
     pub sends_per_second: f64,
     pub sends_burst: u32,
     pub user_sends_per_second: f64,
@@ -225,12 +229,12 @@ pub struct LimitSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PersisterSettings {
-    pub batch_max: usize,
+    pub batch_max: NonZeroUsize,
     pub linger_from: usize,
     pub linger_until: usize,
     #[serde(rename = "linger_ms", deserialize_with = "millis")]
     pub linger: Duration,
-    pub prefetch: u16,
+    pub prefetch: NonZeroU16,
     /// Most commands held between consuming and acking.
     pub max_commands_in_memory: usize,
     pub metrics_listen: SocketAddr,
@@ -339,12 +343,6 @@ impl DatabaseSettings {
 impl AmqpSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         positive(&[("amqp.confirm_timeout_ms", self.confirm_timeout)])?;
-        if self.partitions == 0 {
-            return invalid("amqp.partitions", "must be at least 1");
-        }
-        if self.route_shards == 0 {
-            return invalid("amqp.route_shards", "must be at least 1");
-        }
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             return invalid("amqp.prefix", "must be a non-empty word");
         }
@@ -374,15 +372,6 @@ impl GatewaySettings {
                 "must be longer than heartbeat_ms",
             );
         }
-        if self.publish_queue == 0 {
-            return invalid("gateway.publish_queue", "at least 1");
-        }
-        if self.session_queue == 0 || self.max_pending_sends == 0 {
-            return invalid(
-                "gateway.session_queue",
-                "session_queue and max_pending_sends must be at least 1",
-            );
-        }
         if self.max_body_chars == 0 || self.max_body_chars * 6 + 1024 > self.max_frame_bytes {
             return invalid(
                 "gateway.max_body_chars",
@@ -410,12 +399,6 @@ impl LimitSettings {
         {
             return invalid(key, "must be a positive number");
         }
-        if self.connections_per_user == 0 || self.connections_per_ip == 0 {
-            return invalid(
-                "gateway.limits.connections_per_user",
-                "connections_per_user and connections_per_ip must be at least 1",
-            );
-        }
         Ok(())
     }
 }
@@ -423,13 +406,8 @@ impl LimitSettings {
 impl PersisterSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         positive(&[("persister.broker_dead_ms", self.broker_dead)])?;
-        if self.batch_max == 0 || self.prefetch == 0 {
-            return invalid(
-                "persister.batch_max",
-                "batch_max and prefetch must be at least 1",
-            );
-        }
-        if self.max_commands_in_memory < self.batch_max {
+        let batch_max = self.batch_max.get();
+        if self.max_commands_in_memory < batch_max {
             return invalid(
                 "persister.max_commands_in_memory",
                 "must be at least persister.batch_max",
@@ -437,7 +415,7 @@ impl PersisterSettings {
         }
         if self.linger_from < 2
             || self.linger_until < self.linger_from
-            || self.linger_until > self.batch_max
+            || self.linger_until > batch_max
         {
             return invalid(
                 "persister.linger_from",
@@ -588,7 +566,7 @@ mod tests {
             })
         ));
         settings.persister.linger_from = 16;
-        settings.persister.linger_until = settings.persister.batch_max + 1;
+        settings.persister.linger_until = settings.persister.batch_max.get() + 1;
         assert!(settings.validate().is_err());
     }
 
@@ -661,6 +639,20 @@ mod tests {
         let mut settings = local();
         settings.gateway.limits.reads_per_second = f64::NAN;
         assert!(settings.validate().is_err());
+    }
+
+    #[test]
+    fn a_zero_count_is_refused_when_read_naming_its_key() {
+        let read: Result<Settings, _> = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(
+                "[gateway]\nsession_queue = 0",
+                FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize());
+        let error = read.unwrap_err().to_string();
+        assert!(error.contains("gateway.session_queue"), "{error}");
     }
 
     #[test]

@@ -205,8 +205,8 @@ pub async fn check_bus_settings(
          LIMIT 1",
     )
     .bind(&amqp.prefix)
-    .bind(i32::from(amqp.partitions))
-    .bind(i32::from(amqp.route_shards))
+    .bind(i32::from(amqp.partitions.get()))
+    .bind(i32::from(amqp.route_shards.get()))
     .fetch_one(pool)
     .await;
     let (partitions, route_shards) = match agreed {
@@ -222,11 +222,15 @@ pub async fn check_bus_settings(
         agreed,
         prefix: amqp.prefix.clone(),
     };
-    if partitions != i32::from(amqp.partitions) {
-        return Err(mismatch("partitions", amqp.partitions, partitions));
+    if partitions != i32::from(amqp.partitions.get()) {
+        return Err(mismatch("partitions", amqp.partitions.get(), partitions));
     }
-    if route_shards != i32::from(amqp.route_shards) {
-        return Err(mismatch("route_shards", amqp.route_shards, route_shards));
+    if route_shards != i32::from(amqp.route_shards.get()) {
+        return Err(mismatch(
+            "route_shards",
+            amqp.route_shards.get(),
+            route_shards,
+        ));
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! `gateway_sessions_closed_total` label).
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage};
-use futures_util::{Sink, SinkExt as _};
+use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use std::time::Duration;
 
 pub const NORMAL: u16 = 1000;
@@ -16,19 +16,34 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const UNAUTHORIZED: u16 = 4001;
 pub const TOO_MANY_SESSIONS: u16 = 4029;
 
-/// How long a close frame may take to write before the socket is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the closing handshake may take before the socket is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Says goodbye with `code`, unless the client does not even read that.
-pub async fn send<S>(socket: &mut S, code: u16, reason: &str)
+/// Says goodbye with `code`, and completes the closing handshake: reads
+/// (and drops) whatever the client still sends until its own close frame,
+/// so the connection ends after ours with a FIN. Dropping a socket with
+/// unread data makes the kernel send a reset, which can lose the close
+/// frame on its way (the client then sees 1006). A client that does not
+/// answer within [`HANDSHAKE_TIMEOUT`] is dropped anyway.
+pub async fn send<S, E>(socket: &mut S, code: u16, reason: &str)
 where
-    S: Sink<WsMessage> + Unpin,
+    S: Sink<WsMessage> + Stream<Item = Result<WsMessage, E>> + Unpin,
 {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await;
+    let handshake = async {
+        if socket.send(WsMessage::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
 }
 
 /// How RFC 6455 says to close after a read failed below the message layer

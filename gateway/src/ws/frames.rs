@@ -60,7 +60,7 @@ impl Rules {
     pub fn from_settings(gateway: &chat_shared::config::GatewaySettings) -> Self {
         Self {
             max_body_chars: gateway.max_body_chars,
-            max_pending_sends: gateway.max_pending_sends,
+            max_pending_sends: gateway.max_pending_sends.get(),
             send_timeout: gateway.send_timeout,
             sends_per_second: gateway.limits.sends_per_second,
             sends_burst: gateway.limits.sends_burst,
@@ -405,8 +405,8 @@ mod tests {
 
     fn shared_limits(user_sends_burst: u32) -> Arc<Limits> {
         Arc::new(Limits::new(&LimitSettings {
-            connections_per_ip: 10,
-            connections_per_user: 10,
+            connections_per_ip: std::num::NonZeroUsize::new(10).unwrap(),
+            connections_per_user: std::num::NonZeroUsize::new(10).unwrap(),
             sends_per_second: 10.0,
             sends_burst: 5,
             user_sends_per_second: 10.0,

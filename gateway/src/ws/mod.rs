@@ -67,7 +67,7 @@ pub async fn upgrade(
             return unauthorized.into_response();
         }
     };
-    let per_user = state.settings.gateway.limits.connections_per_user;
+    let per_user = state.settings.gateway.limits.connections_per_user.get();
     if let Some(user) = &user
         && state.hub.sessions_of_user(user.user_id) >= per_user
     {
@@ -109,11 +109,10 @@ fn proxied_client_slot(
         .and_then(|v| v.rsplit(',').next())
         .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
         .unwrap_or(peer);
-    match state
-        .limits
-        .connections
-        .acquire(client, state.settings.gateway.limits.connections_per_ip)
-    {
+    match state.limits.connections.acquire(
+        client,
+        state.settings.gateway.limits.connections_per_ip.get(),
+    ) {
         Some(slot) => Ok(Some(slot)),
         None => {
             state.metrics.refused("connections_per_ip");

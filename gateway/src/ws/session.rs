@@ -65,14 +65,14 @@ pub async fn run(
     state.profiles.token_used(&user);
     let user_id = user.user_id;
     let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
-    let (tx, rx) = mpsc::channel(state.settings.gateway.session_queue);
+    let (tx, rx) = mpsc::channel(state.settings.gateway.session_queue.get());
     let overflow = Arc::new(Notify::new());
     let handle = SessionHandle {
         session_id: session_id.clone(),
         tx,
         overflow: overflow.clone(),
     };
-    let max_sessions = state.settings.gateway.limits.connections_per_user;
+    let max_sessions = state.settings.gateway.limits.connections_per_user.get();
     match state.hub.register(user_id, handle, max_sessions).await {
         Ok(true) => state.presence.opened(user_id),
         Ok(false) => {}

@@ -82,8 +82,8 @@ struct Harness {
 
 fn limits() -> LimitSettings {
     LimitSettings {
-        connections_per_ip: 10,
-        connections_per_user: 10,
+        connections_per_ip: std::num::NonZeroUsize::new(10).unwrap(),
+        connections_per_user: std::num::NonZeroUsize::new(10).unwrap(),
         sends_per_second: 100.0,
         sends_burst: 100,
         user_sends_per_second: 100.0,

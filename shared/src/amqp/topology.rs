@@ -21,8 +21,8 @@ impl Topology {
     pub fn new(settings: &AmqpSettings) -> Self {
         Self {
             prefix: settings.prefix.clone(),
-            partitions: settings.partitions,
-            route_shards: settings.route_shards,
+            partitions: settings.partitions.get(),
+            route_shards: settings.route_shards.get(),
             persistent_sends: settings.persistent_sends,
             queue_type: settings.queue_type,
         }

@@ -256,11 +256,11 @@ async fn a_gateway_whose_broker_stops_answering_holds_sends_in_order_and_keeps_a
     let conversation = system.direct(1, 2).await;
     let (proxy, mut settings) = system.broker_proxy().await;
     settings.gateway.broker_lost = Duration::from_millis(60_000);
-    settings.gateway.publish_queue = 4;
+    settings.gateway.publish_queue = std::num::NonZeroUsize::new(4).unwrap();
     // The session's own timer answers, long before the publisher gives up.
     settings.gateway.send_timeout = Duration::from_millis(1_000);
     settings.amqp.confirm_timeout = Duration::from_millis(60_000);
-    settings.gateway.max_pending_sends = 1_000;
+    settings.gateway.max_pending_sends = std::num::NonZeroUsize::new(1_000).unwrap();
     let limits = &mut settings.gateway.limits;
     (limits.sends_per_second, limits.sends_burst) = (1e6, 1_000_000);
     (limits.user_sends_per_second, limits.user_sends_burst) = (1e6, 1_000_000);

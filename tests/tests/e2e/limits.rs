@@ -142,7 +142,7 @@ async fn http_requests_beyond_the_user_rate_get_429_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_per_user_beyond_the_limit_are_refused() {
     let system = TestSystem::start_with(1, 0, |s| {
-        s.gateway.limits.connections_per_user = 2;
+        s.gateway.limits.connections_per_user = std::num::NonZeroUsize::new(2).unwrap();
     })
     .await;
     let token = system.token(1).await;
@@ -176,7 +176,7 @@ async fn sessions_per_user_beyond_the_limit_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_counted_from_the_accept_before_any_request() {
     let system = TestSystem::start_with(1, 0, |s| {
-        s.gateway.limits.connections_per_ip = 3;
+        s.gateway.limits.connections_per_ip = std::num::NonZeroUsize::new(3).unwrap();
     })
     .await;
     let gateway = system.gateways[0];
@@ -347,7 +347,7 @@ async fn a_client_that_stops_reading_is_closed_and_goes_offline() {
     let system = TestSystem::start_with(1, 1, |s| {
         s.gateway.write_timeout = Duration::from_millis(500);
         // Big enough that the write deadline, not the queue, ends it.
-        s.gateway.session_queue = 100_000;
+        s.gateway.session_queue = std::num::NonZeroUsize::new(100_000).unwrap();
         s.gateway.limits.sends_per_second = 10_000.0;
         s.gateway.limits.sends_burst = 10_000;
         s.gateway.limits.user_sends_per_second = 10_000.0;
@@ -401,7 +401,7 @@ async fn a_client_that_stops_reading_is_closed_and_goes_offline() {
 async fn behind_a_trusted_load_balancer_connections_count_per_forwarded_client() {
     let system = TestSystem::start_with(1, 0, |s| {
         s.gateway.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
-        s.gateway.limits.connections_per_ip = 2;
+        s.gateway.limits.connections_per_ip = std::num::NonZeroUsize::new(2).unwrap();
     })
     .await;
     let token = system.token(1).await;

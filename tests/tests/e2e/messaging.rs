@@ -87,7 +87,7 @@ async fn a_user_who_is_not_connected_finds_the_message_in_history() {
 async fn a_user_keeps_receiving_when_another_user_of_the_same_routing_shard_leaves_the_gateway() {
     let system = TestSystem::start().await;
     // A gateway is bound to a routing shard while any user of it is there.
-    let shards = i64::from(system.settings.amqp.route_shards);
+    let shards = i64::from(system.settings.amqp.route_shards.get());
     let (leaver, stayer, peer) = (1, 1 + shards, 2);
     let conversation = system.direct(stayer, peer).await;
     let leaving = system.connect(0, leaver).await;

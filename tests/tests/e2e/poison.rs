@@ -148,7 +148,7 @@ async fn a_send_that_fails_every_time_is_refused_and_does_not_stall_the_others()
 async fn a_service_with_another_bus_layout_than_the_others_refuses_to_start() {
     let system = TestSystem::start_with(1, 0, |_| {}).await;
     let mut other = system.settings.clone();
-    other.amqp.partitions += 1;
+    other.amqp.partitions = other.amqp.partitions.saturating_add(1);
     let refused = chat_gateway::Gateway::build(other).await;
     let error = format!(
         "{:#}",
@@ -156,7 +156,7 @@ async fn a_service_with_another_bus_layout_than_the_others_refuses_to_start() {
     );
     assert!(error.contains("amqp.partitions"), "{error}");
     let mut other = system.settings.clone();
-    other.amqp.route_shards += 1;
+    other.amqp.route_shards = other.amqp.route_shards.saturating_add(1);
     let refused = chat_persister::Persister::build(other).await;
     let error = format!(
         "{:#}",
@@ -225,7 +225,7 @@ async fn a_persister_holds_at_most_its_command_budget_and_still_stores_everythin
     }
     let mut settings = system.settings.clone();
     settings.persister.max_commands_in_memory = 20;
-    settings.persister.batch_max = 10;
+    settings.persister.batch_max = std::num::NonZeroUsize::new(10).unwrap();
     settings.persister.linger_from = 2;
     settings.persister.linger_until = 10;
     system.start_persister_with(settings).await;
