@@ -17,8 +17,31 @@ function element(tag, attributes = {}, text = '') {
   return el;
 }
 
+/** The viewer's language decides; Vietnamese reads a 24-hour clock. */
+function vietnamese() {
+  return navigator.language?.toLowerCase().startsWith('vi') ?? false;
+}
+
 function timeOf(iso) {
-  return new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const options = { hour: '2-digit', minute: '2-digit' };
+  if (vietnamese()) options.hourCycle = 'h23';
+  return new Date(iso).toLocaleTimeString(navigator.language, options);
+}
+
+/** A day's local date as `YYYY-MM-DD` (for grouping). */
+function dayOf(date) {
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+}
+
+/** "Hôm nay" / "Today", "Hôm qua" / "Yesterday", else the date. */
+function dayLabel(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  const vi = vietnamese();
+  if (dayOf(date) === dayOf(today)) return vi ? 'Hôm nay' : 'Today';
+  if (dayOf(date) === dayOf(yesterday)) return vi ? 'Hôm qua' : 'Yesterday';
+  return date.toLocaleDateString(navigator.language, { day: 'numeric', month: 'long', year: 'numeric' });
 }
 
 function atBottom(list) {
@@ -235,6 +258,7 @@ export class View {
   #renderMessages(conversation) {
     const chat = this.#chat;
     const list = $('messages');
+    list.querySelectorAll('li.day').forEach((el) => el.remove());
     const items = [
       ...conversation.messages.map((m) => ({ ...m, state: 'stored' })),
       ...chat.unsentIn(conversation.id).map((e) => ({ ...e, sender_id: chat.me })),
@@ -259,6 +283,7 @@ export class View {
         this.#messageElements.delete(key);
       }
     }
+    this.#renderDays(items);
     this.#renderSeen();
   }
 
@@ -289,6 +314,20 @@ export class View {
     } else {
       const retry = element('button', { type: 'button', 'data-testid': 'retry' }, 'Retry');
       status.replaceChildren(element('span', { class: 'error' }, `Not sent: ${item.error} `), retry);
+    }
+  }
+
+  /** A day's heading before its first message ("Hôm nay", "Hôm qua", a date). */
+  #renderDays(items) {
+    let previous = null;
+    for (const item of items) {
+      const date = item.created_at ? new Date(item.created_at) : new Date(); // pending: now
+      const day = dayOf(date);
+      if (day === previous) continue;
+      previous = day;
+      const el = this.#messageElements.get(`${item.sender_id}:${item.client_msg_id}`);
+      const heading = element('li', { class: 'day', 'data-testid': 'day', 'aria-hidden': 'true' }, dayLabel(date));
+      el?.before(heading);
     }
   }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -579,6 +580,11 @@ def test_two_people_see_each_others_names_not_their_ids(system, pair):
     a.send("chào Bình")
     theirs = b.messages().last
     expect(theirs.get_by_test_id("display-name")).to_have_text(a.name)
+    # Times in the viewer's locale (a 24-hour clock in Vietnamese), under a
+    # heading for their day.
+    expect(theirs.locator("time")).to_have_text(re.compile(r"^\d{2}:\d{2}$"))
+    expect(b.page.get_by_test_id("day")).to_have_count(1)
+    expect(b.page.get_by_test_id("day")).to_have_text("Hôm nay")
     for user in (a, b):
         shown = user.page.get_by_test_id("display-name").all_inner_texts()
         assert not any(text.startswith("User ") for text in shown), shown
