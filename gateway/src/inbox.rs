@@ -1,10 +1,12 @@
 //! The gateway's inbox: its own queue (declared exclusive and bounded by
-//! `amqp::declare_gateway_queue`), consumed here. Everything the gateway must deliver arrives on
+//! `amqp::declare_gateway_queue`, bound to the fan-out exchange by shard and
+//! to the broadcast exchange), consumed here. Everything the gateway must deliver arrives on
 //! it: stored messages (fan-out exchange, by shard key), replies meant for one
 //! session (default exchange, by queue name), conversations that appeared.
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::ws::members::Memberships;
 use chat_shared::amqp::Inbound;
 use chat_shared::bus::GatewayEvent;
 use lapin::Channel;
@@ -75,8 +77,15 @@ pub async fn consume(channel: &Channel, queue: &str) -> Result<Inbound, lapin::E
     Ok(Inbound::new(consumer, queue))
 }
 
-/// Runs until the consumer ends (connection closed at shutdown).
-pub async fn run(mut inbound: Inbound, hub: Arc<Hub>, metrics: Arc<Metrics>) {
+/// Runs until the consumer ends (connection closed at shutdown). A change
+/// of members empties the membership gate's memory of that conversation;
+/// every other event goes to the hub.
+pub async fn run(
+    mut inbound: Inbound,
+    hub: Arc<Hub>,
+    memberships: Arc<Memberships>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(delivery) = inbound.next::<GatewayEvent>().await {
         match delivery {
             Ok(received) => {
@@ -86,6 +95,10 @@ pub async fn run(mut inbound: Inbound, hub: Arc<Hub>, metrics: Arc<Metrics>) {
                 }
                 for event in received.events {
                     metrics.bus_events_received.inc();
+                    if let GatewayEvent::MembersChanged { conversation_id } = event {
+                        memberships.forget(conversation_id);
+                        continue;
+                    }
                     hub.dispatch(event, received.via.as_ref());
                 }
             }

@@ -13,6 +13,7 @@ use crate::state::AppState;
 use crate::store::Store;
 use crate::ws::context::{SessionContext, Timing};
 use crate::ws::frames::Rules;
+use crate::ws::members::Memberships;
 use crate::{http, inbox};
 use anyhow::Context;
 use chat_shared::amqp::{self, Announcer, ConfirmedPublisher, Inbound, Topology};
@@ -22,6 +23,8 @@ use chat_shared::http_server;
 use chat_shared::presence_state;
 use chat_shared::schema;
 use chat_shared::service::{Background, BrokerWatch};
+use lapin::options::QueueBindOptions;
+use lapin::types::FieldTable;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,7 +99,7 @@ impl Gateway {
             rules: Rules::from_settings(&settings.gateway),
             timing: Timing::from_settings(&settings.gateway),
             sender: publishers.sender.clone(),
-            members: Arc::new(store.clone()),
+            members: Arc::new(Memberships::new(Arc::new(store.clone()))),
             presence: publishers.presence.clone(),
             limits: limits.clone(),
             metrics: metrics.clone(),
@@ -229,6 +232,17 @@ async fn connect_broker(settings: &Settings, instance: &str) -> anyhow::Result<B
     amqp::declare_gateway_queue(&setup, &queue, settings.gateway.queue_max_length)
         .await
         .context("declaring the gateway queue")?;
+    // Every gateway hears what is broadcast (changes that empty caches).
+    setup
+        .queue_bind(
+            queue.as_str().into(),
+            topo.broadcast_exchange().as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("binding the gateway queue to the broadcast exchange")?;
     let consumer = inbox::consume(&setup, &queue).await?;
     let dropped = inbox::consume(&setup, &amqp::gateway_dropped_queue(&queue)).await?;
     Ok(Broker {
@@ -295,7 +309,13 @@ fn start_background(
 ) -> Background {
     let mut background = Background::new();
     let (hub, metrics) = (state.hub.clone(), state.metrics.clone());
-    background.spawn(inbox::run(inbox.consumer, hub.clone(), metrics.clone()));
+    let members = state.sessions.members.clone();
+    background.spawn(inbox::run(
+        inbox.consumer,
+        hub.clone(),
+        members,
+        metrics.clone(),
+    ));
     let queue = state.queue.to_string();
     background.spawn(inbox::count_dropped(inbox.dropped, queue, metrics.clone()));
     let every = state.settings.presence.heartbeat;

@@ -115,6 +115,26 @@ impl Store {
         Ok((ConversationId::new(id)?, members, created))
     }
 
+    /// A conversation's members, ascending; `None` when there is no such
+    /// conversation.
+    pub async fn members(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<Vec<UserId>>, StoreError> {
+        let row: Option<(Option<Vec<i64>>,)> = sqlx::query_as(
+            "SELECT (SELECT array_agg(user_id ORDER BY user_id) FROM members WHERE conversation_id = c.id)
+               FROM conversations c WHERE c.id = $1",
+        )
+        .bind(conversation.get())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((ids,)) = row else {
+            return Ok(None);
+        };
+        let members = ids.unwrap_or_default().into_iter().map(UserId::new);
+        Ok(Some(members.collect::<Result<_, _>>()?))
+    }
+
     pub async fn membership(
         &self,
         conversation: ConversationId,

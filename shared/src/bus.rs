@@ -146,6 +146,9 @@ pub enum GatewayEvent {
         last_seen: Option<Timestamp>,
         recipients: Vec<UserId>,
     },
+    /// The members of a conversation changed (broadcast to every gateway):
+    /// whatever a gateway remembers of them is forgotten.
+    MembersChanged { conversation_id: ConversationId },
     /// A user's profile changed: the sessions of `recipients` (everyone who
     /// shares a conversation with them) get a `user` frame.
     Profile {

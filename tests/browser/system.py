@@ -37,6 +37,10 @@ PRESENCE_METRICS_PORT = 21192
 READY_TIMEOUT_S = 30
 
 
+# nginx's fail_timeout for each gateway (deploy/services/nginx.sh).
+NGINX_FAIL_TIMEOUT_S = 5
+
+
 class SystemError_(RuntimeError):
     """The system could not be started (a missing binary, a service that
     would not become ready): the tests cannot run."""
@@ -195,6 +199,7 @@ class System:
     """Everything the browser tests talk to, through nginx on PUBLIC_PORT."""
 
     def __init__(self):
+        self._balancer_settles_at = 0.0
         self.bin = bin_dir()
         for binary in ("chat-gateway", "chat-persister", "chat-presence"):
             if not os.access(self.bin / binary, os.X_OK):
@@ -273,6 +278,7 @@ class System:
         self._services_sh("nginx-start", "test", str(PUBLIC_PORT), *upstreams)
         self.nginx_started = True
         wait_until("nginx to answer", lambda: http("GET", f"{self.public}/ready")[0] == 200)
+        self._balancer_settles_at = 0.0  # nothing has failed yet
 
     def stop(self):
         errors = []
@@ -303,9 +309,19 @@ class System:
             return http("GET", f"http://127.0.0.1:{port}/ready")[0] == 200
 
         wait_until(f"{gateway.name} to be ready (log: {gateway.log})", ready)
+        self._balancer_settles_at = time.monotonic() + NGINX_FAIL_TIMEOUT_S + 0.5
 
     def kill_gateway(self, index: int):
         self.gateways[index].kill()
+
+    def balancer_settled(self):
+        """Waits until nginx takes both gateways again: it skips one for
+        `fail_timeout` (5 s) after a connection to it failed, which can
+        happen until the moment it is back up. A test that stops a gateway
+        while the other is still skipped leaves no gateway at all."""
+        wait = self._balancer_settles_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
 
     def terminate_gateway(self, index: int):
         """SIGTERM, as a deploy's restart: the gateway stops accepting,

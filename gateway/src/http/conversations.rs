@@ -189,6 +189,7 @@ pub async fn add_members(
     let change = state.store.add_members(id, caller.user_id, &users).await?;
     let members = changed(change)?;
     tracing::info!(conversation.id = %id, user.id = %caller.user_id, added = users.len(), "members added");
+    members_changed(&state, id).await;
     let conversation = seen_by(&state, id, caller.user_id).await?;
     announce(&state, &conversation, &members).await;
     Ok(Json(conversation))
@@ -207,6 +208,7 @@ pub async fn leave(
     let change = state.store.leave(id, caller.user_id).await?;
     let members = changed(change)?;
     tracing::info!(conversation.id = %id, user.id = %caller.user_id, "member left");
+    members_changed(&state, id).await;
     if let Some(member) = members.first() {
         let conversation = seen_by(&state, id, *member).await?;
         let mut told = members.clone();
@@ -214,6 +216,17 @@ pub async fn leave(
         announce(&state, &conversation, &told).await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells every gateway to forget what it remembers of the conversation's
+/// members (their membership gates ask Postgres again).
+async fn members_changed(state: &AppState, id: ConversationId) {
+    let event = GatewayEvent::MembersChanged {
+        conversation_id: id,
+    };
+    if let Err(e) = state.events.broadcast(event).await {
+        tracing::warn!(conversation.id = %id, error = %e, "change of members not broadcast; other gateways keep the old members for up to a minute");
+    }
 }
 
 /// The members after a change, or why there was none.

@@ -82,6 +82,8 @@ pub fn route(
                 last_seen,
             }
         }),
+        // A cache change, not a frame (the inbox handles it).
+        GatewayEvent::MembersChanged { .. } => Routed::default(),
         GatewayEvent::Profile { user, recipients } => {
             to_each(recipients.iter(), registry, offer, || ServerFrame::User {
                 user: user.clone(),

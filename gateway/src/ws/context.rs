@@ -4,7 +4,7 @@
 //! broker). Unit tests build one from channels and fakes.
 
 use super::frames::Rules;
-use super::members::MembershipLookup;
+use super::members::Memberships;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence_feed::PresenceFeed;
@@ -18,7 +18,8 @@ pub struct SessionContext {
     pub rules: Rules,
     pub timing: Timing,
     pub sender: Sender,
-    pub members: Arc<dyn MembershipLookup>,
+    /// The membership gate every session of the gateway shares.
+    pub members: Arc<Memberships>,
     pub presence: PresenceFeed,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,

@@ -13,7 +13,6 @@
 use super::close::{self, Ended};
 use super::context::SessionContext;
 use super::frames::{Action, SessionState};
-use super::members::KnownMemberships;
 use crate::auth::AuthUser;
 use crate::hub::{RegisterError, SessionHandle};
 use crate::limits::ConnectionSlot;
@@ -116,7 +115,6 @@ pub struct Session<S> {
     socket: S,
     ctx: Arc<SessionContext>,
     state: SessionState,
-    members: KnownMemberships,
     /// Set when a write failed: the loop ends the session with it.
     broken: Option<Ended>,
     /// When the session's timer fires next ([`SessionState::deadline`]).
@@ -148,7 +146,6 @@ impl<S: Socket> Session<S> {
             socket,
             ctx,
             state,
-            members: KnownMemberships::default(),
             broken: None,
             next_check: now,
             parked: None,
@@ -284,11 +281,7 @@ impl<S: Socket> Session<S> {
             return true;
         };
         let user = self.state.user_id();
-        if self
-            .members
-            .admits(&*self.ctx.members, conversation, user)
-            .await
-        {
+        if self.ctx.members.admits(conversation, user).await {
             return true;
         }
         let refusal = self.state.not_a_member();

@@ -4,6 +4,7 @@
 use super::close::{self, Ended};
 use super::context::{SessionContext, Timing};
 use super::frames::Rules;
+use super::members::Memberships;
 use super::members::fake::FakeMembers;
 use super::session::Session;
 use crate::auth::AuthUser;
@@ -127,7 +128,7 @@ fn start(publish_queue: usize, expires_in_secs: i64) -> Harness {
             shutdown_grace: Duration::from_secs(2),
         },
         sender,
-        members: Arc::new(FakeMembers::with(&[(5, 7)])),
+        members: Arc::new(Memberships::new(Arc::new(FakeMembers::with(&[(5, 7)])))),
         presence: presence_feed,
         limits: Arc::new(Limits::new(&limits())),
         metrics: Arc::new(Metrics::new()),

@@ -50,6 +50,22 @@ impl Announcer {
         batch.publish().await
     }
 
+    /// One event for every gateway (the broadcast exchange), confirmed.
+    pub async fn broadcast(&self, event: GatewayEvent) -> Result<(), PublishError> {
+        let payload = bus::encode(&[event]);
+        let exchange = self.topo.broadcast_exchange();
+        let message = Outgoing {
+            exchange: &exchange,
+            routing_key: "",
+            cc: &[],
+            payload: &payload,
+            persistent: false,
+            mandatory: false,
+            reason: None,
+        };
+        self.publisher.publish_confirmed(message).await
+    }
+
     /// Events to publish together.
     pub fn batch(&self) -> Batch<'_> {
         Batch {

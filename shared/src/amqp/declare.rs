@@ -108,12 +108,21 @@ pub async fn declare_presence_path(channel: &Channel, topo: &Topology) -> Result
         .map(|_| ())
 }
 
-/// Declares the fan-out exchange (idempotent).
+/// Declares the fan-out exchange, routed by shard, and the broadcast
+/// exchange that reaches every gateway (idempotent).
 pub async fn declare_fanout(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             topo.fanout_exchange().into(),
             ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            topo.broadcast_exchange().into(),
+            ExchangeKind::Fanout,
             durable(),
             FieldTable::default(),
         )

@@ -98,6 +98,11 @@ impl ConfirmedPublisher {
         &self.channel
     }
 
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish_confirmed(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        self.start(msg).await?.wait().await
+    }
+
     /// Hands the message to the channel in call order (so two calls from one
     /// task are published in that order) and returns the confirm to await.
     /// Gives up after the confirm timeout ([`PublishError::Stalled`]): a

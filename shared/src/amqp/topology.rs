@@ -55,6 +55,11 @@ impl Topology {
     pub fn fanout_exchange(&self) -> String {
         format!("{}.fanout", self.prefix)
     }
+    /// What every gateway must hear, whatever users it hosts (a change that
+    /// empties its caches): each gateway queue is bound to it.
+    pub fn broadcast_exchange(&self) -> String {
+        format!("{}.broadcast", self.prefix)
+    }
     pub fn presence_queue(&self) -> String {
         format!("{}.presence", self.prefix)
     }

@@ -1,8 +1,9 @@
 //! Groups change (version 2): any member adds people, a member leaves; every
 //! member hears of it at once, and one who left hears nothing more.
 
-use chat_tests::TestSystem;
+use chat_tests::{TestSystem, eventually_within};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 async fn add(system: &TestSystem, by: i64, group: i64, users: Value) -> (u16, Value) {
     let token = system.token(by).await;
@@ -111,4 +112,29 @@ async fn a_member_who_leaves_hears_nothing_more_and_gets_403_on_history() {
     assert_eq!(leave(&system, 2, group).await.0, 403);
     let direct = system.direct(1, 2).await;
     assert_eq!(leave(&system, 1, direct).await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_is_enforced_by_the_other_gateway_within_a_second() {
+    let system = TestSystem::start().await;
+    let group = system.group(1, &[2, 3]).await;
+    let mut binh = system.connect(1, 2).await;
+    let typing = json!({"type": "typing", "conversation_id": group, "state": "start"});
+    // Gateway 1's membership gate now remembers Binh as a member.
+    binh.send_json(typing.clone()).await;
+    let frames = binh.drain().await;
+    assert!(frames.iter().all(|f| f["type"] != "error"), "{frames:?}");
+
+    assert_eq!(leave(&system, 2, group).await.0, 204); // through gateway 0
+    eventually_within(Duration::from_secs(1), async || {
+        binh.send_json(typing.clone()).await;
+        let frames = binh.drain().await;
+        let refused = frames
+            .iter()
+            .any(|f| f["type"] == "error" && f["code"] == "forbidden");
+        refused
+            .then_some(())
+            .ok_or_else(|| format!("gateway 1 still lets Binh type: {frames:?}"))
+    })
+    .await;
 }
