@@ -84,7 +84,13 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let bindings = AmqpBindings::new(broker.setup.clone(), broker.queue.clone(), &broker.topo);
         let shards = broker.topo.route_shards;
-        let hub = Arc::new(Hub::new(Arc::new(bindings), shards, metrics.clone()));
+        let timeout = settings.amqp.confirm_timeout;
+        let hub = Arc::new(Hub::new(
+            Arc::new(bindings),
+            shards,
+            timeout,
+            metrics.clone(),
+        ));
         let publishers = start_publishers(&settings, &broker, &hub, &metrics, &instance).await?;
         let listener = bind(settings.gateway.listen).await?;
         let metrics_listener = bind(settings.gateway.metrics_listen).await?;

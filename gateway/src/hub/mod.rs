@@ -26,14 +26,20 @@ use chat_shared::telemetry::spans;
 use registry::{Registry, TooManySessions};
 use route::Routed;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub struct Hub {
     registry: Mutex<Registry>,
     /// Serialises bind and unbind so a shard's last user leaving and a new
-    /// one arriving cannot leave the binding in the wrong state.
+    /// one arriving cannot leave the binding in the wrong state. (On one
+    /// channel, the broker applies them in the order sent.)
     routing: tokio::sync::Mutex<()>,
     bindings: Arc<dyn ShardBindings>,
+    /// How long a bind or unbind may take: a broker connection that stopped
+    /// answering holds every session's setup and teardown at most this long
+    /// (`amqp.confirm_timeout_ms`).
+    binding_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -43,14 +49,22 @@ pub enum RegisterError {
     TooManySessions(UserId),
     #[error("could not route user {user} to this gateway: {source}")]
     Bind { user: UserId, source: lapin::Error },
+    #[error("could not route user {user} to this gateway: the broker did not answer within {0:?}", .after)]
+    BindTimeout { user: UserId, after: Duration },
 }
 
 impl Hub {
-    pub fn new(bindings: Arc<dyn ShardBindings>, route_shards: u16, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        bindings: Arc<dyn ShardBindings>,
+        route_shards: u16,
+        binding_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             registry: Mutex::new(Registry::new(route_shards)),
             routing: tokio::sync::Mutex::new(()),
             bindings,
+            binding_timeout,
             metrics,
         }
     }
@@ -79,10 +93,12 @@ impl Hub {
             .admit(user, max_per_user)
             .map_err(|TooManySessions| RegisterError::TooManySessions(user))?;
         if let Some(shard) = admission.bind {
-            self.bindings
-                .bind(shard)
-                .await
-                .map_err(|source| RegisterError::Bind { user, source })?;
+            let after = self.binding_timeout;
+            match tokio::time::timeout(after, self.bindings.bind(shard)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => return Err(RegisterError::Bind { user, source }),
+                Err(_) => return Err(RegisterError::BindTimeout { user, after }),
+            }
         }
         Ok(self.registry().add(user, handle))
     }
@@ -92,11 +108,15 @@ impl Hub {
     pub async fn unregister(&self, user: UserId, session_id: &str) -> bool {
         let _routing = self.routing.lock().await;
         let removal = self.registry().remove(user, session_id);
-        if let Some(shard) = removal.unbind
-            && let Err(e) = self.bindings.unbind(shard).await
-        {
-            // Harmless: deliveries for users with no session here are dropped.
-            tracing::warn!(shard, error = %e, "unbind failed");
+        if let Some(shard) = removal.unbind {
+            // A failed or late unbind is harmless: deliveries for users with
+            // no session here are dropped, and a later bind of the shard
+            // goes out after it on the same channel.
+            match tokio::time::timeout(self.binding_timeout, self.bindings.unbind(shard)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(shard, error = %e, "unbind failed"),
+                Err(_) => tracing::warn!(shard, "unbind not answered in time; going on"),
+            }
         }
         removal.last_of_user
     }
@@ -280,11 +300,13 @@ mod tests {
     use super::*;
     use futures_util::future::BoxFuture;
 
-    /// Records every bind and unbind; fails binds when told to.
+    /// Records every bind and unbind; fails binds, or never answers, when
+    /// told to.
     #[derive(Default)]
     struct FakeBindings {
         calls: Mutex<Vec<String>>,
         failing: std::sync::atomic::AtomicBool,
+        stuck: std::sync::atomic::AtomicBool,
     }
 
     impl FakeBindings {
@@ -297,6 +319,9 @@ mod tests {
         fn bind(&self, shard: u16) -> BoxFuture<'_, Result<(), lapin::Error>> {
             self.calls.lock().unwrap().push(format!("bind {shard}"));
             let failing = self.failing.load(std::sync::atomic::Ordering::Relaxed);
+            if self.stuck.load(std::sync::atomic::Ordering::Relaxed) {
+                return Box::pin(std::future::pending());
+            }
             Box::pin(async move {
                 if failing {
                     Err(lapin::Error::from(lapin::ErrorKind::ChannelsLimitReached))
@@ -307,13 +332,18 @@ mod tests {
         }
         fn unbind(&self, shard: u16) -> BoxFuture<'_, Result<(), lapin::Error>> {
             self.calls.lock().unwrap().push(format!("unbind {shard}"));
+            if self.stuck.load(std::sync::atomic::Ordering::Relaxed) {
+                return Box::pin(std::future::pending());
+            }
             Box::pin(async { Ok(()) })
         }
     }
 
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
     fn hub() -> (Hub, Arc<FakeBindings>) {
         let bindings = Arc::new(FakeBindings::default());
-        let hub = Hub::new(bindings.clone(), 4, Arc::new(Metrics::new()));
+        let hub = Hub::new(bindings.clone(), 4, TIMEOUT, Arc::new(Metrics::new()));
         (hub, bindings)
     }
 
@@ -346,6 +376,33 @@ mod tests {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         assert!(hub.register(user(2), handle("b").0, 8).await.unwrap());
         assert_eq!(bindings.calls(), ["bind 2", "bind 2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_that_stops_answering_holds_sessions_only_for_the_timeout() {
+        let (hub, bindings) = hub();
+        hub.register(user(1), handle("a").0, 8).await.unwrap();
+        bindings
+            .stuck
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        // A session whose shard needs binding is refused after the timeout,
+        // and is not added.
+        let refused = hub.register(user(2), handle("b").0, 8).await;
+        assert!(matches!(refused, Err(RegisterError::BindTimeout { .. })));
+        assert_eq!(started.elapsed(), TIMEOUT);
+        assert!(!hub.hosts(user(2)));
+        // A session whose shard is bound (user 5 shares user 1's) needs no
+        // broker.
+        assert!(hub.register(user(5), handle("c").0, 8).await.unwrap());
+        assert_eq!(started.elapsed(), TIMEOUT);
+        assert!(hub.unregister(user(1), "a").await);
+        assert_eq!(started.elapsed(), TIMEOUT);
+        // The shard's last user leaves: the unbind goes unanswered, and the
+        // teardown goes on after the timeout.
+        assert!(hub.unregister(user(5), "c").await);
+        assert_eq!(started.elapsed(), 2 * TIMEOUT);
+        assert_eq!(hub.session_count(), 0);
     }
 
     #[tokio::test]

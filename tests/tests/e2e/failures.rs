@@ -301,6 +301,36 @@ async fn a_gateway_whose_broker_stops_answering_holds_sends_in_order_and_keeps_a
     assert_eq!(stored, ids, "stored once each, in the order sent");
 }
 
+/// With its broker connection frozen, a gateway refuses a session it cannot
+/// route within `amqp.confirm_timeout_ms` (close 1011, "try another
+/// gateway") instead of holding it, and every session after it, for ever;
+/// a session whose shard is already bound opens as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_broker_stops_answering_refuses_sessions_it_cannot_route_in_time() {
+    let mut system = TestSystem::start_with(1, 1, |_| {}).await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    settings.gateway.broker_lost = Duration::from_millis(60_000);
+    settings.amqp.confirm_timeout = Duration::from_millis(1_000);
+    let shards = i64::from(settings.amqp.route_shards.get());
+    let index = system.start_gateway_with(settings).await;
+    let _an = system.connect(index, 1).await; // binds user 1's shard
+
+    proxy.freeze();
+    let started = tokio::time::Instant::now();
+    let token = system.token(2).await; // another shard: needs a bind
+    let mut binh = chat_tests::Client::connect(system.gateways[index], Some(&token), None)
+        .await
+        .unwrap();
+    assert_eq!(binh.closed().await, chat_tests::client::Closed::Code(1011));
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "refused after {waited:?}");
+    // User 1 + shards shares user 1's shard: no bind, so no broker needed.
+    let mut again = system.connect(index, 1 + shards).await;
+    again.send_json(json!({"type": "ping"})).await;
+    assert_eq!(again.next().await["type"], "pong");
+    proxy.thaw();
+}
+
 /// After a connection loss that only the gateway noticed, the broker still
 /// holds the old connection, and with it the gateway's exclusive queue: the
 /// reconnected gateway cannot declare it again (`RESOURCE_LOCKED`), and its
