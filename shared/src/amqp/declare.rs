@@ -7,6 +7,17 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+/// Declares the durable exchange `name` of `kind` (idempotent).
+async fn durable_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(name.into(), kind, durable(), FieldTable::default())
+        .await
+}
+
 fn durable() -> ExchangeDeclareOptions {
     ExchangeDeclareOptions {
         durable: true,
@@ -30,22 +41,8 @@ pub const DEAD_LETTERS_MAX: u32 = 100_000;
 
 /// Declares the persist path (idempotent; gateways and persisters both call it).
 pub async fn declare_persist_path(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            topo.persist_exchange().into(),
-            ExchangeKind::Direct,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            topo.dead_letters().into(),
-            ExchangeKind::Fanout,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    durable_exchange(channel, &topo.persist_exchange(), ExchangeKind::Direct).await?;
+    durable_exchange(channel, &topo.dead_letters(), ExchangeKind::Fanout).await?;
     let durable_queue = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -111,22 +108,8 @@ pub async fn declare_presence_path(channel: &Channel, topo: &Topology) -> Result
 /// Declares the fan-out exchange, routed by shard, and the broadcast
 /// exchange that reaches every gateway (idempotent).
 pub async fn declare_fanout(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            topo.fanout_exchange().into(),
-            ExchangeKind::Direct,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            topo.broadcast_exchange().into(),
-            ExchangeKind::Fanout,
-            durable(),
-            FieldTable::default(),
-        )
-        .await
+    durable_exchange(channel, &topo.fanout_exchange(), ExchangeKind::Direct).await?;
+    durable_exchange(channel, &topo.broadcast_exchange(), ExchangeKind::Fanout).await
 }
 
 /// Most dropped messages waiting to be counted (see [`declare_gateway_queue`]).
