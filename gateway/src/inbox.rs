@@ -6,6 +6,7 @@
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::ws::blocks::Blocks;
 use crate::ws::members::Memberships;
 use chat_shared::amqp::Inbound;
 use chat_shared::bus::GatewayEvent;
@@ -77,15 +78,16 @@ pub async fn consume(channel: &Channel, queue: &str) -> Result<Inbound, lapin::E
     Ok(Inbound::new(consumer, queue))
 }
 
+/// The gates whose memory broadcast changes empty.
+pub struct Gates {
+    pub members: Arc<Memberships>,
+    pub blocks: Arc<Blocks>,
+}
+
 /// Runs until the consumer ends (connection closed at shutdown). A change
-/// of members empties the membership gate's memory of that conversation;
-/// every other event goes to the hub.
-pub async fn run(
-    mut inbound: Inbound,
-    hub: Arc<Hub>,
-    memberships: Arc<Memberships>,
-    metrics: Arc<Metrics>,
-) {
+/// of members or blocks empties the gates' memory of it; every other event
+/// goes to the hub.
+pub async fn run(mut inbound: Inbound, hub: Arc<Hub>, gates: Gates, metrics: Arc<Metrics>) {
     while let Some(delivery) = inbound.next::<GatewayEvent>().await {
         match delivery {
             Ok(received) => {
@@ -95,11 +97,13 @@ pub async fn run(
                 }
                 for event in received.events {
                     metrics.bus_events_received.inc();
-                    if let GatewayEvent::MembersChanged { conversation_id } = event {
-                        memberships.forget(conversation_id);
-                        continue;
+                    match event {
+                        GatewayEvent::MembersChanged { conversation_id } => {
+                            gates.members.forget(conversation_id)
+                        }
+                        GatewayEvent::BlocksChanged { user_ids } => gates.blocks.forget(&user_ids),
+                        event => hub.dispatch(event, received.via.as_ref()),
                     }
-                    hub.dispatch(event, received.via.as_ref());
                 }
             }
             Err(bad) => {

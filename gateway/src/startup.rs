@@ -11,6 +11,7 @@ use crate::profiles::Profiles;
 use crate::sender::Sender;
 use crate::state::AppState;
 use crate::store::Store;
+use crate::ws::blocks::Blocks;
 use crate::ws::context::{SessionContext, Timing};
 use crate::ws::frames::Rules;
 use crate::ws::members::Memberships;
@@ -106,6 +107,7 @@ impl Gateway {
             timing: Timing::from_settings(&settings.gateway),
             sender: publishers.sender.clone(),
             members: Arc::new(Memberships::new(Arc::new(store.clone()))),
+            blocks: Arc::new(Blocks::new(Arc::new(store.clone()))),
             presence: publishers.presence.clone(),
             limits: limits.clone(),
             metrics: metrics.clone(),
@@ -315,11 +317,14 @@ fn start_background(
 ) -> Background {
     let mut background = Background::new();
     let (hub, metrics) = (state.hub.clone(), state.metrics.clone());
-    let members = state.sessions.members.clone();
+    let gates = inbox::Gates {
+        members: state.sessions.members.clone(),
+        blocks: state.sessions.blocks.clone(),
+    };
     background.spawn(inbox::run(
         inbox.consumer,
         hub.clone(),
-        members,
+        gates,
         metrics.clone(),
     ));
     let queue = state.queue.to_string();

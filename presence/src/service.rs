@@ -151,7 +151,7 @@ impl Service {
                 {
                     false
                 } else {
-                    let members = self.directory.members(c).await?;
+                    let members = self.directory.typing_circle(c, u).await?;
                     if !members.contains(&u) {
                         return Ok(()); // not a member: nothing to relay
                     }
@@ -162,7 +162,7 @@ impl Service {
             TypingState::Stop => self.typing.stopped(&mut self.redis, c, u).await?,
         };
         if broadcast {
-            let members = self.directory.members(c).await?;
+            let members = self.directory.typing_circle(c, u).await?;
             self.relay_typing(c, u, state, members).await?;
         }
         Ok(())
@@ -201,19 +201,20 @@ impl Service {
         let changes = self.online.sweep(&mut self.redis, now).await?;
         self.announce_changes(changes).await?;
         for (c, u, state) in self.typing.sweep(&mut self.redis, now).await? {
-            let members = self.directory.members(c).await?;
+            let members = self.directory.typing_circle(c, u).await?;
             self.relay_typing(c, u, state, members).await?;
         }
         Ok(())
     }
 
-    /// Tells the online contacts of each user whose status changed.
+    /// Tells each user whose status changed to those online who may see it
+    /// (their privacy setting and blocks decide: `Directory::presence_audience`).
     async fn announce_changes(&mut self, changes: Vec<Change>) -> Result<(), PresenceError> {
         for change in changes {
             self.metrics.changes.inc();
             tracing::debug!(user.id = %change.user, status = ?change.status, "presence changed");
-            let contacts = self.directory.sharing_with(change.user).await?;
-            let recipients = self.online_among(&contacts).await?;
+            let audience = self.directory.presence_audience(change.user).await?;
+            let recipients = self.online_among(&audience).await?;
             let event = GatewayEvent::Presence {
                 user_id: change.user,
                 status: change.status,

@@ -149,6 +149,10 @@ pub enum GatewayEvent {
     /// The members of a conversation changed (broadcast to every gateway):
     /// whatever a gateway remembers of them is forgotten.
     MembersChanged { conversation_id: ConversationId },
+    /// A block between these two users was made or lifted (broadcast to
+    /// every gateway): whatever a gateway remembers of their blocks is
+    /// forgotten.
+    BlocksChanged { user_ids: [UserId; 2] },
     /// A user's profile changed: the sessions of `recipients` (everyone who
     /// shares a conversation with them) get a `user` frame.
     Profile {

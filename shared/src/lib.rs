@@ -27,6 +27,7 @@ pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod presence_state;
+pub mod privacy;
 pub mod profile;
 pub mod protocol;
 pub mod runtime;

@@ -106,10 +106,12 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Internal,
+    /// Version 2: a block between the two users refused it.
+    Blocked,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::Unauthorized,
@@ -118,6 +120,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Blocked,
     ];
 
     /// The code as it is written on the wire (`rate_limited`, ...).
@@ -131,6 +134,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Blocked => "blocked",
         }
     }
 }

@@ -43,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(InitialSchema),
             Box::new(BusSettingsTable),
             Box::new(UsersTable),
+            Box::new(ConsentTables),
         ]
     }
 }
@@ -169,6 +170,64 @@ impl MigrationTrait for UsersTable {
 }
 
 /// Services that disagree on the bus layout would misroute silently.
+struct ConsentTables;
+
+impl MigrationName for ConsentTables {
+    fn name(&self) -> &str {
+        "m0004_consent"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ConsentTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(CONSENT_SCHEMA)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Version 2 consent: privacy settings, blocks, and contacts.
+const CONSENT_SCHEMA: &str = r#"
+-- Privacy settings (chat_shared::privacy); a user without a row has the
+-- defaults, which keep version 1's behaviour.
+ALTER TABLE users
+    ADD COLUMN privacy_presence TEXT NOT NULL DEFAULT 'everyone'
+        CHECK (privacy_presence IN ('everyone', 'contacts', 'nobody')),
+    ADD COLUMN privacy_read_receipts BOOLEAN NOT NULL DEFAULT true,
+    ADD COLUMN privacy_groups TEXT NOT NULL DEFAULT 'everyone'
+        CHECK (privacy_groups IN ('everyone', 'contacts'));
+
+-- blocker_id blocks blocked_id. Checked both ways: by the primary key one
+-- way, by blocks_by_blocked the other.
+CREATE TABLE blocks (
+    blocker_id BIGINT NOT NULL CHECK (blocker_id > 0),
+    blocked_id BIGINT NOT NULL CHECK (blocked_id > 0),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (blocker_id, blocked_id),
+    CHECK (blocker_id <> blocked_id)
+);
+CREATE INDEX blocks_by_blocked ON blocks (blocked_id, blocker_id);
+
+-- peer_id is a contact of user_id: user_id has sent a message in their
+-- direct conversation. Kept by the persister as it stores messages, so the
+-- "contacts" settings cost one index probe, never a scan of messages.
+CREATE TABLE contacts (
+    user_id BIGINT NOT NULL,
+    peer_id BIGINT NOT NULL,
+    PRIMARY KEY (user_id, peer_id)
+);
+INSERT INTO contacts (user_id, peer_id)
+SELECT DISTINCT m.sender_id, other.user_id
+  FROM messages m
+  JOIN conversations c ON c.id = m.conversation_id AND c.kind = 'direct'
+  JOIN members other ON other.conversation_id = m.conversation_id
+                    AND other.user_id <> m.sender_id
+ON CONFLICT DO NOTHING;
+"#;
+
 #[derive(Debug, thiserror::Error)]
 #[error(
     "amqp.{key} is {here} here but {agreed} for every other service of amqp.prefix {prefix:?} \

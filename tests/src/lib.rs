@@ -293,11 +293,8 @@ impl TestSystem {
     }
 
     pub async fn get(&self, gateway: usize, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.get(self.url(gateway, path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        respond(request).await
+        self.call(reqwest::Method::GET, gateway, path, token, None)
+            .await
     }
 
     pub async fn post(
@@ -307,7 +304,39 @@ impl TestSystem {
         token: Option<&str>,
         body: Value,
     ) -> (u16, Value) {
-        let mut request = self.http.post(self.url(gateway, path)).json(&body);
+        self.call(reqwest::Method::POST, gateway, path, token, Some(body))
+            .await
+    }
+
+    pub async fn put(
+        &self,
+        gateway: usize,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, gateway, path, token, Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, gateway: usize, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, gateway, path, token, None)
+            .await
+    }
+
+    /// One API request; the body, when there is one, as JSON.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        gateway: usize,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(gateway, path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

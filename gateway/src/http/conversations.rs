@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::extract::{Body, Params};
 use crate::auth::AuthUser;
 use crate::state::AppState;
-use crate::store::{MembersChange, Membership, Page};
+use crate::store::{Creation, MembersChange, Membership, Page, Refusal};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -41,7 +41,10 @@ pub async fn create(
     if matches!(new, NewConversation::Group { .. }) {
         count_group(&state, caller.user_id).await?;
     }
-    let (id, members, created) = state.store.create(caller.user_id, &new).await?;
+    let (id, members, created) = match state.store.create(caller.user_id, &new).await? {
+        Creation::Done(id, members, created) => (id, members, created),
+        Creation::Refused(refusal) => return Err(refused(refusal)),
+    };
     let conversation = seen_by(&state, id, caller.user_id).await?;
     if created {
         tracing::info!(conversation.id = %id, user.id = %caller.user_id, members = members.len(), "conversation created");
@@ -242,6 +245,18 @@ fn changed(change: MembersChange) -> Result<Vec<chat_shared::ids::UserId>, ApiEr
             "a group has at most {} members",
             Conversation::MAX_MEMBERS
         ))),
+        MembersChange::Refused(refusal) => Err(refused(refusal)),
+    }
+}
+
+/// 403 for what consent refuses: `blocked` for a block, `forbidden` for a
+/// `groups` setting.
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Blocked => ApiError::blocked("a block between you and this user refuses it"),
+        Refusal::NotAllowed => {
+            ApiError::forbidden("this user's privacy settings do not let you add them to groups")
+        }
     }
 }
 

@@ -17,71 +17,58 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::BAD_REQUEST,
-            code: ErrorCode::BadRequest,
+            status,
+            code,
             message: message.into(),
             retry_after_ms: None,
         }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            code: ErrorCode::Unauthorized,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: ErrorCode::TooLarge,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::FORBIDDEN,
-            code: ErrorCode::Forbidden,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+    }
+    /// 403 with code `blocked` (version 2): a block between the two users.
+    pub fn blocked(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Blocked, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            code: ErrorCode::NotFound,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: ErrorCode::Unavailable,
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
     /// Logs the cause and answers a bare 500.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "request failed");
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: ErrorCode::Internal,
-            message: "internal error".into(),
-            retry_after_ms: None,
-        }
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal error",
+        )
     }
     /// 429 with `retry_after_ms` in the body and `Retry-After` (seconds, rounded up).
     pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
         Self {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: ErrorCode::RateLimited,
-            message: message.into(),
             retry_after_ms: Some(retry_after_ms),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                message,
+            )
         }
     }
 }

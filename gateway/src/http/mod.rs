@@ -1,5 +1,6 @@
 //! The HTTP API of protocol.md and the operational endpoints.
 
+pub mod consent;
 pub mod conversations;
 pub mod error;
 pub mod extract;
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 /// The public API. `/metrics` is not here: it is served on
 /// `gateway.metrics_listen` ([`metrics_router`]), away from the public entry.
@@ -42,6 +43,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/conversations/{id}/leave", post(conversations::leave))
         .route("/api/presence", get(presence::presence))
         .route("/api/users", get(users::users))
+        .route(
+            "/api/me/privacy",
+            get(consent::privacy).put(consent::set_privacy),
+        )
+        .route("/api/blocks", get(consent::blocks))
+        .route(
+            "/api/blocks/{user_id}",
+            put(consent::block).delete(consent::unblock),
+        )
         .route("/api/dev/token", post(ops::dev_token))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

@@ -1,7 +1,8 @@
 //! `GET /api/presence?user_ids=7,42`: read from Redis, where the presence
-//! service keeps it. Only users who share a conversation with the caller
-//! are looked up: any other id is answered `offline` with no `last_seen`, as
-//! a user never seen, so the endpoint cannot be used to watch strangers.
+//! service keeps it. Only users who share a conversation with the caller,
+//! and whose privacy settings and blocks let the caller see them, are looked
+//! up: any other id is answered `offline` with no `last_seen`, as a user
+//! never seen, so the endpoint cannot be used to watch strangers.
 //! When Redis cannot be reached, chat goes on and this answers what the
 //! gateway itself knows: users with a session here are online, the others
 //! offline with no `last_seen`.
@@ -32,10 +33,10 @@ pub struct PresenceList {
 
 #[derive(Serialize)]
 pub struct UserPresence {
-    user_id: UserId,
-    status: PresenceStatus,
+    pub user_id: UserId,
+    pub status: PresenceStatus,
     #[serde(with = "time::rfc3339_opt")]
-    last_seen: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
 }
 
 pub async fn presence(
@@ -44,7 +45,10 @@ pub async fn presence(
     Params(params): Params<PresenceParams>,
 ) -> Result<Json<PresenceList>, ApiError> {
     let asked = parse_ids(params.user_ids.as_deref().unwrap_or_default(), "user_ids")?;
-    let visible = state.directory.co_members(caller.user_id, &asked).await?;
+    let visible = state
+        .directory
+        .presence_visible(caller.user_id, &asked)
+        .await?;
     let users: Vec<UserId> = asked
         .iter()
         .copied()
@@ -112,7 +116,7 @@ pub fn parse_ids(raw: &str, name: &str) -> Result<Vec<UserId>, ApiError> {
     Ok(ids)
 }
 
-async fn from_redis(
+pub(super) async fn from_redis(
     state: &AppState,
     users: &[UserId],
 ) -> Result<Vec<UserPresence>, redis::RedisError> {

@@ -83,7 +83,9 @@ pub fn route(
             }
         }),
         // A cache change, not a frame (the inbox handles it).
-        GatewayEvent::MembersChanged { .. } => Routed::default(),
+        GatewayEvent::MembersChanged { .. } | GatewayEvent::BlocksChanged { .. } => {
+            Routed::default()
+        }
         GatewayEvent::Profile { user, recipients } => {
             to_each(recipients.iter(), registry, offer, || ServerFrame::User {
                 user: user.clone(),

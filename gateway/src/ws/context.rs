@@ -1,8 +1,9 @@
 //! What a session needs of its gateway, and nothing more: the publisher,
-//! the membership lookup, the presence feed, the shared limits, the
+//! the membership and block gates, the presence feed, the shared limits, the
 //! settings, and the two signals that end every session (shutdown, a lost
 //! broker). Unit tests build one from channels and fakes.
 
+use super::blocks::Blocks;
 use super::frames::Rules;
 use super::members::Memberships;
 use crate::limits::Limits;
@@ -20,6 +21,8 @@ pub struct SessionContext {
     pub sender: Sender,
     /// The membership gate every session of the gateway shares.
     pub members: Arc<Memberships>,
+    /// The block gate of sends every session of the gateway shares.
+    pub blocks: Arc<Blocks>,
     pub presence: PresenceFeed,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,

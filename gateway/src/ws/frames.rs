@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::outbound::{Outbound, encode};
 use axum::extract::ws::Utf8Bytes;
 use chat_shared::bus::{PersistCommand, PresenceEvent, ReadCommand, SendCommand};
-use chat_shared::ids::{ConversationId, UserId};
+use chat_shared::ids::{ClientMsgId, ConversationId, UserId};
 use chat_shared::protocol::{ClientFrame, ErrorCode, SendFrame, ServerFrame, TypingState};
 use chat_shared::telemetry::spans;
 use std::sync::Arc;
@@ -147,6 +147,18 @@ impl SessionState {
             ErrorCode::Forbidden,
             "not a member of this conversation",
             None,
+            None,
+        )
+    }
+
+    /// A send refused by a block between its sender and the other member
+    /// of the direct conversation.
+    pub fn blocked(&self, client_msg_id: &ClientMsgId) -> Utf8Bytes {
+        self.metrics.send_refused(ErrorCode::Blocked);
+        error(
+            ErrorCode::Blocked,
+            "a block between you and this user refuses the message",
+            Some(client_msg_id.as_str().to_owned()),
             None,
         )
     }

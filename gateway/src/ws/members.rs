@@ -1,29 +1,21 @@
 //! The membership gate of `read` and `typing` frames, one for every session
 //! of the gateway: a conversation's members are asked of Postgres once, then
-//! remembered until a change of them is broadcast to every gateway
-//! (`GatewayEvent::MembersChanged`, sent by whichever gateway made the
-//! change, milliseconds after its commit), so a member who leaves is refused
-//! at once on every gateway and a frame costs no round trip. Members are
-//! remembered for [`REMEMBERED_FOR`] at most, should a broadcast be lost.
+//! remembered ([`Remembered`]) until a change of them is broadcast to every
+//! gateway (`GatewayEvent::MembersChanged`, sent by whichever gateway made
+//! the change), so a member who leaves is refused at once on every gateway
+//! and a frame costs no round trip. It also tells the send gate who the
+//! other member of a direct conversation is (for blocks: [`super::blocks`]).
 //! When Postgres cannot answer, the frame goes on and the service behind
 //! decides.
 
-use crate::store::{Store, StoreError};
+use super::remembered::Remembered;
+use crate::store::{Members, Store, StoreError};
 use chat_shared::ids::{ConversationId, UserId};
 use futures_util::future::BoxFuture;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-use tokio::time::Instant;
+use std::sync::Arc;
 
 /// Conversations remembered at most (then all are forgotten at once).
 const REMEMBERED: usize = 50_000;
-/// How long members are remembered at most: the backstop should a broadcast
-/// change be lost (a broker that failed just then).
-pub const REMEMBERED_FOR: Duration = Duration::from_secs(60);
-
-type Known = HashMap<ConversationId, (Arc<[UserId]>, Instant)>;
 
 /// A conversation's members: Postgres, or a fake in unit tests.
 pub trait MembersLookup: Send + Sync + 'static {
@@ -31,59 +23,46 @@ pub trait MembersLookup: Send + Sync + 'static {
     fn members(
         &self,
         conversation: ConversationId,
-    ) -> BoxFuture<'_, Result<Option<Vec<UserId>>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Option<Members>, StoreError>>;
 }
 
 impl MembersLookup for Store {
     fn members(
         &self,
         conversation: ConversationId,
-    ) -> BoxFuture<'_, Result<Option<Vec<UserId>>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Option<Members>, StoreError>> {
         Box::pin(Store::members(self, conversation))
     }
 }
 
 pub struct Memberships {
     lookup: Arc<dyn MembersLookup>,
-    known: Mutex<Known>,
-    /// Counts the changes heard: a lookup that began before one is not
-    /// remembered (it may hold the members from before the change).
-    changes: AtomicU64,
+    known: Remembered<ConversationId, Arc<Members>>,
 }
 
 impl Memberships {
     pub fn new(lookup: Arc<dyn MembersLookup>) -> Self {
         Self {
             lookup,
-            known: Mutex::new(HashMap::new()),
-            changes: AtomicU64::new(0),
+            known: Remembered::new(REMEMBERED),
         }
     }
 
-    fn known(&self) -> MutexGuard<'_, Known> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    async fn members(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<Arc<Members>>, StoreError> {
+        let ask = || async {
+            let members = self.lookup.members(conversation).await?;
+            Ok(members.map(Arc::new))
+        };
+        self.known.get_or_ask(conversation, ask).await
     }
 
     /// Whether `user` may send frames about `conversation`.
     pub async fn admits(&self, conversation: ConversationId, user: UserId) -> bool {
-        if let Some((members, at)) = self.known().get(&conversation)
-            && at.elapsed() < REMEMBERED_FOR
-        {
-            return members.binary_search(&user).is_ok();
-        }
-        let before = self.changes.load(Ordering::Acquire);
-        match self.lookup.members(conversation).await {
-            Ok(Some(members)) => {
-                let admitted = members.binary_search(&user).is_ok();
-                let mut known = self.known();
-                if self.changes.load(Ordering::Acquire) == before {
-                    if known.len() >= REMEMBERED {
-                        known.clear();
-                    }
-                    known.insert(conversation, (members.into(), Instant::now()));
-                }
-                admitted
-            }
+        match self.members(conversation).await {
+            Ok(Some(members)) => members.ids.binary_search(&user).is_ok(),
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(conversation.id = %conversation, error = %e, "membership check failed; letting the frame through");
@@ -92,11 +71,25 @@ impl Memberships {
         }
     }
 
+    /// The other member, when `conversation` is a direct conversation of
+    /// `user`'s; `None` otherwise, and when Postgres cannot answer.
+    pub async fn direct_peer(&self, conversation: ConversationId, user: UserId) -> Option<UserId> {
+        let members = match self.members(conversation).await {
+            Ok(members) => members?,
+            Err(e) => {
+                tracing::warn!(conversation.id = %conversation, error = %e, "members unknown; the send goes on unchecked for blocks");
+                return None;
+            }
+        };
+        if !members.direct || !members.ids.contains(&user) {
+            return None;
+        }
+        members.ids.iter().copied().find(|m| *m != user)
+    }
+
     /// The members of `conversation` changed: ask again next time.
     pub fn forget(&self, conversation: ConversationId) {
-        let mut known = self.known();
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        known.remove(&conversation);
+        self.known.forget(&[conversation]);
     }
 }
 
@@ -104,11 +97,15 @@ impl Memberships {
 #[cfg(test)]
 pub mod fake {
     use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
 
     /// Members by conversation; counts the questions asked.
     #[derive(Default)]
     pub struct FakeMembers {
         pub members: Mutex<HashMap<ConversationId, Vec<UserId>>>,
+        /// The conversations that are direct.
+        pub direct: Mutex<HashSet<ConversationId>>,
         pub asked: Mutex<usize>,
         pub failing: bool,
     }
@@ -132,6 +129,16 @@ pub mod fake {
             list.sort();
         }
 
+        /// A direct conversation of `a` and `b`.
+        pub fn direct(conversation: i64, a: i64, b: i64) -> Self {
+            let fake = Self::with(&[(conversation, a), (conversation, b)]);
+            fake.direct
+                .lock()
+                .unwrap()
+                .insert(ConversationId::new(conversation).unwrap());
+            fake
+        }
+
         pub fn remove(&self, conversation: i64, user: i64) {
             let mut members = self.members.lock().unwrap();
             if let Some(list) = members.get_mut(&ConversationId::new(conversation).unwrap()) {
@@ -148,12 +155,14 @@ pub mod fake {
         fn members(
             &self,
             conversation: ConversationId,
-        ) -> BoxFuture<'_, Result<Option<Vec<UserId>>, StoreError>> {
+        ) -> BoxFuture<'_, Result<Option<Members>, StoreError>> {
             *self.asked.lock().unwrap() += 1;
             let answer = if self.failing {
                 Err(StoreError::Db(sea_orm::sqlx::Error::PoolTimedOut))
             } else {
-                Ok(self.members.lock().unwrap().get(&conversation).cloned())
+                let direct = self.direct.lock().unwrap().contains(&conversation);
+                let ids = self.members.lock().unwrap().get(&conversation).cloned();
+                Ok(ids.map(|ids| Members { direct, ids }))
             };
             Box::pin(async move { answer })
         }
@@ -164,6 +173,8 @@ pub mod fake {
 mod tests {
     use super::fake::FakeMembers;
     use super::*;
+    use crate::ws::remembered::REMEMBERED_FOR;
+    use std::time::Duration;
 
     fn conv(id: i64) -> ConversationId {
         ConversationId::new(id).unwrap()
@@ -205,6 +216,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_peer_of_a_direct_conversation_is_known_to_its_members_only() {
+        let fake = Arc::new(FakeMembers::direct(1, 7, 8));
+        fake.add(2, 7);
+        fake.add(2, 8);
+        let gate = gate(&fake);
+        assert_eq!(gate.direct_peer(conv(1), user(7)).await, Some(user(8)));
+        assert_eq!(gate.direct_peer(conv(1), user(8)).await, Some(user(7)));
+        assert_eq!(gate.direct_peer(conv(1), user(9)).await, None);
+        assert_eq!(
+            gate.direct_peer(conv(2), user(7)).await,
+            None,
+            "a group of two"
+        );
+        assert_eq!(gate.direct_peer(conv(3), user(7)).await, None, "no such");
+    }
+
+    #[tokio::test]
     async fn a_change_heard_makes_the_gate_ask_again() {
         let fake = Arc::new(FakeMembers::with(&[(1, 7), (1, 8)]));
         let gate = gate(&fake);
@@ -225,14 +253,14 @@ mod tests {
     }
 
     impl MembersLookup for Slow {
-        fn members(
-            &self,
-            _: ConversationId,
-        ) -> BoxFuture<'_, Result<Option<Vec<UserId>>, StoreError>> {
+        fn members(&self, _: ConversationId) -> BoxFuture<'_, Result<Option<Members>, StoreError>> {
             Box::pin(async {
                 self.started.notify_one();
                 self.go_on.notified().await;
-                Ok(Some(vec![user(8)]))
+                Ok(Some(Members {
+                    direct: false,
+                    ids: vec![user(8)],
+                }))
             })
         }
     }
@@ -249,7 +277,7 @@ mod tests {
         gate.forget(conv(1)); // heard while the lookup is on its way
         slow.go_on.notify_one();
         assert!(asking.await.unwrap(), "answered as read");
-        assert!(gate.known().get(&conv(1)).is_none(), "but not remembered");
+        assert!(!gate.known.contains(&conv(1)), "but not remembered");
     }
 
     #[tokio::test]
@@ -262,17 +290,5 @@ mod tests {
         assert!(gate.admits(conv(1), user(7)).await);
         assert!(gate.admits(conv(1), user(7)).await);
         assert_eq!(fake.asked(), 2);
-    }
-
-    #[tokio::test]
-    async fn it_remembers_a_bounded_number_of_conversations() {
-        let fake = Arc::new(FakeMembers::with(&[(1, 7)]));
-        let gate = gate(&fake);
-        for c in 2..=(REMEMBERED as i64 + 10) {
-            let members = Arc::from(vec![user(7)]);
-            gate.known().insert(conv(c), (members, Instant::now()));
-        }
-        assert!(gate.admits(conv(1), user(7)).await);
-        assert!(gate.known().len() <= REMEMBERED);
     }
 }

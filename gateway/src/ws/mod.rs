@@ -2,12 +2,14 @@
 //! client's connection limits, the header token) and the upgrade. The
 //! session itself is in [`session`].
 
+pub mod blocks;
 pub mod close;
 pub mod context;
 pub mod echo;
 pub mod frames;
 pub mod ledger;
 pub mod members;
+pub mod remembered;
 pub mod session;
 #[cfg(test)]
 mod session_tests;

@@ -258,7 +258,7 @@ impl<S: Socket> Session<S> {
                 span,
                 member_of,
             } => {
-                if self.admits(member_of).await {
+                if self.admits(member_of).await && self.unblocked(&command).await {
                     self.submit(command, span).await;
                 }
             }
@@ -285,6 +285,30 @@ impl<S: Socket> Session<S> {
             return true;
         }
         let refusal = self.state.not_a_member();
+        let _ = self.write(refusal).await;
+        false
+    }
+
+    /// The block gate (version 2): a send in a direct conversation between
+    /// two users with a block, either way, is answered `blocked` and goes
+    /// no further (nothing is stored).
+    async fn unblocked(&mut self, command: &PersistCommand) -> bool {
+        let PersistCommand::Send(send) = command else {
+            return true;
+        };
+        let user = self.state.user_id();
+        let Some(peer) = self
+            .ctx
+            .members
+            .direct_peer(send.conversation_id, user)
+            .await
+        else {
+            return true;
+        };
+        if !self.ctx.blocks.between(user, peer).await {
+            return true;
+        }
+        let refusal = self.state.blocked(&send.client_msg_id);
         let _ = self.write(refusal).await;
         false
     }

@@ -1,6 +1,8 @@
 //! The session loop, driven through channels with a paused clock: what it
 //! writes, what it queues, and when it ends.
 
+use super::blocks::Blocks;
+use super::blocks::fake::FakeBlocks;
 use super::close::{self, Ended};
 use super::context::{SessionContext, Timing};
 use super::frames::Rules;
@@ -97,6 +99,13 @@ fn limits() -> LimitSettings {
     }
 }
 
+/// User 7 is in the group 5, and in the direct conversation 9 with user 8.
+fn members() -> FakeMembers {
+    let members = FakeMembers::direct(9, 7, 8);
+    members.add(5, 7);
+    members
+}
+
 /// Starts a session whose publisher queue holds `publish_queue` commands.
 fn start(publish_queue: usize, expires_in_secs: i64) -> Harness {
     let (client, incoming) = mpsc::unbounded_channel();
@@ -128,7 +137,9 @@ fn start(publish_queue: usize, expires_in_secs: i64) -> Harness {
             shutdown_grace: Duration::from_secs(2),
         },
         sender,
-        members: Arc::new(Memberships::new(Arc::new(FakeMembers::with(&[(5, 7)])))),
+        members: Arc::new(Memberships::new(Arc::new(members()))),
+        // User 8 blocks user 7.
+        blocks: Arc::new(Blocks::new(Arc::new(FakeBlocks::with(&[(8, 7)])))),
         presence: presence_feed,
         limits: Arc::new(Limits::new(&limits())),
         metrics: Arc::new(Metrics::new()),
@@ -361,6 +372,22 @@ async fn typing_and_reads_pass_the_membership_gate_or_are_forbidden() {
         h.commands.try_recv().is_err(),
         "nothing from a non-member was queued"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_across_a_block_is_refused_blocked_and_never_queued() {
+    let mut h = start(8, 3600);
+    h.next_frame().await;
+    h.send_text(json!({"type": "send", "conversation_id": 9, "client_msg_id": "m1", "body": "hi"}));
+    let refused = h.next_frame().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["client_msg_id"].as_str()),
+        (Some("blocked"), Some("m1"))
+    );
+    assert!(h.commands.try_recv().is_err(), "nothing was queued");
+    // The block is between 7 and 8 only: a group send goes on.
+    h.send("m2");
+    assert_eq!(sent_id(&h.command().await), "m2");
 }
 
 #[tokio::test(start_paused = true)]

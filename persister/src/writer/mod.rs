@@ -6,12 +6,15 @@
 //!   unique (sender, client_msg_id) is the idempotency key), 2. the members
 //!   of every conversation involved, 3. one UPDATE reserving a run of `seq`
 //!   per conversation, 4. one `INSERT ... SELECT FROM unnest(...)` of the new
-//!   messages, 5. one UPDATE moving read markers forward;
+//!   messages, 4b. the contacts those messages make (version 2; only for
+//!   pairs not known to be recorded), 5. one UPDATE moving read markers
+//!   forward (and choosing who hears of them: read receipts, blocks);
 //! - [`outcome`]: what each request's answer is, naming its request by
 //!   position.
 //!
 //! Nothing is acknowledged or fanned out before [`Writer::write`] returns Ok.
 
+mod contacts;
 mod outcome;
 mod plan;
 mod sql;
@@ -87,6 +90,7 @@ pub struct Writer {
     statements: prometheus_client::metrics::counter::Counter,
     /// Commands refused or dropped because they could not be stored alone.
     refused: prometheus_client::metrics::counter::Counter,
+    contacts: contacts::KnownContacts,
 }
 
 impl Writer {
@@ -99,6 +103,7 @@ impl Writer {
             pool,
             statements,
             refused,
+            contacts: Default::default(),
         }
     }
 
@@ -110,15 +115,21 @@ impl Writer {
         self.statements.inc_by(4); // BEGIN, existing, members, COMMIT
         let mut tx = self.pool.begin().await?;
         let existing = sql::existing(&mut tx, &batch.sends).await?;
-        let members = sql::members(&mut tx, &batch.conversations(&existing)).await?;
+        let (members, direct) = sql::members(&mut tx, &batch.conversations(&existing)).await?;
         let planned = plan::plan(&batch.sends, &existing, &members);
         let base = sql::reserve_seqs(&mut tx, &planned.counts, now).await?;
         let rows = planned.new_rows(&batch.sends, &base)?;
         let ids = sql::insert(&mut tx, &rows, now).await?;
+        let contacts = self.contacts.unrecorded(&rows, &members, &direct);
+        if !contacts.is_empty() {
+            self.statements.inc();
+            sql::record_contacts(&mut tx, &contacts).await?;
+        }
         self.statements
             .inc_by(u64::from(!planned.counts.is_empty()) * 2 + u64::from(!batch.reads.is_empty()));
         let moved = sql::move_read_markers(&mut tx, &batch.reads).await?;
         tx.commit().await?;
+        self.contacts.recorded(&contacts);
         planned.outcomes(&batch.sends, &base, &ids, &members, moved, now)
     }
 

@@ -2,13 +2,15 @@
 //! transaction, each taking and returning plain values (see [`super::plan`]).
 
 use super::WriteError;
+use super::contacts::Pair;
 use super::plan::{Existing, Members, NewRows, Send};
 use chat_shared::bus::ReadCommand;
 use chat_shared::ids::{ConversationId, UserId};
 use chat_shared::schema::message_from_row;
 use chat_shared::time::Timestamp;
 use sea_orm::sqlx::{self, Row};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
 
 pub(super) type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
@@ -38,22 +40,33 @@ pub(super) async fn existing(tx: &mut Tx<'_>, sends: &[Send<'_>]) -> Result<Exis
     Ok(existing)
 }
 
-/// 2. The members of each of `conversations`.
-pub(super) async fn members(tx: &mut Tx<'_>, conversations: &[i64]) -> Result<Members, WriteError> {
+/// 2. The members of each of `conversations`, and which of them are
+///    direct.
+pub(super) async fn members(
+    tx: &mut Tx<'_>,
+    conversations: &[i64],
+) -> Result<(Members, HashSet<i64>), WriteError> {
     let rows = sqlx::query(
-        "SELECT conversation_id, array_agg(user_id ORDER BY user_id)
-           FROM members WHERE conversation_id = ANY($1) GROUP BY conversation_id",
+        "SELECT m.conversation_id, array_agg(m.user_id ORDER BY m.user_id),
+                bool_or(c.kind = 'direct')
+           FROM members m JOIN conversations c ON c.id = m.conversation_id
+          WHERE m.conversation_id = ANY($1) GROUP BY m.conversation_id",
     )
     .bind(conversations)
     .fetch_all(&mut **tx)
     .await?;
     let mut members = Members::new();
+    let mut direct = HashSet::new();
     for row in &rows {
+        let conversation: i64 = row.try_get(0)?;
         let ids: Vec<i64> = row.try_get(1)?;
         let ids = ids.into_iter().map(user_id).collect::<Result<_, _>>()?;
-        members.insert(row.try_get(0)?, ids);
+        members.insert(conversation, ids);
+        if row.try_get::<bool, _>(2)? {
+            direct.insert(conversation);
+        }
     }
-    Ok(members)
+    Ok((members, direct))
 }
 
 /// 3. Reserves `counts[c]` seqs in each conversation `c` with one UPDATE
@@ -122,9 +135,50 @@ pub(super) async fn insert(
     Ok(ids)
 }
 
+/// 4b. Records contacts (version 2): each `(user, peer)` pair, where `user`
+///     sent a message in their direct conversation (only the pairs of this
+///     batch not known to be recorded: usually none).
+pub(super) async fn record_contacts(tx: &mut Tx<'_>, pairs: &[Pair]) -> Result<(), WriteError> {
+    let users: Vec<i64> = pairs.iter().map(|(u, _)| *u).collect();
+    let peers: Vec<i64> = pairs.iter().map(|(_, p)| *p).collect();
+    sqlx::query(
+        "INSERT INTO contacts (user_id, peer_id)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&users)
+    .bind(&peers)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Step 5's statement. Who hears of a marker that moved: the other members
+/// (the plan leaves the reader out), unless the reader turned read
+/// receipts off, and apart from those with a block, either way, with the
+/// reader (version 2 consent).
+static MOVE_READ_MARKERS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE members m
+            SET last_read_seq = LEAST(d.seq, c.last_seq)
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (conversation_id, user_id, seq),
+                conversations c
+          WHERE m.conversation_id = d.conversation_id AND m.user_id = d.user_id
+            AND c.id = d.conversation_id
+            AND LEAST(d.seq, c.last_seq) > m.last_read_seq
+         RETURNING m.conversation_id, m.user_id, m.last_read_seq,
+                   COALESCE((SELECT array_agg(o.user_id ORDER BY o.user_id) FROM members o
+                              WHERE o.conversation_id = m.conversation_id
+                                AND COALESCE((SELECT r.privacy_read_receipts FROM users r
+                                               WHERE r.id = m.user_id), true)
+                                AND {}), '{{}}')",
+        chat_shared::directory::not_blocked("o.user_id", "m.user_id")
+    )
+});
+
 /// 5. Moves read markers forward (never back, never past `last_seq`, only
 ///    for members), after the messages of the batch. Returns the markers
-///    that moved, with the members of their conversation.
+///    that moved, with the members who may hear of each.
 pub(super) async fn move_read_markers(
     tx: &mut Tx<'_>,
     reads: &HashMap<(i64, i64), i64>,
@@ -137,22 +191,12 @@ pub(super) async fn move_read_markers(
     let conversations: Vec<i64> = keys.iter().map(|((c, _), _)| *c).collect();
     let users: Vec<i64> = keys.iter().map(|((_, u), _)| *u).collect();
     let seqs: Vec<i64> = keys.iter().map(|(_, s)| **s).collect();
-    let rows = sqlx::query(
-        "UPDATE members m
-            SET last_read_seq = LEAST(d.seq, c.last_seq)
-           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d (conversation_id, user_id, seq),
-                conversations c
-          WHERE m.conversation_id = d.conversation_id AND m.user_id = d.user_id
-            AND c.id = d.conversation_id
-            AND LEAST(d.seq, c.last_seq) > m.last_read_seq
-         RETURNING m.conversation_id, m.user_id, m.last_read_seq,
-                   (SELECT array_agg(user_id ORDER BY user_id) FROM members WHERE conversation_id = m.conversation_id)",
-    )
-    .bind(&conversations)
-    .bind(&users)
-    .bind(&seqs)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(MOVE_READ_MARKERS.as_str())
+        .bind(&conversations)
+        .bind(&users)
+        .bind(&seqs)
+        .fetch_all(&mut **tx)
+        .await?;
     let mut moved = Vec::with_capacity(rows.len());
     for row in &rows {
         let members: Vec<i64> = row.try_get(3)?;

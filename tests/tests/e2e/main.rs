@@ -3,6 +3,7 @@
 
 mod auth;
 mod conformance;
+mod consent;
 mod durability;
 mod failures;
 mod groups;

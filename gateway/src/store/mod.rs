@@ -10,12 +10,23 @@ use chat_shared::schema::{RowError, message_from_row};
 use chat_shared::time::Timestamp;
 use sea_orm::sqlx::{self, PgPool, Row, postgres::PgRow};
 
+mod consent;
+
+pub use consent::Refusal;
+
 pub type StoreError = RowError;
 
 pub enum Membership {
     Member,
     NotMember,
     NoSuchConversation,
+}
+
+/// A conversation's members, ascending, and whether it is direct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    pub direct: bool,
+    pub ids: Vec<UserId>,
 }
 
 /// What a change of a group's members came to.
@@ -29,7 +40,28 @@ pub enum MembersChange {
     Direct,
     /// The group would grow past `Conversation::MAX_MEMBERS`.
     TooMany,
+    /// Consent refuses it (version 2: blocks, `groups` settings).
+    Refused(Refusal),
 }
+
+/// What creating a conversation came to.
+pub enum Creation {
+    /// Its id and members, and whether it is new.
+    Done(ConversationId, Vec<UserId>, bool),
+    /// Consent refuses it (version 2: blocks, `groups` settings).
+    Refused(Refusal),
+}
+
+static READS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT m.user_id, m.last_read_seq FROM members m
+          WHERE m.conversation_id = $1 AND m.user_id <> $2 AND m.last_read_seq > 0
+            AND COALESCE((SELECT r.privacy_read_receipts FROM users r WHERE r.id = m.user_id), true)
+            AND {}
+          ORDER BY m.user_id",
+        chat_shared::directory::not_blocked("m.user_id", "$2")
+    )
+});
 
 /// Which page of history.
 #[derive(Debug, Clone, Copy)]
@@ -55,13 +87,14 @@ impl Store {
         Ok(())
     }
 
-    /// Creates the conversation (a direct one only if the pair has none yet)
-    /// and returns its id, its members, and whether it is new.
+    /// Creates the conversation (a direct one only if the pair has none yet
+    /// and no block stands between them; a group only with members whose
+    /// blocks and settings let the caller add them).
     pub async fn create(
         &self,
         caller: UserId,
         new: &NewConversation,
-    ) -> Result<(ConversationId, Vec<UserId>, bool), StoreError> {
+    ) -> Result<Creation, StoreError> {
         let mut tx = self.pool.begin().await?;
         let (id, members, created) = match new {
             NewConversation::Direct { peer } => {
@@ -71,6 +104,14 @@ impl Store {
                     (*peer, caller)
                 };
                 let key = format!("{low}:{high}");
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
+                        .bind(&key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if exists.is_none() && consent::blocked_between(&mut tx, low, high).await? {
+                    return Ok(Creation::Refused(Refusal::Blocked));
+                }
                 let inserted: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO conversations (kind, direct_key) VALUES ('direct', $1)
                      ON CONFLICT (direct_key) DO NOTHING RETURNING id",
@@ -92,6 +133,11 @@ impl Store {
                 }
             }
             NewConversation::Group { title, members } => {
+                if let Some(refused) =
+                    consent::refusal_to_add(&mut tx, caller, members, None).await?
+                {
+                    return Ok(Creation::Refused(refused));
+                }
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO conversations (kind, title) VALUES ('group', $1) RETURNING id",
                 )
@@ -112,7 +158,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok((ConversationId::new(id)?, members, created))
+        Ok(Creation::Done(ConversationId::new(id)?, members, created))
     }
 
     /// A conversation's members, ascending; `None` when there is no such
@@ -120,19 +166,23 @@ impl Store {
     pub async fn members(
         &self,
         conversation: ConversationId,
-    ) -> Result<Option<Vec<UserId>>, StoreError> {
-        let row: Option<(Option<Vec<i64>>,)> = sqlx::query_as(
-            "SELECT (SELECT array_agg(user_id ORDER BY user_id) FROM members WHERE conversation_id = c.id)
+    ) -> Result<Option<Members>, StoreError> {
+        let row: Option<(Option<Vec<i64>>, bool)> = sqlx::query_as(
+            "SELECT (SELECT array_agg(user_id ORDER BY user_id) FROM members WHERE conversation_id = c.id),
+                    c.kind = 'direct'
                FROM conversations c WHERE c.id = $1",
         )
         .bind(conversation.get())
         .fetch_optional(&self.pool)
         .await?;
-        let Some((ids,)) = row else {
+        let Some((ids, direct)) = row else {
             return Ok(None);
         };
-        let members = ids.unwrap_or_default().into_iter().map(UserId::new);
-        Ok(Some(members.collect::<Result<_, _>>()?))
+        let ids = ids.unwrap_or_default().into_iter().map(UserId::new);
+        Ok(Some(Members {
+            direct,
+            ids: ids.collect::<Result<_, _>>()?,
+        }))
     }
 
     pub async fn membership(
@@ -167,6 +217,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         if let Some(refused) = lock_group(&mut tx, conversation, caller).await? {
             return Ok(refused);
+        }
+        if let Some(refused) =
+            consent::refusal_to_add(&mut tx, caller, users, Some(conversation)).await?
+        {
+            return Ok(MembersChange::Refused(refused));
         }
         let ids: Vec<i64> = users.iter().map(|u| u.get()).collect();
         sqlx::query(
@@ -206,21 +261,18 @@ impl Store {
     }
 
     /// The read markers of `conversation`'s members other than `caller`
-    /// who have read something, by user id.
+    /// who have read something, by user id (not of those who turned read
+    /// receipts off, nor across a block).
     pub async fn reads(
         &self,
         conversation: ConversationId,
         caller: UserId,
     ) -> Result<Vec<ReadMarker>, StoreError> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT user_id, last_read_seq FROM members
-              WHERE conversation_id = $1 AND user_id <> $2 AND last_read_seq > 0
-              ORDER BY user_id",
-        )
-        .bind(conversation.get())
-        .bind(caller.get())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(READS.as_str())
+            .bind(conversation.get())
+            .bind(caller.get())
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter()
             .map(|(user_id, seq)| {
                 Ok(ReadMarker {
