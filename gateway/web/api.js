@@ -88,6 +88,29 @@ export class Api {
     return this.#request('GET', `/api/conversations/${conversationId}/reads`);
   }
 
+  /** `{presence, read_receipts, groups}`: who sees what about us. */
+  privacy() {
+    return this.#request('GET', '/api/me/privacy');
+  }
+
+  /** Changes some of our privacy settings; answers all of them. */
+  setPrivacy(change) {
+    return this.#request('PUT', '/api/me/privacy', change, { repeatable: true });
+  }
+
+  /** `{blocked: [User]}`: the people we block. */
+  blocks() {
+    return this.#request('GET', '/api/blocks');
+  }
+
+  block(userId) {
+    return this.#request('PUT', `/api/blocks/${userId}`, {}, { repeatable: true });
+  }
+
+  unblock(userId) {
+    return this.#request('DELETE', `/api/blocks/${userId}`, undefined, { repeatable: true });
+  }
+
   /** `{presence: [{user_id, status, last_seen}]}` for at most 200 ids. */
   presence(userIds) {
     return this.#request('GET', `/api/presence?user_ids=${userIds.join(',')}`);
@@ -103,6 +126,7 @@ export class Api {
         },
         body: body ? JSON.stringify(body) : undefined,
       });
+      // 204 (blocks) has no body.
       const answer = await response.json().catch(() => ({}));
       if (response.ok) return answer;
       const error = answer.error ?? {};

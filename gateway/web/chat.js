@@ -9,6 +9,7 @@
 //               changed (older: a page was added on top; reset: another one opened)
 //   typing      {conversationId}
 //   presence    someone's presence changed
+//   privacy     our privacy settings or the people we block changed
 //   connection  {state, code, retryInMs} (connection.js)
 //   notice      {message}: something the user should know (a refused frame)
 //   unauthorized  the token was refused (close code 4001)
@@ -51,6 +52,10 @@ export class Chat extends EventTarget {
   outbox = new Map();
   /** user id -> {status, last_seen}. */
   presence = new Map();
+  /** Our privacy settings (`GET /api/me/privacy`), null until loaded. */
+  privacy = null;
+  /** The ids of the people we block. */
+  blocked = new Set();
   openId = null;
 
   #api;
@@ -75,6 +80,40 @@ export class Chat extends EventTarget {
   start() {
     this.#connection.start();
     this.refreshConversations();
+    this.#loadConsent();
+  }
+
+  // ------------------------------------------------------------ consent
+
+  async #loadConsent() {
+    try {
+      const [privacy, { blocked }] = await Promise.all([this.#api.privacy(), this.#api.blocks()]);
+      this.privacy = privacy;
+      this.#learn(blocked);
+      this.blocked = new Set(blocked.map((user) => user.id));
+      this.#emit('privacy');
+    } catch (error) {
+      this.#notice(`Could not load privacy settings: ${error.message}`);
+    }
+  }
+
+  /** Changes some of our settings (`{presence}`, `{read_receipts}`, `{groups}`). */
+  async setPrivacy(change) {
+    this.privacy = await this.#api.setPrivacy(change);
+    this.#emit('privacy');
+  }
+
+  /**
+   * Blocks or unblocks a user. While either blocks the other, sends in
+   * their direct conversation are refused (`blocked`) and neither sees the
+   * other's presence, typing or reads.
+   */
+  async setBlocked(userId, blocked) {
+    if (blocked) await this.#api.block(userId);
+    else await this.#api.unblock(userId);
+    if (blocked) this.blocked.add(userId);
+    else this.blocked.delete(userId);
+    this.#emit('privacy');
   }
 
   // ------------------------------------------------------------ reading

@@ -73,6 +73,10 @@ export class View {
       if (e.detail.conversationId === chat.openId) this.#renderSeen();
     });
     chat.addEventListener('notice', (e) => this.#notice(e.detail.message));
+    chat.addEventListener('privacy', () => {
+      this.#renderPrivacy();
+      this.#renderHeader();
+    });
     this.#bind();
     $('me').textContent = `User ${chat.me}`;
     this.#renderList();
@@ -112,6 +116,21 @@ export class View {
       if (chat.openId == null) return;
       chat.leave(chat.openId).catch((error) => this.#notice(`Could not leave: ${error.message}`));
     });
+
+    const save = (change) => chat.setPrivacy(change).catch((error) => {
+      this.#notice(`Could not save: ${error.message}`);
+      this.#renderPrivacy();
+    });
+    $('privacy-presence').addEventListener('change', (e) => save({ presence: e.target.value }));
+    $('privacy-groups').addEventListener('change', (e) => save({ groups: e.target.value }));
+    $('privacy-read-receipts').addEventListener('change', (e) => save({ read_receipts: e.target.checked }));
+    for (const [id, blocked] of [['block', true], ['unblock', false]]) {
+      $(id).addEventListener('click', () => {
+        const peer = chat.peerOf(chat.open);
+        if (peer == null) return;
+        chat.setBlocked(peer, blocked).catch((error) => this.#notice(`Could not ${id}: ${error.message}`));
+      });
+    }
 
     const composer = $('composer');
     $('composer-form').addEventListener('submit', (event) => {
@@ -241,9 +260,13 @@ export class View {
     if (!conversation) return;
     $('conversation-avatar').replaceChildren(avatar(chat, conversation));
     $('add-form').hidden = conversation.kind !== 'group';
+    const peer = chat.peerOf(conversation);
+    const blocked = peer != null && chat.blocked.has(peer);
+    $('block').hidden = peer == null || peer === chat.me || blocked;
+    $('unblock').hidden = !blocked;
+    $('composer').placeholder = blocked ? 'You blocked this person: unblock to write' : 'Message';
     $('conversation-title').replaceChildren(element('span', nameHook(conversation), chat.titleOf(conversation)));
     const slot = $('presence-slot');
-    const peer = chat.peerOf(conversation);
     if (peer == null) return slot.replaceChildren();
     const { status = 'offline', last_seen: lastSeen } = chat.presence.get(peer) ?? {};
     const text = status === 'online' ? 'online' : lastSeen ? `offline, last seen ${timeOf(lastSeen)}` : 'offline';
@@ -352,6 +375,18 @@ export class View {
       ? (vi ? 'Đã xem' : 'Seen')
       : (vi ? `${count} người đã xem` : `Seen by ${count}`);
     el.append(element('div', { class: 'seen', 'data-testid': 'seen' }, text));
+  }
+
+  /** The privacy panel shows the settings as stored, and whom we block. */
+  #renderPrivacy() {
+    const chat = this.#chat;
+    if (chat.privacy) {
+      $('privacy-presence').value = chat.privacy.presence;
+      $('privacy-groups').value = chat.privacy.groups;
+      $('privacy-read-receipts').checked = chat.privacy.read_receipts;
+    }
+    const names = [...chat.blocked].map((id) => chat.nameOf(id));
+    $('blocked-list').textContent = names.length ? names.join(', ') : 'nobody';
   }
 
   /** A name changed: every place that shows one says the new one. */

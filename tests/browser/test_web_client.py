@@ -629,3 +629,61 @@ def test_people_are_added_to_a_group_and_one_who_leaves_loses_it(system, pair):
     a.send("Bình đã rời nhóm")
     expect(a.message("Bình đã rời nhóm")).to_have_attribute("data-state", "stored")
     expect(b.page.get_by_test_id("conversation").filter(has_text="Nhóm nhỏ")).to_have_count(0)
+
+
+def test_privacy_settings_hide_presence_at_once_and_stay_after_a_reload(system, pair):
+    a, b = pair
+    conversation = a.start_direct(b)
+    b.open_conversation(conversation)
+    theirs = b.page.get_by_test_id("presence")
+    expect(theirs).to_have_attribute("data-status", "online")
+    # A hides their presence from everyone: B's page shows A offline, with
+    # no "last seen", while A is still here.
+    a.page.get_by_test_id("privacy").locator("summary").click()
+    a.page.get_by_test_id("privacy-presence").select_option("nobody")
+    expect(theirs).to_have_attribute("data-status", "offline")
+    expect(theirs).to_have_text("offline")
+    a.page.get_by_test_id("privacy-read-receipts").uncheck()
+    wait_until(
+        "read receipts off on the server",
+        lambda: system.api(a.id, "GET", "/api/me/privacy")["read_receipts"] is False,
+        timeout=5,
+    )
+    a.page.reload()
+    expect(a.page.get_by_test_id("connection")).to_have_attribute("data-state", "open")
+    expect(a.page.get_by_test_id("privacy-presence")).to_have_value("nobody")
+    expect(a.page.get_by_test_id("privacy-read-receipts")).not_to_be_checked()
+    # Back to everyone: B sees A online again.
+    a.page.get_by_test_id("privacy").locator("summary").click()
+    a.page.get_by_test_id("privacy-presence").select_option("everyone")
+    expect(theirs).to_have_attribute("data-status", "online")
+
+
+def test_a_blocked_person_cannot_write_until_unblocked(system, pair):
+    a, b = pair
+    conversation = a.start_direct(b)
+    b.open_conversation(conversation)
+    expect(b.page.get_by_test_id("presence")).to_have_attribute("data-status", "online")
+    a.page.get_by_test_id("block").click()
+    expect(a.page.get_by_test_id("unblock")).to_be_visible()
+    expect(a.page.get_by_test_id("block")).to_be_hidden()
+    expect(a.page.get_by_test_id("blocked-list")).to_have_text(b.name)
+    # B sees A go offline, and B's message is refused: nothing is stored.
+    expect(b.page.get_by_test_id("presence")).to_have_attribute("data-status", "offline")
+    b.send("alo, An ơi")
+    refused = b.message("alo, An ơi")
+    expect(refused).to_have_attribute("data-state", "failed")
+    assert history(system, a, conversation) == []
+    # Unblocked: B's retry goes through (the same client_msg_id).
+    a.page.get_by_test_id("unblock").click()
+    expect(a.page.get_by_test_id("block")).to_be_visible()
+    expect(a.page.get_by_test_id("blocked-list")).to_have_text("nobody")
+
+    def stored():
+        if refused.get_attribute("data-state") == "failed":
+            refused.get_by_test_id("retry").click()
+        return refused.get_attribute("data-state") == "stored"
+
+    wait_until("B's retried message stored", stored, timeout=5, every=0.3)
+    expect(a.message("alo, An ơi")).to_have_attribute("data-state", "stored")
+    assert [m["body"] for m in history(system, a, conversation)] == ["alo, An ơi"]
