@@ -30,6 +30,7 @@ pub mod outbound;
 pub mod presence_feed;
 pub mod profiles;
 pub mod sender;
+pub mod server_sends;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -21,6 +21,8 @@ pub struct Limits {
     pub user_sends: KeyedBuckets<UserId>,
     /// HTTP API requests per user.
     pub http: KeyedBuckets<UserId>,
+    /// Server API requests per key (by its index).
+    pub server_api: KeyedBuckets<usize>,
 }
 
 impl Limits {
@@ -32,6 +34,10 @@ impl Limits {
                 settings.user_sends_burst,
             ),
             http: KeyedBuckets::new(settings.http_per_second, settings.http_burst),
+            server_api: KeyedBuckets::new(
+                settings.server_api_per_second,
+                settings.server_api_burst,
+            ),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Metrics {
     sessions_closed: Family<[(&'static str, &'static str); 1], Counter>,
     /// Bus events dropped, by reason.
     events_dropped: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Server API requests, by key id, route and status.
+    server_api_requests: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Metrics {
@@ -81,6 +83,7 @@ impl Metrics {
             limit_refusals: Family::default(),
             sessions_closed: Family::default(),
             events_dropped: Family::default(),
+            server_api_requests: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -188,6 +191,11 @@ impl Metrics {
             "bus events dropped, by reason",
             m.events_dropped.clone(),
         );
+        r.register(
+            "gateway_server_api_requests",
+            "server API requests, by key id (never the key), route and status",
+            m.server_api_requests.clone(),
+        );
         // Every series exists from the start, at 0, so that rates and
         // alerts see a refusal's first occurrence.
         for code in chat_shared::protocol::ErrorCode::ALL {
@@ -237,6 +245,16 @@ impl Metrics {
     }
 
     /// Counts one refusal by `limit` (a `gateway.limits` key or another rule).
+    /// Counts one server API request (`key` is the key's id, or `none`).
+    pub fn server_api_request(&self, key: &str, route: &str, status: u16) {
+        let labels = vec![
+            ("key", key.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        self.server_api_requests.get_or_create(&labels).inc();
+    }
+
     pub fn refused(&self, limit: &'static str) {
         self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
     }

@@ -2,6 +2,7 @@
 //! then serve until the shutdown future resolves and drain with a deadline.
 
 use crate::auth::JwtKeys;
+use crate::http::server::keys::ServerKeys;
 use crate::hub::{AmqpBindings, Hub};
 use crate::limits::Limits;
 use crate::listener::CountingListener;
@@ -37,6 +38,8 @@ use tokio::sync::watch;
 pub struct Gateway {
     listener: TcpListener,
     metrics_listener: TcpListener,
+    /// The server API's own listener (`gateway.server_api_listen`).
+    server_api_listener: Option<TcpListener>,
     state: AppState,
     /// This gateway's queue, and what it dropped (to be counted).
     inbox: Inbox,
@@ -95,6 +98,10 @@ impl Gateway {
         let publishers = start_publishers(&settings, &broker, &hub, &metrics, &instance).await?;
         let listener = bind(settings.gateway.listen).await?;
         let metrics_listener = bind(settings.gateway.metrics_listen).await?;
+        let server_api_listener = match settings.gateway.server_api_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (broker_lost, broker_lost_rx) = watch::channel(false);
         let (broker_dead, broker_dead_rx) = watch::channel(false);
@@ -119,6 +126,9 @@ impl Gateway {
         amqp_channels.push(broker.setup);
         let state = AppState {
             keys: JwtKeys::from_settings(&settings.auth).context("auth.jwt_secret")?,
+            server_keys: Arc::new(ServerKeys::parse(
+                settings.auth.server_api_keys.iter().map(|k| k.expose()),
+            )?),
             limits,
             redis: presence_state::connect(&settings.redis).context("the Redis URL")?,
             presence_keys: presence_state::Keys::new(&settings.redis),
@@ -145,6 +155,7 @@ impl Gateway {
         Ok(Self {
             listener,
             metrics_listener,
+            server_api_listener,
             state,
             inbox: broker.inbox,
             signals: Signals {
@@ -159,6 +170,13 @@ impl Gateway {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Where the server API is served apart (`gateway.server_api_listen`).
+    pub fn server_api_addr(&self) -> Option<SocketAddr> {
+        self.server_api_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Where `GET /metrics` is served (`gateway.metrics_listen`).
@@ -177,6 +195,7 @@ impl Gateway {
         let Self {
             listener,
             metrics_listener,
+            server_api_listener,
             state,
             inbox,
             signals,
@@ -188,7 +207,11 @@ impl Gateway {
             .metrics
             .connections_max
             .set(gateway.max_connections as i64);
-        let background = start_background(&state, inbox, metrics_listener, &signals);
+        let mut background = start_background(&state, inbox, metrics_listener, &signals);
+        if let Some(server_api) = server_api_listener {
+            tracing::info!(addr = ?server_api.local_addr().ok(), "server API served apart");
+            background.serve(server_api, http::server_router(state.clone()));
+        }
         let listener = CountingListener::new(
             listener,
             state.limits.connections.clone(),

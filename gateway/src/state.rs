@@ -18,6 +18,8 @@ use tokio::sync::watch;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub keys: JwtKeys,
+    /// The host site's server API keys (version 2).
+    pub server_keys: Arc<crate::http::server::keys::ServerKeys>,
     pub store: Store,
     /// Who shares a conversation with whom.
     pub directory: Directory,

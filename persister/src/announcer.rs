@@ -7,7 +7,7 @@
 
 use crate::writer::{Outcome, Request};
 use chat_shared::amqp::{ConfirmedPublisher, PublishError, Topology};
-use chat_shared::bus::{GatewayEvent, Origin, PersistCommand, SendCommand};
+use chat_shared::bus::{GatewayEvent, Origin, PersistCommand, SendCommand, SendOutcome};
 
 pub struct Announcer {
     announcer: chat_shared::amqp::Announcer,
@@ -45,6 +45,16 @@ impl Announcer {
                             request,
                             "a stored message names no send of its batch; delivered without its ack"
                         );
+                    }
+                    if let Some(send) = send_of(*request).filter(|s| s.reply_when_stored) {
+                        let event = GatewayEvent::Reply {
+                            user_id: send.sender_id,
+                            session_id: send.session_id.clone(),
+                            outcome: SendOutcome::Stored {
+                                message: message.clone(),
+                            },
+                        };
+                        batch.to_queue(&send.reply_to, event);
                     }
                     let event = GatewayEvent::Stored {
                         message: message.clone(),

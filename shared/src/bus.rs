@@ -2,7 +2,7 @@
 //! body is a JSON array of events, so a publisher can coalesce several events
 //! into one AMQP message when load is high without changing the format.
 
-use crate::ids::{ClientMsgId, ConversationId, UserId};
+use crate::ids::{ClientMsgId, ConversationId, SenderId, UserId};
 use crate::protocol::{Conversation, ErrorCode, Message, PresenceStatus, TypingState};
 use crate::time::{self, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -16,9 +16,20 @@ pub struct SendCommand {
     /// The queue of the sender's gateway, for replies meant only for it.
     pub reply_to: String,
     pub conversation_id: ConversationId,
-    pub sender_id: UserId,
+    /// A user, or the system (version 2's server API: not a member, and
+    /// allowed in any conversation).
+    pub sender_id: SenderId,
     pub client_msg_id: ClientMsgId,
     pub body: String,
+    /// Version 2: a card, stored with the message (boxed: most sends
+    /// have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<Box<crate::card::Card>>,
+    /// Answer on `reply_to` even when the message is stored (a `Reply`
+    /// besides the fan-out): the sender is not a session that a member's
+    /// fan-out reaches (the server API waiting for its answer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply_when_stored: bool,
     /// The trace of the `send` (only when it is traced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::telemetry::propagation::TraceHeaders>,
@@ -116,7 +127,7 @@ pub enum GatewayEvent {
     /// (a refused send, or a resend answered with the original message).
     /// Published straight to the sender gateway's queue.
     Reply {
-        user_id: UserId,
+        user_id: SenderId,
         session_id: String,
         outcome: SendOutcome,
     },
@@ -258,9 +269,11 @@ mod tests {
             session_id: "s".into(),
             reply_to: "q".into(),
             conversation_id: ConversationId::new(3).unwrap_or_else(|_| unreachable!()),
-            sender_id: UserId::new(4).unwrap_or_else(|_| unreachable!()),
+            sender_id: UserId::new(4).unwrap_or_else(|_| unreachable!()).into(),
             client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
             body: "hi".into(),
+            card: None,
+            reply_when_stored: false,
             trace: None,
             received_at_us: None,
         };

@@ -151,6 +151,9 @@ pub struct AuthSettings {
     pub allowed_origins: Vec<String>,
     #[serde(rename = "auth_timeout_ms", deserialize_with = "millis")]
     pub auth_timeout: Duration,
+    /// The host site's server API keys, each `<id>:<secret>` (version 2).
+    #[serde(default)]
+    pub server_api_keys: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +201,10 @@ pub struct GatewaySettings {
     /// into the binary (for working on gateway/web/ without rebuilding).
     #[serde(default)]
     pub web_dir: Option<std::path::PathBuf>,
+    /// Where the server API is served, apart from the public `listen`;
+    /// unset: on the public `listen`.
+    #[serde(default)]
+    pub server_api_listen: Option<SocketAddr>,
     /// Serve `GET /ws/echo`, a WebSocket that echoes every message, for the
     /// Autobahn conformance suite (deploy/autobahn.sh). Loopback only.
     pub conformance_echo: bool,
@@ -225,6 +232,8 @@ pub struct LimitSettings {
     pub http_per_second: f64,
     pub http_burst: u32,
     pub groups_per_hour: u32,
+    pub server_api_per_second: f64,
+    pub server_api_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +280,7 @@ impl Settings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("auth.allowed_origins")
+                    .with_list_parse_key("auth.server_api_keys")
                     .with_list_parse_key("gateway.trusted_proxies"),
             )
             .build()?

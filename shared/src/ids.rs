@@ -18,6 +18,8 @@ pub enum InvalidValue {
     Nul(&'static str),
     #[error("{0} must not contain control characters")]
     Control(&'static str),
+    #[error("{0} must be an https:// URL")]
+    NotHttps(&'static str),
 }
 
 macro_rules! positive_id {
@@ -60,6 +62,62 @@ positive_id!(
     ConversationId,
     "conversation id"
 );
+
+/// Who sent a message: a user, or the system (`0` on the wire and in
+/// Postgres: a message the host site posted with no sender, version 2's
+/// server API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SenderId(i64);
+
+impl SenderId {
+    pub const SYSTEM: Self = Self(0);
+
+    pub fn new(raw: i64) -> Result<Self, InvalidValue> {
+        if raw >= 0 {
+            Ok(Self(raw))
+        } else {
+            Err(InvalidValue::NotPositive("sender id"))
+        }
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The user who sent it; `None` for the system.
+    pub fn user(self) -> Option<UserId> {
+        UserId::new(self.0).ok()
+    }
+
+    pub fn is_system(self) -> bool {
+        self == Self::SYSTEM
+    }
+}
+
+impl From<UserId> for SenderId {
+    fn from(user: UserId) -> Self {
+        Self(user.get())
+    }
+}
+
+impl PartialEq<UserId> for SenderId {
+    fn eq(&self, user: &UserId) -> bool {
+        self.0 == user.get()
+    }
+}
+
+impl<'de> Deserialize<'de> for SenderId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for SenderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A stored message's system-wide id. Written as a string on the wire because
 /// it may exceed 2^53, which JavaScript numbers cannot hold.

@@ -20,6 +20,7 @@
 pub mod amqp;
 pub mod batch;
 pub mod bus;
+pub mod card;
 pub mod config;
 pub mod directory;
 pub mod http_server;

@@ -3,7 +3,10 @@
 //! shapes match protocol.md field for field; the snapshot tests at the bottom
 //! pin the JSON so that any change to the wire shows in review.
 
-use crate::ids::{ClientMsgId, ConversationId, InvalidValue, MessageBody, MessageId, UserId};
+pub use crate::card::Card;
+use crate::ids::{
+    ClientMsgId, ConversationId, InvalidValue, MessageBody, MessageId, SenderId, UserId,
+};
 pub use crate::profile::User;
 use crate::time::{self, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -14,11 +17,42 @@ pub struct Message {
     pub id: MessageId,
     pub conversation_id: ConversationId,
     pub seq: i64,
-    pub sender_id: UserId,
+    /// `0` for a system message (version 2).
+    pub sender_id: SenderId,
     pub client_msg_id: ClientMsgId,
     pub body: String,
     #[serde(with = "time::rfc3339")]
     pub created_at: Timestamp,
+    /// Version 2: `system` for a message the host site posted with no
+    /// sender; absent (`user`) otherwise.
+    #[serde(default, skip_serializing_if = "MessageKind::is_user")]
+    pub kind: MessageKind,
+    /// Version 2: structured content shown with the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<Card>,
+}
+
+/// A message's kind (version 2), which follows from its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    #[default]
+    User,
+    System,
+}
+
+impl MessageKind {
+    pub fn of(sender: SenderId) -> Self {
+        if sender.is_system() {
+            Self::System
+        } else {
+            Self::User
+        }
+    }
+
+    pub fn is_user(&self) -> bool {
+        *self == Self::User
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +215,9 @@ pub struct SendFrame {
     pub conversation_id: ConversationId,
     pub client_msg_id: ClientMsgId,
     pub body: String,
+    /// Version 2: a card shown with the message (checked as it is parsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<Card>,
 }
 
 /// A refused client frame: becomes an `error` frame; the connection stays open.
@@ -336,37 +373,83 @@ impl CreateConversationRequest {
                 Ok(NewConversation::Direct { peer })
             }
             (None, Some(title), Some(ids)) => {
-                let title = title.trim().to_owned();
-                if title.is_empty() {
-                    return Err("title must not be empty".into());
-                }
-                if title.chars().count() > 200 {
-                    return Err("title is longer than 200 characters".into());
-                }
-                if title.contains('\0') {
-                    return Err("title must not contain NUL characters".into());
-                }
-                if ids.len() > Conversation::MAX_MEMBERS {
-                    return Err("a group has at most 1000 members".into());
-                }
-                let mut members = vec![caller];
-                for id in ids {
-                    members.push(UserId::new(id).map_err(|e| format!("member_ids: {e}"))?);
-                }
-                members.sort();
-                members.dedup();
-                if members.len() < 2 {
-                    return Err("a group needs at least one member besides the caller".into());
-                }
-                if members.len() > Conversation::MAX_MEMBERS {
-                    return Err("a group has at most 1000 members".into());
-                }
-                Ok(NewConversation::Group { title, members })
+                let mut members = member_ids(&ids)?;
+                members.push(caller);
+                NewConversation::group(title, members)
             }
             _ => Err(
                 "expected either {\"peer_id\": id} or {\"title\": ..., \"member_ids\": [...]}"
                     .into(),
             ),
+        }
+    }
+}
+
+impl NewConversation {
+    /// A group of `members` (repeats dropped): a title of 1 to 200
+    /// characters once trimmed, 2 to [`Conversation::MAX_MEMBERS`] members.
+    pub fn group(title: String, mut members: Vec<UserId>) -> Result<Self, String> {
+        let title = title.trim().to_owned();
+        if title.is_empty() {
+            return Err("title must not be empty".into());
+        }
+        if title.chars().count() > 200 {
+            return Err("title is longer than 200 characters".into());
+        }
+        if title.contains('\0') {
+            return Err("title must not contain NUL characters".into());
+        }
+        members.sort();
+        members.dedup();
+        if members.len() < 2 {
+            return Err("a group needs at least 2 members".into());
+        }
+        if members.len() > Conversation::MAX_MEMBERS {
+            return Err("a group has at most 1000 members".into());
+        }
+        Ok(NewConversation::Group { title, members })
+    }
+}
+
+/// `member_ids` of a request: positive ids, at most
+/// [`Conversation::MAX_MEMBERS`] of them.
+fn member_ids(ids: &[i64]) -> Result<Vec<UserId>, String> {
+    if ids.len() > Conversation::MAX_MEMBERS {
+        return Err("a group has at most 1000 members".into());
+    }
+    ids.iter()
+        .map(|id| UserId::new(*id).map_err(|e| format!("member_ids: {e}")))
+        .collect()
+}
+
+/// `POST /api/server/conversations` (version 2, the host site): two
+/// `member_ids` and no title is their direct conversation; a `title` and 2
+/// or more `member_ids` a new group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConversationRequest {
+    pub member_ids: Vec<i64>,
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+impl ServerConversationRequest {
+    /// Who creates it (the first member, on whose behalf a direct
+    /// conversation is opened) and what.
+    pub fn parse(self) -> Result<(UserId, NewConversation), String> {
+        let members = member_ids(&self.member_ids)?;
+        let Some(&first) = members.first() else {
+            return Err("member_ids must not be empty".into());
+        };
+        match self.title {
+            None => match members.as_slice() {
+                [a, b] if a != b => Ok((*a, NewConversation::Direct { peer: *b })),
+                _ => Err(
+                    "a direct conversation has two different member_ids (give a title for a group)"
+                        .into(),
+                ),
+            },
+            Some(title) => Ok((first, NewConversation::group(title, members)?)),
         }
     }
 }
@@ -417,11 +500,13 @@ mod tests {
             id: MessageId(7_261_523_957_214_822_400),
             conversation_id: ConversationId::new(12).unwrap_or_else(|_| unreachable!()),
             seq: 57,
-            sender_id: uid(42),
+            sender_id: uid(42).into(),
             client_msg_id: ClientMsgId::try_from("b7c1".to_owned())
                 .unwrap_or_else(|_| unreachable!()),
             body: "xin chào".into(),
             created_at: time::parse("2026-11-26T12:00:00.123Z").unwrap_or_default(),
+            kind: MessageKind::User,
+            card: None,
         }
     }
 
@@ -432,6 +517,23 @@ mod tests {
     #[test]
     fn message_object_matches_the_contract() {
         assert_snapshot!(json(&sample_message()), @r#"{"id":"7261523957214822400","conversation_id":12,"seq":57,"sender_id":42,"client_msg_id":"b7c1","body":"xin chào","created_at":"2026-11-26T12:00:00.123Z"}"#);
+    }
+
+    #[test]
+    fn a_system_message_with_a_card_says_so() {
+        let card: Card =
+            serde_json::from_str(r#"{"title":"Căn hộ 2PN, Quận 7","url":"https://mapmo.vn/l/1"}"#)
+                .unwrap_or_else(|_| unreachable!());
+        let message = Message {
+            sender_id: SenderId::SYSTEM,
+            kind: MessageKind::of(SenderId::SYSTEM),
+            card: Some(card),
+            ..sample_message()
+        };
+        assert_snapshot!(json(&message), @r#"{"id":"7261523957214822400","conversation_id":12,"seq":57,"sender_id":0,"client_msg_id":"b7c1","body":"xin chào","created_at":"2026-11-26T12:00:00.123Z","kind":"system","card":{"title":"Căn hộ 2PN, Quận 7","url":"https://mapmo.vn/l/1"}}"#);
+        let back: Message =
+            serde_json::from_str(&json(&message)).unwrap_or_else(|_| unreachable!());
+        assert_eq!(back, message);
     }
 
     #[test]
@@ -517,6 +619,7 @@ mod tests {
             conversation_id: ConversationId::new(1).unwrap_or_else(|_| unreachable!()),
             client_msg_id: ClientMsgId::try_from("c".to_owned()).unwrap_or_else(|_| unreachable!()),
             body: "a".repeat(11),
+            card: None,
         };
         assert_eq!(
             frame.body(10).err().map(|e| e.code),

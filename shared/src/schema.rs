@@ -5,8 +5,8 @@
 //! service start: replicas must not race to migrate.
 
 use crate::config::DatabaseSettings;
-use crate::ids::{ClientMsgId, ConversationId, MessageId, UserId};
-use crate::protocol::Message;
+use crate::ids::{ClientMsgId, ConversationId, MessageId, SenderId};
+use crate::protocol::{Message, MessageKind};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
 
@@ -44,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(BusSettingsTable),
             Box::new(UsersTable),
             Box::new(ConsentTables),
+            Box::new(MessageCards),
         ]
     }
 }
@@ -189,6 +190,29 @@ impl MigrationTrait for ConsentTables {
     }
 }
 
+struct MessageCards;
+
+impl MigrationName for MessageCards {
+    fn name(&self) -> &str {
+        "m0005_message_cards"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for MessageCards {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "-- Version 2: a message's card (chat_shared::card::Card), checked
+                 -- before it is stored. sender_id 0 is a system message.
+                 ALTER TABLE messages ADD COLUMN card JSONB",
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
 /// Version 2 consent: privacy settings, blocks, and contacts.
 const CONSENT_SCHEMA: &str = r#"
 -- Privacy settings (chat_shared::privacy); a user without a row has the
@@ -324,20 +348,30 @@ impl From<crate::ids::InvalidValue> for RowError {
     }
 }
 
-/// A message from seven columns starting at `at`, in this order: id,
-/// conversation_id, seq, sender_id, client_msg_id, body, created_at.
+/// A message from eight columns starting at `at`, in this order: id,
+/// conversation_id, seq, sender_id, client_msg_id, body, created_at,
+/// `card::text`.
 pub fn message_from_row(
     row: &sea_orm::sqlx::postgres::PgRow,
     at: usize,
 ) -> Result<Message, RowError> {
     use sea_orm::sqlx::Row;
+    let sender_id = SenderId::new(row.try_get(at + 3)?)?;
+    let card = match row.try_get::<Option<String>, _>(at + 7)? {
+        Some(json) => {
+            Some(serde_json::from_str(&json).map_err(|e| RowError::Corrupt(format!("card: {e}")))?)
+        }
+        None => None,
+    };
     Ok(Message {
         id: MessageId(row.try_get(at)?),
         conversation_id: ConversationId::new(row.try_get(at + 1)?)?,
         seq: row.try_get(at + 2)?,
-        sender_id: UserId::new(row.try_get(at + 3)?)?,
+        sender_id,
         client_msg_id: ClientMsgId::try_from(row.try_get::<String, _>(at + 4)?)?,
         body: row.try_get(at + 5)?,
         created_at: row.try_get(at + 6)?,
+        kind: MessageKind::of(sender_id),
+        card,
     })
 }

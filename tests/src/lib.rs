@@ -27,6 +27,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// A server API key of the test profile (config/test.toml), and the
+/// second one (a key being rotated in).
+pub const SERVER_KEY: &str = "test-a:test-server-api-key-a-not-a-secret-0000000";
+pub const SERVER_KEY_B: &str = "test-b:test-server-api-key-b-not-a-secret-0000000";
+
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -35,6 +40,8 @@ pub struct TestSystem {
     pub gateways: Vec<SocketAddr>,
     /// Where each gateway serves `/metrics` (not its public address).
     pub gateway_metrics: Vec<SocketAddr>,
+    /// Where each gateway serves the server API apart, if it does.
+    pub server_api: Vec<Option<SocketAddr>>,
     /// Where each persister serves `/metrics`.
     pub persister_metrics: Vec<SocketAddr>,
     /// Where each presence service serves `/metrics`.
@@ -93,6 +100,7 @@ impl TestSystem {
             settings: settings.clone(),
             gateways: Vec::new(),
             gateway_metrics: Vec::new(),
+            server_api: Vec::new(),
             persister_metrics: Vec::new(),
             presence_metrics: Vec::new(),
             http: reqwest::Client::new(),
@@ -119,6 +127,7 @@ impl TestSystem {
             .unwrap_or_else(|e| panic!("gateway: {e:#}"));
         self.gateways.push(gateway.local_addr());
         self.gateway_metrics.push(gateway.metrics_addr());
+        self.server_api.push(gateway.server_api_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(gateway.run_until(async move {
             let _ = stopped.await;
@@ -322,6 +331,39 @@ impl TestSystem {
     pub async fn delete(&self, gateway: usize, path: &str, token: Option<&str>) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, gateway, path, token, None)
             .await
+    }
+
+    /// A server API request through gateway `gateway` with
+    /// [`SERVER_KEY`].
+    pub async fn server_api(
+        &self,
+        gateway: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = self.url(gateway, path);
+        let authorization = format!("ApiKey {SERVER_KEY}");
+        self.server_api_at(&url, Some(&authorization), method, body)
+            .await
+    }
+
+    /// A request to `url` with this `Authorization` header (or none).
+    pub async fn server_api_at(
+        &self,
+        url: &str,
+        authorization: Option<&str>,
+        method: reqwest::Method,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(authorization) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        respond(request).await
     }
 
     /// One API request; the body, when there is one, as JSON.

@@ -41,7 +41,7 @@ pub async fn create(
     if matches!(new, NewConversation::Group { .. }) {
         count_group(&state, caller.user_id).await?;
     }
-    let (id, members, created) = match state.store.create(caller.user_id, &new).await? {
+    let (id, members, created) = match state.store.create(caller.user_id, &new, false).await? {
         Creation::Done(id, members, created) => (id, members, created),
         Creation::Refused(refusal) => return Err(refused(refusal)),
     };

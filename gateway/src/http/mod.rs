@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod presence;
+pub mod server;
 pub mod trace;
 pub mod users;
 pub mod web;
@@ -52,6 +53,11 @@ pub fn router(state: AppState) -> Router {
             "/api/blocks/{user_id}",
             put(consent::block).delete(consent::unblock),
         )
+        .merge(if state.settings.gateway.server_api_listen.is_none() {
+            server::router(state.clone())
+        } else {
+            Router::new()
+        })
         .route("/api/dev/token", post(ops::dev_token))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -62,6 +68,21 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(trace::server_span))
         .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// The server API alone, for `gateway.server_api_listen`.
+pub fn server_router(state: AppState) -> Router {
+    server::router(state.clone())
+        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
+        .layer(middleware::from_fn(trace::server_span))
+        .layer(DefaultBodyLimit::max(
+            state.settings.gateway.http_body_bytes,
+        ))
         .with_state(state)
 }
 

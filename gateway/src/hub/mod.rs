@@ -18,6 +18,7 @@ pub use registry::SessionHandle;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::sender::Refusals;
+use crate::server_sends::{Answer, ServerSends};
 use chat_shared::bus::{GatewayEvent, PersistCommand};
 use chat_shared::ids::UserId;
 use chat_shared::protocol::Message;
@@ -31,6 +32,8 @@ use tokio::sync::mpsc;
 
 pub struct Hub {
     registry: Mutex<Registry>,
+    /// The server API's sends waiting for their answer (version 2).
+    pub server_sends: Arc<ServerSends>,
     /// Serialises bind and unbind so a shard's last user leaving and a new
     /// one arriving cannot leave the binding in the wrong state. (On one
     /// channel, the broker applies them in the order sent.)
@@ -42,6 +45,9 @@ pub struct Hub {
     binding_timeout: Duration,
     metrics: Arc<Metrics>,
 }
+
+/// Server API sends that may wait for their answer at once, per gateway.
+const MAX_SERVER_SENDS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -62,6 +68,7 @@ impl Hub {
     ) -> Self {
         Self {
             registry: Mutex::new(Registry::new(route_shards)),
+            server_sends: ServerSends::new(MAX_SERVER_SENDS),
             routing: tokio::sync::Mutex::new(()),
             bindings,
             binding_timeout,
@@ -147,6 +154,18 @@ impl Hub {
     /// Delivers one bus event to the local sessions it concerns; `via` is
     /// the trace context of the publish that brought it (AMQP headers).
     pub fn dispatch(&self, event: GatewayEvent, via: Option<&TraceHeaders>) {
+        let event = match event {
+            GatewayEvent::Reply {
+                session_id,
+                outcome,
+                ..
+            } if ServerSends::is_server(&session_id) => {
+                return self
+                    .server_sends
+                    .answer(&session_id, Answer::Outcome(outcome));
+            }
+            event => event,
+        };
         let registry = self.registry();
         // The delivery on this gateway, in the trace of the frame that
         // caused it: only for a traced event that concerns a session here.
@@ -279,9 +298,16 @@ impl StoredFacts {
 impl Refusals for Hub {
     fn unconfirmed(&self, command: &PersistCommand, reason: &str) {
         match command {
+            PersistCommand::Send(send) if ServerSends::is_server(&send.session_id) => {
+                self.server_sends.answer(&send.session_id, Answer::NotTaken);
+            }
             PersistCommand::Send(send) => {
                 let registry = self.registry();
-                let Some(session) = registry.session(send.sender_id, &send.session_id) else {
+                let Some(session) = send
+                    .sender_id
+                    .user()
+                    .and_then(|user| registry.session(user, &send.session_id))
+                else {
                     return; // gone: nobody to answer
                 };
                 let id = Box::new(send.client_msg_id.clone());
@@ -442,11 +468,51 @@ mod tests {
             session_id: "a".into(),
             reply_to: "gw.q".into(),
             conversation_id: chat_shared::ids::ConversationId::new(5).unwrap(),
-            sender_id: user(1),
+            sender_id: user(1).into(),
             client_msg_id: chat_shared::ids::ClientMsgId::try_from("m1".to_owned()).unwrap(),
             body: "hi".into(),
+            card: None,
+            reply_when_stored: false,
         };
-        hub.unconfirmed(&PersistCommand::Send(send), "nacked");
+        hub.unconfirmed(&PersistCommand::Send(send.clone()), "nacked");
         assert!(matches!(rx.try_recv(), Ok(Outbound::SendRefused(id)) if id.as_str() == "m1"));
+
+        // A server API send is answered to its waiting request instead.
+        let mut waiting = hub.server_sends.wait().unwrap();
+        let server_send = chat_shared::bus::SendCommand {
+            session_id: waiting.session_id.clone(),
+            reply_when_stored: true,
+            ..send
+        };
+        hub.unconfirmed(&PersistCommand::Send(server_send), "nacked");
+        assert!(matches!(waiting.answer().await, Some(Answer::NotTaken)));
+        assert!(rx.try_recv().is_err(), "no session heard of it");
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_a_server_send_goes_to_its_request_not_to_a_session() {
+        let hub = Hub::new(
+            Arc::new(FakeBindings::default()),
+            4,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+        );
+        let mut waiting = hub.server_sends.wait().unwrap();
+        let reply = GatewayEvent::Reply {
+            user_id: chat_shared::ids::SenderId::SYSTEM,
+            session_id: waiting.session_id.clone(),
+            outcome: chat_shared::bus::SendOutcome::Refused {
+                code: chat_shared::protocol::ErrorCode::NotFound,
+                message: "no such conversation".into(),
+                client_msg_id: chat_shared::ids::ClientMsgId::try_from("k".to_owned()).unwrap(),
+            },
+        };
+        hub.dispatch(reply, None);
+        assert!(matches!(
+            waiting.answer().await,
+            Some(Answer::Outcome(
+                chat_shared::bus::SendOutcome::Refused { .. }
+            ))
+        ));
     }
 }

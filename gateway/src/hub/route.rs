@@ -41,7 +41,10 @@ pub fn route(
             user_id,
             session_id,
             outcome,
-        } => match registry.session(user_id, &session_id) {
+        } => match user_id
+            .user()
+            .and_then(|user| registry.session(user, &session_id))
+        {
             Some(session) => reply(session, outcome, offer),
             None => Routed::default(), // gone: nobody to answer
         },
@@ -272,10 +275,12 @@ mod tests {
             id: MessageId(10),
             conversation_id: ConversationId::new(5).unwrap(),
             seq: 1,
-            sender_id: user(1),
+            sender_id: user(1).into(),
             client_msg_id: ClientMsgId::try_from("m1".to_owned()).unwrap(),
             body: "xin chào".into(),
             created_at: chrono::Utc::now(),
+            kind: Default::default(),
+            card: None,
         }
     }
 
@@ -317,7 +322,7 @@ mod tests {
     #[test]
     fn a_reply_goes_to_its_one_session_and_a_refusal_is_counted() {
         let refused = GatewayEvent::Reply {
-            user_id: user(1),
+            user_id: user(1).into(),
             session_id: "a2".into(),
             outcome: SendOutcome::Refused {
                 code: ErrorCode::Forbidden,
@@ -329,7 +334,7 @@ mod tests {
         assert_eq!(got, pairs(&[("a2", "answered:error")]));
         assert_eq!(routed.refused, Some(ErrorCode::Forbidden));
         let resent = GatewayEvent::Reply {
-            user_id: user(1),
+            user_id: user(1).into(),
             session_id: "a1".into(),
             outcome: SendOutcome::Stored { message: message() },
         };
@@ -338,7 +343,7 @@ mod tests {
         assert_eq!(routed.acks, 1);
         // A session that has gone gets nothing.
         let gone = GatewayEvent::Reply {
-            user_id: user(1),
+            user_id: user(1).into(),
             session_id: "zz".into(),
             outcome: SendOutcome::Stored { message: message() },
         };

@@ -2,7 +2,9 @@
 //! (Messages are written only by the persister.) Plain SQL through
 //! sea-orm's sqlx pool.
 
+use chat_shared::card::HttpsUrl;
 use chat_shared::ids::{ConversationId, UserId};
+use chat_shared::profile::DisplayName;
 use chat_shared::protocol::{
     Conversation, ConversationKind, Message, NewConversation, ReadMarker, User,
 };
@@ -90,10 +92,13 @@ impl Store {
     /// Creates the conversation (a direct one only if the pair has none yet
     /// and no block stands between them; a group only with members whose
     /// blocks and settings let the caller add them).
+    /// `vouched` (the host site's server API): a group is created whatever
+    /// its members' `groups` settings.
     pub async fn create(
         &self,
         caller: UserId,
         new: &NewConversation,
+        vouched: bool,
     ) -> Result<Creation, StoreError> {
         let mut tx = self.pool.begin().await?;
         let (id, members, created) = match new {
@@ -133,8 +138,9 @@ impl Store {
                 }
             }
             NewConversation::Group { title, members } => {
-                if let Some(refused) =
-                    consent::refusal_to_add(&mut tx, caller, members, None).await?
+                if !vouched
+                    && let Some(refused) =
+                        consent::refusal_to_add(&mut tx, caller, members, None).await?
                 {
                     return Ok(Creation::Refused(refused));
                 }
@@ -326,6 +332,44 @@ impl Store {
         }))
     }
 
+    /// Sets `user`'s name and avatar (the server API): `None` keeps what is
+    /// stored, `Some(None)` removes the avatar. The profile, and whether it
+    /// changed.
+    pub async fn set_profile(
+        &self,
+        user: UserId,
+        name: Option<DisplayName>,
+        avatar: Option<Option<HttpsUrl>>,
+    ) -> Result<(User, bool), StoreError> {
+        let row: (Option<String>, Option<String>, bool) = sqlx::query_as(
+            "WITH before AS (SELECT name, avatar_url FROM users WHERE id = $1)
+             INSERT INTO users (id, name, avatar_url) VALUES ($1, $2, $4)
+             ON CONFLICT (id) DO UPDATE SET
+                 name = CASE WHEN $3 THEN EXCLUDED.name ELSE users.name END,
+                 avatar_url = CASE WHEN $5 THEN EXCLUDED.avatar_url ELSE users.avatar_url END,
+                 updated_at = now()
+             RETURNING name, avatar_url,
+                       (name, avatar_url) IS DISTINCT FROM
+                       COALESCE((SELECT (b.name, b.avatar_url) FROM before b), (NULL::text, NULL::text))",
+        )
+        .bind(user.get())
+        .bind(name.as_ref().map(DisplayName::as_str))
+        .bind(name.is_some())
+        .bind(avatar.as_ref().and_then(|a| a.as_ref().map(HttpsUrl::as_str)))
+        .bind(avatar.is_some())
+        .fetch_one(&self.pool)
+        .await?;
+        let (name, avatar_url, changed) = row;
+        Ok((
+            User {
+                id: user,
+                name,
+                avatar_url,
+            },
+            changed,
+        ))
+    }
+
     /// The caller's conversations, most recent activity first.
     pub async fn conversations(
         &self,
@@ -339,7 +383,7 @@ impl Store {
                     mem.ids,
                     (SELECT count(*) FROM messages x
                       WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq AND x.sender_id <> $1),
-                    lm.id, lm.conversation_id, lm.seq, lm.sender_id, lm.client_msg_id, lm.body, lm.created_at,
+                    lm.id, lm.conversation_id, lm.seq, lm.sender_id, lm.client_msg_id, lm.body, lm.created_at, lm.card::text,
                     mem.names, mem.avatars
                FROM members m
                JOIN conversations c ON c.id = m.conversation_id
@@ -373,12 +417,12 @@ impl Store {
     ) -> Result<Vec<Message>, StoreError> {
         let sql = match page {
             Page::Before(_) => {
-                "SELECT * FROM (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at
+                "SELECT * FROM (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
                    FROM messages WHERE conversation_id = $1 AND seq < $2
                   ORDER BY seq DESC LIMIT $3) newest ORDER BY seq ASC"
             }
             Page::After(_) => {
-                "SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at
+                "SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
                    FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
             }
         };
@@ -412,8 +456,8 @@ fn conversation_from_row(row: &PgRow) -> Result<Conversation, StoreError> {
     };
     let shown = kind == ConversationKind::Direct || member_ids.len() <= Conversation::MEMBERS_SHOWN;
     let members = if shown {
-        let names: Vec<Option<String>> = row.try_get::<Option<_>, _>(14)?.unwrap_or_default();
-        let avatars: Vec<Option<String>> = row.try_get::<Option<_>, _>(15)?.unwrap_or_default();
+        let names: Vec<Option<String>> = row.try_get::<Option<_>, _>(15)?.unwrap_or_default();
+        let avatars: Vec<Option<String>> = row.try_get::<Option<_>, _>(16)?.unwrap_or_default();
         let users = member_ids.iter().zip(names.into_iter().zip(avatars));
         Some(
             users

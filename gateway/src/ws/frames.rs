@@ -263,9 +263,11 @@ impl SessionState {
             session_id: self.session_id.to_string(),
             reply_to: self.reply_to.to_string(),
             conversation_id: send.conversation_id,
-            sender_id: self.user.user_id,
+            sender_id: self.user.user_id.into(),
             client_msg_id,
             body: body.into_inner(),
+            card: send.card.map(Box::new),
+            reply_when_stored: false,
         };
         Action::Persist {
             command: PersistCommand::Send(command),
@@ -427,6 +429,8 @@ mod tests {
             reads_burst: 2,
             http_per_second: 1.0,
             http_burst: 1,
+            server_api_per_second: 1.0,
+            server_api_burst: 1,
             groups_per_hour: 1,
         }))
     }

@@ -95,6 +95,8 @@ fn limits() -> LimitSettings {
         reads_burst: 10,
         http_per_second: 1.0,
         http_burst: 1,
+        server_api_per_second: 1.0,
+        server_api_burst: 1,
         groups_per_hour: 1,
     }
 }

@@ -33,7 +33,8 @@ impl KnownContacts {
             .conversations
             .iter()
             .zip(&rows.senders)
-            .filter(|(c, _)| direct.contains(c))
+            // A system message (sender 0) makes no contact.
+            .filter(|(c, sender)| **sender > 0 && direct.contains(c))
             .filter_map(|(c, sender)| {
                 let peer = members.get(c)?.iter().find(|m| m.get() != *sender)?;
                 Some((*sender, peer.get()))
@@ -70,6 +71,7 @@ mod tests {
             senders: messages.iter().map(|(_, u)| *u).collect(),
             keys: vec!["k"; messages.len()],
             bodies: vec!["b"; messages.len()],
+            cards: vec![None; messages.len()],
         }
     }
 
@@ -85,8 +87,8 @@ mod tests {
         let members = members(&[(1, &[7, 9]), (2, &[7, 8, 9])]);
         let direct = HashSet::from([1]);
         // Two messages by 7 and one by 9 in the direct conversation 1, one
-        // in the group 2: the group makes no contact.
-        let new = rows(&[(1, 7), (1, 7), (1, 9), (2, 7)]);
+        // in the group 2 and a system message: those make no contact.
+        let new = rows(&[(1, 7), (1, 7), (1, 9), (2, 7), (1, 0)]);
         let pairs = known.unrecorded(&new, &members, &direct);
         assert_eq!(pairs, vec![(7, 9), (9, 7)]);
         known.recorded(&pairs);

@@ -6,8 +6,8 @@
 
 use super::{Outcome, Request, WriteError};
 use chat_shared::bus::{PersistCommand, ReadCommand, SendCommand, SendOutcome};
-use chat_shared::ids::{ClientMsgId, MessageId, UserId};
-use chat_shared::protocol::{ErrorCode, Message};
+use chat_shared::ids::{ClientMsgId, MessageId, SenderId, UserId};
+use chat_shared::protocol::{ErrorCode, Message, MessageKind};
 use std::collections::{BTreeMap, HashMap};
 
 /// A send of the batch: its position among the requests, and whether the
@@ -63,7 +63,7 @@ impl<'a> Batch<'a> {
 }
 
 /// Messages already stored, by their idempotency key.
-pub(super) type Existing = HashMap<(UserId, ClientMsgId), Message>;
+pub(super) type Existing = HashMap<(SenderId, ClientMsgId), Message>;
 /// Members of each conversation involved, by conversation id.
 pub(super) type Members = HashMap<i64, Vec<UserId>>;
 
@@ -88,7 +88,7 @@ pub(super) struct Planned {
 }
 
 pub(super) fn plan(sends: &[Send<'_>], existing: &Existing, members: &Members) -> Planned {
-    let mut first_of: HashMap<(UserId, &ClientMsgId), usize> = HashMap::new();
+    let mut first_of: HashMap<(SenderId, &ClientMsgId), usize> = HashMap::new();
     let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
     let mut plans = Vec::with_capacity(sends.len());
     for (i, s) in sends.iter().enumerate() {
@@ -105,7 +105,9 @@ pub(super) fn plan(sends: &[Send<'_>], existing: &Existing, members: &Members) -
         } else {
             match members.get(&c.conversation_id.get()) {
                 None => Plan::Refused(ErrorCode::NotFound, "no such conversation"),
-                Some(m) if !m.contains(&c.sender_id) => {
+                // The system (the host site's server API) writes in any
+                // conversation; a user only in their own.
+                Some(m) if !c.sender_id.is_system() && !m.iter().any(|u| c.sender_id == *u) => {
                     Plan::Refused(ErrorCode::Forbidden, "not a member of this conversation")
                 }
                 Some(_) => {
@@ -129,6 +131,8 @@ pub(super) struct NewRows<'a> {
     pub senders: Vec<i64>,
     pub keys: Vec<&'a str>,
     pub bodies: Vec<&'a str>,
+    /// Each card as JSON (rare: most messages have none).
+    pub cards: Vec<Option<String>>,
 }
 
 impl Planned {
@@ -157,6 +161,10 @@ impl Planned {
                 rows.senders.push(c.sender_id.get());
                 rows.keys.push(c.client_msg_id.as_str());
                 rows.bodies.push(&c.body);
+                rows.cards.push(c.card.as_ref().map(|card| {
+                    serde_json::to_string(card)
+                        .unwrap_or_else(|_| unreachable!("a card is plain data"))
+                }));
             }
         }
         Ok(rows)
@@ -194,6 +202,8 @@ impl Planned {
                         client_msg_id: c.client_msg_id.clone(),
                         body: c.body.clone(),
                         created_at: now,
+                        kind: MessageKind::of(c.sender_id),
+                        card: c.card.as_deref().cloned(),
                     };
                     stored[i] = Some(message.clone());
                     Outcome::Deliver {
@@ -252,9 +262,11 @@ mod tests {
             session_id: format!("session-{sender}"),
             reply_to: "gw".into(),
             conversation_id: ConversationId::new(conversation).unwrap_or_else(|e| panic!("{e}")),
-            sender_id: user(sender),
+            sender_id: SenderId::new(sender).unwrap_or_else(|e| panic!("{e}")),
             client_msg_id: ClientMsgId::try_from(key.to_owned()).unwrap_or_else(|e| panic!("{e}")),
             body: format!("body of {key}"),
+            card: None,
+            reply_when_stored: false,
             trace: None,
             received_at_us: None,
         })
@@ -288,10 +300,12 @@ mod tests {
             id: MessageId(100 + seq),
             conversation_id: ConversationId::new(conversation).unwrap_or_else(|e| panic!("{e}")),
             seq,
-            sender_id: user(sender),
+            sender_id: user(sender).into(),
             client_msg_id: ClientMsgId::try_from(key.to_owned()).unwrap_or_else(|e| panic!("{e}")),
             body: format!("body of {key}"),
             created_at: chat_shared::time::Timestamp::UNIX_EPOCH,
+            kind: MessageKind::User,
+            card: None,
         }
     }
 
@@ -332,6 +346,22 @@ mod tests {
             ]
         );
         assert!(planned.counts.is_empty());
+    }
+
+    #[test]
+    fn the_system_writes_in_any_conversation_that_exists() {
+        // Sender 0: the host site's server API, a member of nothing.
+        let commands = [send(1, 0, "notice"), send(9, 0, "nowhere")];
+        let requests = requests(&commands);
+        let batch = Batch::of(&requests);
+        let planned = plan(&batch.sends, &Existing::new(), &members());
+        assert_eq!(
+            planned.plans,
+            [
+                Plan::New { ordinal: 1 },
+                Plan::Refused(ErrorCode::NotFound, "no such conversation"),
+            ]
+        );
     }
 
     #[test]
@@ -385,7 +415,7 @@ mod tests {
         let mut requests = requests(&commands);
         requests[1].redelivered = true;
         let existing = Existing::from([(
-            (user(1), "old".to_owned().try_into().unwrap()),
+            (user(1).into(), "old".to_owned().try_into().unwrap()),
             stored(1, 3, 1, "old"),
         )]);
         let batch = Batch::of(&requests);

@@ -23,7 +23,7 @@ pub(super) async fn existing(tx: &mut Tx<'_>, sends: &[Send<'_>]) -> Result<Exis
         .map(|s| s.command.client_msg_id.as_str())
         .collect();
     let rows = sqlx::query(
-        "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.body, m.created_at
+        "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.body, m.created_at, m.card::text
            FROM messages m
            JOIN unnest($1::bigint[], $2::text[]) AS k (sender_id, client_msg_id)
              ON m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id",
@@ -116,9 +116,10 @@ pub(super) async fn insert(
         return Ok(ids);
     }
     let inserted = sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, body, created_at)
-         SELECT c, s, u, k, b, $6
-           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) AS t (c, s, u, k, b)
+        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, body, created_at, card)
+         SELECT c, s, u, k, b, $6, j::jsonb
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $7::text[])
+                AS t (c, s, u, k, b, j)
          RETURNING conversation_id, seq, id",
     )
     .bind(&rows.conversations)
@@ -127,6 +128,7 @@ pub(super) async fn insert(
     .bind(&rows.keys)
     .bind(&rows.bodies)
     .bind(now)
+    .bind(&rows.cards)
     .fetch_all(&mut **tx)
     .await?;
     for row in &inserted {

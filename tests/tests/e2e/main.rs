@@ -20,6 +20,7 @@ mod poison;
 mod presence;
 mod read_markers;
 mod redis_down;
+mod server_api;
 mod sessions;
 mod typing;
 mod web;

@@ -18,9 +18,11 @@ fn send(conversation: i64, sender: i64, client_msg_id: &str, body: &str) -> Pers
         session_id: "no-session".into(),
         reply_to: "no-gateway".into(),
         conversation_id: ConversationId::new(conversation).expect("a conversation id"),
-        sender_id: UserId::new(sender).expect("a user id"),
+        sender_id: UserId::new(sender).expect("a user id").into(),
         client_msg_id: ClientMsgId::try_from(client_msg_id.to_owned()).expect("a client_msg_id"),
         body: body.into(),
+        card: None,
+        reply_when_stored: false,
         trace: None,
         received_at_us: None,
     })
