@@ -312,14 +312,20 @@ export class View {
 
   #newMessageElement(item) {
     const mine = item.sender_id === this.#chat.me;
-    const li = element('li', { class: mine ? 'message mine' : 'message', 'data-testid': 'message' });
+    const system = item.kind === 'system';
+    const kind = system ? 'message system' : mine ? 'message mine' : 'message';
+    const li = element('li', { class: kind, 'data-testid': 'message', 'data-kind': item.kind ?? 'user' });
     li.dataset.clientMsgId = item.client_msg_id;
     const meta = element('div', { class: 'meta' });
-    const sender = mine
-      ? element('span', { class: 'sender' }, 'You')
-      : element('span', { class: 'sender', 'data-testid': 'display-name', 'data-user-id': item.sender_id }, this.#chat.nameOf(item.sender_id));
+    const sender = system
+      ? element('span', { class: 'sender' }, vietnamese() ? 'Thông báo' : 'Notice')
+      : mine
+        ? element('span', { class: 'sender' }, 'You')
+        : element('span', { class: 'sender', 'data-testid': 'display-name', 'data-user-id': item.sender_id }, this.#chat.nameOf(item.sender_id));
     meta.append(sender, ' ', element('time', { datetime: item.created_at }, timeOf(item.created_at)));
-    li.append(meta, element('p', { class: 'body' }, item.body), element('div', { class: 'status' }));
+    li.append(meta, element('p', { class: 'body' }, item.body));
+    if (item.card) li.append(cardElement(item.card));
+    li.append(element('div', { class: 'status' }));
     return li;
   }
 
@@ -450,6 +456,20 @@ function avatar(chat, conversation) {
   const attrs = { class: 'avatar', 'data-testid': 'avatar', 'aria-hidden': 'true' };
   if (url) return element('img', { ...attrs, src: url, alt: '' });
   return element('span', attrs, initials(chat.titleOf(conversation)));
+}
+
+/**
+ * A message's card (a listing, a place): its picture, title and subtitle,
+ * a link when it has a URL (the server allows only https:// URLs).
+ */
+function cardElement(card) {
+  const el = card.url
+    ? element('a', { class: 'card', 'data-testid': 'card', href: card.url, target: '_blank', rel: 'noopener noreferrer' })
+    : element('div', { class: 'card', 'data-testid': 'card' });
+  if (card.image_url) el.append(element('img', { src: card.image_url, alt: '', loading: 'lazy' }));
+  el.append(element('strong', { 'data-testid': 'card-title' }, card.title));
+  if (card.subtitle) el.append(element('span', { class: 'subtitle' }, card.subtitle));
+  return el;
 }
 
 /** Up to two letters of a name: "Lan Nguyễn" -> "LN". */

@@ -64,7 +64,11 @@ def required_env(name: str) -> str:
     return value
 
 
-def http(method: str, url: str, body=None, token: str | None = None, timeout=5.0):
+# The test profile's server API key (config/test.toml).
+SERVER_KEY = "test-a:test-server-api-key-a-not-a-secret-0000000"
+
+
+def http(method: str, url: str, body=None, token: str | None = None, timeout=5.0, authorization=None):
     """(status, parsed JSON or text) of one request."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
@@ -72,6 +76,8 @@ def http(method: str, url: str, body=None, token: str | None = None, timeout=5.0
         request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    elif authorization:
+        request.add_header("Authorization", authorization)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
@@ -380,6 +386,12 @@ class System:
         status, body = http("POST", f"{self.direct()}/api/dev/token", {"user_id": user_id, "name": name})
         assert status == 200, f"dev token: {status} {body}"
         return body["token"]
+
+    def server_api(self, method: str, path: str, body=None):
+        """A call of the host site's server API, with the test key."""
+        status, answer = http(method, f"{self.direct()}{path}", body, authorization=f"ApiKey {SERVER_KEY}")
+        assert 200 <= status < 300, f"{method} {path}: {status} {answer}"
+        return answer
 
     def api(self, user_id: int, method: str, path: str, body=None):
         status, answer = http(method, f"{self.direct()}{path}", body, token=self.token(user_id))

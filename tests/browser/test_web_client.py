@@ -687,3 +687,30 @@ def test_a_blocked_person_cannot_write_until_unblocked(system, pair):
     wait_until("B's retried message stored", stored, timeout=5, every=0.3)
     expect(a.message("alo, An ơi")).to_have_attribute("data-state", "stored")
     assert [m["body"] for m in history(system, a, conversation)] == ["alo, An ơi"]
+
+
+def test_a_card_and_a_notice_posted_by_the_site_show_in_both_pages(system, pair):
+    a, b = pair
+    conversation = a.start_direct(b)
+    b.open_conversation(conversation)
+    card = {"title": "Căn hộ 2PN, Quận 7", "subtitle": "3,2 tỷ · 70 m²", "url": "https://mapmo.vn/l/42"}
+    system.server_api(
+        "POST",
+        f"/api/server/conversations/{conversation}/messages",
+        {"client_msg_id": "interest-42", "sender_id": b.id, "body": f"{b.name} quan tâm tin này", "card": card},
+    )
+    system.server_api(
+        "POST",
+        f"/api/server/conversations/{conversation}/messages",
+        {"client_msg_id": "notice-42", "body": "Tin đăng đã được duyệt"},
+    )
+    for user in (a, b):
+        shown = user.message("quan tâm tin này")
+        expect(shown.get_by_test_id("card-title")).to_have_text(card["title"])
+        expect(shown.get_by_test_id("card")).to_have_attribute("href", card["url"])
+        expect(shown.get_by_test_id("card")).to_contain_text(card["subtitle"])
+        notice = user.message("Tin đăng đã được duyệt")
+        expect(notice).to_have_attribute("data-kind", "system")
+        expect(notice.locator(".sender")).to_have_text("Thông báo")
+    # B's page shows the card as B's own message, sent from elsewhere.
+    expect(b.message("quan tâm tin này")).to_have_class(re.compile(r"\bmine\b"))

@@ -166,13 +166,21 @@ async fn the_persister_and_gateway_report_batches_and_broker_work_on_metrics() {
     assert!(text.contains("persister_messages_stored_total 1"), "{text}");
     assert!(text.contains("persister_batches_total 1"), "{text}");
     assert!(text.contains("persister_batch_size_count 1"), "{text}");
-    // BEGIN, existing lookup, members, seq bump, insert, COMMIT.
-    assert!(text.contains("persister_statements_total 6"), "{text}");
+    // BEGIN, existing lookup, members, seq bump, insert, the contact the
+    // pair's first direct message makes (version 2), COMMIT.
+    assert!(text.contains("persister_statements_total 7"), "{text}");
+    // The next message of the pair: the contact is known, 6 statements.
+    an.send_and_ack(conversation, "m2", "counted again").await;
+    let (_, metrics) = system
+        .get_url(&format!("http://{}/metrics", system.persister_metrics[0]))
+        .await;
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(text.contains("persister_statements_total 13"), "{text}");
 
     let text = system.gateway_metrics(0).await;
-    assert!(text.contains("gateway_persist_publishes_total 1"), "{text}");
+    assert!(text.contains("gateway_persist_publishes_total 2"), "{text}");
     assert!(
-        text.contains("gateway_persist_confirm_seconds_count 1"),
+        text.contains("gateway_persist_confirm_seconds_count 2"),
         "{text}"
     );
     assert!(text.contains("gateway_session_queued_frames 0"), "{text}");
