@@ -84,6 +84,10 @@ NOT_SETTINGS = {"CHAT_PROFILE", "CHAT_CONFIG_FILE"}
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet"}
 METRICS_PORTS = {"chat-gateway": 9100, "chat-persister": 9101, "chat-presence": 9102}
 MONITORING_LABEL = ("mapmo.vn/monitoring", "true")
+# The host site's server API: its own port, reachable only from namespaces
+# carrying this label (the site's backend).
+SERVER_API_PORT = 8081
+SERVER_API_LABEL = ("mapmo.vn/chat-server-api", "true")
 ROLE_LABEL = "chat.mapmo.vn/role"
 
 
@@ -618,6 +622,15 @@ def check_network(report: Report, name: str, objs: list[dict[str, Any]]) -> None
             ports = {p.get("port") for p in rule.get("ports", []) or []}
             if service == "chat-gateway" and ports == {8080}:
                 continue
+            if service == "chat-gateway" and ports == {SERVER_API_PORT}:
+                sources = rule.get("from") or []
+                if not sources or any(
+                        (src.get("namespaceSelector") or {}).get("matchLabels")
+                        != dict([SERVER_API_LABEL]) for src in sources):
+                    problems.append(f"NetworkPolicy/{service}: server API port {SERVER_API_PORT} "
+                                    f"open to more than namespaces labelled "
+                                    f"{'='.join(SERVER_API_LABEL)}")
+                continue
             if ports != {METRICS_PORTS.get(service)}:
                 problems.append(f"NetworkPolicy/{service}: ingress to {sorted(ports)}")
             sources = rule.get("from") or []
@@ -653,7 +666,8 @@ def check_network(report: Report, name: str, objs: list[dict[str, Any]]) -> None
     if name != "base" and wanted - carried:
         problems.append(f"no server carries {ROLE_LABEL} = {sorted(wanted - carried)}")
     report.check(f"{name}: network policies: every pod selected, metrics only from "
-                 f"{'='.join(MONITORING_LABEL)} namespaces, servers labelled "
+                 f"{'='.join(MONITORING_LABEL)} namespaces, the server API only from "
+                 f"{'='.join(SERVER_API_LABEL)} namespaces, servers labelled "
                  f"({', '.join(sorted(carried)) or 'none here'})", problems)
 
 

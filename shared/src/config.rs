@@ -18,6 +18,20 @@ fn millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration,
     u64::deserialize(deserializer).map(Duration::from_millis)
 }
 
+/// An address that may be left empty (`""`: not set).
+fn optional_addr<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    raw.trim()
+        .parse()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 const DEFAULTS: &str = include_str!("../../config/default.toml");
 const PROFILES: &[(&str, &str)] = &[
     ("local", include_str!("../../config/local.toml")),
@@ -202,8 +216,8 @@ pub struct GatewaySettings {
     #[serde(default)]
     pub web_dir: Option<std::path::PathBuf>,
     /// Where the server API is served, apart from the public `listen`;
-    /// unset: on the public `listen`.
-    #[serde(default)]
+    /// empty: on the public `listen`.
+    #[serde(default, deserialize_with = "optional_addr")]
     pub server_api_listen: Option<SocketAddr>,
     /// Serve `GET /ws/echo`, a WebSocket that echoes every message, for the
     /// Autobahn conformance suite (deploy/autobahn.sh). Loopback only.
@@ -582,6 +596,26 @@ mod tests {
 
     fn local() -> Settings {
         Settings::load_profile("local").unwrap()
+    }
+
+    #[test]
+    fn an_empty_server_api_listen_is_unset_and_an_address_is_parsed() {
+        #[derive(Deserialize)]
+        struct Listen {
+            #[serde(deserialize_with = "optional_addr")]
+            at: Option<SocketAddr>,
+        }
+        let parse = |raw: &str| {
+            serde_json::from_value::<Listen>(serde_json::json!({ "at": raw })).map(|l| l.at)
+        };
+        assert_eq!(parse("").ok(), Some(None));
+        assert_eq!(parse(" ").ok(), Some(None));
+        assert_eq!(
+            parse("0.0.0.0:8081").ok(),
+            Some(Some("0.0.0.0:8081".parse().unwrap()))
+        );
+        assert!(parse("8081").is_err());
+        assert_eq!(local().gateway.server_api_listen, None);
     }
 
     #[test]
