@@ -7,16 +7,22 @@
 
 use crate::writer::{Outcome, Request};
 use chat_shared::amqp::{ConfirmedPublisher, PublishError, Topology};
-use chat_shared::bus::{GatewayEvent, Origin, PersistCommand, SendCommand, SendOutcome};
+use chat_shared::bus::{
+    GatewayEvent, Origin, PersistCommand, SendCommand, SendOutcome, StoredNotice,
+};
 
 pub struct Announcer {
     announcer: chat_shared::amqp::Announcer,
+    /// The notify queue, while an unread webhook is configured: each
+    /// commit's stored messages go there too (one persistent publish).
+    notify_queue: Option<String>,
 }
 
 impl Announcer {
-    pub fn new(publisher: ConfirmedPublisher, topo: &Topology) -> Self {
+    pub fn new(publisher: ConfirmedPublisher, topo: &Topology, notify: bool) -> Self {
         Self {
             announcer: chat_shared::amqp::Announcer::new(publisher, topo),
+            notify_queue: notify.then(|| topo.notify_queue()),
         }
     }
 
@@ -32,6 +38,7 @@ impl Announcer {
             _ => None,
         };
         let mut batch = self.announcer.batch();
+        let mut notices = Vec::new();
         for outcome in outcomes {
             match outcome {
                 Outcome::Deliver {
@@ -55,6 +62,9 @@ impl Announcer {
                             },
                         };
                         batch.to_queue(&send.reply_to, event);
+                    }
+                    if self.notify_queue.is_some() {
+                        notices.push(notice_of(message, members));
                     }
                     let event = GatewayEvent::Stored {
                         message: message.clone(),
@@ -86,7 +96,30 @@ impl Announcer {
                 }
             }
         }
+        if let Some(queue) = &self.notify_queue
+            && !notices.is_empty()
+        {
+            batch.to_durable_queue(queue, chat_shared::bus::encode(&notices));
+        }
         batch.publish().await
+    }
+}
+
+/// What the unread notifier needs of a stored message.
+fn notice_of(
+    message: &chat_shared::protocol::Message,
+    members: &[chat_shared::ids::UserId],
+) -> StoredNotice {
+    StoredNotice {
+        conversation_id: message.conversation_id,
+        seq: message.seq,
+        sender_id: message.sender_id,
+        created_at: message.created_at,
+        recipients: members
+            .iter()
+            .copied()
+            .filter(|m| message.sender_id != *m)
+            .collect(),
     }
 }
 

@@ -48,9 +48,18 @@ impl Persister {
             amqp::connect(&settings.amqp, "persister publish", Duration::from_secs(30))
                 .await
                 .context("connecting to RabbitMQ to publish")?;
+        let notify = settings.notify.enabled();
+        if notify {
+            let channel = conn.create_channel().await?;
+            amqp::declare_notify_queue(&channel, &topo)
+                .await
+                .context("declaring the notify queue")?;
+            let _ = channel.close(200, "declared".into()).await;
+        }
         let announcer = Announcer::new(
             ConfirmedPublisher::new(&publish_conn, settings.amqp.confirm_timeout).await?,
             &topo,
+            notify,
         );
         let (metrics, registry) = Metrics::new();
         let writer = Writer::new(

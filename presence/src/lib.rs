@@ -7,6 +7,7 @@
 //! - `chat_shared::directory`: conversation members and who shares one, from Postgres;
 //! - [`service`]: one event or one sweep at a time; [`startup`]: wiring.
 
+pub mod notify;
 pub mod online;
 pub mod service;
 pub mod startup;

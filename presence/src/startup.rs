@@ -1,5 +1,6 @@
 //! Building and running the presence service.
 
+use crate::notify::{Notifier, NotifyMetrics};
 use crate::online::Online;
 use crate::service::{Metrics, Service};
 use crate::typing::Typing;
@@ -26,6 +27,9 @@ pub struct Presence {
     channel: lapin::Channel,
     service: Service,
     sweep_every: Duration,
+    /// The unread webhook, when one is configured: its notifier and the
+    /// notify queue's consumer.
+    notify: Option<(std::sync::Arc<Notifier>, Inbound)>,
 }
 
 impl Presence {
@@ -50,7 +54,12 @@ impl Presence {
             .context("consuming the presence queue")?;
         let consumer = Inbound::new(consumer, topo.presence_queue());
         let keys = Keys::new(&settings.redis);
-        let (metrics, registry) = Metrics::new();
+        let (metrics, mut registry) = Metrics::new();
+        let notify = if settings.notify.enabled() {
+            Some(start_notifier(&settings, &conn, &topo, &db, &keys, &mut registry).await?)
+        } else {
+            None
+        };
         let metrics_endpoint =
             chat_shared::metrics::Endpoint::bind(settings.presence.metrics_listen, registry)
                 .await
@@ -76,6 +85,7 @@ impl Presence {
             channel,
             service,
             sweep_every,
+            notify,
         })
     }
 
@@ -99,8 +109,14 @@ impl Presence {
             channel,
             mut service,
             sweep_every,
+            notify,
         } = self;
         let mut background = Background::new();
+        if let Some((notifier, inbound)) = notify {
+            background.spawn(crate::notify::schedule(inbound, notifier.clone()));
+            background.spawn(crate::notify::deliver(notifier));
+            tracing::info!("unread webhook on");
+        }
         let (dead_tx, dead) = tokio::sync::watch::channel(false);
         let watch = BrokerWatch {
             connections: vec![conn.clone()],
@@ -135,6 +151,43 @@ impl Presence {
         tracing::info!("presence stopped");
         Ok(())
     }
+}
+
+/// The unread webhook's notifier, consuming the notify queue on a channel
+/// of its own.
+async fn start_notifier(
+    settings: &Settings,
+    conn: &lapin::Connection,
+    topo: &amqp::Topology,
+    db: &sea_orm::DatabaseConnection,
+    keys: &Keys,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<(std::sync::Arc<Notifier>, Inbound)> {
+    let channel = conn.create_channel().await?;
+    amqp::declare_notify_queue(&channel, topo)
+        .await
+        .context("declaring the notify queue")?;
+    channel.basic_qos(64, BasicQosOptions::default()).await?;
+    let consumer = channel
+        .basic_consume(
+            topo.notify_queue().into(),
+            "notify".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("consuming the notify queue")?;
+    let notifier = Notifier::new(
+        db.get_postgres_connection_pool().clone(),
+        presence_state::connect(&settings.redis).context("the Redis URL")?,
+        keys.clone(),
+        settings.notify.clone(),
+        NotifyMetrics::register(registry),
+    )?;
+    Ok((
+        std::sync::Arc::new(notifier),
+        Inbound::new(consumer, topo.notify_queue()),
+    ))
 }
 
 /// Handles the events of one delivery, then acks it. A failure (Redis or

@@ -40,6 +40,19 @@ pub struct SendCommand {
     pub received_at_us: Option<i64>,
 }
 
+/// persister -> the unread notifier (version 2's webhook; only while one is
+/// configured): a message was stored for `recipients` (the members but its
+/// sender). Published persistent to the notify queue after each commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredNotice {
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    pub sender_id: SenderId,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Timestamp,
+    pub recipients: Vec<UserId>,
+}
+
 /// gateway -> persister: what goes through the persist path, in order per
 /// conversation. A read marker travels the same way as the messages it
 /// follows, so it is stored in the same group commits and never overtakes them.

@@ -61,6 +61,57 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub persister: PersisterSettings,
     pub presence: PresenceSettings,
+    pub notify: NotifySettings,
+}
+
+/// The unread webhook (version 2, `[notify]`): off while `webhook_url` is
+/// empty.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotifySettings {
+    pub webhook_url: String,
+    pub webhook_secret: Secret,
+    #[serde(rename = "delay_ms", deserialize_with = "millis")]
+    pub delay: Duration,
+    #[serde(rename = "timeout_ms", deserialize_with = "millis")]
+    pub timeout: Duration,
+    #[serde(rename = "retry_initial_ms", deserialize_with = "millis")]
+    pub retry_initial: Duration,
+    #[serde(rename = "retry_max_ms", deserialize_with = "millis")]
+    pub retry_max: Duration,
+    #[serde(rename = "retry_for_ms", deserialize_with = "millis")]
+    pub retry_for: Duration,
+    #[serde(rename = "sweep_ms", deserialize_with = "millis")]
+    pub sweep: Duration,
+    /// Webhook requests in flight at once, per presence service.
+    pub concurrency: NonZeroUsize,
+}
+
+impl NotifySettings {
+    pub fn enabled(&self) -> bool {
+        !self.webhook_url.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !(self.webhook_url.starts_with("https://") || self.webhook_url.starts_with("http://")) {
+            return invalid("notify.webhook_url", "an http:// or https:// URL, or empty");
+        }
+        if self.webhook_secret.expose().len() < 32 {
+            return invalid(
+                "notify.webhook_secret",
+                "must be set, at least 32 bytes, when notify.webhook_url is",
+            );
+        }
+        positive(&[
+            ("notify.delay_ms", self.delay),
+            ("notify.timeout_ms", self.timeout),
+            ("notify.retry_initial_ms", self.retry_initial),
+            ("notify.retry_max_ms", self.retry_max),
+            ("notify.sweep_ms", self.sweep),
+        ])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,7 +369,8 @@ impl Settings {
         self.database.validate()?;
         self.telemetry.validate()?;
         self.persister.validate()?;
-        self.presence.validate()
+        self.presence.validate()?;
+        self.notify.validate()
     }
 }
 

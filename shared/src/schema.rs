@@ -45,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(UsersTable),
             Box::new(ConsentTables),
             Box::new(MessageCards),
+            Box::new(Notifications),
         ]
     }
 }
@@ -189,6 +190,58 @@ impl MigrationTrait for ConsentTables {
             .map(|_| ())
     }
 }
+
+struct Notifications;
+
+impl MigrationName for Notifications {
+    fn name(&self) -> &str {
+        "m0006_notifications"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Notifications {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(NOTIFICATIONS_SCHEMA)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Version 2's unread webhook: one row per event, from scheduled to sent,
+/// suppressed or dead-lettered (presence/src/notify/).
+const NOTIFICATIONS_SCHEMA: &str = r#"
+CREATE TABLE notifications (
+    -- The event's id is "evt_<id>": the same on every attempt.
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id         BIGINT NOT NULL,
+    conversation_id BIGINT NOT NULL,
+    -- The message that started the clock, and when it was stored.
+    seq             BIGINT NOT NULL,
+    stored_at       TIMESTAMPTZ NOT NULL,
+    due_at          TIMESTAMPTZ NOT NULL,
+    -- pending: waiting for due_at (one per recipient and conversation);
+    -- delivering: its event is built and being sent or retried.
+    state           TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'delivering', 'sent', 'suppressed', 'dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TIMESTAMPTZ NOT NULL,
+    -- A notifier working on it until then (another takes over after).
+    claimed_until   TIMESTAMPTZ,
+    -- The event as built at the first attempt: every retry sends it again.
+    body            TEXT,
+    outcome         TEXT,
+    updated_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX notifications_one_pending
+    ON notifications (user_id, conversation_id) WHERE state = 'pending';
+CREATE INDEX notifications_due
+    ON notifications (next_attempt_at) WHERE state IN ('pending', 'delivering');
+CREATE INDEX notifications_done
+    ON notifications (updated_at) WHERE state IN ('sent', 'suppressed', 'dead');
+"#;
 
 struct MessageCards;
 

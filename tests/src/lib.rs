@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod load;
 pub mod otlp;
+pub mod webhook;
 
 pub use client::Client;
 
@@ -50,6 +51,7 @@ pub struct TestSystem {
     /// Dropping a sender stops the service it belongs to.
     stops: Vec<oneshot::Sender<()>>,
     gateway_stops: Vec<Option<oneshot::Sender<()>>>,
+    presence_stops: Vec<Option<oneshot::Sender<()>>>,
     /// Its own database, dropped with it.
     database: TestDatabase,
 }
@@ -101,9 +103,10 @@ impl TestSystem {
             gateways: Vec::new(),
             gateway_metrics: Vec::new(),
             server_api: Vec::new(),
+            presence_stops: Vec::new(),
             persister_metrics: Vec::new(),
             presence_metrics: Vec::new(),
-            http: reqwest::Client::new(),
+            http: http_client(),
             stops: Vec::new(),
             gateway_stops: Vec::new(),
             database,
@@ -159,8 +162,9 @@ impl TestSystem {
         self.start_presence_with(settings).await;
     }
 
-    /// A presence service with its own settings (e.g. its broker behind a proxy).
-    pub async fn start_presence_with(&mut self, settings: Settings) {
+    /// A presence service with its own settings (e.g. its broker behind a
+    /// proxy); returns its index (for [`Self::stop_presence`]).
+    pub async fn start_presence_with(&mut self, settings: Settings) -> usize {
         let presence = Presence::build(settings)
             .await
             .unwrap_or_else(|e| panic!("presence: {e:#}"));
@@ -169,7 +173,22 @@ impl TestSystem {
         tokio::spawn(presence.run_until(async move {
             let _ = stopped.await;
         }));
-        self.stops.push(stop);
+        self.presence_stops.push(Some(stop));
+        self.presence_stops.len() - 1
+    }
+
+    /// Stops presence service `index` (as a shutdown would).
+    pub fn stop_presence(&mut self, index: usize) {
+        if let Some(stop) = self.presence_stops.get_mut(index).and_then(Option::take) {
+            let _ = stop.send(());
+        }
+    }
+
+    /// The text of presence service `index`'s `/metrics`.
+    pub async fn presence_metrics_text(&self, index: usize) -> String {
+        let url = format!("http://{}/metrics", self.presence_metrics[index]);
+        let (_, body) = self.get_url(&url).await;
+        body.as_str().unwrap_or_default().to_owned()
     }
 
     /// A chaos proxy in front of the test broker, and these settings with
@@ -509,6 +528,15 @@ pub async fn eventually_within<T, E: std::fmt::Display>(
 }
 
 /// A port nothing listens on right now.
+/// An HTTP client. reqwest is built with rustls and no crypto provider of
+/// its own (for the presence service's webhook), so ring's is installed
+/// first, as the presence service does.
+pub fn http_client() -> reqwest::Client {
+    #[allow(deprecated)] // ring lacks post-quantum key exchange; tests need none
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -73,6 +73,7 @@ impl Announcer {
             chunks: Vec::new(),
             current: Chunk::default(),
             replies: BTreeMap::new(),
+            durable: Vec::new(),
         }
     }
 }
@@ -91,6 +92,8 @@ pub struct Batch<'a> {
     current: Chunk,
     /// Replies by gateway queue.
     replies: BTreeMap<&'a str, Vec<GatewayEvent>>,
+    /// Payloads published persistent to durable queues.
+    durable: Vec<(&'a str, Vec<u8>)>,
 }
 
 impl<'a> Batch<'a> {
@@ -114,6 +117,12 @@ impl<'a> Batch<'a> {
         self.replies.entry(queue).or_default().push(event);
     }
 
+    /// `payload`, persistent, to the durable queue `queue` (confirmed with
+    /// the rest).
+    pub fn to_durable_queue(&mut self, queue: &'a str, payload: Vec<u8>) {
+        self.durable.push((queue, payload));
+    }
+
     /// Publishes every event, and waits for every confirm.
     pub async fn publish(mut self) -> Result<(), PublishError> {
         if !self.current.events.is_empty() {
@@ -131,6 +140,13 @@ impl<'a> Batch<'a> {
         for (queue, events) in self.replies {
             let payload = bus::encode(&events);
             confirms.push(publisher.start(Outgoing::to_queue(queue, &payload)).await?);
+        }
+        for (queue, payload) in &self.durable {
+            let message = Outgoing {
+                persistent: true,
+                ..Outgoing::to_queue(queue, payload)
+            };
+            confirms.push(publisher.start(message).await?);
         }
         for confirm in confirms {
             confirm.wait().await?;

@@ -105,6 +105,23 @@ pub async fn declare_presence_path(channel: &Channel, topo: &Topology) -> Result
         .map(|_| ())
 }
 
+/// Declares the notify queue (idempotent): the persister publishes a
+/// `StoredNotice` per commit to it while a webhook is configured; every
+/// presence service consumes it. Durable, and bounded like the presence
+/// queue: with no notifier for long, the oldest notices go (those users are
+/// not notified; nothing else is lost).
+pub async fn declare_notify_queue(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
+    let args = bounded_drop_head(topo.shared_queue_args(), 1_000_000);
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(topo.notify_queue().into(), options, args)
+        .await
+        .map(|_| ())
+}
+
 /// Declares the fan-out exchange, routed by shard, and the broadcast
 /// exchange that reaches every gateway (idempotent).
 pub async fn declare_fanout(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {

@@ -34,7 +34,7 @@ pub use announce::Announcer;
 pub use connect::{connect, connect_and_declare, watch_connections};
 pub use declare::{
     DEAD_LETTERS_MAX, bounded_drop_head, declare_fanout, declare_gateway_queue,
-    declare_persist_path, declare_presence_path, gateway_dropped_queue,
+    declare_notify_queue, declare_persist_path, declare_presence_path, gateway_dropped_queue,
 };
 pub use inbound::{Inbound, Received, Unreadable};
 pub use publish::{

@@ -63,6 +63,10 @@ impl Topology {
     pub fn presence_queue(&self) -> String {
         format!("{}.presence", self.prefix)
     }
+    /// Stored messages for the unread notifier (version 2's webhook).
+    pub fn notify_queue(&self) -> String {
+        format!("{}.notify", self.prefix)
+    }
     pub fn gateway_queue(&self, instance: &str) -> String {
         format!("{}.gw.{instance}", self.prefix)
     }

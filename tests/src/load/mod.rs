@@ -44,7 +44,7 @@ pub async fn execute(scenario: &Scenario) -> anyhow::Result<(serde_json::Value, 
     if scenario.group_size < 2 || !scenario.users.is_multiple_of(scenario.group_size) {
         anyhow::bail!("--users must be a multiple of --group-size (at least 2)");
     }
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let url = &scenario.urls[0];
     let users = setup::user_ids(scenario.users);
     eprintln!("setup: {} tokens", users.len());

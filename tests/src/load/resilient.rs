@@ -84,7 +84,7 @@ pub struct ChaosReport {
 }
 
 pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let url = &scenario.urls[0];
     let users = setup::user_ids(scenario.users);
     let secret = scenario.jwt_secret.as_deref();

@@ -24,3 +24,4 @@ mod server_api;
 mod sessions;
 mod typing;
 mod web;
+mod webhook;
