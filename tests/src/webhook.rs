@@ -68,7 +68,11 @@ impl Receiver {
     }
 
     pub fn hooks(&self) -> Vec<Hook> {
-        self.state.hooks.lock().unwrap().clone()
+        self.state
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -116,12 +120,16 @@ async fn answer(
         .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
         .unwrap_or_default();
     let json = serde_json::from_str(&body).unwrap_or(Value::Null);
-    state.hooks.lock().unwrap().push(Hook {
-        event_id,
-        signature,
-        body,
-        json,
-    });
+    state
+        .hooks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Hook {
+            event_id,
+            signature,
+            body,
+            json,
+        });
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
