@@ -15,6 +15,11 @@
 # The word HOG=N runs `stress-ng --cpu N` beside that variant's runs (a
 # neighbour taking N cores; not counted in the system's CPU; needs
 # `apt-get install stress-ng`):  /tmp/new  "/tmp/new HOG=1"
+# The word WEBHOOK=off|slow|silent runs deploy/webhook-bench.py beside that
+# variant's runs: a feeder of unread events through the server API (in
+# every mode, so the load is the same) and a receiver on 127.0.0.1:28099
+# that answers after 1 s (slow) or never (silent); give the variant the
+# notify settings that point at it (docs/benchmarks.md has the command).
 #
 # Environment: ROUNDS, DURATION, WARMUP (passed to bench.sh). Nothing is
 # built: build chat-load (cargo build --release -p chat-tests) first.
@@ -22,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=direct-1000
 if [ "${1:-}" = -s ]; then SCENARIO=$2; shift 2; fi
-[ $# -ge 2 ] || { sed -n 2,17p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,22p "$0"; exit 2; }
 VARIANTS=("$@")
 ROUNDS=${ROUNDS:-3}
 OUT=".data/local/bench/compare-$(date -u +%Y%m%dT%H%M%SZ)"
@@ -55,14 +60,25 @@ for round in $(seq 1 "$ROUNDS"); do
   for v in "${!VARIANTS[@]}"; do
     read -r -a words <<<"${VARIANTS[$v]}"
     dir=$(cd "${words[0]}" && pwd)
-    settings=() hog=0
+    settings=() hog=0 webhook=
     for word in "${words[@]:1}"; do
-      case "$word" in HOG=*) hog=${word#HOG=} ;; *) settings+=("$word") ;; esac
+      case "$word" in
+        HOG=*) hog=${word#HOG=} ;;
+        WEBHOOK=*) webhook=${word#WEBHOOK=} ;;
+        *) settings+=("$word") ;;
+      esac
     done
     stop_services
     env "${settings[@]}" CHAT_SKIP_BUILD=1 CHAT_SKIP_MIGRATE=1 CHAT_BIN_DIR="$dir" deploy/up.sh >/dev/null 2>&1
     echo "== round $round, variant $v: ${VARIANTS[$v]}" >&2
     hog_pid=
+    webhook_pid=
+    if [ -n "$webhook" ]; then
+      key=$(sed -n 's/^server_api_keys = \["\(.*\)"\]/\1/p' config/local.toml)
+      deploy/webhook-bench.py "$webhook" 28099 http://127.0.0.1:28080 "$key" 2>>"$OUT/webhook-$round-$v.log" &
+      webhook_pid=$!
+      sleep 2 # its pairs opened before the measurement starts
+    fi
     if [ "$hog" != 0 ]; then
       command -v stress-ng >/dev/null || { echo "HOG needs stress-ng: apt-get install stress-ng" >&2; exit 1; }
       stress-ng --cpu "$hog" --quiet &
@@ -70,6 +86,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     CHAT_SKIP_BUILD=1 deploy/bench.sh "$SCENARIO" 2>&1 | tee "$OUT/$round-$v.txt" | grep -E '^(cpu seconds|persister:|steady state)' >&2 || true
     if [ -n "$hog_pid" ]; then kill "$hog_pid" 2>/dev/null; wait "$hog_pid" 2>/dev/null || true; fi
+    if [ -n "$webhook_pid" ]; then kill "$webhook_pid" 2>/dev/null; wait "$webhook_pid" 2>/dev/null || true; fi
   done
 done
 stop_services

@@ -1,13 +1,57 @@
 //! The last stage: once a batch is committed and announced (every confirm
-//! in), its deliveries are acknowledged, and only then. One `basic.ack` with
-//! `multiple` per partition channel covers the whole batch.
+//! in, the persistent publishes' too), its deliveries are acknowledged, and
+//! only then. One `basic.ack` with `multiple` per partition channel covers
+//! the whole batch.
 
 use crate::consumer::Incoming;
-use lapin::options::BasicAckOptions;
+use chat_shared::amqp::PendingConfirm;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::collections::BTreeMap;
+use tokio::sync::mpsc;
 
-/// Acks, per channel, everything up to the newest delivery of the batch.
-pub async fn ack(batch: &[Incoming]) {
+/// A batch announced, with the confirms its ack still waits for.
+pub struct Announced {
+    pub batch: Vec<Incoming>,
+    pub confirms: Vec<PendingConfirm>,
+}
+
+/// Acks announced batches in the order they come (each `multiple` ack must
+/// not cover a batch before its own confirms are in), once their confirms
+/// are in. A confirm that fails puts the batch back on its queue: it is
+/// stored again (the idempotency key makes that a repeat), announced and
+/// published again.
+pub async fn run(mut announced: mpsc::Receiver<Announced>) {
+    while let Some(Announced { batch, confirms }) = announced.recv().await {
+        let mut confirmed = true;
+        for confirm in confirms {
+            if let Err(e) = confirm.wait().await {
+                tracing::warn!(error = %e, "a persistent publish (contacts, stored notices) not confirmed: the batch goes back to its queue");
+                confirmed = false;
+            }
+        }
+        if confirmed {
+            ack(&batch).await;
+        } else {
+            requeue(&batch).await;
+        }
+    }
+}
+
+/// Puts back, per channel, everything up to the newest delivery of the
+/// batch (the earlier batches are acked already).
+async fn requeue(batch: &[Incoming]) {
+    for incoming in newest_per_channel(batch).values() {
+        let options = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        if let Err(e) = incoming.acker.nack(options).await {
+            tracing::warn!(error = %e, "nack failed");
+        }
+    }
+}
+
+fn newest_per_channel(batch: &[Incoming]) -> BTreeMap<u16, &Incoming> {
     let mut newest: BTreeMap<u16, &Incoming> = BTreeMap::new();
     for incoming in batch {
         newest
@@ -19,7 +63,12 @@ pub async fn ack(batch: &[Incoming]) {
             })
             .or_insert(incoming);
     }
-    for incoming in newest.values() {
+    newest
+}
+
+/// Acks, per channel, everything up to the newest delivery of the batch.
+pub async fn ack(batch: &[Incoming]) {
+    for incoming in newest_per_channel(batch).values() {
         if let Err(e) = incoming.acker.ack(BasicAckOptions { multiple: true }).await {
             // The channel is gone; the broker will redeliver, and the
             // idempotency key turns that into a harmless re-delivery.

@@ -6,9 +6,9 @@
 //! before the input deliveries are acked.
 
 use crate::writer::{Outcome, Request};
-use chat_shared::amqp::{ConfirmedPublisher, PublishError, Topology};
+use chat_shared::amqp::{ConfirmedPublisher, PendingConfirm, PublishError, Topology};
 use chat_shared::bus::{
-    GatewayEvent, Origin, PersistCommand, SendCommand, SendOutcome, StoredNotice,
+    GatewayEvent, Origin, PersistCommand, PresenceEvent, SendCommand, SendOutcome, StoredNotice,
 };
 
 pub struct Announcer {
@@ -16,6 +16,8 @@ pub struct Announcer {
     /// The notify queue, while an unread webhook is configured: each
     /// commit's stored messages go there too (one persistent publish).
     notify_queue: Option<String>,
+    /// Where contacts made go (the presence service's queue).
+    presence_queue: String,
 }
 
 impl Announcer {
@@ -23,22 +25,28 @@ impl Announcer {
         Self {
             announcer: chat_shared::amqp::Announcer::new(publisher, topo),
             notify_queue: notify.then(|| topo.notify_queue()),
+            presence_queue: topo.presence_queue(),
         }
     }
 
     /// Announces the `outcomes` of the committed `requests` (each outcome
-    /// names its request, whose sender it answers).
+    /// names its request, whose sender it answers). Returns once the
+    /// gateways' events are confirmed, with the confirms still to come of
+    /// the persistent publishes (contacts made, stored notices): the
+    /// batch's deliveries are acked only after those, but the next batch
+    /// need not wait for them.
     pub async fn announce(
         &self,
         requests: &[Request<'_>],
         outcomes: &[Outcome],
-    ) -> Result<(), PublishError> {
+    ) -> Result<Vec<PendingConfirm>, PublishError> {
         let send_of = |request: usize| match requests.get(request).map(|r| r.command) {
             Some(PersistCommand::Send(send)) => Some(send),
             _ => None,
         };
         let mut batch = self.announcer.batch();
         let mut notices = Vec::new();
+        let mut contacts = Vec::new();
         for outcome in outcomes {
             match outcome {
                 Outcome::Deliver {
@@ -73,6 +81,12 @@ impl Announcer {
                     };
                     batch.to_users(members, event);
                 }
+                Outcome::ContactMade { user, peer } => {
+                    contacts.push(PresenceEvent::ContactMade {
+                        user_id: *user,
+                        peer_id: *peer,
+                    });
+                }
                 Outcome::ReadMoved { read, recipients } => {
                     let event = GatewayEvent::Read {
                         conversation_id: read.conversation_id,
@@ -96,12 +110,15 @@ impl Announcer {
                 }
             }
         }
+        if !contacts.is_empty() {
+            batch.to_durable_queue(&self.presence_queue, chat_shared::bus::encode(&contacts));
+        }
         if let Some(queue) = &self.notify_queue
             && !notices.is_empty()
         {
             batch.to_durable_queue(queue, chat_shared::bus::encode(&notices));
         }
-        batch.publish().await
+        batch.publish_then_durable().await
     }
 }
 

@@ -1,7 +1,10 @@
 //! The persister's pipeline, one batch at a time: the batcher takes what
 //! the consumers delivered, the writer stores it (retried until it
-//! passes), the announcer tells the gateways (retried until confirmed),
-//! and the acker acks the deliveries; only then comes the next batch.
+//! passes), the announcer tells the gateways (retried until confirmed);
+//! only then comes the next batch. The acker acks each batch's deliveries,
+//! in order, once its persistent publishes (contacts made, stored notices
+//! for the unread webhook) are confirmed too: those are written to disk by
+//! the broker, and the next batch does not wait for them.
 
 use crate::acker;
 use crate::announcer::Announcer;
@@ -33,6 +36,8 @@ impl Pipeline {
     /// batch in hand is finished (stored, announced, acked) first.
     pub async fn run(&self, mut rx: mpsc::Receiver<Incoming>, mut stop: watch::Receiver<bool>) {
         tracing::info!(limits = ?self.limits, "persister running");
+        let (acks, announced) = mpsc::channel(ACKS_WAITING);
+        let acker = tokio::spawn(acker::run(announced));
         let mut spill = None;
         loop {
             let arrived = tokio::select! {
@@ -43,14 +48,29 @@ impl Pipeline {
             // Bounded by the linger, and not cancelled: what it takes is
             // stored, announced and acked before shutdown is looked at again.
             let batch = batch::fill(first, &mut rx, &self.limits, &mut spill).await;
-            if !self.handle(&batch, &mut stop).await {
+            let Some(confirms) = self.handle(&batch, &mut stop).await else {
+                break;
+            };
+            if acks
+                .send(acker::Announced { batch, confirms })
+                .await
+                .is_err()
+            {
                 break;
             }
         }
+        // The batches announced are acked before the persister stops.
+        drop(acks);
+        let _ = acker.await;
     }
 
-    /// Stores, announces and acks one batch; `false` if shutdown came first.
-    async fn handle(&self, batch: &[Incoming], stop: &mut watch::Receiver<bool>) -> bool {
+    /// Stores and announces one batch; the confirms its ack still waits for,
+    /// or `None` if shutdown came first.
+    async fn handle(
+        &self,
+        batch: &[Incoming],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<chat_shared::amqp::PendingConfirm>> {
         let again = batch.iter().filter(|i| i.redelivered).count();
         self.metrics.redeliveries.inc_by(again as u64);
         let requests: Vec<Request> = batch
@@ -72,9 +92,7 @@ impl Pipeline {
             requests.iter().map(|request| request.command.trace()),
             batch.iter().map(|incoming| incoming.via.as_ref()),
         );
-        let Some(outcomes) = self.commit(&requests, &batch_span, stop).await else {
-            return false;
-        };
+        let outcomes = self.commit(&requests, &batch_span, stop).await?;
         let started = Instant::now();
         let announce_span = tracing::info_span!(
             parent: &batch_span,
@@ -84,17 +102,13 @@ impl Pipeline {
             messaging.operation.type = "send",
             messaging.destination.name = "fanout",
         );
-        if !announce(&self.announcer, &requests, &outcomes, stop)
+        let confirms = announce(&self.announcer, &requests, &outcomes, stop)
             .instrument(announce_span)
-            .await
-        {
-            return false;
-        }
+            .await?;
         self.metrics
             .announce_seconds
             .observe(started.elapsed().as_secs_f64());
-        acker::ack(batch).await;
-        true
+        Some(confirms)
     }
 
     /// Stores `requests` in one transaction (retried until it passes), and
@@ -195,18 +209,22 @@ async fn announce(
     requests: &[Request<'_>],
     outcomes: &[Outcome],
     stop: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Option<Vec<chat_shared::amqp::PendingConfirm>> {
     let mut delay = FIRST_RETRY;
     loop {
         match announcer.announce(requests, outcomes).await {
-            Ok(()) => return true,
+            Ok(confirms) => return Some(confirms),
             Err(e) => tracing::warn!(error = %e, "fan-out not confirmed, retrying"),
         }
         if back_off(&mut delay, stop).await {
-            return false;
+            return None;
         }
     }
 }
+
+/// Announced batches whose acks may wait for their persistent publishes'
+/// confirms at once (then the pipeline waits: bounded).
+const ACKS_WAITING: usize = 16;
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 

@@ -132,7 +132,41 @@ impl Service {
                     .instrument(span)
                     .await
             }
+            PresenceEvent::ContactMade { user_id, peer_id } => {
+                self.on_contact(user_id, peer_id).await
+            }
         }
+    }
+
+    /// `peer` became a contact of `user`: if `user`'s settings now let
+    /// `peer` see their presence, `peer`'s sessions are told what it is (so
+    /// someone who shows presence to contacts appears online to a person
+    /// the moment they write to them).
+    async fn on_contact(&mut self, user: UserId, peer: UserId) -> Result<(), PresenceError> {
+        let visible = self.directory.presence_visible(peer, &[user]).await?;
+        if !visible.contains(&user) {
+            return Ok(());
+        }
+        let (online, seen): (bool, Option<i64>) = redis::pipe()
+            .cmd("SISMEMBER")
+            .arg(self.keys.online())
+            .arg(user.get())
+            .cmd("GET")
+            .arg(self.keys.last_seen(user))
+            .query_async(&mut self.redis)
+            .await?;
+        let status = if online {
+            chat_shared::protocol::PresenceStatus::Online
+        } else {
+            chat_shared::protocol::PresenceStatus::Offline
+        };
+        let event = GatewayEvent::Presence {
+            user_id: user,
+            status,
+            last_seen: seen.and_then(chrono_ms),
+            recipients: vec![peer],
+        };
+        Ok(self.announcer.send(&[peer], event).await?)
     }
 
     async fn on_typing(

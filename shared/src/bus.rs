@@ -109,6 +109,11 @@ pub enum PresenceEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trace: Option<crate::telemetry::propagation::TraceHeaders>,
     },
+    /// From the persister (version 2 consent): `user` sent their first
+    /// message in their direct conversation with `peer`, so `peer` became
+    /// their contact and may see their presence from now on (with
+    /// `presence: contacts`).
+    ContactMade { user_id: UserId, peer_id: UserId },
 }
 
 /// Where a stored message came from: that session gets `ack`, every other

@@ -643,6 +643,8 @@ def test_privacy_settings_hide_presence_at_once_and_stay_after_a_reload(system, 
     a.page.get_by_test_id("privacy-presence").select_option("nobody")
     expect(theirs).to_have_attribute("data-status", "offline")
     expect(theirs).to_have_text("offline")
+    expect(b.conversation_item_for(a).locator(".dot.online")).to_have_count(0)
+    expect(b.conversation_item_for(a).locator(".dot.offline")).to_have_count(1)
     a.page.get_by_test_id("privacy-read-receipts").uncheck()
     wait_until(
         "read receipts off on the server",

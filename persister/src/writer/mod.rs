@@ -108,7 +108,7 @@ impl Writer {
     }
 
     /// Applies a batch in one transaction. One outcome per send, in order,
-    /// then one per read marker that moved.
+    /// then one per read marker that moved, then one per contact made.
     pub async fn write(&self, requests: &[Request<'_>]) -> Result<Vec<Outcome>, WriteError> {
         let now = time::now_millis();
         let batch = plan::Batch::of(requests);
@@ -121,16 +121,23 @@ impl Writer {
         let rows = planned.new_rows(&batch.sends, &base)?;
         let ids = sql::insert(&mut tx, &rows, now).await?;
         let contacts = self.contacts.unrecorded(&rows, &members, &direct);
+        let mut new_contacts = Vec::new();
         if !contacts.is_empty() {
             self.statements.inc();
-            sql::record_contacts(&mut tx, &contacts).await?;
+            new_contacts = sql::record_contacts(&mut tx, &contacts).await?;
         }
         self.statements
             .inc_by(u64::from(!planned.counts.is_empty()) * 2 + u64::from(!batch.reads.is_empty()));
         let moved = sql::move_read_markers(&mut tx, &batch.reads).await?;
         tx.commit().await?;
         self.contacts.recorded(&contacts);
-        planned.outcomes(&batch.sends, &base, &ids, &members, moved, now)
+        let mut outcomes = planned.outcomes(&batch.sends, &base, &ids, &members, moved, now)?;
+        outcomes.extend(
+            new_contacts
+                .into_iter()
+                .map(|(user, peer)| Outcome::ContactMade { user, peer }),
+        );
+        Ok(outcomes)
     }
 
     /// Stores requests one by one, after a batch failed for a reason that

@@ -29,6 +29,9 @@ pub enum Outcome {
         read: ReadCommand,
         recipients: Vec<UserId>,
     },
+    /// `peer` became a contact of `user` (version 2): the presence service
+    /// shows them `user`'s presence if `user`'s settings now allow it.
+    ContactMade { user: UserId, peer: UserId },
 }
 
 impl Outcome {
@@ -60,7 +63,7 @@ impl Outcome {
                 members,
             },
             Outcome::Reply { outcome, .. } => Outcome::Reply { request, outcome },
-            read @ Outcome::ReadMoved { .. } => read,
+            other @ (Outcome::ReadMoved { .. } | Outcome::ContactMade { .. }) => other,
         }
     }
 }

@@ -139,20 +139,27 @@ pub(super) async fn insert(
 
 /// 4b. Records contacts (version 2): each `(user, peer)` pair, where `user`
 ///     sent a message in their direct conversation (only the pairs of this
-///     batch not known to be recorded: usually none).
-pub(super) async fn record_contacts(tx: &mut Tx<'_>, pairs: &[Pair]) -> Result<(), WriteError> {
+///     batch not known to be recorded: usually none). Returns the pairs
+///     that are new.
+pub(super) async fn record_contacts(
+    tx: &mut Tx<'_>,
+    pairs: &[Pair],
+) -> Result<Vec<(UserId, UserId)>, WriteError> {
     let users: Vec<i64> = pairs.iter().map(|(u, _)| *u).collect();
     let peers: Vec<i64> = pairs.iter().map(|(_, p)| *p).collect();
-    sqlx::query(
+    let new: Vec<(i64, i64)> = sqlx::query_as(
         "INSERT INTO contacts (user_id, peer_id)
          SELECT * FROM unnest($1::bigint[], $2::bigint[])
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING
+         RETURNING user_id, peer_id",
     )
     .bind(&users)
     .bind(&peers)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    new.into_iter()
+        .map(|(u, p)| Ok((user_id(u)?, user_id(p)?)))
+        .collect()
 }
 
 /// Step 5's statement. Who hears of a marker that moved: the other members

@@ -10,7 +10,7 @@
 //! presence announces presence and typing; the gateway announces new
 //! conversations.
 
-use super::publish::{ConfirmedPublisher, Outgoing, PublishError};
+use super::publish::{ConfirmedPublisher, Outgoing, PendingConfirm, PublishError};
 use super::topology::Topology;
 use crate::bus::{self, GatewayEvent};
 use crate::ids::UserId;
@@ -124,7 +124,18 @@ impl<'a> Batch<'a> {
     }
 
     /// Publishes every event, and waits for every confirm.
-    pub async fn publish(mut self) -> Result<(), PublishError> {
+    pub async fn publish(self) -> Result<(), PublishError> {
+        for confirm in self.publish_then_durable().await? {
+            confirm.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes every event and waits for the confirms of all but the
+    /// durable queues' payloads, whose confirms it returns: a persistent
+    /// publish is confirmed once on disk, later than the rest, and whoever
+    /// waits for it need not hold up what comes next.
+    pub async fn publish_then_durable(mut self) -> Result<Vec<PendingConfirm>, PublishError> {
         if !self.current.events.is_empty() {
             self.chunks.push(std::mem::take(&mut self.current));
         }
@@ -141,16 +152,17 @@ impl<'a> Batch<'a> {
             let payload = bus::encode(&events);
             confirms.push(publisher.start(Outgoing::to_queue(queue, &payload)).await?);
         }
+        let mut durable = Vec::with_capacity(self.durable.len());
         for (queue, payload) in &self.durable {
             let message = Outgoing {
                 persistent: true,
                 ..Outgoing::to_queue(queue, payload)
             };
-            confirms.push(publisher.start(message).await?);
+            durable.push(publisher.start(message).await?);
         }
         for confirm in confirms {
             confirm.wait().await?;
         }
-        Ok(())
+        Ok(durable)
     }
 }

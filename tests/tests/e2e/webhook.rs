@@ -29,6 +29,19 @@ async fn received(receiver: &Receiver, n: usize) -> Vec<Hook> {
     .await
 }
 
+/// The recipients the events name, ascending (each once, if `dedup`).
+fn recipients(hooks: &[Hook], dedup: bool) -> Vec<i64> {
+    let mut users: Vec<i64> = hooks
+        .iter()
+        .filter_map(|h| h.json["user_id"].as_i64())
+        .collect();
+    users.sort_unstable();
+    if dedup {
+        users.dedup();
+    }
+    users
+}
+
 /// A `notify_*` counter of presence service `index`.
 async fn counter(system: &TestSystem, index: usize, series: &str) -> u64 {
     let text = system.presence_metrics_text(index).await;
@@ -222,13 +235,7 @@ async fn a_receiver_down_then_up_gets_everything() {
     .await;
     let receiver = Receiver::start_on(port).await;
     let hooks = received(&receiver, 2).await;
-    let mut users: Vec<i64> = hooks
-        .iter()
-        .map(|h| h.json["user_id"].as_i64().unwrap())
-        .collect();
-    users.sort();
-    users.dedup();
-    assert_eq!(users, [2, 3]);
+    assert_eq!(recipients(&hooks, true), [2, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,12 +260,7 @@ async fn a_restarted_notifier_loses_nothing_pending_or_queued_and_sends_each_onc
     assert!(receiver.hooks().is_empty());
     let second = system.start_presence_with(settings).await;
     let hooks = received(&receiver, 2).await;
-    let mut users: Vec<i64> = hooks
-        .iter()
-        .map(|h| h.json["user_id"].as_i64().unwrap())
-        .collect();
-    users.sort();
-    assert_eq!(users, [2, 3]);
+    assert_eq!(recipients(&hooks, false), [2, 3], "one event each");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.hooks().len(), 2, "each once");
     assert_eq!(counter(&system, second, "notify_sent_total").await, 2);
