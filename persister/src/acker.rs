@@ -3,16 +3,16 @@
 //! only then. One `basic.ack` with `multiple` per partition channel covers
 //! the whole batch.
 
+use crate::announcer::Durable;
 use crate::consumer::Incoming;
-use chat_shared::amqp::PendingConfirm;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
-/// A batch announced, with the confirms its ack still waits for.
+/// A batch announced, with what its ack still waits for.
 pub struct Announced {
     pub batch: Vec<Incoming>,
-    pub confirms: Vec<PendingConfirm>,
+    pub durable: Durable,
 }
 
 /// Acks announced batches in the order they come (each `multiple` ack must
@@ -21,13 +21,16 @@ pub struct Announced {
 /// stored again (the idempotency key makes that a repeat), announced and
 /// published again.
 pub async fn run(mut announced: mpsc::Receiver<Announced>) {
-    while let Some(Announced { batch, confirms }) = announced.recv().await {
+    while let Some(Announced { batch, durable }) = announced.recv().await {
         let mut confirmed = true;
-        for confirm in confirms {
+        for confirm in durable.confirms {
             if let Err(e) = confirm.wait().await {
-                tracing::warn!(error = %e, "a persistent publish (contacts, stored notices) not confirmed: the batch goes back to its queue");
+                tracing::warn!(error = %e, "a persistent publish (contacts made) not confirmed: the batch goes back to its queue");
                 confirmed = false;
             }
+        }
+        if let Some(notices) = durable.notices {
+            confirmed &= notices.await.unwrap_or(false);
         }
         if confirmed {
             ack(&batch).await;

@@ -5,6 +5,7 @@
 //! concern its own sessions and skips the rest. All confirms are awaited
 //! before the input deliveries are acked.
 
+use crate::notices::{Confirmed, Notices};
 use crate::writer::{Outcome, Request};
 use chat_shared::amqp::{ConfirmedPublisher, PendingConfirm, PublishError, Topology};
 use chat_shared::bus::{
@@ -13,33 +14,33 @@ use chat_shared::bus::{
 
 pub struct Announcer {
     announcer: chat_shared::amqp::Announcer,
-    /// The notify queue, while an unread webhook is configured: each
-    /// commit's stored messages go there too (one persistent publish).
-    notify_queue: Option<String>,
+    /// While an unread webhook is configured: each commit's stored
+    /// messages go to the notify queue too (gathered: [`crate::notices`]).
+    notices: Option<Notices>,
     /// Where contacts made go (the presence service's queue).
     presence_queue: String,
 }
 
 impl Announcer {
-    pub fn new(publisher: ConfirmedPublisher, topo: &Topology, notify: bool) -> Self {
+    pub fn new(publisher: ConfirmedPublisher, topo: &Topology, notices: Option<Notices>) -> Self {
         Self {
             announcer: chat_shared::amqp::Announcer::new(publisher, topo),
-            notify_queue: notify.then(|| topo.notify_queue()),
+            notices,
             presence_queue: topo.presence_queue(),
         }
     }
 
     /// Announces the `outcomes` of the committed `requests` (each outcome
     /// names its request, whose sender it answers). Returns once the
-    /// gateways' events are confirmed, with the confirms still to come of
-    /// the persistent publishes (contacts made, stored notices): the
+    /// gateways' events are confirmed, with what is still to be confirmed
+    /// of the persistent publishes (contacts made, stored notices): the
     /// batch's deliveries are acked only after those, but the next batch
     /// need not wait for them.
     pub async fn announce(
         &self,
         requests: &[Request<'_>],
         outcomes: &[Outcome],
-    ) -> Result<Vec<PendingConfirm>, PublishError> {
+    ) -> Result<Durable, PublishError> {
         let send_of = |request: usize| match requests.get(request).map(|r| r.command) {
             Some(PersistCommand::Send(send)) => Some(send),
             _ => None,
@@ -71,7 +72,7 @@ impl Announcer {
                         };
                         batch.to_queue(&send.reply_to, event);
                     }
-                    if self.notify_queue.is_some() {
+                    if self.notices.is_some() {
                         notices.push(notice_of(message, members));
                     }
                     let event = GatewayEvent::Stored {
@@ -113,13 +114,20 @@ impl Announcer {
         if !contacts.is_empty() {
             batch.to_durable_queue(&self.presence_queue, chat_shared::bus::encode(&contacts));
         }
-        if let Some(queue) = &self.notify_queue
-            && !notices.is_empty()
-        {
-            batch.to_durable_queue(queue, chat_shared::bus::encode(&notices));
-        }
-        batch.publish_then_durable().await
+        let confirms = batch.publish_then_durable().await?;
+        let notices = match &self.notices {
+            Some(publisher) if !notices.is_empty() => Some(publisher.submit(notices).await),
+            _ => None,
+        };
+        Ok(Durable { confirms, notices })
     }
+}
+
+/// What a batch's ack still waits for after its announcement.
+#[derive(Default)]
+pub struct Durable {
+    pub confirms: Vec<PendingConfirm>,
+    pub notices: Option<Confirmed>,
 }
 
 /// What the unread notifier needs of a stored message.

@@ -15,6 +15,7 @@ pub mod acker;
 pub mod announcer;
 pub mod consumer;
 pub mod metrics;
+pub mod notices;
 pub mod pipeline;
 pub mod queues;
 pub mod startup;

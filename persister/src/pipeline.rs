@@ -48,11 +48,11 @@ impl Pipeline {
             // Bounded by the linger, and not cancelled: what it takes is
             // stored, announced and acked before shutdown is looked at again.
             let batch = batch::fill(first, &mut rx, &self.limits, &mut spill).await;
-            let Some(confirms) = self.handle(&batch, &mut stop).await else {
+            let Some(durable) = self.handle(&batch, &mut stop).await else {
                 break;
             };
             if acks
-                .send(acker::Announced { batch, confirms })
+                .send(acker::Announced { batch, durable })
                 .await
                 .is_err()
             {
@@ -64,13 +64,13 @@ impl Pipeline {
         let _ = acker.await;
     }
 
-    /// Stores and announces one batch; the confirms its ack still waits for,
+    /// Stores and announces one batch; what its ack still waits for,
     /// or `None` if shutdown came first.
     async fn handle(
         &self,
         batch: &[Incoming],
         stop: &mut watch::Receiver<bool>,
-    ) -> Option<Vec<chat_shared::amqp::PendingConfirm>> {
+    ) -> Option<crate::announcer::Durable> {
         let again = batch.iter().filter(|i| i.redelivered).count();
         self.metrics.redeliveries.inc_by(again as u64);
         let requests: Vec<Request> = batch
@@ -102,13 +102,13 @@ impl Pipeline {
             messaging.operation.type = "send",
             messaging.destination.name = "fanout",
         );
-        let confirms = announce(&self.announcer, &requests, &outcomes, stop)
+        let durable = announce(&self.announcer, &requests, &outcomes, stop)
             .instrument(announce_span)
             .await?;
         self.metrics
             .announce_seconds
             .observe(started.elapsed().as_secs_f64());
-        Some(confirms)
+        Some(durable)
     }
 
     /// Stores `requests` in one transaction (retried until it passes), and
@@ -209,11 +209,11 @@ async fn announce(
     requests: &[Request<'_>],
     outcomes: &[Outcome],
     stop: &mut watch::Receiver<bool>,
-) -> Option<Vec<chat_shared::amqp::PendingConfirm>> {
+) -> Option<crate::announcer::Durable> {
     let mut delay = FIRST_RETRY;
     loop {
         match announcer.announce(requests, outcomes).await {
-            Ok(confirms) => return Some(confirms),
+            Ok(durable) => return Some(durable),
             Err(e) => tracing::warn!(error = %e, "fan-out not confirmed, retrying"),
         }
         if back_off(&mut delay, stop).await {

@@ -5,6 +5,7 @@
 use crate::announcer::Announcer;
 use crate::consumer::{Budget, Incoming, PartitionConsumers};
 use crate::metrics::Metrics;
+use crate::notices::Notices;
 use crate::pipeline::Pipeline;
 use crate::writer::Writer;
 use anyhow::Context;
@@ -56,10 +57,17 @@ impl Persister {
                 .context("declaring the notify queue")?;
             let _ = channel.close(200, "declared".into()).await;
         }
+        let notices = if notify {
+            let publisher =
+                ConfirmedPublisher::new(&publish_conn, settings.amqp.confirm_timeout).await?;
+            Some(Notices::spawn(publisher, topo.notify_queue()))
+        } else {
+            None
+        };
         let announcer = Announcer::new(
             ConfirmedPublisher::new(&publish_conn, settings.amqp.confirm_timeout).await?,
             &topo,
-            notify,
+            notices,
         );
         let (metrics, registry) = Metrics::new();
         let writer = Writer::new(

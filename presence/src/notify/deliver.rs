@@ -145,7 +145,7 @@ impl Notifier {
             .body(body.to_owned())
             .send()
             .await
-            .map_err(|e| format!("{e}"))?;
+            .map_err(|e| with_causes(&e))?;
         let status = answer.status();
         if status.is_success() {
             Ok(())
@@ -227,6 +227,19 @@ impl Notifier {
             tracing::warn!(error = %e, "old notifications not deleted");
         }
     }
+}
+
+/// An error and its causes ("error sending request: connection refused"):
+/// reqwest's own text names none.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 fn corrupt(e: chat_shared::ids::InvalidValue) -> sqlx::Error {

@@ -1,5 +1,5 @@
 //! The unread webhook (version 2): a message that stays unread by an
-//! offline recipient for `notify.delay_ms` (700 ms in the test profile) is
+//! offline recipient for `notify.delay_ms` (1.2 s in the test profile) is
 //! POSTed to the site, signed, once per recipient and conversation; read,
 //! online, left and blocked suppress it; failures are retried with the same
 //! event id, and nothing pending is lost when the notifier restarts.
@@ -149,6 +149,10 @@ async fn no_event_when_the_recipient_read_came_online_left_or_blocked_the_sender
     ] {
         an.send_and_ack(conversation, id, "alo").await;
     }
+    eventually("four scheduled", async || {
+        counter(&system, 0, "notify_scheduled_total").await == 4
+    })
+    .await;
     // Within the delay: Bình reads (and leaves again), Chi comes online and
     // stays, Dũng leaves the group, Em blocks An.
     let mut binh = system.connect(1, 2).await;
