@@ -44,6 +44,30 @@ impl Receiver {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap_or_else(|e| panic!("webhook receiver on {port}: {e}"));
+        Self::serving(listener)
+    }
+
+    /// A port held for a receiver that is not listening yet: a connection
+    /// to it is refused until [`Receiver::start_at`] listens on it (and no
+    /// other socket can take it meanwhile).
+    pub fn reserve() -> (tokio::net::TcpSocket, u16) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("socket: {e}"));
+        socket
+            .bind(([127, 0, 0, 1], 0).into())
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = socket.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+        (socket, port)
+    }
+
+    /// A receiver on a port held by [`Receiver::reserve`].
+    pub fn start_at(socket: tokio::net::TcpSocket) -> Self {
+        let listener = socket
+            .listen(1024)
+            .unwrap_or_else(|e| panic!("listen: {e}"));
+        Self::serving(listener)
+    }
+
+    fn serving(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let state = Arc::new(State::default());
         let task = tokio::spawn(serve(listener, state.clone()));

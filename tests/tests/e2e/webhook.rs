@@ -224,8 +224,8 @@ async fn a_failing_receiver_gets_the_same_event_again_until_it_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_then_up_gets_everything() {
-    // Nothing listens on the webhook's port at first.
-    let port = chat_tests::free_port();
+    // Nothing listens on the webhook's port at first (held, not listening).
+    let (socket, port) = Receiver::reserve();
     let url = format!("http://127.0.0.1:{port}/hooks/chat");
     let system = TestSystem::start_with(2, 1, with_webhook(&url)).await;
     let with_binh = system.direct(1, 2).await;
@@ -237,7 +237,7 @@ async fn a_receiver_down_then_up_gets_everything() {
         counter(&system, 0, "notify_failed_total").await >= 4
     })
     .await;
-    let receiver = Receiver::start_on(port).await;
+    let receiver = Receiver::start_at(socket);
     let hooks = received(&receiver, 2).await;
     assert_eq!(recipients(&hooks, true), [2, 3]);
 }
