@@ -133,6 +133,7 @@ start prometheus /usr/bin/prometheus -- \
   "--web.listen-address=127.0.0.1:$PROMETHEUS_PORT"
 
 secret=$(sed -n 's/^jwt_secret = "\(.*\)"/\1/p' config/local.toml)
+server_key=$(sed -n 's/^server_api_keys = \["\(.*\)"\]/\1/p' config/local.toml)
 cat <<MSG
 
 mapmo-chat is up. Open http://127.0.0.1:$PUBLIC_PORT/ in a browser and log in with any
@@ -152,6 +153,14 @@ user id; chat with a second tab (or browser) logged in as another user.
   Try it with the shipped client, in two terminals:
     $BIN/chat-client --url http://127.0.0.1:$PUBLIC_PORT --user 1     then: /direct 2, and type
     $BIN/chat-client --url http://127.0.0.1:$PUBLIC_PORT --user 2     then: /direct 1, and type
+
+  The host site's server API (docs/integration.md), with the local key:
+    curl -sX PUT http://127.0.0.1:$PUBLIC_PORT/api/server/users/42 -H "Authorization: ApiKey $server_key" \\
+      -H 'content-type: application/json' -d '{"name": "An"}'
+  The unread webhook: run a receiver that prints and verifies events,
+    deploy/webhook-receiver.py 28099 local-webhook-secret-not-a-secret-0123456789
+  then deploy/down.sh and
+    CHAT_NOTIFY__WEBHOOK_URL=http://127.0.0.1:28099/ CHAT_NOTIFY__WEBHOOK_SECRET=local-webhook-secret-not-a-secret-0123456789 CHAT_NOTIFY__DELAY_MS=10000 deploy/up.sh
 
   Traces: $( [ "${TRACES:-}" = 1 ] && echo "every message, to chat-traces on 127.0.0.1:$TRACES_PORT; one message's trace:
     $BIN/chat-traces show --file $REPO/.data/local/traces.jsonl <message id or client_msg_id>" || echo "off (TRACES=1 deploy/up.sh after deploy/down.sh traces every message)")

@@ -315,6 +315,7 @@ export class View {
     const system = item.kind === 'system';
     const kind = system ? 'message system' : mine ? 'message mine' : 'message';
     const li = element('li', { class: kind, 'data-testid': 'message', 'data-kind': item.kind ?? 'user' });
+    if (system) li.append(element('span', { 'data-testid': 'system-message', hidden: '' }));
     li.dataset.clientMsgId = item.client_msg_id;
     const meta = element('div', { class: 'meta' });
     const sender = system

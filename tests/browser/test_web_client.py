@@ -713,6 +713,7 @@ def test_a_card_and_a_notice_posted_by_the_site_show_in_both_pages(system, pair)
         expect(shown.get_by_test_id("card")).to_contain_text(card["subtitle"])
         notice = user.message("Tin đăng đã được duyệt")
         expect(notice).to_have_attribute("data-kind", "system")
+        expect(notice.get_by_test_id("system-message")).to_have_count(1)
         expect(notice.locator(".sender")).to_have_text("Thông báo")
     # B's page shows the card as B's own message, sent from elsewhere.
     expect(b.message("quan tâm tin này")).to_have_class(re.compile(r"\bmine\b"))
