@@ -117,7 +117,10 @@ async fn a_user_keeps_receiving_when_another_user_of_the_same_routing_shard_leav
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_publish_linger_sends_close_together_travel_in_one_amqp_message() {
-    async fn two_sends_50_ms_apart(linger_ms: u64) -> String {
+    // 150 ms apart: inside a 500 ms linger, and far enough apart that a
+    // loaded machine does not stall the first past the second without one
+    // (a CI run at 50 ms did).
+    async fn two_sends_apart(linger_ms: u64) -> String {
         let system = TestSystem::start_with(1, 1, |s| {
             s.gateway.publish_linger = Duration::from_millis(linger_ms)
         })
@@ -125,13 +128,13 @@ async fn with_a_publish_linger_sends_close_together_travel_in_one_amqp_message()
         let conversation = system.direct(1, 2).await;
         let mut an = system.connect(0, 1).await;
         an.send_message(conversation, "first", "một").await;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         an.send_message(conversation, "second", "hai").await;
         assert_eq!(an.next_of("ack").await["client_msg_id"], "first");
         assert_eq!(an.next_of("ack").await["client_msg_id"], "second");
         system.gateway_metrics(0).await
     }
-    let lingering = two_sends_50_ms_apart(500).await;
+    let lingering = two_sends_apart(500).await;
     assert!(
         lingering.contains("gateway_persist_publishes_total 1\n"),
         "{lingering}"
@@ -140,7 +143,7 @@ async fn with_a_publish_linger_sends_close_together_travel_in_one_amqp_message()
         lingering.contains("gateway_persist_commands_total 2\n"),
         "{lingering}"
     );
-    let at_once = two_sends_50_ms_apart(0).await;
+    let at_once = two_sends_apart(0).await;
     assert!(
         at_once.contains("gateway_persist_publishes_total 2\n"),
         "{at_once}"
