@@ -147,14 +147,8 @@ impl Service {
         if !visible.contains(&user) {
             return Ok(());
         }
-        let (online, seen): (bool, Option<i64>) = redis::pipe()
-            .cmd("SISMEMBER")
-            .arg(self.keys.online())
-            .arg(user.get())
-            .cmd("GET")
-            .arg(self.keys.last_seen(user))
-            .query_async(&mut self.redis)
-            .await?;
+        let (online, seen) =
+            chat_shared::presence_state::status_of(&mut self.redis, &self.keys, user).await?;
         let status = if online {
             chat_shared::protocol::PresenceStatus::Online
         } else {

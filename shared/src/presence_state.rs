@@ -87,6 +87,23 @@ impl Keys {
 /// How long `last_seen` is kept.
 pub const LAST_SEEN_TTL_SECS: u64 = 30 * 24 * 3600;
 
+/// Whether `user` is online, and their `last_seen` (unix ms), in one round
+/// trip.
+pub async fn status_of(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    user: UserId,
+) -> Result<(bool, Option<i64>), RedisError> {
+    redis::pipe()
+        .cmd("SISMEMBER")
+        .arg(keys.online())
+        .arg(user.get())
+        .cmd("GET")
+        .arg(keys.last_seen(user))
+        .query_async(conn)
+        .await
+}
+
 pub fn unix_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

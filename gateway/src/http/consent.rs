@@ -114,11 +114,7 @@ pub async fn unblock(
 }
 
 fn other_user(raw: &str, caller: UserId) -> Result<UserId, ApiError> {
-    let id = raw
-        .parse::<i64>()
-        .ok()
-        .and_then(|raw| UserId::new(raw).ok())
-        .ok_or_else(|| ApiError::bad_request("user id must be a positive integer"))?;
+    let id = super::extract::path_id(raw, "user id", UserId::new)?;
     if id == caller {
         return Err(ApiError::bad_request("you cannot block yourself"));
     }

@@ -275,10 +275,7 @@ async fn seen_by(
 }
 
 fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .and_then(|raw| ConversationId::new(raw).ok())
-        .ok_or_else(|| ApiError::bad_request("conversation id must be a positive integer"))
+    super::extract::path_id(raw, "conversation id", ConversationId::new)
 }
 
 /// 403 for a caller who is not a member, 404 for no such conversation.

@@ -59,6 +59,18 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// A positive id from a path segment (`what` names it in the 400).
+pub fn path_id<T>(
+    raw: &str,
+    what: &str,
+    make: fn(i64) -> Result<T, chat_shared::ids::InvalidValue>,
+) -> Result<T, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .and_then(|n| make(n).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("{what} must be a positive integer")))
+}
+
 /// `Json<T>` whose rejection is a contract-shaped 400.
 pub struct Body<T>(pub T);
 

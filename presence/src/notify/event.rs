@@ -113,13 +113,7 @@ impl Notifier {
     /// With Redis unreachable: no (the event goes).
     async fn came_online(&self, due: &Due) -> bool {
         let mut redis = self.redis.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SISMEMBER")
-            .arg(self.keys.online())
-            .arg(due.user.get())
-            .cmd("GET")
-            .arg(self.keys.last_seen(due.user));
-        match pipe.query_async::<(bool, Option<i64>)>(&mut redis).await {
+        match chat_shared::presence_state::status_of(&mut redis, &self.keys, due.user).await {
             Ok((online, last_seen)) => {
                 online || last_seen.is_some_and(|ms| ms > due.stored_at.timestamp_millis())
             }

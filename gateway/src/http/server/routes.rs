@@ -1,7 +1,7 @@
 //! The server API's three routes (protocol.md, "The host site's backend").
 
 use super::super::error::ApiError;
-use super::super::extract::Body;
+use super::super::extract::{Body, path_id};
 use crate::server_sends::Answer;
 use crate::state::AppState;
 use crate::store::{Creation, Refusal};
@@ -41,8 +41,7 @@ pub async fn put_user(
     Path(raw_id): Path<String>,
     Body(change): Body<UserChange>,
 ) -> Result<Json<User>, ApiError> {
-    let user = UserId::new(positive(&raw_id, "user id")?)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let user = path_id(&raw_id, "user id", UserId::new)?;
     let name = change
         .name
         .map(|n| DisplayName::parse(&n))
@@ -133,8 +132,7 @@ pub async fn post_message(
     Path(raw_id): Path<String>,
     Body(post): Body<PostMessage>,
 ) -> Result<Json<Posted>, ApiError> {
-    let conversation = ConversationId::new(positive(&raw_id, "conversation id")?)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let conversation = path_id(&raw_id, "conversation id", ConversationId::new)?;
     let body = MessageBody::parse(post.body, state.settings.gateway.max_body_chars).map_err(
         |e| match e {
             chat_shared::ids::InvalidValue::TooLong { .. } => ApiError::too_large(e.to_string()),
@@ -194,11 +192,4 @@ fn refused(code: ErrorCode, message: String) -> ApiError {
         ErrorCode::Unavailable | ErrorCode::RateLimited => ApiError::unavailable(message),
         _ => ApiError::internal(message),
     }
-}
-
-fn positive(raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::bad_request(format!("{what} must be a positive integer")))
 }
