@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// An `https://` URL of at most [`HttpsUrl::MAX_CHARS`] characters, without
 /// white space or control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, format = "uri")]
 pub struct HttpsUrl(String);
 
 impl HttpsUrl {
@@ -54,11 +55,13 @@ impl From<HttpsUrl> for String {
 
 /// `{"title", "subtitle", "url", "image_url"}`: title 1 to 200 characters,
 /// subtitle 0 to 200, neither with control characters; the URLs optional.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "RawCard")]
 pub struct Card {
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200)]
     pub subtitle: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<HttpsUrl>,

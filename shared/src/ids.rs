@@ -25,7 +25,7 @@ pub enum InvalidValue {
 macro_rules! positive_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
         #[serde(transparent)]
         pub struct $name(i64);
 
@@ -66,7 +66,7 @@ positive_id!(
 /// Who sent a message: a user, or the system (`0` on the wire and in
 /// Postgres: a message the host site posted with no sender, version 2's
 /// server API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct SenderId(i64);
 
@@ -121,7 +121,8 @@ impl fmt::Display for SenderId {
 
 /// A stored message's system-wide id. Written as a string on the wire because
 /// it may exceed 2^53, which JavaScript numbers cannot hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(value_type = String, example = "1234567890123")]
 pub struct MessageId(pub i64);
 
 impl Serialize for MessageId {
@@ -138,8 +139,9 @@ impl<'de> Deserialize<'de> for MessageId {
 }
 
 /// The sender's idempotency key: 1 to 64 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String)]
 pub struct ClientMsgId(String);
 
 impl ClientMsgId {

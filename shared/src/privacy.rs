@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Who sees a user's presence (`online`, `offline`, `last_seen`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceAudience {
     /// Everyone who shares a conversation with them (version 1).
@@ -19,7 +19,7 @@ pub enum PresenceAudience {
 }
 
 /// Who may add a user to a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupsAudience {
     #[default]
@@ -28,7 +28,7 @@ pub enum GroupsAudience {
 }
 
 /// A user's settings, as `GET /api/me/privacy` answers them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Privacy {
     pub presence: PresenceAudience,
     pub read_receipts: bool,
@@ -47,7 +47,7 @@ impl Default for Privacy {
 
 /// The body of `PUT /api/me/privacy`: any of the fields; an unknown field or
 /// value is refused (400), so a typo is not taken for a change.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyChange {
     pub presence: Option<PresenceAudience>,

@@ -12,7 +12,7 @@ use crate::time::{self, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// A stored message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     pub id: MessageId,
     pub conversation_id: ConversationId,
@@ -22,6 +22,7 @@ pub struct Message {
     pub client_msg_id: ClientMsgId,
     pub body: String,
     #[serde(with = "time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     /// Version 2: `system` for a message the host site posted with no
     /// sender; absent (`user`) otherwise.
@@ -33,7 +34,7 @@ pub struct Message {
 }
 
 /// A message's kind (version 2), which follows from its sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     #[default]
@@ -55,7 +56,7 @@ impl MessageKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
     Direct,
@@ -72,7 +73,7 @@ impl ConversationKind {
 }
 
 /// A conversation as one user sees it (`unread_count` is theirs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Conversation {
     pub id: ConversationId,
     pub kind: ConversationKind,
@@ -87,6 +88,7 @@ pub struct Conversation {
     pub last_seq: i64,
     pub unread_count: i64,
     #[serde(with = "time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
 }
 
@@ -98,7 +100,7 @@ impl Conversation {
 }
 
 /// `POST /api/conversations/{id}/members` (version 2).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddMembersRequest {
     pub user_ids: Vec<i64>,
 }
@@ -122,14 +124,14 @@ impl AddMembersRequest {
 
 /// How far one member has read a conversation (version 2,
 /// `GET /api/conversations/{id}/reads`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadMarker {
     pub user_id: UserId,
     pub seq: i64,
 }
 
 /// Error codes shared by WebSocket error frames and HTTP error bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -180,7 +182,7 @@ pub enum TypingState {
     Stop,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     Online,
@@ -331,20 +333,20 @@ pub enum ServerFrame {
 
 // --------------------------------------------------------------------- HTTP
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct DevTokenRequest {
     pub user_id: UserId,
     #[serde(default)]
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub token: String,
 }
 
 /// `POST /api/conversations`: `{"peer_id": 7}` or `{"title": "...", "member_ids": [..]}`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CreateConversationRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_id: Option<i64>,
@@ -425,7 +427,7 @@ fn member_ids(ids: &[i64]) -> Result<Vec<UserId>, String> {
 /// `POST /api/server/conversations` (version 2, the host site): two
 /// `member_ids` and no title is their direct conversation; a `title` and 2
 /// or more `member_ids` a new group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConversationRequest {
     pub member_ids: Vec<i64>,
@@ -454,22 +456,22 @@ impl ServerConversationRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConversationList {
     pub conversations: Vec<Conversation>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessagePage {
     pub messages: Vec<Message>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,

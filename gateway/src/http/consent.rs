@@ -11,6 +11,7 @@
 
 use super::error::ApiError;
 use super::extract::Body;
+use super::openapi::ApiErrors;
 use super::presence::{UserPresence, from_redis};
 use crate::auth::AuthUser;
 use crate::state::AppState;
@@ -23,6 +24,10 @@ use chat_shared::privacy::{Privacy, PrivacyChange};
 use chat_shared::protocol::{PresenceStatus, User};
 use serde::Serialize;
 
+/// The caller's privacy settings.
+#[utoipa::path(get, path = "/api/me/privacy", tag = "people",
+    security(("user_token" = [])),
+    responses((status = 200, description = "The settings", body = Privacy), ApiErrors))]
 pub async fn privacy(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -30,6 +35,12 @@ pub async fn privacy(
     Ok(Json(state.store.privacy(caller.user_id).await?))
 }
 
+/// Changes any of the caller's privacy settings (an unknown field or value
+/// is 400 and changes nothing).
+#[utoipa::path(put, path = "/api/me/privacy", tag = "people",
+    security(("user_token" = [])),
+    request_body = PrivacyChange,
+    responses((status = 200, description = "The settings, as stored", body = Privacy), ApiErrors))]
 pub async fn set_privacy(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -60,11 +71,15 @@ pub async fn set_privacy(
     Ok(Json(after))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct BlockList {
     blocked: Vec<User>,
 }
 
+/// The users the caller blocks, most recent first.
+#[utoipa::path(get, path = "/api/blocks", tag = "people",
+    security(("user_token" = [])),
+    responses((status = 200, description = "The users blocked", body = BlockList), ApiErrors))]
 pub async fn blocks(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -74,6 +89,10 @@ pub async fn blocks(
 }
 
 /// `PUT /api/blocks/{user_id}`: idempotent, 204.
+#[utoipa::path(put, path = "/api/blocks/{user_id}", tag = "people",
+    security(("user_token" = [])),
+    params(("user_id" = i64, Path, description = "The user to block")),
+    responses((status = 204, description = "Blocked (new or not)"), ApiErrors))]
 pub async fn block(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -90,6 +109,10 @@ pub async fn block(
 }
 
 /// `DELETE /api/blocks/{user_id}`: 204, whether there was a block or not.
+#[utoipa::path(delete, path = "/api/blocks/{user_id}", tag = "people",
+    security(("user_token" = [])),
+    params(("user_id" = i64, Path, description = "The user to unblock")),
+    responses((status = 204, description = "Not blocked (any more)"), ApiErrors))]
 pub async fn unblock(
     State(state): State<AppState>,
     caller: AuthUser,

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::extract::{Body, Params};
+use super::openapi::ApiErrors;
 use crate::auth::AuthUser;
 use crate::state::AppState;
 use crate::store::{Creation, MembersChange, Membership, Page, Refusal};
@@ -30,6 +31,16 @@ fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
+/// A user's direct conversation with `peer_id` (the same one every time),
+/// or a new group with `title` and `member_ids`.
+#[utoipa::path(post, path = "/api/conversations", tag = "conversations",
+    security(("user_token" = [])),
+    request_body = CreateConversationRequest,
+    responses(
+        (status = 201, description = "Created", body = Conversation),
+        (status = 200, description = "The direct conversation of the pair already existed", body = Conversation),
+        ApiErrors,
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -107,12 +118,20 @@ async fn announce(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// 1 to 200 (larger is clamped); 50 when left out.
     limit: Option<i64>,
+    /// RFC 3339: the page of conversations last active before this time.
     before: Option<String>,
 }
 
+/// The caller's conversations, most recent activity first.
+#[utoipa::path(get, path = "/api/conversations", tag = "conversations",
+    security(("user_token" = [])),
+    params(ListParams),
+    responses((status = 200, description = "The caller's conversations", body = ConversationList), ApiErrors))]
 pub async fn list(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -130,13 +149,22 @@ pub async fn list(
     Ok(Json(ConversationList { conversations }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
+    /// 1 to 200 (larger is clamped); 50 when left out.
     limit: Option<i64>,
+    /// The page just before this `seq` (default: the newest page).
     before_seq: Option<i64>,
+    /// The page just after this `seq`: how a client catches up (not with `before_seq`).
     after_seq: Option<i64>,
 }
 
+/// A page of a conversation's messages, ascending by `seq`.
+#[utoipa::path(get, path = "/api/conversations/{id}/messages", tag = "conversations",
+    security(("user_token" = [])),
+    params(("id" = i64, Path, description = "The conversation"), HistoryParams),
+    responses((status = 200, description = "A page of messages", body = MessagePage), ApiErrors))]
 pub async fn history(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -160,13 +188,17 @@ pub async fn history(
     Ok(Json(MessagePage { messages }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ReadList {
     reads: Vec<ReadMarker>,
 }
 
 /// `GET /api/conversations/{id}/reads` (version 2): how far the other
 /// members have read, for "seen" after a reconnect.
+#[utoipa::path(get, path = "/api/conversations/{id}/reads", tag = "conversations",
+    security(("user_token" = [])),
+    params(("id" = i64, Path, description = "The conversation")),
+    responses((status = 200, description = "The other members' read markers", body = ReadList), ApiErrors))]
 pub async fn reads(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -181,6 +213,11 @@ pub async fn reads(
 /// `POST /api/conversations/{id}/members` (version 2): any member adds
 /// people to a group; every member, old and new, gets a `conversation`
 /// frame with the new member list.
+#[utoipa::path(post, path = "/api/conversations/{id}/members", tag = "conversations",
+    security(("user_token" = [])),
+    params(("id" = i64, Path, description = "The group")),
+    request_body = AddMembersRequest,
+    responses((status = 200, description = "The group as the caller sees it", body = Conversation), ApiErrors))]
 pub async fn add_members(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -202,6 +239,10 @@ pub async fn add_members(
 /// group (204). The members left, and the caller's own sessions, get a
 /// `conversation` frame with the new member list; from then on the caller
 /// gets none of its frames and 403 on its history.
+#[utoipa::path(post, path = "/api/conversations/{id}/leave", tag = "conversations",
+    security(("user_token" = [])),
+    params(("id" = i64, Path, description = "The group")),
+    responses((status = 204, description = "Left"), ApiErrors))]
 pub async fn leave(
     State(state): State<AppState>,
     caller: AuthUser,

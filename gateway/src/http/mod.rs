@@ -4,6 +4,7 @@ pub mod consent;
 pub mod conversations;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
 pub mod presence;
 pub mod server;
@@ -17,50 +18,26 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The public API. `/metrics` is not here: it is served on
 /// `gateway.metrics_listen` ([`metrics_router`]), away from the public entry.
+/// The server API is here too unless `gateway.server_api_listen` gives it a
+/// listener of its own.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.gateway.http_body_bytes;
+    let mut api = user_routes();
+    if state.settings.gateway.server_api_listen.is_none() {
+        api = api.merge(server::router(state.clone()));
+    }
     Router::new()
         .route("/", get(web::index))
         .route("/app/{name}", get(web::asset))
-        .route("/ws", get(ws::upgrade))
         .route("/ws/echo", get(ws::echo::upgrade))
-        .route(
-            "/api/conversations",
-            post(conversations::create).get(conversations::list),
-        )
-        .route(
-            "/api/conversations/{id}/messages",
-            get(conversations::history),
-        )
-        .route("/api/conversations/{id}/reads", get(conversations::reads))
-        .route(
-            "/api/conversations/{id}/members",
-            post(conversations::add_members),
-        )
-        .route("/api/conversations/{id}/leave", post(conversations::leave))
-        .route("/api/presence", get(presence::presence))
-        .route("/api/users", get(users::users))
-        .route(
-            "/api/me/privacy",
-            get(consent::privacy).put(consent::set_privacy),
-        )
-        .route("/api/blocks", get(consent::blocks))
-        .route(
-            "/api/blocks/{user_id}",
-            put(consent::block).delete(consent::unblock),
-        )
-        .merge(if state.settings.gateway.server_api_listen.is_none() {
-            server::router(state.clone())
-        } else {
-            Router::new()
-        })
-        .route("/api/dev/token", post(ops::dev_token))
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
+        .route("/api/openapi.json", get(openapi::serve))
+        .merge(api.split_for_parts().0)
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -71,9 +48,31 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The user routes of the contract and the operational ones, each
+/// registered once, from its handler's `#[utoipa::path]`: the router and
+/// the OpenAPI document ([`openapi`]) are both made from this.
+pub(crate) fn user_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(conversations::create, conversations::list))
+        .routes(routes!(conversations::history))
+        .routes(routes!(conversations::reads))
+        .routes(routes!(conversations::add_members))
+        .routes(routes!(conversations::leave))
+        .routes(routes!(presence::presence))
+        .routes(routes!(users::users))
+        .routes(routes!(consent::privacy, consent::set_privacy))
+        .routes(routes!(consent::blocks))
+        .routes(routes!(consent::block, consent::unblock))
+        .routes(routes!(ops::dev_token))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::ready))
+}
+
 /// The server API alone, for `gateway.server_api_listen`.
 pub fn server_router(state: AppState) -> Router {
-    server::router(state.clone())
+    let (api, _) = server::router(state.clone()).split_for_parts();
+    api.route("/api/openapi.json", get(openapi::serve))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

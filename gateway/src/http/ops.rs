@@ -2,17 +2,24 @@
 
 use super::error::ApiError;
 use super::extract::{Body, Params};
+use super::openapi::ApiErrors;
 use crate::auth::unix_now;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use chat_shared::protocol::ErrorBody;
 use chat_shared::protocol::{DevTokenRequest, TokenResponse};
 
 /// 200 while the process is alive and well; 503 once its broker
 /// connection has been down for `gateway.broker_dead_ms` (a liveness probe
 /// then restarts it: an AMQP client stuck reconnecting does not heal).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Alive", body = String, content_type = "text/plain"),
+        (status = 503, description = "Broker unreachable for `gateway.broker_dead_ms`", body = ErrorBody),
+    ))]
 pub async fn health(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     if *state.broker_dead.borrow() {
         return Err(ApiError::unavailable(
@@ -26,11 +33,19 @@ pub async fn health(State(state): State<AppState>) -> Result<&'static str, ApiEr
 /// reason otherwise. (Chat itself goes on without the cache: only presence
 /// degrades. An orchestrator that should keep routing to a gateway whose
 /// Redis is down can probe `/ready?require=broker,database`.)
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReadyParams {
+    /// Which of `broker,database,cache` to check (default: all three).
     require: Option<String>,
 }
 
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    params(ReadyParams),
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready, with the reason", body = ErrorBody),
+    ))]
 pub async fn ready(
     State(state): State<AppState>,
     Params(params): Params<ReadyParams>,
@@ -85,7 +100,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// `POST /api/dev/token`: exists only where `auth.dev_login` is true.
+/// `POST /api/dev/token`: exists only where `auth.dev_login` is true (404
+/// elsewhere): a user token for local use and tests.
+#[utoipa::path(post, path = "/api/dev/token", tag = "operations",
+    request_body = DevTokenRequest,
+    responses((status = 200, description = "A token", body = TokenResponse), ApiErrors))]
 pub async fn dev_token(
     State(state): State<AppState>,
     Body(request): Body<DevTokenRequest>,

@@ -9,6 +9,7 @@
 
 use super::error::ApiError;
 use super::extract::Params;
+use super::openapi::ApiErrors;
 use crate::auth::AuthUser;
 use crate::state::AppState;
 use axum::Json;
@@ -21,24 +22,33 @@ use serde::{Deserialize, Serialize};
 /// Most ids one request may ask about.
 pub const MAX_USERS: usize = 200;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PresenceParams {
+    /// 1 to 200 comma-separated positive ids, e.g. `7,42`.
     user_ids: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PresenceList {
     presence: Vec<UserPresence>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserPresence {
     pub user_id: UserId,
     pub status: PresenceStatus,
     #[serde(with = "time::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_seen: Option<Timestamp>,
 }
 
+/// Who of these users is online (strangers are answered `offline`, as a
+/// user never seen).
+#[utoipa::path(get, path = "/api/presence", tag = "people",
+    security(("user_token" = [])),
+    params(PresenceParams),
+    responses((status = 200, description = "Each user's presence", body = PresenceList), ApiErrors))]
 pub async fn presence(
     State(state): State<AppState>,
     caller: AuthUser,

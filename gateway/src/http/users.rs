@@ -4,6 +4,7 @@
 
 use super::error::ApiError;
 use super::extract::Params;
+use super::openapi::ApiErrors;
 use super::presence::parse_ids;
 use crate::auth::AuthUser;
 use crate::state::AppState;
@@ -12,16 +13,24 @@ use axum::extract::State;
 use chat_shared::protocol::User;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsersParams {
+    /// 1 to 200 comma-separated positive ids, e.g. `7,42`.
     ids: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserList {
     users: Vec<User>,
 }
 
+/// The profiles of the caller and of the users who share a conversation
+/// with the caller; other ids are left out.
+#[utoipa::path(get, path = "/api/users", tag = "people",
+    security(("user_token" = [])),
+    params(UsersParams),
+    responses((status = 200, description = "The profiles", body = UserList), ApiErrors))]
 pub async fn users(
     State(state): State<AppState>,
     caller: AuthUser,

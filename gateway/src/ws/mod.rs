@@ -28,6 +28,16 @@ use std::net::{IpAddr, SocketAddr};
 /// an idle connection's memory; frames larger than this still work.
 const READ_BUFFER_BYTES: usize = 1024;
 
+/// The WebSocket of docs/protocol.md: the token in an `Authorization:
+/// Bearer` header (checked before the upgrade) or in the first frame.
+#[utoipa::path(get, path = "/ws", tag = "operations",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 401, description = "The header token is refused", body = chat_shared::protocol::ErrorBody),
+        (status = 403, description = "The origin is not allowed", body = chat_shared::protocol::ErrorBody),
+        (status = 429, description = "Too many sessions for this user or address", body = chat_shared::protocol::ErrorBody),
+        (status = 503, description = "At capacity, shutting down, or no broker", body = chat_shared::protocol::ErrorBody),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -385,3 +385,57 @@ async fn served_apart_the_server_api_is_not_on_the_public_port() {
         .await;
     assert_eq!(status, 404, "and only the server API there");
 }
+
+/// `GET /api/openapi.json` describes every route, and every route it
+/// describes is served: asked without credentials, each answers as a route
+/// (401, or its own answer), never 404 as an unknown path does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_and_each_of_its_routes_exists() {
+    let system = TestSystem::start().await;
+    let http = chat_tests::http_client();
+    let answer = http
+        .get(system.url(0, "/api/openapi.json"))
+        .send()
+        .await
+        .expect("GET /api/openapi.json");
+    assert_eq!(answer.status(), 200);
+    let doc: Value = answer.json().await.expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut asked = 0;
+    for (path, item) in paths {
+        for method in ["get", "put", "post", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let concrete = path.replace("{id}", "1").replace("{user_id}", "2");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let status = http
+                .request(method.clone(), system.url(0, &concrete))
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("request")
+                .status()
+                .as_u16();
+            let expected: &[u16] = match path.as_str() {
+                "/health" | "/ready" => &[200],
+                "/ws" => &[400, 426],
+                "/api/dev/token" => &[400],
+                _ => &[401],
+            };
+            assert!(
+                expected.contains(&status),
+                "{method} {path}: {status}, expected one of {expected:?}"
+            );
+            asked += 1;
+        }
+    }
+    assert!(asked >= 20, "only {asked} operations in the document");
+    let unknown = http
+        .get(system.url(0, "/api/no-such-route"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unknown.status(), 404);
+}

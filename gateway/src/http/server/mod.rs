@@ -9,18 +9,18 @@
 //! token is refused here, and a key on the user routes (401 both).
 
 pub mod keys;
-mod routes;
+pub mod routes;
 
 use super::error::ApiError;
 use crate::limits::retry_after_ms;
 use crate::state::AppState;
-use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The key a server API request was made with (its index and id).
 #[derive(Debug, Clone)]
@@ -29,18 +29,18 @@ pub struct ServerCaller {
     pub id: Arc<str>,
 }
 
-pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/api/server/users/{id}", put(routes::put_user))
-        .route(
-            "/api/server/conversations",
-            post(routes::create_conversation),
-        )
-        .route(
-            "/api/server/conversations/{id}/messages",
-            post(routes::post_message),
-        )
-        .route_layer(middleware::from_fn_with_state(state, authenticate))
+/// The three routes, registered once from their `#[utoipa::path]`s (for
+/// the router and the OpenAPI document alike), without authentication.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(routes::put_user))
+        .routes(routes!(routes::create_conversation))
+        .routes(routes!(routes::post_message))
+}
+
+/// The server API as served: [`routes`], each call authenticated.
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    routes().route_layer(middleware::from_fn_with_state(state, authenticate))
 }
 
 /// Authenticates, limits, logs and counts one server API request.

@@ -2,6 +2,7 @@
 
 use super::super::error::ApiError;
 use super::super::extract::{Body, path_id};
+use super::super::openapi::ApiErrors;
 use crate::server_sends::Answer;
 use crate::state::AppState;
 use crate::store::{Creation, Refusal};
@@ -18,12 +19,15 @@ use serde::{Deserialize, Serialize};
 /// `PUT /api/server/users/{id}` `{"name": "...", "avatar_url": "..."}`:
 /// either field may be left out to keep it; `avatar_url` null removes the
 /// avatar (a name cannot be removed).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserChange {
+    /// 1 to 100 characters (NFC), not null.
     #[serde(default)]
     name: Option<String>,
+    /// An `https://` URL; null removes the avatar.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = "uri")]
     avatar_url: Option<Option<String>>,
 }
 
@@ -36,6 +40,12 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Sets a user's name and avatar (a field left out keeps its value).
+#[utoipa::path(put, path = "/api/server/users/{id}", tag = "server",
+    security(("server_key" = [])),
+    params(("id" = i64, Path, description = "The user")),
+    request_body = UserChange,
+    responses((status = 200, description = "The user, as stored", body = User), ApiErrors))]
 pub async fn put_user(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -66,6 +76,14 @@ pub async fn put_user(
 /// `POST /api/server/conversations`: the site vouches for the members, so
 /// `groups` settings do not apply; a new direct conversation across a block
 /// is still refused (403 `blocked`).
+#[utoipa::path(post, path = "/api/server/conversations", tag = "server",
+    security(("server_key" = [])),
+    request_body = ServerConversationRequest,
+    responses(
+        (status = 201, description = "Created; as its first member sees it", body = Conversation),
+        (status = 200, description = "The direct conversation of the two already existed", body = Conversation),
+        ApiErrors,
+    ))]
 pub async fn create_conversation(
     State(state): State<AppState>,
     Body(request): Body<ServerConversationRequest>,
@@ -106,18 +124,20 @@ pub async fn create_conversation(
     Ok((status, Json(conversation)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostMessage {
+    /// The idempotency key, with `sender_id`.
     client_msg_id: ClientMsgId,
     body: String,
+    /// A member; left out, the message is a system message (`sender_id` 0).
     #[serde(default)]
     sender_id: Option<UserId>,
     #[serde(default)]
     card: Option<Card>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Posted {
     message: Message,
 }
@@ -127,6 +147,11 @@ pub struct Posted {
 /// fan-out), idempotent on (`sender_id`, `client_msg_id`); answered once
 /// the persister has committed it, or 503 `unavailable` (post it again,
 /// with the same `client_msg_id`).
+#[utoipa::path(post, path = "/api/server/conversations/{id}/messages", tag = "server",
+    security(("server_key" = [])),
+    params(("id" = i64, Path, description = "The conversation")),
+    request_body = PostMessage,
+    responses((status = 200, description = "Stored (new, or the original of a repeat)", body = Posted), ApiErrors))]
 pub async fn post_message(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
