@@ -28,6 +28,8 @@ pub struct Metrics {
     pub redeliveries: Counter,
     /// Messages in each persist partition and the dead-letter queue.
     pub queue_messages: crate::queues::QueueGauges,
+    /// Failed group commits, by failure and SQLSTATE.
+    pub database_errors: crate::writer::DatabaseErrors,
 }
 
 impl Metrics {
@@ -44,6 +46,7 @@ impl Metrics {
             queue_messages: Default::default(),
             redeliveries: Counter::default(),
             commands_in_memory: Default::default(),
+            database_errors: Default::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -96,6 +99,11 @@ impl Metrics {
             "persister_queue_messages",
             "messages in each persist partition queue and in the dead-letter queue",
             m.queue_messages.clone(),
+        );
+        r.register(
+            "persister_database_errors",
+            "failed group commits by failure (outage, conflict, slow, broken) and SQLSTATE",
+            m.database_errors.clone(),
         );
         (m, r)
     }

@@ -163,20 +163,24 @@ async fn store(
     // acked.
     let mut retried: Option<Vec<Request<'_>>> = None;
     let mut delay = FIRST_RETRY;
-    // Failures that are not an outage (a conflict that keeps coming back):
+    // Bounded failures (a conflict or a timeout that keeps coming back):
     // after a few, the batch is stored one by one and the command that still
-    // fails is refused, so one poison command cannot stall every partition.
-    let mut conflicts = 0;
+    // fails is refused `unavailable`, so one command cannot stall every
+    // partition. An outage is waited out, however long (writer::Failure).
+    let mut bounded = 0;
     loop {
         let batch = retried.as_deref().unwrap_or(requests);
         let result = match writer.write(batch).await {
-            Err(e) if !e.is_transient() || (!e.is_outage() && conflicts >= MAX_CONFLICTS) => {
-                tracing::warn!(error = %e, batch.size = batch.len(), "batch failed, storing one by one");
-                writer.write_each(batch, conflicts >= MAX_CONFLICTS).await
+            Err(e)
+                if !e.failure().is_retried()
+                    || (e.failure().is_bounded() && bounded >= MAX_BOUNDED_TRIES) =>
+            {
+                tracing::warn!(error = %e, failure = e.failure().as_str(), batch.size = batch.len(), "batch failed, storing one by one");
+                writer.write_each(batch, bounded >= MAX_BOUNDED_TRIES).await
             }
             Err(e) => {
-                if !e.is_outage() {
-                    conflicts += 1;
+                if e.failure().is_bounded() {
+                    bounded += 1;
                 }
                 Err(e)
             }
@@ -233,8 +237,9 @@ const ACKS_WAITING: usize = 1024;
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 
-/// Retries of a batch that fails with a conflict before it is split.
-const MAX_CONFLICTS: u32 = 5;
+/// Tries of a batch that fails with a conflict or a timeout before it is
+/// split (with the back-off, some 1.5 s).
+const MAX_BOUNDED_TRIES: u32 = 5;
 
 /// Waits `delay` (then doubles it, up to 5 s); `true` if shutdown came first.
 async fn back_off(delay: &mut Duration, stop: &mut watch::Receiver<bool>) -> bool {

@@ -74,6 +74,7 @@ impl Persister {
             db.get_postgres_connection_pool().clone(),
             metrics.statements.clone(),
             metrics.poisoned.clone(),
+            metrics.database_errors.clone(),
         );
         let metrics_endpoint =
             chat_shared::metrics::Endpoint::bind(settings.persister.metrics_listen, registry)

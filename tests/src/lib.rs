@@ -207,6 +207,30 @@ impl TestSystem {
         (proxy, settings)
     }
 
+    /// `ALTER DATABASE <this test's database> <change>`, e.g. `SET
+    /// default_transaction_read_only = on`: the sessions opened after it
+    /// take it (those already open keep what they had).
+    pub async fn alter_database(&self, change: &str) {
+        let name = &self.database.name;
+        let mut admin = sqlx::PgConnection::connect(&self.database.admin_url)
+            .await
+            .expect("the test Postgres");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} {change}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("ALTER DATABASE {name} {change}: {e}"));
+        admin.close().await.ok();
+    }
+
+    /// A connection of the test's own to its database (to hold a lock, say).
+    pub async fn database_connection(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.database.url)
+            .await
+            .expect("the test database")
+    }
+
     /// A gateway in its own process (the `chat-gateway` binary), so a test
     /// can kill it with SIGKILL.
     pub async fn spawn_gateway_process(&self) -> GatewayProcess {

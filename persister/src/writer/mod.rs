@@ -15,17 +15,21 @@
 //! Nothing is acknowledged or fanned out before [`Writer::write`] returns Ok.
 
 mod contacts;
+mod failure;
 mod outcome;
 mod plan;
 mod sql;
 
+pub use failure::Failure;
 pub use outcome::Outcome;
 
 use chat_shared::bus::PersistCommand;
 use chat_shared::protocol::ErrorCode;
 use chat_shared::schema::RowError;
 use chat_shared::time;
-use sea_orm::sqlx::{self, PgPool};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use sea_orm::sqlx::{self, Connection as _, PgConnection, PgPool};
 
 /// One command to apply, and whether the broker delivered it before.
 pub struct Request<'a> {
@@ -52,68 +56,98 @@ impl From<RowError> for WriteError {
 }
 
 impl WriteError {
-    /// Worth retrying the same batch: the connection, or a conflict.
-    pub fn is_transient(&self) -> bool {
-        self.is_outage() || self.is_conflict()
-    }
-
-    /// A lost race on the idempotency key with another persister, a
-    /// serialization failure or a deadlock: the same batch may pass next time.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, WriteError::Db(sqlx::Error::Database(db))
-            if matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01")))
-    }
-
-    /// Postgres cannot be reached (or is shutting down): retry for as long
-    /// as it takes; nothing is wrong with the batch.
-    pub fn is_outage(&self) -> bool {
+    /// What the failure means for the batch and its senders.
+    pub fn failure(&self) -> Failure {
         match self {
-            WriteError::Db(sqlx::Error::Database(db)) => {
-                let code = db.code().unwrap_or_default();
-                code.starts_with("08") || code.starts_with("57")
-            }
+            WriteError::Db(sqlx::Error::Database(db)) => Failure::of_sqlstate(db.code().as_deref()),
             WriteError::Db(
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::Protocol(_),
-            ) => true,
-            _ => false,
+            ) => Failure::Outage,
+            WriteError::Db(_) | WriteError::Corrupt(_) => Failure::Broken,
+        }
+    }
+
+    /// The SQLSTATE Postgres answered, if it answered.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            WriteError::Db(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
         }
     }
 }
+
+/// Database errors met by group commits, by failure and SQLSTATE
+/// (`none`: no answer from Postgres).
+pub type DatabaseErrors = Family<Vec<(&'static str, String)>, Counter>;
 
 #[derive(Clone)]
 pub struct Writer {
     pool: PgPool,
     /// Counts every statement sent (BEGIN and COMMIT included).
-    statements: prometheus_client::metrics::counter::Counter,
+    statements: Counter,
     /// Commands refused or dropped because they could not be stored alone.
-    refused: prometheus_client::metrics::counter::Counter,
+    refused: Counter,
+    errors: DatabaseErrors,
     contacts: contacts::KnownContacts,
 }
 
 impl Writer {
     pub fn new(
         pool: PgPool,
-        statements: prometheus_client::metrics::counter::Counter,
-        refused: prometheus_client::metrics::counter::Counter,
+        statements: Counter,
+        refused: Counter,
+        errors: DatabaseErrors,
     ) -> Self {
         Self {
             pool,
             statements,
             refused,
+            errors,
             contacts: Default::default(),
         }
     }
 
+    /// Applies a batch in one transaction (see [`Self::write_on`]), on a
+    /// connection of the pool; a connection that turned out read-only is
+    /// closed, so the next try opens another.
+    pub async fn write(&self, requests: &[Request<'_>]) -> Result<Vec<Outcome>, WriteError> {
+        let mut connection = self.pool.acquire().await?;
+        let result = self.write_on(&mut connection, requests).await;
+        if let Err(e) = &result {
+            let sqlstate = e.sqlstate();
+            self.errors
+                .get_or_create(&vec![
+                    ("failure", e.failure().as_str().to_owned()),
+                    (
+                        "sqlstate",
+                        sqlstate.clone().unwrap_or_else(|| "none".into()),
+                    ),
+                ])
+                .inc();
+            if Failure::needs_new_connection(sqlstate.as_deref()) {
+                tracing::warn!(error = %e, "a read-only database connection: closing it");
+                if let Err(e) = connection.close().await {
+                    tracing::debug!(error = %e, "closing a read-only connection");
+                }
+            }
+        }
+        result
+    }
+
     /// Applies a batch in one transaction. One outcome per send, in order,
     /// then one per read marker that moved, then one per contact made.
-    pub async fn write(&self, requests: &[Request<'_>]) -> Result<Vec<Outcome>, WriteError> {
+    async fn write_on(
+        &self,
+        connection: &mut PgConnection,
+        requests: &[Request<'_>],
+    ) -> Result<Vec<Outcome>, WriteError> {
         let now = time::now_millis();
         let batch = plan::Batch::of(requests);
         self.statements.inc_by(4); // BEGIN, existing, members, COMMIT
-        let mut tx = self.pool.begin().await?;
+        let mut tx = connection.begin().await?;
         let existing = sql::existing(&mut tx, &batch.sends).await?;
         let (members, direct) = sql::members(&mut tx, &batch.conversations(&existing)).await?;
         let planned = plan::plan(&batch.sends, &existing, &members);
@@ -141,31 +175,35 @@ impl Writer {
     }
 
     /// Stores requests one by one, after a batch failed for a reason that
-    /// retrying cannot fix: the bad one is refused, the others are stored.
-    /// With `give_up_on_conflicts`, only an outage is an `Err`: a command
-    /// that keeps conflicting is refused like one that cannot be stored.
+    /// retrying it whole cannot fix: the bad one is refused, the others are
+    /// stored. An outage is an `Err` (the batch waits, whole); so is a
+    /// bounded failure (a conflict, a timeout) unless `gave_up`, when the
+    /// command that still fails alone is refused `unavailable`, so that its
+    /// client sends it again ([`Failure::refusal`]).
     pub async fn write_each(
         &self,
         batch: &[Request<'_>],
-        give_up_on_conflicts: bool,
+        gave_up: bool,
     ) -> Result<Vec<Outcome>, WriteError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for (position, request) in batch.iter().enumerate() {
             match self.write(std::slice::from_ref(request)).await {
                 Ok(one) => outcomes.extend(one.into_iter().map(|o| o.for_request(position))),
-                Err(e) if e.is_outage() || (e.is_transient() && !give_up_on_conflicts) => {
+                Err(e)
+                    if e.failure() == Failure::Outage || (e.failure().is_bounded() && !gave_up) =>
+                {
                     return Err(e);
                 }
                 Err(e) => match request.command {
                     PersistCommand::Send(c) => {
                         self.refused.inc();
-                        tracing::error!(conversation.id = %c.conversation_id, user.id = %c.sender_id, error = %e, "send cannot be stored, refused");
-                        outcomes.push(Outcome::refused(
-                            position,
-                            &c.client_msg_id,
-                            ErrorCode::Internal,
-                            "message could not be stored",
-                        ));
+                        let code = e.failure().refusal();
+                        tracing::error!(conversation.id = %c.conversation_id, user.id = %c.sender_id, error = %e, code = ?code, "send cannot be stored, refused");
+                        let why = match code {
+                            ErrorCode::Unavailable => "message not stored in time; send it again",
+                            _ => "message could not be stored",
+                        };
+                        outcomes.push(Outcome::refused(position, &c.client_msg_id, code, why));
                     }
                     PersistCommand::Read(r) => {
                         self.refused.inc();

@@ -2,6 +2,7 @@
 //! recovers by itself.
 
 use chat_tests::{DEADLINE, TestSystem, eventually_within};
+use sea_orm::sqlx;
 use serde_json::json;
 use std::time::Duration;
 
@@ -439,4 +440,102 @@ async fn a_gateway_told_to_exit_when_its_broker_is_dead_ends_with_an_error() {
         .expect("without panicking");
     let error = ended.expect_err("an error, so the supervisor restarts it");
     assert!(error.to_string().contains("broker_dead_ms"), "{error:#}");
+}
+
+/// A failover's demoted primary (or a standby taken for the primary)
+/// answers every write with SQLSTATE 25006. Nothing is wrong with the
+/// sends: they wait, unanswered, and are stored once Postgres takes writes
+/// again; none is refused (docs/reliability.md, "Postgres errors by class").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_wait_out_a_read_only_database_and_are_stored_once_it_takes_writes() {
+    let mut system = TestSystem::start_with(2, 0, |s| {
+        s.gateway.send_timeout = Duration::from_millis(60_000)
+    })
+    .await;
+    let conversation = system.direct(1, 2).await;
+    system
+        .alter_database("SET default_transaction_read_only = on")
+        .await;
+    system.start_persister().await;
+    let mut an = system.connect(0, 1).await;
+    let mut binh = system.connect(1, 2).await;
+    for i in 1..=3 {
+        an.send_message(conversation, &format!("read-only-{i}"), "xin chào")
+            .await;
+    }
+    chat_tests::eventually("the persister meets the read-only database", async || {
+        let metrics = system.persister_metrics_text(0).await;
+        metrics.contains(r#"persister_database_errors_total{failure="outage",sqlstate="25006"}"#)
+    })
+    .await;
+    assert!(
+        an.drain().await.is_empty(),
+        "nothing is acked or refused while the database is read-only"
+    );
+
+    system
+        .alter_database("RESET default_transaction_read_only")
+        .await;
+    for i in 1..=3 {
+        let ack = an.next_of("ack").await;
+        assert_eq!(ack["client_msg_id"], format!("read-only-{i}"));
+        assert_eq!(ack["message"]["seq"], i);
+        assert_eq!(binh.next_of("message").await["message"], ack["message"]);
+    }
+}
+
+/// A statement that keeps timing out (57014: `statement_timeout`, here
+/// behind a lock the test holds) is tried a few times, then its send is
+/// answered `unavailable`, not `internal` and not never: the client sends it
+/// again, and once the lock is gone it is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_keeps_timing_out_is_answered_unavailable_and_stored_once_sent_again() {
+    let mut system = TestSystem::start_with(2, 0, |s| {
+        s.gateway.send_timeout = Duration::from_millis(60_000)
+    })
+    .await;
+    let conversation = system.direct(1, 2).await;
+    system
+        .alter_database("SET statement_timeout = '300ms'")
+        .await;
+    let mut lock = system.database_connection().await;
+    sqlx::query("BEGIN")
+        .execute(&mut lock)
+        .await
+        .expect("BEGIN");
+    sqlx::query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
+        .bind(conversation)
+        .execute(&mut lock)
+        .await
+        .expect("the conversation's row locked");
+    system.start_persister().await;
+    let mut an = system.connect(0, 1).await;
+    an.send_message(conversation, "slow-1", "chờ một chút")
+        .await;
+    let refused = an.next_of("error").await;
+    assert_eq!(
+        (&refused["code"], &refused["client_msg_id"]),
+        (&json!("unavailable"), &json!("slow-1")),
+        "{refused}"
+    );
+    let metrics = system.persister_metrics_text(0).await;
+    assert!(
+        metrics.contains(r#"persister_database_errors_total{failure="slow",sqlstate="57014"}"#),
+        "{metrics}"
+    );
+
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("ROLLBACK");
+    let ack = an
+        .send_and_ack(conversation, "slow-1", "chờ một chút")
+        .await;
+    assert_eq!(ack["seq"], 1);
+    let again = an
+        .send_and_ack(conversation, "slow-1", "chờ một chút")
+        .await;
+    assert_eq!(again, ack, "sent again: the same message");
+    let history = system.history(0, 1, conversation, "").await;
+    assert_eq!(history.len(), 1);
 }
