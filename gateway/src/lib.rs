@@ -20,6 +20,7 @@
 //! is typing; [`profiles`] stores the names tokens carry. [`startup`] builds and runs it all.
 
 pub mod auth;
+pub mod drain;
 pub mod http;
 pub mod hub;
 pub mod inbox;

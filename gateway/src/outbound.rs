@@ -21,6 +21,9 @@ pub enum Outbound {
     /// The broker did not take one of this session's sends: the ledger
     /// answers it `unavailable`, unless its timeout has answered it already.
     SendRefused(Box<ClientMsgId>),
+    /// The gateway is draining (`gateway.drain_ms`): answer the sends in
+    /// flight, then close with 1012.
+    Restart,
 }
 
 /// Serialises a server frame once; the result is shared by every recipient.

@@ -54,7 +54,10 @@ struct Inbox {
 
 /// The senders of the signals every session and handler watches.
 struct Signals {
+    /// The gateway stops: no new sessions, not ready.
     shutdown: watch::Sender<bool>,
+    /// The sessions still open end (after the drain, `gateway.drain_ms`).
+    sessions_end: watch::Sender<bool>,
     broker_lost: watch::Sender<bool>,
     broker_dead: watch::Sender<bool>,
 }
@@ -103,6 +106,7 @@ impl Gateway {
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (sessions_end, sessions_end_rx) = watch::channel(false);
         let (broker_lost, broker_lost_rx) = watch::channel(false);
         let (broker_dead, broker_dead_rx) = watch::channel(false);
         let store = Store::new(db.get_postgres_connection_pool().clone());
@@ -119,7 +123,7 @@ impl Gateway {
             limits: limits.clone(),
             metrics: metrics.clone(),
             reply_to: queue.clone(),
-            shutdown: shutdown_rx.clone(),
+            shutdown: sessions_end_rx,
             broker_lost: broker_lost_rx.clone(),
         });
         let mut amqp_channels = publishers.channels;
@@ -160,6 +164,7 @@ impl Gateway {
             inbox: broker.inbox,
             signals: Signals {
                 shutdown,
+                sessions_end,
                 broker_lost,
                 broker_dead,
             },
@@ -186,8 +191,10 @@ impl Gateway {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until `shutdown` resolves, then closes every session with
-    /// 1012 and gives them `gateway.shutdown_grace_ms` to finish.
+    /// Serves until `shutdown` resolves; then stops accepting, closes its
+    /// sessions with 1012 one after another over `gateway.drain_ms`
+    /// ([`crate::drain`]), then those left at once, and gives them
+    /// `gateway.shutdown_grace_ms` to finish.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -221,6 +228,7 @@ impl Gateway {
         );
         let header_timeout = gateway.http_header_timeout;
         let grace = gateway.shutdown_grace;
+        let drain = gateway.drain;
         // Set when the gateway stops because its broker is dead, whatever
         // the broker does during the drain: the exit status says why.
         let died = Arc::new(AtomicBool::new(false));
@@ -231,7 +239,16 @@ impl Gateway {
             state.presence.clone(),
         );
         http_server::serve(listener, http::router(state), header_timeout, grace, stop).await;
-        let _ = signals.shutdown.send(true);
+        let sessions = hub.sessions();
+        if !drain.is_zero() && !sessions.is_empty() && !died.load(Ordering::Relaxed) {
+            tracing::info!(
+                sessions = sessions.len(),
+                drain_ms = drain.as_millis() as u64,
+                "draining: closing sessions one after another"
+            );
+            crate::drain::close_evenly(sessions, drain).await;
+        }
+        let _ = signals.sessions_end.send(true);
         let deadline = tokio::time::Instant::now() + grace;
         while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -237,6 +237,10 @@ pub struct GatewaySettings {
     pub max_connections: usize,
     #[serde(rename = "shutdown_grace_ms", deserialize_with = "millis")]
     pub shutdown_grace: Duration,
+    /// Lame-duck drain: the window over which a stopping gateway closes its
+    /// sessions one after another (0: all at once).
+    #[serde(rename = "drain_ms", deserialize_with = "millis")]
+    pub drain: Duration,
     pub queue_max_length: u32,
     /// Where `GET /metrics` is served (never on the public `listen`).
     pub metrics_listen: SocketAddr,

@@ -9,7 +9,7 @@
 //! puts them together, with the traces and metrics of each delivery.
 
 mod bindings;
-mod registry;
+pub mod registry;
 mod route;
 
 pub use bindings::{AmqpBindings, ShardBindings};
@@ -149,6 +149,11 @@ impl Hub {
 
     pub fn session_count(&self) -> usize {
         self.registry().session_count()
+    }
+
+    /// Every session here, as it stands (for the drain).
+    pub fn sessions(&self) -> Vec<registry::SessionHandle> {
+        self.registry().handles()
     }
 
     /// Delivers one bus event to the local sessions it concerns; `via` is

@@ -142,6 +142,11 @@ impl Registry {
         self.sessions.values().map(Vec::len).sum()
     }
 
+    /// Every session here (for the drain).
+    pub fn handles(&self) -> Vec<SessionHandle> {
+        self.sessions.values().flatten().cloned().collect()
+    }
+
     /// Frames queued towards all sessions, not yet written.
     pub fn queued_frames(&self) -> usize {
         self.sessions
@@ -153,7 +158,7 @@ impl Registry {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn handle(id: &str) -> (SessionHandle, mpsc::Receiver<Outbound>) {

@@ -251,6 +251,7 @@ mod tests {
                     format!("answered:{}", frame_type(frame.as_str()))
                 }
                 Outbound::SendRefused(_) => "refused".into(),
+                Outbound::Restart => "restart".into(),
             };
             got.push((session.session_id.to_string(), what));
         });

@@ -28,7 +28,8 @@ pub struct SessionContext {
     pub metrics: Arc<Metrics>,
     /// This gateway's queue: where the persister answers its sessions.
     pub reply_to: Arc<str>,
-    /// Flips to true when the gateway shuts down.
+    /// Flips to true when the gateway ends its sessions still open (once
+    /// it has stopped accepting, and after the drain).
     pub shutdown: watch::Receiver<bool>,
     /// True while the broker has been unreachable for `gateway.broker_lost_ms`.
     pub broker_lost: watch::Receiver<bool>,

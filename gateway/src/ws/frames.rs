@@ -327,6 +327,8 @@ impl SessionState {
                 self.metrics.send_refused(ErrorCode::Unavailable);
                 Some(answer)
             }
+            // The session loop acts on it (it ends the session).
+            Outbound::Restart => None,
         }
     }
 

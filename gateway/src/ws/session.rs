@@ -190,7 +190,12 @@ impl<S: Socket> Session<S> {
                     let reason = "too far behind; reconnect and catch up";
                     return self.close(close::TOO_SLOW, reason, Ended::TooSlow).await;
                 }
-                Some(out) = rx.recv() => self.deliver(out).await,
+                Some(out) = rx.recv() => {
+                    if matches!(out, Outbound::Restart) {
+                        return self.shut_down(&mut rx).await;
+                    }
+                    self.deliver(out).await;
+                }
                 // Room for the command held back: queue it, and read again.
                 room = self.ctx.sender.reserve(), if self.parked.is_some() => {
                     last_heard = Instant::now(); // nothing was read meanwhile

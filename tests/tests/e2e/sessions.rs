@@ -4,6 +4,7 @@
 
 use chat_tests::TestSystem;
 use chat_tests::client::Closed;
+use futures_util::future::join_all;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,4 +127,71 @@ async fn a_gateway_shutting_down_stops_accepting_and_answers_sends_in_flight_bef
     let ack = an.next_of("ack").await;
     assert_eq!(ack["client_msg_id"], "in-flight");
     assert_eq!(an.closed().await, Closed::Code(1012));
+}
+
+/// Lame duck (`gateway.drain_ms`): a stopping gateway closes its 2,000
+/// sessions one after another over its 4 s drain window, not at once, so
+/// their clients' reconnects reach the other gateway at most (2,000 / 4) x
+/// 1.5 = 750 in any second; a send in flight when it begins is acked and
+/// stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_spreads_its_sessions_reconnects_over_the_drain_window() {
+    const SESSIONS: i64 = 2_000;
+    let drain = Duration::from_secs(4);
+    // Gateway 1 drains; gateway 0 (which mints the tests' tokens) stays.
+    let system = TestSystem::start_with(2, 1, |s| {
+        s.gateway.drain = drain;
+        s.gateway.limits.connections_per_ip =
+            std::num::NonZeroUsize::new(10_000).expect("non-zero");
+    })
+    .await;
+    let conversation = system.direct(1, 2).await;
+    let mut an = system.connect(1, 1).await;
+    let mut clients = Vec::new();
+    let users: Vec<i64> = (1_000..1_000 + SESSIONS).collect();
+    for chunk in users.chunks(100) {
+        let connected = join_all(chunk.iter().map(|u| system.connect(1, *u))).await;
+        clients.extend(chunk.iter().copied().zip(connected));
+    }
+    // Read by the session (the pong comes after it), maybe not yet acked.
+    an.send_message(conversation, "in-flight", "vẫn gửi được")
+        .await;
+    let mut before = an.drain().await;
+    let mut system = system;
+    let started = tokio::time::Instant::now();
+    system.stop_gateway(1);
+    before.retain(|f| f["type"] == "ack");
+    let ack = match before.pop() {
+        Some(ack) => ack,
+        None => an.next_of("ack").await,
+    };
+
+    let system = &system;
+    let closed_at: Vec<Duration> =
+        join_all(clients.into_iter().map(|(user, mut client)| async move {
+            assert_eq!(client.closed().await, Closed::Code(1012), "user {user}");
+            let at = started.elapsed();
+            drop(system.connect(0, user).await);
+            at
+        }))
+        .await;
+
+    let first = closed_at.iter().min().copied().unwrap_or_default();
+    let last = closed_at.iter().max().copied().unwrap_or_default();
+    assert!(
+        last - first >= drain.mul_f64(0.8),
+        "closes spread over {:?} only",
+        last - first
+    );
+    let most_in_a_second = (0..=last.as_secs())
+        .map(|s| closed_at.iter().filter(|t| t.as_secs() == s).count())
+        .max()
+        .unwrap_or_default();
+    let allowed = (SESSIONS as f64 / drain.as_secs_f64() * 1.5) as usize;
+    assert!(
+        most_in_a_second <= allowed,
+        "{most_in_a_second} reconnects in one second (at most {allowed})"
+    );
+    let history = system.history(0, 2, conversation, "").await;
+    assert_eq!(history, vec![ack["message"].clone()]);
 }
