@@ -28,8 +28,17 @@
 #   deploy/images.sh --servers-only  only the server images (no binaries needed)
 #   TAG=1.0 deploy/images.sh
 #   CHAT_SKIP_BUILD=1 ...       use the release binaries as they are
+#   TAG=1.0 deploy/images.sh --push REGISTRY >digests.txt
+#       build, then push what the production overlay runs (gateway,
+#       persister, presence, redis) as REGISTRY/mapmo-chat/<name>:TAG, and
+#       print one <name>=sha256:<digest> line each on stdout (logs go to
+#       stderr): the --digests file of k8s/release.sh. REGISTRY is a host
+#       with an optional path (registry.mapmo.vn/chat); `docker login` to it
+#       first. TAG must be set (not dev): the digest is what k8s/ pins, the
+#       tag is for people.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TAG_SET="${TAG:+1}"
 TAG="${TAG:-dev}"
 CACHE="${CHAT_IMAGE_CACHE:-$HOME/.cache/mapmo-chat/images}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -41,13 +50,29 @@ VERSION="$(git describe --always --dirty 2>/dev/null || echo unknown)"
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
 
-SERVERS=0 CHAT=1
-case "${1:-}" in
-  "") ;;
-  --servers) SERVERS=1 ;;
-  --servers-only) SERVERS=1 CHAT=0 ;;
-  *) die "unknown argument $1 (expected --servers or --servers-only)" ;;
-esac
+SERVERS=0 CHAT=1 PUSH=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --servers) SERVERS=1 ;;
+    --servers-only) SERVERS=1 CHAT=0 ;;
+    --push)
+      [ $# -ge 2 ] || die "--push needs a registry (host[:port][/path])"
+      PUSH="${2%/}"
+      shift
+      ;;
+    *) die "unknown argument $1 (expected --servers, --servers-only or --push REGISTRY)" ;;
+  esac
+  shift
+done
+if [ -n "$PUSH" ]; then
+  # A registry host, as Docker tells one from a Docker Hub name: a dot or a
+  # port in the first part, or localhost. Lower case, no scheme.
+  [[ "$PUSH" =~ ^([a-z0-9-]+\.[a-z0-9.-]+|[a-z0-9.-]+:[0-9]+|localhost)(/[a-z0-9._-]+)*$ ]] ||
+    die "--push $PUSH: not a registry host with an optional path (registry.mapmo.vn/chat)"
+  [ "$CHAT" = 1 ] || die "--push pushes the service images: not with --servers-only"
+  [ -n "${TAG_SET:-}" ] && [ "$TAG" != dev ] ||
+    die "--push: set TAG to the release's version (TAG=1.0 deploy/images.sh --push $PUSH)"
+fi
 
 command -v docker >/dev/null || die "docker is not installed (the machine kind rust-docker has it)"
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer (is it running?)"
@@ -192,5 +217,32 @@ if [ "$SERVERS" = 1 ]; then
   server rabbitmq rabbitmq-server rabbitmq /var/lib/rabbitmq 5672 4369 25672
   server redis redis-server redis /var/lib/redis 6379
   VOLUME=no server nginx nginx www-data /var/lib/nginx 8080
+elif [ -n "$PUSH" ]; then
+  # Production runs this one server image of ours (k8s/redis); Postgres and
+  # RabbitMQ come from their operators' images.
+  server redis redis-server redis /var/lib/redis 6379
+fi
+
+# 6. With --push: tag, push, and print each digest as k8s/release.sh reads
+# it. The digest is the registry's (RepoDigests, set by the push), so what
+# k8s/ pins is exactly what was pushed.
+push() {
+  local name=$1 ref="$PUSH/mapmo-chat/$1:$TAG" line digest=""
+  # Docker lists Docker Hub repositories without their docker.io/ prefix.
+  local repo="$PUSH/mapmo-chat/$name" familiar="${PUSH#docker.io/}/mapmo-chat/$name"
+  docker tag "mapmo-chat/$name:$TAG" "$ref"
+  say "pushing $ref"
+  docker push "$ref" >&2 || die "docker push $ref failed (docker login $PUSH?)"
+  while IFS= read -r line; do
+    case "$line" in "$repo@sha256:"* | "$familiar@sha256:"*) digest="${line#*@}" ;; esac
+  done < <(docker image inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' "$ref")
+  [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || die "no digest for $ref after the push"
+  printf '%s=%s\n' "$name" "$digest"
+}
+if [ -n "$PUSH" ]; then
+  for name in "${SERVICES[@]}" redis; do
+    push "$name"
+  done
+  say "pushed to $PUSH: pass the lines above to k8s/release.sh --registry $PUSH --digests FILE"
 fi
 say "done in $((SECONDS - started)) s"

@@ -17,9 +17,15 @@ its venv (PyYAML and kubernetes-validate):
   right type; the JWT secret and the three URLs come from Secrets in every
   service; the bus layout is the same for every service;
 - the restricted Pod Security Standard (and read-only root filesystems,
-  resources, no service account token) on every pod and container;
+  resources, no service account token) on every pod and container, and
+  enforced by every namespace the render owns (or an annotation says why);
 - probes, ports and the shutdown timing of the services against
   config/production.toml; the public route reaches port 8080 only;
+- a closed network: a default deny in every namespace the render owns, and
+  every pod, the ones the operators make included (modelled from their
+  Cluster and RabbitmqCluster by the labels the operators give them),
+  selected by policies of its own for ingress and egress; no rule open to
+  anyone but the gateway's public port, none for every port;
 - the monitoring objects against deploy/observability/rules.yml, and the
   operators' objects against what the services need.
 `checkov` summarises a checkov JSON report: it fails on any failed check and
@@ -489,6 +495,31 @@ def check_pod_security(report: Report, name: str, objs: list[dict[str, Any]]) ->
                  f"no service account token on {len(workloads)} workloads", problems)
 
 
+# A namespace that cannot enforce restricted (a pod there that needs more)
+# says why in this annotation; k8s/validate.sh prints the reason.
+PSS_EXCEPTION = "chat.mapmo.vn/pod-security-exception"
+
+
+def check_namespaces(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    """Every namespace an overlay owns enforces the restricted Pod Security Standard."""
+    problems: list[str] = []
+    namespaces = by_kind(objs, "Namespace")
+    for namespace in namespaces:
+        labels = labels_of(namespace)
+        level = labels.get("pod-security.kubernetes.io/enforce")
+        why = (namespace["metadata"].get("annotations") or {}).get(PSS_EXCEPTION)
+        if level == "restricted":
+            continue
+        if why:
+            report.note(f"{ident(namespace)} enforces {level}, not restricted: {why}")
+        else:
+            problems.append(f"{ident(namespace)}: enforces {level or 'nothing'}, not restricted, "
+                            f"and no {PSS_EXCEPTION} annotation says why")
+    if namespaces:
+        report.check(f"{name}: Pod Security: {', '.join(ident(n) for n in namespaces)} "
+                     "enforce restricted (or say why not)", problems)
+
+
 def probe(container: dict[str, Any], kind: str) -> tuple[str, Any] | None:
     """An HTTP probe as (path, port number), the port resolved from its name."""
     spec = (container.get(kind) or {}).get("httpGet")
@@ -550,20 +581,24 @@ def check_services(report: Report, name: str, objs: list[dict[str, Any]]) -> Non
         env = Env(objs, container)
         grace_ms = int(env.values.get("CHAT_GATEWAY__SHUTDOWN_GRACE_MS")
                        or known_settings()["CHAT_GATEWAY__SHUTDOWN_GRACE_MS"][1])
+        drain_ms = int(env.values.get("CHAT_GATEWAY__DRAIN_MS")
+                       or known_settings()["CHAT_GATEWAY__DRAIN_MS"][1])
         period = spec.get("terminationGracePeriodSeconds", 30)
         if not seconds:
             problems.append("chat-gateway: no preStop sleep action")
         else:
-            # The gateway drains HTTP for up to the grace, then waits for its
-            # sessions up to the grace again.
-            need = seconds + 2 * grace_ms / 1000 + 5
+            # The gateway drains HTTP for up to the grace, closes its sessions
+            # over the drain window, then waits for them up to the grace again.
+            need = seconds + (2 * grace_ms + drain_ms) / 1000 + 5
             if period < need:
                 problems.append(f"chat-gateway: terminationGracePeriodSeconds {period} < preStop "
-                                f"{seconds} s + 2 x shutdown grace {grace_ms} ms + 5 s margin")
+                                f"{seconds} s + drain {drain_ms} ms + 2 x shutdown grace "
+                                f"{grace_ms} ms + 5 s margin")
             else:
-                report.note(f"gateway shutdown: preStop {seconds} s + up to 2 x {grace_ms} ms "
-                            f"<= {period} s grace period")
-    report.check(f"{name}: the gateway's grace period covers preStop and its shutdown", problems)
+                report.note(f"gateway shutdown: preStop {seconds} s + drain {drain_ms} ms + up to "
+                            f"2 x {grace_ms} ms <= {period} s grace period")
+    report.check(f"{name}: the gateway's grace period covers preStop, the drain and its shutdown",
+                 problems)
 
 
 def check_network(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
@@ -603,13 +638,6 @@ def check_network(report: Report, name: str, objs: list[dict[str, Any]]) -> None
 
     problems = []
     policies = {p["metadata"]["name"]: p for p in by_kind(objs, "NetworkPolicy")}
-    selected = set()
-    for policy in policies.values():
-        labels = policy["spec"]["podSelector"].get("matchLabels", {})
-        selected.add(labels.get("app.kubernetes.io/name"))
-    for obj in objs:
-        if obj.get("kind") in WORKLOADS and app_name(obj) not in selected:
-            problems.append(f"{ident(obj)}: no NetworkPolicy selects its pods")
     for service in (*SERVICES, "chat-migrate"):
         policy = policies.get(service)
         if policy is None:
@@ -665,10 +693,124 @@ def check_network(report: Report, name: str, objs: list[dict[str, Any]]) -> None
             walk(obj)
     if name != "base" and wanted - carried:
         problems.append(f"no server carries {ROLE_LABEL} = {sorted(wanted - carried)}")
-    report.check(f"{name}: network policies: every pod selected, metrics only from "
+    report.check(f"{name}: network policies of the services: metrics only from "
                  f"{'='.join(MONITORING_LABEL)} namespaces, the server API only from "
                  f"{'='.join(SERVER_API_LABEL)} namespaces, servers labelled "
                  f"({', '.join(sorted(carried)) or 'none here'})", problems)
+    check_network_coverage(report, name, objs)
+
+
+# ------------------------------------------- every pod, and its policies
+#
+# A namespace that denies by default is only safe if every pod in it also
+# has policies of its own: a pod selected by the default deny alone has no
+# network at all. The pods the operators make are not in the render, so
+# they are modelled from the objects that make them, with the labels each
+# operator gives its pods (CloudNativePG: cnpg.io/cluster; the RabbitMQ
+# Cluster Operator: app.kubernetes.io/name and app.kubernetes.io/component).
+
+# The one port any client may reach.
+PUBLIC_PORTS = {("chat-gateway", 8080)}
+
+
+def operator_pods(obj: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(what, labels) of the pods an operator makes for obj."""
+    name, spec = obj["metadata"]["name"], obj.get("spec") or {}
+    kind = (group_of(obj), obj.get("kind"))
+    if kind == ("postgresql.cnpg.io", "Cluster"):
+        labels = {"cnpg.io/cluster": name,
+                  **((spec.get("inheritedMetadata") or {}).get("labels") or {})}
+        return [(f"{ident(obj)} instances", {**labels, "cnpg.io/podRole": "instance"}),
+                (f"{ident(obj)} initdb/join Jobs", {**labels, "cnpg.io/jobRole": "join"})]
+    if kind == ("rabbitmq.com", "RabbitmqCluster"):
+        template = (((spec.get("override") or {}).get("statefulSet") or {}).get("spec")
+                    or {}).get("template") or {}
+        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq",
+                  "app.kubernetes.io/part-of": "rabbitmq",
+                  **((template.get("metadata") or {}).get("labels") or {})}
+        return [(f"{ident(obj)} nodes", labels)]
+    return []
+
+
+def render_pods(objs: list[dict[str, Any]]) -> list[tuple[str, str | None, dict[str, str]]]:
+    """(what, namespace, labels) of every pod the render makes run."""
+    pods = []
+    for obj in objs:
+        namespace = obj.get("metadata", {}).get("namespace")
+        if obj.get("kind") in WORKLOADS:
+            labels = obj["spec"]["template"].get("metadata", {}).get("labels") or {}
+            pods.append((f"{ident(obj)} pods", namespace, labels))
+        for what, labels in operator_pods(obj):
+            pods.append((what, namespace, labels))
+    return pods
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) on labels."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if (op == "In" and labels.get(key) not in values
+                or op == "NotIn" and key in labels and labels[key] in values
+                or op == "Exists" and key not in labels
+                or op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def is_default_deny(policy: dict[str, Any]) -> bool:
+    spec = policy["spec"]
+    return (not spec.get("podSelector") and not spec.get("ingress") and not spec.get("egress")
+            and set(spec.get("policyTypes") or []) == {"Ingress", "Egress"})
+
+
+def open_rules(policy: dict[str, Any]) -> list[str]:
+    """Rules that admit anyone, or every port: only the gateway's public port may."""
+    problems = []
+    spec, where = policy["spec"], ident(policy)
+    app = (spec.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+    for rule in spec.get("ingress") or []:
+        ports = {p.get("port") for p in rule.get("ports") or []}
+        if not ports:
+            problems.append(f"{where}: an ingress rule for every port")
+        elif not rule.get("from") and not {(app, port) for port in ports} <= PUBLIC_PORTS:
+            problems.append(f"{where}: ingress to {sorted(ports)} from anywhere (only "
+                            f"{sorted(PUBLIC_PORTS)} is public)")
+    for rule in spec.get("egress") or []:
+        if not rule.get("ports"):
+            problems.append(f"{where}: an egress rule for every port")
+        if not rule.get("to"):
+            problems.append(f"{where}: egress to anywhere")
+    return problems
+
+
+def check_network_coverage(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    policies = by_kind(objs, "NetworkPolicy")
+    problems: list[str] = []
+    owned = [ns["metadata"]["name"] for ns in by_kind(objs, "Namespace")]
+    for namespace in owned:
+        if not any(is_default_deny(p) and p["metadata"].get("namespace") == namespace
+                   for p in policies):
+            problems.append(f"Namespace/{namespace}: no default deny (a NetworkPolicy with an "
+                            "empty podSelector, both policy types and no rule)")
+    pods = render_pods(objs)
+    for what, namespace, labels in pods:
+        own = [p for p in policies if p["metadata"].get("namespace") == namespace
+               and not is_default_deny(p) and selects(p["spec"].get("podSelector") or {}, labels)]
+        types = {t for p in own for t in p["spec"].get("policyTypes") or []}
+        for direction in ("Ingress", "Egress"):
+            if direction not in types:
+                problems.append(f"{what}: no NetworkPolicy of its own for {direction} "
+                                f"(labels {labels})")
+    for policy in policies:
+        problems += open_rules(policy)
+    operated = sum(1 for obj in objs for _ in operator_pods(obj))
+    report.check(f"{name}: a default deny in {', '.join(owned) or 'no namespace (none here)'}; "
+                 f"every pod ({len(pods) - operated} from workloads, {operated} made by "
+                 "operators) has policies of its own for ingress and egress; no port open to "
+                 "all but the gateway's 8080, no rule for every port", problems)
 
 
 def check_monitoring(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
@@ -862,6 +1004,7 @@ def objects_command(args: argparse.Namespace) -> int:
         check_settings(report, name, objs, known)
         check_secrets_and_bus(report, name, objs)
         check_pod_security(report, name, objs)
+        check_namespaces(report, name, objs)
         check_services(report, name, objs)
         check_network(report, name, objs)
         check_monitoring(report, name, objs)

@@ -25,7 +25,7 @@ HEADER = """\
 # do not edit. Change the rules there, then run
 #   python3 k8s/tools/prometheusrule.py
 # (k8s/validate.sh fails while this file is out of date.)
-# docs/observability.md says what each alert means and what to do.
+# Each alert's runbook_url links to its heading in docs/operations.md.
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:
