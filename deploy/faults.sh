@@ -71,24 +71,34 @@ start_service() {
   echo $! >"$RUN/$name.pid"
 }
 
+# Wall-clock milliseconds, and a moment of the fault written down
+# ($OUT/<fault>.times: "stop <ms>", "start <ms>", "ready <ms>") for the
+# summary's "back -> acks" column.
+now_ms() { date +%s%3N; }
+mark() { echo "$2 $(now_ms)" >>"$OUT/$1.times"; }
+
+# A server of the local instance stopped, then started FAULT_FOR later;
+# marked when its stop begins, when its start begins, and when it is ready
+# (services.sh start returns once it answers).
+restart_server() {
+  local fault=$1 server=$2
+  mark "$fault" stop
+  deploy/services.sh stop-one local "$server"
+  sleep "$FAULT_FOR"
+  mark "$fault" start
+  deploy/services.sh start local >/dev/null
+  mark "$fault" ready
+}
+
 # The fault itself: inject at FAULT_AT, repair after FAULT_FOR.
 inject() {
   case "$1" in
     kill-gateway) stop gateway-1 KILL; sleep "$FAULT_FOR"; up ;;
     term-gateway) stop gateway-1 TERM; sleep "$FAULT_FOR"; up ;;
     kill-persister) stop persister KILL; sleep "$FAULT_FOR"; up ;;
-    rabbit-restart | rabbit-restart-persistent)
-      deploy/services.sh stop-one local rabbitmq
-      sleep "$FAULT_FOR"
-      deploy/services.sh start local >/dev/null ;;
-    pg-restart)
-      deploy/services.sh stop-one local postgres
-      sleep "$FAULT_FOR"
-      deploy/services.sh start local >/dev/null ;;
-    redis-restart)
-      deploy/services.sh stop-one local redis
-      sleep "$FAULT_FOR"
-      deploy/services.sh start local >/dev/null ;;
+    rabbit-restart | rabbit-restart-persistent) restart_server "$1" rabbitmq ;;
+    pg-restart) restart_server "$1" postgres ;;
+    redis-restart) restart_server "$1" redis ;;
     redis-flushall) deploy/services.sh redis-cli local FLUSHALL >/dev/null ;;
     cut-persister-db) proxy_signal 25433 USR1; sleep "$FAULT_FOR"; proxy_signal 25433 USR2 ;;
     cut-gateway-broker) proxy_signal 25673 USR1; sleep "$FAULT_FOR"; proxy_signal 25673 USR2 ;;
@@ -163,12 +173,12 @@ main() {
   for fault in "${faults[@]}"; do
     run_fault "$fault"
   done
-  printf '\n| fault | sent | acked | acked lost | duplicates in history | seq gaps | missing deliveries | sends retried | reconnects | longest ack gap (ms) | send to ack p99 / max (ms) | ok |\n'
-  printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+  printf '\n| fault | sent | acked | acked lost | duplicates in history | seq gaps | missing deliveries | sends retried | reconnects | longest ack gap (ms) | stop -> acks / ready -> acks (ms) | send to ack p99 / max (ms) | ok |\n'
+  printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
   for fault in "${faults[@]}"; do
-    python3 - "$OUT/$fault.json" "$fault" <<'PY'
+    python3 - "$OUT/$fault.json" "$fault" "$OUT/$fault.times" <<'PY'
 import json, sys
-path, fault = sys.argv[1], sys.argv[2]
+path, fault, times = sys.argv[1], sys.argv[2], sys.argv[3]
 try:
     line = [l for l in open(path) if l.startswith("{")][-1]
     s = json.loads(line)
@@ -176,9 +186,18 @@ except Exception as e:
     print(f"| {fault} | no result ({e}) |")
     sys.exit()
 retried = sum(s["sends_retried"].values())
+# For a server restarted: when acks came back (the end of the longest gap
+# without any), from the stop's start and from the server being ready.
+back = "-"
+try:
+    marks = dict(l.split() for l in open(times))
+    acks_at = s["started_unix_ms"] + s["longest_ack_gap_to_ms"]
+    back = f"{acks_at - int(marks['stop']):.0f} / {acks_at - int(marks['ready']):.0f}"
+except (OSError, KeyError, ValueError):
+    pass
 print(f"| {fault} | {s['sent']} | {s['acked']} | {s['acked_lost']} | {s['duplicates_in_history']} | "
       f"{s['seq_gaps']} | {s['missing_deliveries']} | {retried} | {s['reconnects']} | "
-      f"{s['longest_ack_gap_ms']:.0f} | {s['send_to_ack_ms']['p99']:.0f} / {s['send_to_ack_ms']['max']:.0f} | {s['ok']} |")
+      f"{s['longest_ack_gap_ms']:.0f} | {back} | {s['send_to_ack_ms']['p99']:.0f} / {s['send_to_ack_ms']['max']:.0f} | {s['ok']} |")
 PY
   done
   say "results in $OUT"

@@ -16,9 +16,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Buckets for durations in seconds: 0.25 ms to about 4 s.
+/// The latency SLO's threshold (docs/observability.md, "SLOs"): a bucket
+/// bound of its own, so the SLI counts exactly the sends acked within it.
+pub const SLO_SECONDS: f64 = 0.1;
+
+/// Buckets for durations in seconds: 0.25 ms doubling to about 4 s, and
+/// [`SLO_SECONDS`] among them.
 pub fn seconds_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 15)
+    let doubling = prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 15);
+    let (below, above): (Vec<f64>, Vec<f64>) = doubling.partition(|b| *b < SLO_SECONDS);
+    below
+        .into_iter()
+        .chain(std::iter::once(SLO_SECONDS))
+        .chain(above)
 }
 
 /// The content type of Prometheus's OpenMetrics text.
@@ -77,5 +87,19 @@ impl Endpoint {
     /// `dead` holds true.
     pub fn into_parts(self, dead: watch::Receiver<bool>) -> (TcpListener, Router) {
         (self.listener, router(self.registry, dead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slo_threshold_is_a_bucket_bound_among_the_doubling_ones() {
+        let buckets: Vec<f64> = seconds_buckets().collect();
+        assert_eq!(buckets.len(), 16);
+        assert!(buckets.contains(&SLO_SECONDS));
+        assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{buckets:?}");
+        assert_eq!((buckets[0], buckets[15]), (0.000_25, 4.096));
     }
 }

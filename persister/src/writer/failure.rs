@@ -19,7 +19,10 @@ pub enum Failure {
     /// A lost race on the idempotency key with another persister (23505),
     /// a serialization failure (40001) or a deadlock (40P01): the same
     /// batch may pass next time. Retried a few times, then stored one by
-    /// one; a command that still conflicts alone is answered `unavailable`.
+    /// one. A command that still conflicts alone, with nothing else in its
+    /// transaction, is refused `internal`: a race on its own key would
+    /// have found it stored, so something else (a constraint, a trigger)
+    /// refuses it every time, and sending it again cannot help.
     Conflict,
     /// A statement timed out or was cancelled (57014): retried a few times,
     /// then stored one by one; a command that still times out alone is
@@ -61,8 +64,8 @@ impl Failure {
     /// What the sender of a command that fails alone with this is answered.
     pub fn refusal(self) -> ErrorCode {
         match self {
-            Self::Broken => ErrorCode::Internal,
-            Self::Outage | Self::Conflict | Self::Slow => ErrorCode::Unavailable,
+            Self::Broken | Self::Conflict => ErrorCode::Internal,
+            Self::Outage | Self::Slow => ErrorCode::Unavailable,
         }
     }
 
@@ -117,11 +120,13 @@ mod tests {
     #[test]
     fn only_what_sending_again_cannot_fix_is_refused_internal() {
         use chat_shared::protocol::ErrorCode;
-        assert_eq!(Broken.refusal(), ErrorCode::Internal);
-        for failure in [Outage, Conflict, Slow] {
-            assert_eq!(failure.refusal(), ErrorCode::Unavailable, "{failure:?}");
-            assert!(failure.is_retried());
+        for failure in [Broken, Conflict] {
+            assert_eq!(failure.refusal(), ErrorCode::Internal, "{failure:?}");
         }
+        for failure in [Outage, Slow] {
+            assert_eq!(failure.refusal(), ErrorCode::Unavailable, "{failure:?}");
+        }
+        assert!(Outage.is_retried() && Conflict.is_retried() && Slow.is_retried());
         assert!(!Broken.is_retried());
         assert!(Conflict.is_bounded() && Slow.is_bounded());
         assert!(!Outage.is_bounded());

@@ -178,8 +178,9 @@ impl Writer {
     /// retrying it whole cannot fix: the bad one is refused, the others are
     /// stored. An outage is an `Err` (the batch waits, whole); so is a
     /// bounded failure (a conflict, a timeout) unless `gave_up`, when the
-    /// command that still fails alone is refused `unavailable`, so that its
-    /// client sends it again ([`Failure::refusal`]).
+    /// command that still fails alone is refused: `unavailable` after a
+    /// timeout, so that its client sends it again, `internal` after a
+    /// conflict ([`Failure::refusal`]).
     pub async fn write_each(
         &self,
         batch: &[Request<'_>],

@@ -108,6 +108,12 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
     );
 
     let base = Instant::now();
+    // The same moment on the wall clock, to place the summary's times
+    // beside a fault's (deploy/faults.sh logs when it stops and starts a
+    // server).
+    let base_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let live = Arc::new(Live::default());
     let (stop_tx, stop) = watch::channel(false);
     let mut inboxes = Vec::new();
@@ -168,7 +174,8 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
     for problem in verdict.history_problems.iter().take(10) {
         eprintln!("  {problem}");
     }
-    let summary = summarize(scenario, &outcomes, total, &verdict);
+    let mut summary = summarize(scenario, &outcomes, total, &verdict);
+    summary["started_unix_ms"] = json!(base_unix_ms);
     Ok(ChaosReport { summary, verdict })
 }
 
@@ -632,11 +639,12 @@ fn summarize(
     waits.sort_by_key(|(_, at)| *at);
     // The longest stretch with no ack at all while sends were being made:
     // how long the fault stopped the service, as users saw it.
-    let longest_gap_us = waits
+    let (gap_from_us, gap_to_us) = waits
         .windows(2)
-        .map(|w| w[1].1.saturating_sub(w[0].1))
-        .max()
-        .unwrap_or(0);
+        .map(|w| (w[0].1, w[1].1))
+        .max_by_key(|(from, to)| to.saturating_sub(*from))
+        .unwrap_or((0, 0));
+    let longest_gap_us = gap_to_us.saturating_sub(gap_from_us);
     let mut wait = histogram();
     for (w, _) in &waits {
         let _ = wait.record((*w).max(1));
@@ -668,6 +676,9 @@ fn summarize(
         "reconnects": sum(&|o| o.reconnects),
         "failed_connects": sum(&|o| o.failed_connects),
         "longest_ack_gap_ms": ms(longest_gap_us),
+        // When it began and ended, from the run's start (`started_unix_ms`).
+        "longest_ack_gap_from_ms": ms(gap_from_us),
+        "longest_ack_gap_to_ms": ms(gap_to_us),
         "send_to_ack_ms": {
             "p50": ms(wait.value_at_quantile(0.5)),
             "p99": ms(wait.value_at_quantile(0.99)),
