@@ -34,7 +34,16 @@ cmd_nginx_start() {
     for up in "$@"; do
         [[ "$up" =~ ^[A-Za-z0-9._-]+:[0-9]+$ || "$up" =~ ^\[[0-9A-Fa-f:]+\]:[0-9]+$ ]] ||
             die "nginx-start: bad upstream '$up' (expected host:port)"
-        servers+="        server $up max_fails=1 fail_timeout=5s;"$'\n'
+        # max_fails=0: nginx never takes a gateway out on its own. A 503 (a
+        # gateway without its broker) still sends the request to the next
+        # gateway (proxy_next_upstream), and a stopped gateway on loopback
+        # refuses at once. With max_fails=1 a 503 took it out, and nginx
+        # forgets a failure only when a request to the peer ends well: a
+        # WebSocket ends when its session does, so after a broker restart
+        # a gateway took one new session per fail_timeout and clients met
+        # "no live upstreams" (502) for a minute (docs/reliability.md,
+        # "RabbitMQ restarts: the fixed schedule and the crawl").
+        servers+="        server $up max_fails=0;"$'\n'
     done
 
     # worker_connections counts client and upstream connections, one fd each. Ask for
