@@ -27,10 +27,17 @@
 # --backup-destination  the Barman Cloud destinationPath (s3://bucket/path,
 #                       gs://..., https://<account>.blob.core.windows.net/...)
 # --backup-endpoint U   optional: the S3 endpoint URL of a non-AWS store
+# --otlp-endpoint U     optional: the OpenTelemetry collector's OTLP base URL,
+#                       http://host[:port] (default, from k8s/components/otel:
+#                       http://otel-collector.observability:4318)
 # --prometheus-selector the label KEY=VALUE your Prometheus selects
 #                       PodMonitors and PrometheusRules by
 # --postgres-image, --rabbitmq-image
 #                       the server images the operators run, pinned by digest
+# --scale-on-connections
+#                       optional: the gateway autoscaler also scales on open
+#                       sessions per pod (k8s/components/hpa-connections;
+#                       needs prometheus-adapter, docs/operations.md "Scaling")
 # --force               overwrite an existing release overlay in --out
 #
 # It then renders the overlay (kubectl kustomize) and refuses it, removing
@@ -54,10 +61,12 @@ PINNED_RE='^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+)?@sha256:[0-9a-
 PROXIES_RE='^[0-9A-Fa-f.:/]+(,[0-9A-Fa-f.:/]+)*$'
 DESTINATION_RE='^(s3|gs|https)://[A-Za-z0-9._~/-]+$'
 ENDPOINT_RE='^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$'
+# The binaries export over plain http:// only (an in-cluster collector).
+OTLP_RE='^http://[A-Za-z0-9.-]+(:[0-9]+)?/?$'
 SELECTOR_RE='^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?=[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$'
 
-out="" registry="" proxies="" api_server="" destination="" endpoint="" selector=""
-postgres_image="" rabbitmq_image="" force=0 render=""
+out="" registry="" proxies="" api_server="" destination="" endpoint="" selector="" otlp=""
+postgres_image="" rabbitmq_image="" force=0 render="" connections=0
 declare -A digests=()
 
 add_digest() {  # NAME=sha256:HEX
@@ -86,7 +95,7 @@ need() {  # VALUE OPTION PATTERN
 parse_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
-      --force | -h | --help) ;;
+      --force | --scale-on-connections | -h | --help) ;;
       *) [ $# -ge 2 ] || die "$1 needs a value" ;;
     esac
     case "$1" in
@@ -98,10 +107,12 @@ parse_args() {
       --api-server) api_server="${2:-}"; shift ;;
       --backup-destination) destination="${2:-}"; shift ;;
       --backup-endpoint) endpoint="${2:-}"; shift ;;
+      --otlp-endpoint) otlp="${2:-}"; shift ;;
       --prometheus-selector) selector="${2:-}"; shift ;;
       --postgres-image) postgres_image="${2:-}"; shift ;;
       --rabbitmq-image) rabbitmq_image="${2:-}"; shift ;;
       --force) force=1 ;;
+      --scale-on-connections) connections=1 ;;
       -h | --help) usage ;;
       *) die "unknown argument $1 (k8s/release.sh --help)" ;;
     esac
@@ -117,6 +128,7 @@ parse_args() {
   need "$api_server" --api-server "$PROXIES_RE"
   need "$destination" --backup-destination "$DESTINATION_RE"
   [ -z "$endpoint" ] || need "$endpoint" --backup-endpoint "$ENDPOINT_RE"
+  [ -z "$otlp" ] || need "$otlp" --otlp-endpoint "$OTLP_RE"
   need "$selector" --prometheus-selector "$SELECTOR_RE"
   need "$postgres_image" --postgres-image "$PINNED_RE"
   need "$rabbitmq_image" --rabbitmq-image "$PINNED_RE"
@@ -134,6 +146,15 @@ apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
   - $base
+EOF
+  if [ "$connections" = 1 ]; then
+    cat <<EOF
+# The gateway autoscaler on open sessions per pod too (prometheus-adapter).
+components:
+  - $(realpath --relative-to="$out" "$ROOT/k8s/components/hpa-connections")
+EOF
+  fi
+  cat <<EOF
 images:
 EOF
   for name in "${SERVICE_IMAGES[@]}"; do
@@ -146,6 +167,17 @@ configMapGenerator:
     behavior: merge
     literals:
       - "CHAT_GATEWAY__TRUSTED_PROXIES=$proxies"
+EOF
+  if [ -n "$otlp" ]; then
+    cat <<EOF
+  # Where the services send their traces (k8s/components/otel).
+  - name: chat-otel
+    behavior: merge
+    literals:
+      - "OTEL_EXPORTER_OTLP_ENDPOINT=$otlp"
+EOF
+  fi
+  cat <<EOF
 patches:
   # The images the operators run.
   - target:

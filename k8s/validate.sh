@@ -6,7 +6,9 @@
 #      release: k8s/release.sh with example values (not placeholders) on
 #      top of k8s/overlays/production, which is a template;
 #   2. the PrometheusRule is up to date with deploy/observability/rules.yml,
-#      and every alert there has a runbook_url whose anchor is a heading of
+#      the dashboard's ConfigMap with deploy/observability/dashboard.json
+#      (k8s/tools/dashboard.py; step 4 compares the JSON in every render),
+#      and every alert has a runbook_url whose anchor is a heading of
 #      docs/operations.md (k8s/tools/runbooks.py);
 #   3. k8s/tools/placeholders.py: no placeholder is left in a release
 #      (documentation ranges in trusted_proxies or in a NetworkPolicy's
@@ -72,6 +74,8 @@ example_release() {
         --api-server 172.20.0.10/32,172.20.0.11/32 \
         --backup-destination s3://mapmo-chat-pg-backups/postgres \
         --prometheus-selector release=kube-prometheus-stack \
+        --otlp-endpoint http://opentelemetry-collector.observability:4318 \
+        --scale-on-connections \
         --postgres-image "ghcr.io/cloudnative-pg/postgresql:15.10@sha256:$(printf postgres | sha256sum | cut -c1-64)" \
         --rabbitmq-image "docker.io/library/rabbitmq:3.13.7-management@sha256:$(printf rabbitmq | sha256sum | cut -c1-64)"
 }
@@ -121,8 +125,9 @@ for item in "${RENDERS[@]}"; do
 done
 [ "$failed" = 0 ] || die "a kustomization does not render"
 
-say "2. the PrometheusRule against deploy/observability/rules.yml; every alert's runbook"
+say "2. the PrometheusRule against deploy/observability/rules.yml, the dashboard's ConfigMap against dashboard.json; every alert's runbook"
 python3 k8s/tools/prometheusrule.py --check || failed=1
+python3 k8s/tools/dashboard.py --check || failed=1
 "$VENV/bin/python" k8s/tools/runbooks.py || failed=1
 
 say "3. placeholders: none in a release; every kind found in the template (the check's self-test)"

@@ -17,6 +17,9 @@ pub const CONNECTION_REFUSALS: [&str; 6] = [
     "auth_frame",
 ];
 
+/// Why the gateway drops a bus event (`gateway_events_dropped_total`).
+pub const EVENT_DROPS: [&str; 3] = ["queue_full", "undecodable_event", "undecodable_message"];
+
 pub struct Metrics {
     registry: Registry,
     pub connections_opened: Counter,
@@ -201,8 +204,13 @@ impl Metrics {
         for code in chat_shared::protocol::ErrorCode::ALL {
             let _ = m.sends_refused.get_or_create(&[("reason", code.as_str())]);
         }
+        // Every reason at 0 from the start, so that rates and dashboards
+        // see a series before the first one.
         for reason in CONNECTION_REFUSALS {
             let _ = m.connections_refused.get_or_create(&[("reason", reason)]);
+        }
+        for reason in EVENT_DROPS {
+            let _ = m.events_dropped.get_or_create(&[("reason", reason)]);
         }
         m
     }
@@ -223,8 +231,10 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a bus event the gateway dropped, by `reason`.
+    /// Counts a bus event the gateway dropped, by `reason` (one of
+    /// [`EVENT_DROPS`]).
     pub fn dropped(&self, reason: &'static str) {
+        debug_assert!(EVENT_DROPS.contains(&reason));
         self.events_dropped
             .get_or_create(&[("reason", reason)])
             .inc();
@@ -232,6 +242,7 @@ impl Metrics {
 
     /// Counts `n` bus events the gateway dropped, by `reason`.
     pub fn dropped_many(&self, reason: &'static str, n: u64) {
+        debug_assert!(EVENT_DROPS.contains(&reason));
         self.events_dropped
             .get_or_create(&[("reason", reason)])
             .inc_by(n);

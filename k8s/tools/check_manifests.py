@@ -21,12 +21,20 @@ its venv (PyYAML and kubernetes-validate):
   enforced by every namespace the render owns (or an annotation says why);
 - probes, ports and the shutdown timing of the services against
   config/production.toml; the public route reaches port 8080 only;
+- the gateway autoscaler: on CPU, and where k8s/components/hpa-connections
+  is in the render, on gateway_connections_active per pod (a metric the
+  gateway exports, below 90 % of gateway.max_connections);
+- where traces are on (k8s/components/otel), every service's OTLP endpoint,
+  protocol, sampler, resource attributes from the downward API, and its
+  egress to the collector;
 - a closed network: a default deny in every namespace the render owns, and
   every pod, the ones the operators make included (modelled from their
   Cluster and RabbitmqCluster by the labels the operators give them),
   selected by policies of its own for ingress and egress; no rule open to
   anyone but the gateway's public port, none for every port;
-- the monitoring objects against deploy/observability/rules.yml, and the
+- the monitoring objects against deploy/observability/rules.yml (and the
+  servers' PodMonitors against the pods they select), the dashboard's
+  ConfigMap against deploy/observability/dashboard.json, and the
   operators' objects against what the services need.
 `checkov` summarises a checkov JSON report: it fails on any failed check and
 on any skipped check without a reason.
@@ -95,6 +103,15 @@ MONITORING_LABEL = ("mapmo.vn/monitoring", "true")
 SERVER_API_PORT = 8081
 SERVER_API_LABEL = ("mapmo.vn/chat-server-api", "true")
 ROLE_LABEL = "chat.mapmo.vn/role"
+# The exporters of the servers the operators run, by the name of their
+# container port, and the pods that serve it (k8s/overlays/production/
+# monitoring.yaml; the ports the network policies open to monitoring).
+SERVER_METRICS_PORTS = {
+    "metrics": ("CloudNativePG's instance manager, 9187",
+                {"matchExpressions": [{"key": "cnpg.io/cluster", "operator": "Exists"}]}),
+    "prometheus": ("RabbitMQ's prometheus plugin, 15692",
+                   {"matchLabels": {"app.kubernetes.io/component": "rabbitmq"}}),
+}
 
 
 class Report:
@@ -824,7 +841,33 @@ def check_monitoring(report: Report, name: str, objs: list[dict[str, Any]]) -> N
         return
     problems: list[str] = []
     jobs = set()
+    # The servers' exporters (k8s/overlays/production/monitoring.yaml): each
+    # PodMonitor must select pods the render makes run (the operators'
+    # included) on the port their exporter serves, under a job of its own.
+    chat_monitors = []
     for monitor in monitors:
+        selector = monitor["spec"].get("selector") or {}
+        if (selector.get("matchLabels") or {}).get("app.kubernetes.io/name") in SERVICES:
+            chat_monitors.append(monitor)
+            continue
+        selected = [labels for _, namespace, labels in render_pods(objs)
+                    if namespace == monitor["metadata"].get("namespace")
+                    and selects(selector, labels)]
+        if not selected:
+            problems.append(f"{ident(monitor)}: selects no pod of the render")
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            wanted = SERVER_METRICS_PORTS.get(endpoint.get("port"))
+            if wanted is None or not any(selects(wanted[1], labels) for labels in selected):
+                problems.append(f"{ident(monitor)}: scrapes port {endpoint.get('port')}, which "
+                                "is not the metrics port of the pods it selects")
+            server_jobs = {r.get("replacement") for r in endpoint.get("relabelings", [])
+                           if r.get("targetLabel") == "job"}
+            if len(server_jobs) != 1 or server_jobs & JOBS:
+                problems.append(f"{ident(monitor)}: job {sorted(map(str, server_jobs))}, expected "
+                                "one job of its own (not a chat service's)")
+        report.note(f"{ident(monitor)} scrapes the servers' exporter on "
+                    f"{', '.join(sorted({str(e.get('port')) for e in monitor['spec']['podMetricsEndpoints']}))}")
+    for monitor in chat_monitors:
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             if endpoint.get("port") != "metrics":
                 problems.append(f"{ident(monitor)}: scrapes port {endpoint.get('port')}")
@@ -848,9 +891,166 @@ def check_monitoring(report: Report, name: str, objs: list[dict[str, Any]]) -> N
             problems.append(f"{ident(rule)}: spec.groups differ from "
                             f"{rules_path.relative_to(ROOT)} "
                             "(run python3 k8s/tools/prometheusrule.py)")
-    report.check(f"{name}: PodMonitors scrape jobs {', '.join(sorted(jobs))}; the "
-                 f"PrometheusRule holds exactly the groups of deploy/observability/rules.yml",
+    report.check(f"{name}: PodMonitors scrape jobs {', '.join(sorted(jobs))} (and the servers' "
+                 f"exporters: {len(monitors) - len(chat_monitors)}); the PrometheusRule holds "
+                 f"exactly the groups of deploy/observability/rules.yml", problems)
+
+
+def gateway_metric_names() -> set[str]:
+    """The metric names the gateway registers (gateway/src/metrics.rs)."""
+    text = (ROOT / "gateway" / "src" / "metrics.rs").read_text(encoding="utf-8")
+    return set(re.findall(r'register\(\s*"(gateway_[a-z_]+)"', text))
+
+
+def check_autoscaler(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    """The gateway autoscaler: on CPU, and on sessions per pod where a release asks."""
+    hpa = find(objs, "HorizontalPodAutoscaler", "chat-gateway")
+    if hpa is None:
+        report.note("no gateway autoscaler in this render")
+        return
+    problems: list[str] = []
+    spec = hpa["spec"]
+    if spec.get("scaleTargetRef", {}).get("name") != "chat-gateway":
+        problems.append(f"{ident(hpa)} scales {spec.get('scaleTargetRef')}, not the gateways")
+    metrics = spec.get("metrics") or []
+    if not any(m.get("type") == "Resource" and m["resource"].get("name") == "cpu"
+               for m in metrics):
+        problems.append(f"{ident(hpa)}: no CPU metric (connections add to it, never replace it)")
+    gateway = find(objs, "Deployment", "chat-gateway")
+    env = Env(objs, pod_spec(gateway)["containers"][0]) if gateway else None
+    known = known_settings()
+    limit = int((env.values.get("CHAT_GATEWAY__MAX_CONNECTIONS") if env else None)
+                or known["CHAT_GATEWAY__MAX_CONNECTIONS"][1])
+    exported = gateway_metric_names()
+    pods = [m for m in metrics if m.get("type") == "Pods"]
+    for metric in pods:
+        metric_name = metric["pods"]["metric"]["name"]
+        target = metric["pods"]["target"]
+        if metric_name not in exported:
+            problems.append(f"{ident(hpa)}: Pods metric {metric_name} is no gauge the gateway "
+                            "exports (gateway/src/metrics.rs)")
+            continue
+        if metric_name != "gateway_connections_active":
+            continue
+        if target.get("type") != "AverageValue":
+            problems.append(f"{ident(hpa)}: {metric_name} target {target.get('type')}, expected "
+                            "AverageValue (sessions per pod)")
+            continue
+        try:
+            average = float(str(target.get("averageValue")))
+        except ValueError:
+            problems.append(f"{ident(hpa)}: averageValue {target.get('averageValue')!r} is not a "
+                            "plain number of sessions")
+            continue
+        # Below ChatGatewayNearCapacity's 90 %, so that gateways are added
+        # before the alert, let alone the refusals at 100 %.
+        if not 0 < average <= 0.9 * limit:
+            problems.append(f"{ident(hpa)}: {average:g} sessions per pod is not below 90 % of "
+                            f"gateway.max_connections ({limit})")
+    what = (f"and {', '.join(m['pods']['metric']['name'] for m in pods)} per pod"
+            if pods else "only (k8s/components/hpa-connections adds sessions per pod)")
+    report.check(f"{name}: the gateway autoscaler scales chat-gateway on CPU {what}", problems)
+
+
+OTLP_PORTS = {4317, 4318}
+
+
+def check_telemetry(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    """Where the render exports traces (k8s/components/otel), every service does, alike."""
+    problems: list[str] = []
+    exporting = {}
+    for service, container in service_containers(objs):
+        env = Env(objs, container)
+        exporting[service] = env
+    if not any("OTEL_EXPORTER_OTLP_ENDPOINT" in env.values for env in exporting.values()):
+        report.note("no OTLP endpoint in this render: traces off (k8s/components/otel turns "
+                    "them on)")
+        return
+    policies = by_kind(objs, "NetworkPolicy")
+    for service, env in sorted(exporting.items()):
+        endpoint = env.values.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        protocol = env.values.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        if not endpoint or not re.fullmatch(r"http://[A-Za-z0-9.-]+(:\d+)?/?", endpoint):
+            problems.append(f"{service}: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not "
+                            "http://host[:port] (the binaries export over plain http only)")
+        if protocol not in ("http/protobuf", "grpc"):
+            problems.append(f"{service}: OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r} (only "
+                            "http/protobuf and grpc are built in)")
+        sampler = env.values.get("OTEL_TRACES_SAMPLER")
+        if sampler and sampler.endswith("traceidratio"):
+            try:
+                ratio = float(env.values.get("OTEL_TRACES_SAMPLER_ARG") or "")
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                problems.append(f"{service}: OTEL_TRACES_SAMPLER_ARG is not a ratio in [0, 1]")
+        attributes = env.values.get("OTEL_RESOURCE_ATTRIBUTES") or ""
+        for key, var in (("k8s.pod.name", "K8S_POD_NAME"),
+                         ("k8s.namespace.name", "K8S_NAMESPACE_NAME")):
+            if f"{key}=$({var})" not in attributes:
+                problems.append(f"{service}: OTEL_RESOURCE_ATTRIBUTES lacks {key}=$({var})")
+        container = next(c for s_, c in service_containers(objs) if s_ == service)
+        names = [v["name"] for v in container.get("env", []) or []]
+        fields = {v["name"]: ((v.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+                  for v in container.get("env", []) or []}
+        for var, field in (("K8S_POD_NAME", "metadata.name"),
+                           ("K8S_NAMESPACE_NAME", "metadata.namespace")):
+            if fields.get(var) != field:
+                problems.append(f"{service}: {var} is not the downward API's {field}")
+            elif "OTEL_RESOURCE_ATTRIBUTES" in names and \
+                    names.index(var) > names.index("OTEL_RESOURCE_ATTRIBUTES"):
+                problems.append(f"{service}: {var} comes after OTEL_RESOURCE_ATTRIBUTES, "
+                                "which cannot expand it")
+        deployment = find(objs, "Deployment", service)
+        labels = (deployment["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        namespace = deployment["metadata"].get("namespace")
+        ports: set[int] = set()
+        for policy in policies:
+            if policy["metadata"].get("namespace") != namespace or not selects(
+                    policy["spec"].get("podSelector") or {}, labels):
+                continue
+            for rule in policy["spec"].get("egress") or []:
+                ports |= {p.get("port") for p in rule.get("ports") or []}
+        if not OTLP_PORTS <= ports:
+            problems.append(f"{service}: no egress to the collector on {sorted(OTLP_PORTS - ports)}")
+    endpoints = {env.values.get("OTEL_EXPORTER_OTLP_ENDPOINT") for env in exporting.values()}
+    if len(endpoints) > 1:
+        problems.append(f"the services export to different endpoints: {sorted(map(str, endpoints))}")
+    report.check(f"{name}: traces: every service exports to one OTLP endpoint with its pod and "
+                 "namespace as resource attributes, and may reach the collector on 4317/4318",
                  problems)
+
+
+DASHBOARD_LABEL = ("grafana_dashboard", "1")
+
+
+def check_dashboard(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    """The dashboard's ConfigMap holds exactly deploy/observability/dashboard.json."""
+    path = ROOT / "deploy" / "observability" / "dashboard.json"
+    with open(path, encoding="utf-8") as f:
+        wanted = json.load(f)
+    problems: list[str] = []
+    maps = [c for c in by_kind(objs, "ConfigMap")
+            if labels_of(c).get(DASHBOARD_LABEL[0]) == DASHBOARD_LABEL[1]]
+    if len(maps) != 1:
+        problems.append(f"{len(maps)} ConfigMaps labelled {'='.join(DASHBOARD_LABEL)}, "
+                        "expected one (k8s/base/monitoring/dashboard.yaml)")
+    for config in maps:
+        data = config.get("data") or {}
+        keys = [key for key in data if key.endswith(".json")]
+        if len(keys) != 1 or len(data) != 1:
+            problems.append(f"{ident(config)}: keys {sorted(data)}, expected one *.json")
+            continue
+        try:
+            found = json.loads(data[keys[0]])
+        except json.JSONDecodeError as e:
+            problems.append(f"{ident(config)}: {keys[0]} is not JSON ({e})")
+            continue
+        if found != wanted:
+            problems.append(f"{ident(config)}: {keys[0]} differs from "
+                            f"{path.relative_to(ROOT)} (run python3 k8s/tools/dashboard.py)")
+    report.check(f"{name}: the Grafana dashboard ConfigMap ({'='.join(DASHBOARD_LABEL)}) holds "
+                 f"exactly the JSON of {path.relative_to(ROOT)}", problems)
 
 
 def persist_policy_of_services_sh() -> tuple[str, dict[str, Any]]:
@@ -1008,6 +1208,9 @@ def objects_command(args: argparse.Namespace) -> int:
         check_services(report, name, objs)
         check_network(report, name, objs)
         check_monitoring(report, name, objs)
+        check_dashboard(report, name, objs)
+        check_telemetry(report, name, objs)
+        check_autoscaler(report, name, objs)
         check_servers(report, name, objs)
         check_stages(report, name, objs)
     print(f"[k8s] manifest checks: {report.passed} passed, {report.failed} failed")
