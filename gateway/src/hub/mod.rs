@@ -34,14 +34,18 @@ pub struct Hub {
     registry: Mutex<Registry>,
     /// The server API's sends waiting for their answer (version 2).
     pub server_sends: Arc<ServerSends>,
-    /// Serialises bind and unbind so a shard's last user leaving and a new
-    /// one arriving cannot leave the binding in the wrong state. (On one
-    /// channel, the broker applies them in the order sent.)
-    routing: tokio::sync::Mutex<()>,
+    /// One lock per shard: serialises that shard's bind and unbind, so its
+    /// last user leaving and a new one arriving cannot leave the binding in
+    /// the wrong state (on one channel, the broker applies them in the
+    /// order sent). Per shard, so that a broker that stops answering holds
+    /// only the sessions whose shard needs a (un)bind, not every session's
+    /// setup and teardown behind one lock.
+    routing: Vec<tokio::sync::Mutex<()>>,
+    route_shards: u16,
     bindings: Arc<dyn ShardBindings>,
     /// How long a bind or unbind may take: a broker connection that stopped
-    /// answering holds every session's setup and teardown at most this long
-    /// (`amqp.confirm_timeout_ms`).
+    /// answering holds the setup and teardown of a shard's sessions at most
+    /// this long each (`amqp.confirm_timeout_ms`); other shards' go on.
     binding_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -69,11 +73,20 @@ impl Hub {
         Self {
             registry: Mutex::new(Registry::new(route_shards)),
             server_sends: ServerSends::new(MAX_SERVER_SENDS),
-            routing: tokio::sync::Mutex::new(()),
+            routing: (0..route_shards.max(1))
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            route_shards: route_shards.max(1),
             bindings,
             binding_timeout,
             metrics,
         }
+    }
+
+    /// The lock of `user`'s shard.
+    fn routing_of(&self, user: UserId) -> &tokio::sync::Mutex<()> {
+        let shard = chat_shared::amqp::Topology::shard_of(user, self.route_shards);
+        &self.routing[usize::from(shard) % self.routing.len()]
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -94,7 +107,7 @@ impl Hub {
         handle: SessionHandle,
         max_per_user: usize,
     ) -> Result<bool, RegisterError> {
-        let _routing = self.routing.lock().await;
+        let _routing = self.routing_of(user).lock().await;
         let admission = self
             .registry()
             .admit(user, max_per_user)
@@ -113,7 +126,7 @@ impl Hub {
     /// Removes a session (`true` when it was the user's last one here), and
     /// unbinds the user's shard when no user of it is left here.
     pub async fn unregister(&self, user: UserId, session_id: &str) -> bool {
-        let _routing = self.routing.lock().await;
+        let _routing = self.routing_of(user).lock().await;
         let removal = self.registry().remove(user, session_id);
         if let Some(shard) = removal.unbind {
             // A failed or late unbind is harmless: deliveries for users with
@@ -434,6 +447,33 @@ mod tests {
         assert!(hub.unregister(user(5), "c").await);
         assert_eq!(started.elapsed(), 2 * TIMEOUT);
         assert_eq!(hub.session_count(), 0);
+    }
+
+    /// A bind the broker never answers holds the sessions of its own shard
+    /// only: another shard's new session, and the teardown of a session of
+    /// a bound shard, go on at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_bind_holds_only_its_own_shard() {
+        let (hub, bindings) = hub();
+        let hub = Arc::new(hub);
+        hub.register(user(1), handle("a").0, 8).await.unwrap();
+        hub.register(user(5), handle("b").0, 8).await.unwrap(); // shard 1 too
+        bindings
+            .stuck
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let waiting = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.register(user(2), handle("c").0, 8).await })
+        };
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        // Shard 1 is bound: user 9 needs no broker, and neither does user
+        // 5 leaving (user 1 is still here), although shard 2's bind hangs.
+        assert!(hub.register(user(9), handle("d").0, 8).await.unwrap());
+        assert!(hub.unregister(user(5), "b").await);
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+        let refused = waiting.await.expect("task");
+        assert!(matches!(refused, Err(RegisterError::BindTimeout { .. })));
     }
 
     #[tokio::test]

@@ -139,7 +139,9 @@ async fn a_draining_gateway_spreads_its_sessions_reconnects_over_the_drain_windo
     const SESSIONS: i64 = 2_000;
     let drain = Duration::from_secs(4);
     // Gateway 1 drains; gateway 0 (which mints the tests' tokens) stays.
-    let system = TestSystem::start_with(2, 1, |s| {
+    // No presence service: 4,000 sessions coming and going would load the
+    // servers every test shares with its presence work, for nothing here.
+    let system = TestSystem::start_services(2, 1, false, |s| {
         s.gateway.drain = drain;
         s.gateway.limits.connections_per_ip =
             std::num::NonZeroUsize::new(10_000).expect("non-zero");
