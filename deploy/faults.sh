@@ -11,7 +11,7 @@
 #
 # Faults: kill-gateway kill-persister rabbit-restart rabbit-restart-persistent
 # pg-restart redis-restart redis-flushall cut-persister-db cut-gateway-broker
-# memory-alarm term-gateway.
+# memory-alarm disk-alarm term-gateway.
 #
 # Environment: RATE (msg/s, default 1000), USERS (default 200), DURATION
 # (seconds of load, default 40), FAULT_AT (seconds into the load, default 10),
@@ -33,7 +33,8 @@ LOGS="$REPO/.data/local/logs"
 OUT="$REPO/.data/local/faults/$(date -u +%Y%m%dT%H%M%SZ)"
 URL=http://127.0.0.1:28080
 ALL=(kill-gateway kill-persister rabbit-restart rabbit-restart-persistent pg-restart
-  redis-restart redis-flushall cut-persister-db cut-gateway-broker memory-alarm term-gateway)
+  redis-restart redis-flushall cut-persister-db cut-gateway-broker memory-alarm disk-alarm
+  term-gateway)
 
 say() { printf '[faults] %s\n' "$*" >&2; }
 
@@ -106,6 +107,15 @@ inject() {
       deploy/services.sh rabbitmqctl local -q set_vm_memory_high_watermark 0.00001
       sleep "$FAULT_FOR"
       deploy/services.sh rabbitmqctl local -q set_vm_memory_high_watermark 0.4 ;;
+    disk-alarm)
+      # A free-disk limit above any disk's size: the disk alarm blocks every
+      # publishing connection until the limit is back (services/rabbitmq.sh).
+      mark "$1" stop
+      deploy/services.sh rabbitmqctl local -q set_disk_free_limit 100000000000000
+      sleep "$FAULT_FOR"
+      mark "$1" start
+      deploy/services.sh rabbitmqctl local -q set_disk_free_limit 200MB
+      mark "$1" ready ;;
     *) say "unknown fault $1"; return 1 ;;
   esac
 }
