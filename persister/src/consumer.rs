@@ -72,26 +72,29 @@ impl PartitionConsumers {
 
     /// Feeds every partition into `tx` (bounded: when the writer falls behind,
     /// consumption pauses and the broker holds the rest).
-    /// Undecodable commands are counted in `dead_lettered`; `budget` holds
-    /// a permit per command in memory.
+    /// Undecodable commands are published to the dead-letter exchange on
+    /// `dead_letter_channel` (of a connection that consumes nothing, so that
+    /// a broker alarm blocking it cannot hold the acks) and counted in
+    /// `dead_lettered`; `budget` holds a permit per command in memory.
     pub fn spawn(
         self,
         tx: mpsc::Sender<Incoming>,
+        dead_letter_channel: Channel,
         dead_lettered: Counter,
         budget: Budget,
     ) -> Vec<tokio::task::JoinHandle<()>> {
+        // The consuming channels stay with the broker watch (`channels`).
         let Self {
-            channels,
+            channels: _,
             consumers,
             dead_letters,
         } = self;
         consumers
             .into_iter()
-            .zip(channels)
-            .map(|((partition, consumer), channel)| {
+            .map(|(partition, consumer)| {
                 tokio::spawn(feed(
                     partition,
-                    channel,
+                    dead_letter_channel.clone(),
                     dead_letters.clone(),
                     dead_lettered.clone(),
                     budget.clone(),
@@ -155,7 +158,7 @@ impl Budget {
 
 async fn feed(
     partition: u16,
-    channel: Channel,
+    dead_letter_channel: Channel,
     dead_letters: String,
     dead_lettered: Counter,
     budget: Budget,
@@ -166,7 +169,7 @@ async fn feed(
         match delivery {
             Ok(decoded) => {
                 for bad in &decoded.undecodable {
-                    dead_letter(&channel, &dead_letters, partition, bad).await;
+                    dead_letter(&dead_letter_channel, &dead_letters, partition, bad).await;
                     dead_lettered.inc();
                 }
                 // Waits while the commands in memory are at the bound.

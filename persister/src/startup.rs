@@ -131,7 +131,15 @@ impl Persister {
         background.spawn(crate::queues::watch(conn.clone(), topo, depths));
         let (tx, rx) = mpsc::channel::<Incoming>(usize::from(p.prefetch.get()));
         let budget = Budget::new(p.max_commands_in_memory);
-        for feeder in consumers.spawn(tx, metrics.dead_lettered.clone(), budget.clone()) {
+        // Dead letters are published on the publishing connection: a
+        // consuming connection that published would be blocked by a broker
+        // alarm, and its acks with it.
+        let dead_letter_channel = publish_conn
+            .create_channel()
+            .await
+            .context("a channel for dead letters")?;
+        let dead_lettered = metrics.dead_lettered.clone();
+        for feeder in consumers.spawn(tx, dead_letter_channel, dead_lettered, budget.clone()) {
             background.adopt(feeder);
         }
         let (stop_tx, stop) = watch::channel(false);
