@@ -16,10 +16,11 @@ k8s/validate.sh runs --check, and k8s/tools/check_manifests.py compares the
 JSON of the ConfigMap in every render with the file. Standard library only.
 """
 
-import argparse
 import json
 import pathlib
 import sys
+
+import generated  # k8s/tools/generated.py: the shared command line
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "observability" / "dashboard.json"
@@ -63,28 +64,8 @@ def render(dashboard_text: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="do not write; exit 1 if the file differs from what would be written",
-    )
-    args = parser.parse_args()
-    wanted = render(DASHBOARD.read_text(encoding="utf-8"))
-    if args.check:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
-        if current != wanted:
-            print(
-                f"{OUTPUT.relative_to(ROOT)} is out of date with "
-                f"{DASHBOARD.relative_to(ROOT)}: run python3 k8s/tools/dashboard.py",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{OUTPUT.relative_to(ROOT)} is up to date with {DASHBOARD.relative_to(ROOT)}")
-        return 0
-    OUTPUT.write_text(wanted, encoding="utf-8")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
-    return 0
+    return generated.main(__doc__.splitlines()[0], ROOT, DASHBOARD, OUTPUT, render,
+                          "python3 k8s/tools/dashboard.py")
 
 
 if __name__ == "__main__":

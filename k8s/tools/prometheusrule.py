@@ -12,9 +12,10 @@ included) under `spec:`. Run this after changing the rules:
 k8s/validate.sh runs --check. Standard library only.
 """
 
-import argparse
 import pathlib
 import sys
+
+import generated  # k8s/tools/generated.py: the shared command line
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "observability" / "rules.yml"
@@ -49,28 +50,8 @@ def render(rules_text: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="do not write; exit 1 if the file differs from what would be written",
-    )
-    args = parser.parse_args()
-    wanted = render(RULES.read_text(encoding="utf-8"))
-    if args.check:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
-        if current != wanted:
-            print(
-                f"{OUTPUT.relative_to(ROOT)} is out of date with "
-                f"{RULES.relative_to(ROOT)}: run python3 k8s/tools/prometheusrule.py",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{OUTPUT.relative_to(ROOT)} is up to date with {RULES.relative_to(ROOT)}")
-        return 0
-    OUTPUT.write_text(wanted, encoding="utf-8")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
-    return 0
+    return generated.main(__doc__.splitlines()[0], ROOT, RULES, OUTPUT, render,
+                          "python3 k8s/tools/prometheusrule.py")
 
 
 if __name__ == "__main__":
