@@ -332,6 +332,69 @@ async fn a_gateway_whose_broker_stops_answering_refuses_sessions_it_cannot_route
     proxy.thaw();
 }
 
+/// A broker connection that stops answering holds each new session that
+/// needs a shard bound for its own bind timeout (here 1 s), at the same
+/// time, not one after another behind a lock every session shares: one
+/// of each of the three unbound shards, at once, are all refused within
+/// 2.5 s (in turn they would take at least 3). A
+/// session of a shard already bound, and one closing, need no broker: the
+/// slot a closed session frees takes a new one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_holds_each_new_session_for_its_own_bind_timeout_only() {
+    let mut system = TestSystem::start_with(1, 1, |_| {}).await;
+    let (proxy, mut settings) = system.broker_proxy().await;
+    settings.gateway.broker_lost = Duration::from_millis(60_000);
+    settings.amqp.confirm_timeout = Duration::from_millis(1_000);
+    settings.gateway.limits.connections_per_user = std::num::NonZeroUsize::MIN;
+    let shards = i64::from(settings.amqp.route_shards.get());
+    let index = system.start_gateway_with(settings).await;
+    let an = system.connect(index, 1).await; // binds user 1's shard
+    // Another user of that shard: the shard stays bound when An leaves.
+    let _chi = system.connect(index, 1 + shards).await;
+    // A user of each other shard: each needs a bind.
+    let others: Vec<i64> = (2..=shards).collect();
+    let mut tokens = Vec::new();
+    for user in &others {
+        tokens.push(system.token(*user).await);
+    }
+
+    proxy.freeze();
+    let started = tokio::time::Instant::now();
+    let addr = system.gateways[index];
+    let closes = futures_util::future::join_all(tokens.iter().map(|token| async move {
+        let mut client = chat_tests::Client::connect(addr, Some(token), None)
+            .await
+            .expect("upgraded");
+        client.closed().await
+    }))
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        closes
+            .iter()
+            .all(|c| *c == chat_tests::client::Closed::Code(1011)),
+        "{closes:?}"
+    );
+    assert_eq!(closes.len(), 3, "the test profile has 4 shards");
+    assert!(
+        waited < Duration::from_millis(2_500),
+        "three refusals took {waited:?}"
+    );
+
+    // An's slot (one session per user here) is freed by closing, without
+    // the broker, and taken again within 2 s.
+    let token = system.token(1).await;
+    an.close().await;
+    let again = eventually_within(Duration::from_secs(2), async || {
+        chat_tests::Client::connect(addr, Some(&token), None).await
+    })
+    .await;
+    let mut again = again.authenticated().await;
+    again.send_json(json!({"type": "ping"})).await;
+    assert_eq!(again.next().await["type"], "pong");
+    proxy.thaw();
+}
+
 /// After a connection loss that only the gateway noticed, the broker still
 /// holds the old connection, and with it the gateway's exclusive queue: the
 /// reconnected gateway cannot declare it again (`RESOURCE_LOCKED`), and its
