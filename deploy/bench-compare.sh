@@ -21,13 +21,15 @@
 # that answers after 1 s (slow) or never (silent); give the variant the
 # notify settings that point at it (docs/benchmarks.md has the command).
 #
+# The setting CHAT_TLS=1 makes that variant's services reach every backend
+# over TLS (deploy/up.sh):  /tmp/new  "/tmp/new CHAT_TLS=1"
 # Environment: ROUNDS, DURATION, WARMUP (passed to bench.sh). Nothing is
 # built: build chat-load (cargo build --release -p chat-tests) first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=direct-1000
 if [ "${1:-}" = -s ]; then SCENARIO=$2; shift 2; fi
-[ $# -ge 2 ] || { sed -n 2,22p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,24p "$0"; exit 2; }
 VARIANTS=("$@")
 ROUNDS=${ROUNDS:-3}
 OUT=".data/local/bench/compare-$(date -u +%Y%m%dT%H%M%SZ)"

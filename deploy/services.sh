@@ -37,10 +37,13 @@
 # Instances (ports fixed per instance, away from the default system ports and below the
 # kernel's ephemeral port range, 32768-60999 by default (net.ipv4.ip_local_port_range):
 # a client connection there, e.g. one in TIME-WAIT, could hold a server's port):
-#               Postgres  AMQP   Erlang dist  Redis
-#   local       25432     25672  27672        26379     (nginx and gateways: deploy/up.sh,
-#                                                        28080, 28081, 28082)
-#   test        21432     21672  23672        21379
+#               Postgres  AMQP   AMQPS  Erlang dist  Redis  Redis TLS
+#   local       25432     25672  25671  27672        26379  26380   (nginx and gateways:
+#                                                          deploy/up.sh, 28080, 28081, 28082)
+#   test        21432     21672  21671  23672        21379  21380
+# TLS: every server also speaks TLS (Postgres on its one port), with a throw-away CA made
+# on `start` in .data/<instance>/tls/ (deploy/services/tls.sh); `env` prints the TLS URLs
+# and the CA's file as MAPMO_TLS_* (the TLS tests and `deploy/bench.sh` with CHAT_TLS=1).
 # Other ports: the RabbitMQ CLI tools use Erlang dist +1..+10, epmd listens on 4369
 # (127.0.0.1, shared by every Erlang node). No RabbitMQ plugin is enabled (no management
 # 15672, prometheus 15692, stream 5552). `start` warns when a port falls inside this
@@ -114,6 +117,8 @@ PERSIST_POLICY=(chat-persist-bound '\.persist\.[0-9]+$')   # name, queue name pa
 . "$DEPLOY_DIR/services/rabbitmq.sh"
 # shellcheck source=deploy/services/redis.sh
 . "$DEPLOY_DIR/services/redis.sh"
+# shellcheck source=deploy/services/tls.sh
+. "$DEPLOY_DIR/services/tls.sh"
 # shellcheck source=deploy/services/nginx.sh
 . "$DEPLOY_DIR/services/nginx.sh"
 
@@ -197,6 +202,14 @@ cmd_env() {
     printf 'export CHAT_DATABASE__URL=%s\n' "$DATABASE_URL"
     printf 'export CHAT_AMQP__URL=%s\n' "$AMQP_URL"
     printf 'export CHAT_REDIS__URL=%s\n' "$REDIS_URL"
+    # the same servers over TLS, and the CAs (deploy/services/tls.sh)
+    printf 'export MAPMO_TLS_DATABASE_URL=%s\n' "$TLS_DATABASE_URL"
+    printf 'export MAPMO_TLS_AMQP_URL=%s\n' "$TLS_AMQP_URL"
+    printf 'export MAPMO_TLS_REDIS_URL=%s\n' "$TLS_REDIS_URL"
+    printf 'export MAPMO_TLS_CA_FILE=%s\n' "$TLS_CA"
+    printf 'export MAPMO_TLS_OTHER_CA_FILE=%s\n' "$TLS_OTHER_CA"
+    printf 'export MAPMO_TLS_CLIENT_CERT_FILE=%s\n' "$TLS_CLIENT_CERT"
+    printf 'export MAPMO_TLS_CLIENT_KEY_FILE=%s\n' "$TLS_CLIENT_KEY"
 }
 
 cmd_start() {
@@ -204,7 +217,9 @@ cmd_start() {
     ensure_base_dirs
     make_secrets
     load_secrets
-    warn_ephemeral "$PG_PORT" "$AMQP_PORT" "$REDIS_PORT" $(seq "$DIST_PORT" $(( DIST_PORT + 10 )))
+    warn_ephemeral "$PG_PORT" "$AMQP_PORT" "$AMQPS_PORT" "$REDIS_PORT" "$REDIS_TLS_PORT" \
+        $(seq "$DIST_PORT" $(( DIST_PORT + 10 )))
+    tls_make
     local t0=$SECONDS
     pg_start
     log "postgres ready ($(( SECONDS - t0 ))s)"; t0=$SECONDS
@@ -255,7 +270,7 @@ main() {
     local cmd="${1:-}"
     [ $# -ge 2 ] || usage
     select_instance "$2"                        # lib.sh: ports, directories, OS users
-    pg_vars; rabbit_vars; redis_vars; nginx_vars   # each server's paths
+    pg_vars; rabbit_vars; redis_vars; nginx_vars; tls_vars   # each server's paths
     shift 2
     case "$cmd" in
         install)     cmd_install ;;

@@ -30,6 +30,15 @@ deploy/services.sh install local
 deploy/services.sh start local >/dev/null
 eval "$(deploy/services.sh env local)"
 export CHAT_PROFILE=local
+# CHAT_TLS=1: the services reach Postgres, RabbitMQ and Redis over TLS, checking
+# the servers' certificates against the instance's throw-away CA
+# (deploy/services/tls.sh), as they would reach managed ones.
+if [ "${CHAT_TLS:-}" = 1 ]; then
+  export CHAT_DATABASE__URL="$MAPMO_TLS_DATABASE_URL" CHAT_DATABASE__CA_FILE="$MAPMO_TLS_CA_FILE" \
+    CHAT_AMQP__URL="$MAPMO_TLS_AMQP_URL" CHAT_AMQP__CA_FILE="$MAPMO_TLS_CA_FILE" \
+    CHAT_REDIS__URL="$MAPMO_TLS_REDIS_URL" CHAT_REDIS__CA_FILE="$MAPMO_TLS_CA_FILE"
+  say "TLS to every backend (CA: $MAPMO_TLS_CA_FILE)"
+fi
 mkdir -p "$RUN" "$LOGS"
 
 say "building the services ($BUILD_PROFILE profile; a first release build takes about 5 minutes on 2 cores)"

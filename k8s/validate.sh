@@ -21,7 +21,9 @@
 #      reason), CHAT_* names and values against config/default.toml, Secrets,
 #      bus layout, restricted Pod Security (pods and namespaces), probes and
 #      ports, route, network policies (a default deny per namespace, every
-#      pod covered, the operators' included), monitoring, broker policy;
+#      pod covered, the operators' included), monitoring, broker policy,
+#      TLS to the backends outside dev (CA files in every chat pod, RabbitMQ
+#      and Redis on TLS only);
 #   5. checkov (kubernetes framework, --skip-download) on every overlay and
 #      release: no failed check, every skipped one with its reason in the
 #      manifest.

@@ -37,8 +37,8 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 select_instance() {
     INSTANCE="${1:-}"
     case "$INSTANCE" in
-        local) PG_PORT=25432; AMQP_PORT=25672; DIST_PORT=27672; REDIS_PORT=26379 ;;
-        test)  PG_PORT=21432; AMQP_PORT=21672; DIST_PORT=23672; REDIS_PORT=21379 ;;
+        local) PG_PORT=25432; AMQP_PORT=25672; AMQPS_PORT=25671; DIST_PORT=27672; REDIS_PORT=26379; REDIS_TLS_PORT=26380 ;;
+        test)  PG_PORT=21432; AMQP_PORT=21672; AMQPS_PORT=21671; DIST_PORT=23672; REDIS_PORT=21379; REDIS_TLS_PORT=21380 ;;
         "")    usage ;;
         *)     die "unknown instance '$INSTANCE' (expected: local, test)" ;;
     esac
@@ -117,12 +117,17 @@ load_secrets() {
     done
     # used by the commands (start, env, status). Redis: user "default" (the one
     # requirepass sets): redis-cli -u sends AUTH "" <pw> for an empty user name; the Rust
-    # client accepts either form
+    # client accepts either form. Postgres serves plain and TLS on one port: the plain
+    # URL says sslmode=disable (else the client would take TLS whenever it is offered),
+    # the TLS one verify-full (with the instance's CA: TLS_URLS, deploy/services/tls.sh).
     # shellcheck disable=SC2034
     {
-        DATABASE_URL="postgres://chat:$PG_PW@127.0.0.1:$PG_PORT/chat"
+        DATABASE_URL="postgres://chat:$PG_PW@127.0.0.1:$PG_PORT/chat?sslmode=disable"
         AMQP_URL="amqp://chat:$AMQP_PW@127.0.0.1:$AMQP_PORT/%2f"
         REDIS_URL="redis://default:$REDIS_PW@127.0.0.1:$REDIS_PORT/"
+        TLS_DATABASE_URL="postgres://chat:$PG_PW@127.0.0.1:$PG_PORT/chat?sslmode=verify-full"
+        TLS_AMQP_URL="amqps://chat:$AMQP_PW@127.0.0.1:$AMQPS_PORT/%2f"
+        TLS_REDIS_URL="rediss://default:$REDIS_PW@127.0.0.1:$REDIS_TLS_PORT/"
     }
 }
 

@@ -93,7 +93,14 @@ log_checkpoints = on
 log_autovacuum_min_duration = 1000
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
+# TLS on the same port, with the instance's throw-away CA (deploy/services/tls.sh);
+# clients choose: the plain URL says sslmode=disable, the TLS one verify-full
+ssl = on
+ssl_cert_file = 'server.pem'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
 EOC
+    tls_install "$PG_USER" "$PG_DATA"
 }
 
 # Who may log in how; rewritten on every start (reloaded when it changed).
@@ -143,6 +150,9 @@ pg_start() {
                 die_log "postgres failed to restart" "$PG_LOG"
         else
             log "postgres ($INSTANCE) already running on 127.0.0.1:$PG_PORT"
+            # the settings of this version (TLS among them) take effect on a reload
+            pg_write_conf
+            pg_admin -tAc 'SELECT pg_reload_conf()' >/dev/null || die_log "postgres: reloading chat.conf failed" "$PG_LOG"
         fi
     else
         if [ ! -f "$PG_DATA/PG_VERSION" ]; then

@@ -30,11 +30,11 @@ redis_start() {
     svc_in_repo_check redis "$REDIS_HOME"
     svc_owned "$REDIS_DIR" "$REDIS_USER"
     if pid="$(redis_pid)"; then
-        if redis_ping; then
+        if redis_ping && grep -qx "tls-port $REDIS_TLS_PORT" "$REDIS_DIR/redis.conf" 2>/dev/null; then
             log "redis ($INSTANCE) already running on 127.0.0.1:$REDIS_PORT"
             return 0
         fi
-        log "redis ($INSTANCE): restarting pid $pid: it does not answer on 127.0.0.1:$REDIS_PORT with the instance's password"
+        log "redis ($INSTANCE): restarting pid $pid: it does not answer on 127.0.0.1:$REDIS_PORT with the instance's password, or has no TLS port $REDIS_TLS_PORT"
         term_and_wait "$pid" "redis" "$REDIS_LOG"
     fi
     tcp_open "$REDIS_PORT" && die "port $REDIS_PORT is already in use by another process"
@@ -56,7 +56,15 @@ dir $REDIS_DIR
 # presence state is ephemeral: no persistence
 save ""
 appendonly no
+# TLS beside the plain port, with the instance's throw-away CA (deploy/services/tls.sh);
+# a client certificate is not asked for
+tls-port $REDIS_TLS_PORT
+tls-cert-file $REDIS_DIR/server.pem
+tls-key-file $REDIS_DIR/server.key
+tls-ca-cert-file $REDIS_DIR/ca.pem
+tls-auth-clients no
 EOC
+    tls_install "$REDIS_USER" "$REDIS_DIR"
     log "redis: starting on 127.0.0.1:$REDIS_PORT as user $REDIS_USER (log: $REDIS_LOG)"
     as_user "$REDIS_USER" redis-server "$REDIS_DIR/redis.conf" >>"$REDIS_LOG" 2>&1 ||
         die_log "redis-server failed" "$REDIS_LOG"

@@ -25,6 +25,7 @@ use chat_shared::http_server;
 use chat_shared::presence_state;
 use chat_shared::schema;
 use chat_shared::service::{Background, BrokerWatch};
+use chat_shared::tls::{self, Backend};
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 use std::future::Future;
@@ -44,6 +45,8 @@ pub struct Gateway {
     /// This gateway's queue, and what it dropped (to be counted).
     inbox: Inbox,
     signals: Signals,
+    /// Ends its connection's reconnecting when the gateway ends.
+    retirement: amqp::Retirement,
 }
 
 /// The gateway's own queue, consumed.
@@ -60,6 +63,9 @@ struct Signals {
     sessions_end: watch::Sender<bool>,
     broker_lost: watch::Sender<bool>,
     broker_dead: watch::Sender<bool>,
+    /// The AMQP client is stuck (`amqp::recovery`): the gateway stops, and
+    /// its caller starts a fresh one (`service::restarting`).
+    broker_stuck: watch::Sender<bool>,
 }
 
 /// The broker side of a gateway, as `build` makes it.
@@ -82,16 +88,22 @@ struct Publishers {
 
 impl Gateway {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        tls::check_certificates(
+            &settings,
+            &[Backend::Postgres, Backend::RabbitMq, Backend::Redis],
+        )
+        .await?;
         let db = schema::connect(&settings.database)
             .await
             .context("connecting to Postgres")?;
         schema::check_bus_settings(&db, &settings.amqp).await?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let broker = connect_broker(&settings, &instance).await?;
+        let retirement = amqp::Retirement::new();
+        let broker = connect_broker(&settings, &instance, &retirement).await?;
         let metrics = Arc::new(Metrics::new());
         let bindings = AmqpBindings::new(broker.setup.clone(), broker.queue.clone(), &broker.topo);
         let shards = broker.topo.route_shards;
-        let timeout = settings.amqp.confirm_timeout;
+        let timeout = settings.gateway.bind_timeout;
         let hub = Arc::new(Hub::new(
             Arc::new(bindings),
             shards,
@@ -162,11 +174,13 @@ impl Gateway {
             server_api_listener,
             state,
             inbox: broker.inbox,
+            retirement,
             signals: Signals {
                 shutdown,
                 sessions_end,
                 broker_lost,
                 broker_dead,
+                broker_stuck: watch::Sender::new(false),
             },
         })
     }
@@ -206,6 +220,7 @@ impl Gateway {
             state,
             inbox,
             signals,
+            retirement,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, queue = %state.queue, "gateway serving");
@@ -232,7 +247,16 @@ impl Gateway {
         // Set when the gateway stops because its broker is dead, whatever
         // the broker does during the drain: the exit status says why.
         let died = Arc::new(AtomicBool::new(false));
-        let stop = stop_signal(&state, shutdown, signals.shutdown.clone(), died.clone());
+        let stuck = Arc::new(AtomicBool::new(false));
+        let stop = stop_signal(
+            &state,
+            shutdown,
+            &signals,
+            Ended {
+                died: died.clone(),
+                stuck: stuck.clone(),
+            },
+        );
         let (hub, amqp, presence) = (
             state.hub.clone(),
             state.amqp.clone(),
@@ -240,7 +264,8 @@ impl Gateway {
         );
         http_server::serve(listener, http::router(state), header_timeout, grace, stop).await;
         let sessions = hub.sessions();
-        if !drain.is_zero() && !sessions.is_empty() && !died.load(Ordering::Relaxed) {
+        let without_broker = died.load(Ordering::Relaxed) || stuck.load(Ordering::Relaxed);
+        if !drain.is_zero() && !sessions.is_empty() && !without_broker {
             tracing::info!(
                 sessions = sessions.len(),
                 drain_ms = drain.as_millis() as u64,
@@ -257,9 +282,13 @@ impl Gateway {
         presence.flushed(Duration::from_secs(1)).await;
         let _ = amqp.close(200, "gateway shutdown".into()).await;
         background.stop();
+        drop(retirement);
         tracing::info!(%addr, "gateway stopped");
         if died.load(Ordering::Relaxed) {
             anyhow::bail!("the broker was unreachable for gateway.broker_dead_ms");
+        }
+        if stuck.load(Ordering::Relaxed) {
+            return Err(amqp::RecoveryStuck.into());
         }
         Ok(())
     }
@@ -267,8 +296,13 @@ impl Gateway {
 
 /// Connects as `gateway <instance>`, declares the topology and this
 /// gateway's queue, and consumes it.
-async fn connect_broker(settings: &Settings, instance: &str) -> anyhow::Result<Broker> {
-    let (conn, topo) = amqp::connect_and_declare(&settings.amqp, &format!("gateway {instance}"))
+async fn connect_broker(
+    settings: &Settings,
+    instance: &str,
+    retirement: &amqp::Retirement,
+) -> anyhow::Result<Broker> {
+    let name = format!("gateway {instance}");
+    let (conn, topo) = amqp::connect_and_declare(&settings.amqp, &name, retirement)
         .await
         .context("connecting to RabbitMQ and declaring the topology")?;
     // One channel declares the gateway's queue, binds it (the hub) and
@@ -383,6 +417,7 @@ fn start_background(
             (gateway.broker_lost, signals.broker_lost.clone()),
             (gateway.broker_dead, signals.broker_dead.clone()),
         ],
+        stuck: Some((state.settings.amqp.clone(), signals.broker_stuck.clone())),
     };
     background.watch_broker(watch, move |connected| {
         metrics.broker_connected.set(i64::from(connected));
@@ -391,16 +426,28 @@ fn start_background(
     background
 }
 
-/// Resolves when the gateway must stop: `shutdown`, or a broker dead for
-/// `gateway.broker_dead_ms` when `gateway.exit_when_broker_dead` (then
-/// `died` is set). Either way every session hears it at once.
+/// Why a gateway stopped, besides `shutdown`.
+struct Ended {
+    /// Its broker was dead for `gateway.broker_dead_ms` and
+    /// `gateway.exit_when_broker_dead` is set.
+    died: Arc<AtomicBool>,
+    /// Its AMQP client was stuck (`amqp::recovery`).
+    stuck: Arc<AtomicBool>,
+}
+
+/// Resolves when the gateway must stop: `shutdown`, a stuck AMQP client,
+/// or a broker dead for `gateway.broker_dead_ms` when
+/// `gateway.exit_when_broker_dead`; `ended` says which. Either way every
+/// session hears it at once.
 fn stop_signal(
     state: &AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    tx: watch::Sender<bool>,
-    died: Arc<AtomicBool>,
+    signals: &Signals,
+    ended: Ended,
 ) -> impl Future<Output = ()> + Send + 'static {
     let mut broker_dead = state.broker_dead.clone();
+    let mut broker_stuck = signals.broker_stuck.subscribe();
+    let tx = signals.shutdown.clone();
     let exit_when_dead = state.settings.gateway.exit_when_broker_dead;
     async move {
         let dead = async {
@@ -411,8 +458,11 @@ fn stop_signal(
         tokio::select! {
             () = shutdown => {}
             () = dead => {
-                died.store(true, Ordering::Relaxed);
+                ended.died.store(true, Ordering::Relaxed);
                 tracing::error!("the broker has been unreachable for gateway.broker_dead_ms: exiting (gateway.exit_when_broker_dead)");
+            }
+            Ok(_) = broker_stuck.wait_for(|stuck| *stuck) => {
+                ended.stuck.store(true, Ordering::Relaxed);
             }
         }
         let _ = tx.send(true);

@@ -27,6 +27,11 @@ its venv (PyYAML and kubernetes-validate):
 - where traces are on (k8s/components/otel), every service's OTLP endpoint,
   protocol, sampler, resource attributes from the downward API, and its
   egress to the collector;
+- TLS to the backends, in every render but the base and the dev overlay:
+  every chat pod names the CA of Postgres, RabbitMQ and Redis (the migration
+  Job: of Postgres) in files of read-only volume mounts; the RabbitmqCluster
+  serves TLS only, Redis too (--port 0, --tls-port), each with a
+  certificate of the render that names what the services reach it by;
 - a closed network: a default deny in every namespace the render owns, and
   every pod, the ones the operators make included (modelled from their
   Cluster and RabbitmqCluster by the labels the operators give them),
@@ -82,6 +87,10 @@ CRD_KINDS = {
     ("rabbitmq.com", "Policy"):
         ("the RabbitMQ Messaging Topology Operator",
          "compared with deploy/services.sh's policy below"),
+    ("cert-manager.io", "Issuer"):
+        ("cert-manager", "the Certificates' issuers are checked below"),
+    ("cert-manager.io", "Certificate"):
+        ("cert-manager", "its issuer and the names the servers need are checked below"),
 }
 
 SERVICES = ("chat-gateway", "chat-persister", "chat-presence")
@@ -111,6 +120,8 @@ SERVER_METRICS_PORTS = {
                 {"matchExpressions": [{"key": "cnpg.io/cluster", "operator": "Exists"}]}),
     "prometheus": ("RabbitMQ's prometheus plugin, 15692",
                    {"matchLabels": {"app.kubernetes.io/component": "rabbitmq"}}),
+    "prometheus-tls": ("RabbitMQ's prometheus plugin over TLS, 15691",
+                       {"matchLabels": {"app.kubernetes.io/component": "rabbitmq"}}),
 }
 
 
@@ -1138,6 +1149,173 @@ def check_servers(report: Report, name: str, objs: list[dict[str, Any]]) -> None
                  problems)
 
 
+# ------------------------------------------------------ TLS to the backends
+#
+# The base (no servers) and the laptop overlay talk to their servers in
+# plain text; every other render (the production template and each release)
+# must reach all three over TLS and check their certificates.
+PLAIN_RENDERS = {"base", "dev"}
+# The CA file settings, each with the URL it goes with.
+CA_FILES = {
+    "CHAT_DATABASE__CA_FILE": "CHAT_DATABASE__URL",
+    "CHAT_AMQP__CA_FILE": "CHAT_AMQP__URL",
+    "CHAT_REDIS__CA_FILE": "CHAT_REDIS__URL",
+}
+
+
+def chat_pods(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], tuple[str, ...]]]:
+    """(name, pod spec, CA settings it needs) of the services and the migration Job."""
+    for service in SERVICES:
+        deployment = find(objs, "Deployment", service)
+        if deployment is not None:
+            # The persister reaches Postgres and RabbitMQ only (and checks
+            # only their certificates at start).
+            needs = tuple(var for var in CA_FILES
+                          if service != "chat-persister" or var != "CHAT_REDIS__CA_FILE")
+            yield service, pod_spec(deployment), needs
+    migrate = find(objs, "Job", "chat-migrate")
+    if migrate is not None:
+        # It reads the database URL only (k8s/base/migrate.yaml).
+        yield "chat-migrate", pod_spec(migrate), ("CHAT_DATABASE__CA_FILE",)
+
+
+def volume_files(volume: dict[str, Any]) -> set[str] | None:
+    """The files of Secrets and ConfigMaps a volume holds (None: any key of one,
+    which is not in the render to say); none for other kinds of volume."""
+    if "projected" in volume:
+        sources = [s.get("secret") or s.get("configMap")
+                   for s in volume["projected"].get("sources") or []]
+    else:
+        sources = [volume.get("secret") or volume.get("configMap")]
+    files: set[str] = set()
+    for source in filter(None, sources):
+        if not source.get("items"):
+            return None
+        files |= {item["path"] for item in source["items"]}
+    return files
+
+
+def mount_problem(spec: dict[str, Any], container: dict[str, Any], path: str) -> str | None:
+    """Why `path` is not a file of a read-only volume mount of the container, or None."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        root = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(root):
+            continue
+        if not mount.get("readOnly"):
+            return f"{path}: its mount {mount['mountPath']} is not read-only"
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            return f"{path}: the volume {mount['name']} is not in the pod"
+        files = volume_files(volume)
+        relative = path[len(root):]
+        if files is not None and relative not in files:
+            return (f"{path}: the volume {mount['name']} holds "
+                    f"{sorted(files) or 'no file of a Secret or ConfigMap'}, not {relative}")
+        return None
+    return f"{path} is in no volume mount"
+
+
+def check_tls_clients(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    """Every chat pod checks the certificate of each server it reaches."""
+    if name in PLAIN_RENDERS:
+        report.note("plain connections to the servers here (no CA files); production uses TLS")
+        return
+    problems: list[str] = []
+    pods = list(chat_pods(objs))
+    for pod, spec, settings in pods:
+        container = spec["containers"][0]
+        env = Env(objs, container)
+        for var in settings:
+            path = env.values.get(var)
+            if var not in env.values:
+                problems.append(f"{pod}: {var} not set (the server's certificate would be "
+                                "checked against public roots only)")
+            elif not path or not path.startswith("/"):
+                problems.append(f"{pod}: {var} is not an absolute path ({path!r})")
+            elif why := mount_problem(spec, container, path):
+                problems.append(f"{pod}: {var}: {why}")
+        for var in sorted((set(CA_FILES) - set(settings)) & set(env.values)):
+            problems.append(f"{pod}: {var} set, but {pod} does not reach the server of "
+                            f"{CA_FILES[var]}")
+    if not pods:
+        problems.append("no chat Deployment or Job")
+    report.check(f"{name}: TLS: every chat pod names the CA of Postgres, RabbitMQ and Redis "
+                 "(the persister: of Postgres and RabbitMQ; the migration Job: of Postgres), each a "
+                 "file of a read-only volume mount",
+                 problems)
+
+
+def option(args: list[str], flag: str) -> str | None:
+    """The value after `flag` in a command line, or None."""
+    for i, arg in enumerate(args[:-1]):
+        if arg == flag:
+            return args[i + 1]
+    return None
+
+
+def certificate_problems(objs: list[dict[str, Any]], what: str, secret: str | None,
+                         names: set[str]) -> list[str]:
+    """The Certificate that makes `secret` exists and carries every one of `names`."""
+    certificates = [c for c in by_kind(objs, "Certificate")
+                    if c["spec"].get("secretName") == secret]
+    if not certificates:
+        return [f"{what}: no Certificate of the render makes its Secret {secret}"]
+    missing = names - set(certificates[0]["spec"].get("dnsNames") or [])
+    if missing:
+        return [f"{what}: {ident(certificates[0])} does not name {sorted(missing)}"]
+    return []
+
+
+def check_tls_servers(report: Report, name: str, objs: list[dict[str, Any]]) -> None:
+    """RabbitMQ and Redis serve TLS only, with certificates of the render."""
+    if name in PLAIN_RENDERS:
+        return
+    problems: list[str] = []
+    issuers = {i["metadata"]["name"] for i in by_kind(objs, "Issuer")}
+    for cert in by_kind(objs, "Certificate"):
+        ref = cert["spec"].get("issuerRef") or {}
+        if ref.get("kind", "Issuer") == "Issuer" and ref.get("name") not in issuers:
+            problems.append(f"{ident(cert)}: its Issuer {ref.get('name')} is not in the render")
+    for cluster in by_kind(objs, "RabbitmqCluster"):
+        tls = cluster["spec"].get("tls") or {}
+        cname, namespace = cluster["metadata"]["name"], cluster["metadata"].get("namespace")
+        if not tls.get("secretName"):
+            problems.append(f"{ident(cluster)}: no spec.tls.secretName (no TLS listener)")
+            continue
+        if tls.get("disableNonTLSListeners") is not True:
+            problems.append(f"{ident(cluster)}: spec.tls.disableNonTLSListeners is not true "
+                            "(plain AMQP on 5672 stays open)")
+        problems += certificate_problems(objs, ident(cluster), tls["secretName"], {
+            f"{cname}.{namespace}.svc", f"*.{cname}-nodes.{namespace}.svc"})
+    redis = find(objs, "StatefulSet", "chat-redis")
+    if redis is not None:
+        spec = pod_spec(redis)
+        container = spec["containers"][0]
+        args = (container.get("command") or []) + (container.get("args") or [])
+        if option(args, "--port") != "0":
+            problems.append(f"{ident(redis)}: --port {option(args, '--port')}, not 0 (plain "
+                            "text stays open)")
+        if not option(args, "--tls-port"):
+            problems.append(f"{ident(redis)}: no --tls-port")
+        cert_file = option(args, "--tls-cert-file") or ""
+        directory = cert_file.rpartition("/")[0]
+        mounts = {m["name"] for m in container.get("volumeMounts") or []
+                  if m["mountPath"].rstrip("/") == directory}
+        secrets = [v["secret"]["secretName"] for v in spec.get("volumes") or []
+                   if v["name"] in mounts and "secret" in v]
+        if not secrets:
+            problems.append(f"{ident(redis)}: --tls-cert-file {cert_file!r} is not in a "
+                            "Secret's volume")
+        else:
+            namespace = redis["metadata"].get("namespace")
+            problems += certificate_problems(objs, ident(redis), secrets[0],
+                                             {f"chat-redis.{namespace}.svc"})
+    report.check(f"{name}: TLS: RabbitMQ and Redis serve TLS only, with certificates of the "
+                 "render that name their Services; every Certificate's Issuer is in the render",
+                 problems)
+
+
 STAGE_LABEL = "chat.mapmo.vn/stage"
 SERVER_COMPONENTS = {"postgres", "rabbitmq", "redis"}
 
@@ -1212,6 +1390,8 @@ def objects_command(args: argparse.Namespace) -> int:
         check_telemetry(report, name, objs)
         check_autoscaler(report, name, objs)
         check_servers(report, name, objs)
+        check_tls_clients(report, name, objs)
+        check_tls_servers(report, name, objs)
         check_stages(report, name, objs)
     print(f"[k8s] manifest checks: {report.passed} passed, {report.failed} failed")
     return 1 if report.failed else 0

@@ -11,10 +11,15 @@ fn main() -> anyhow::Result<()> {
     service::main("chat-persister", |settings| async move {
         match command.as_deref() {
             None => {
-                Persister::build(settings)
-                    .await?
-                    .run_until(shutdown::signal())
-                    .await
+                service::restarting(
+                    shutdown::signal(),
+                    || {},
+                    move |stop| {
+                        let settings = settings.clone();
+                        async move { Persister::build(settings).await?.run_until(stop).await }
+                    },
+                )
+                .await
             }
             Some("migrate") => migrate(settings).await,
             Some(other) => {

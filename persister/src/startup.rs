@@ -14,6 +14,7 @@ use chat_shared::batch;
 use chat_shared::config::Settings;
 use chat_shared::schema;
 use chat_shared::service::{Background, BrokerWatch};
+use chat_shared::tls::{self, Backend};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,24 +32,32 @@ pub struct Persister {
     announcer: Announcer,
     metrics: Metrics,
     metrics_endpoint: chat_shared::metrics::Endpoint,
+    /// Ends its connections' reconnecting when the persister ends.
+    retirement: amqp::Retirement,
 }
 
 impl Persister {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        tls::check_certificates(&settings, &[Backend::Postgres, Backend::RabbitMq]).await?;
         let db = schema::connect(&settings.database)
             .await
             .context("connecting to Postgres")?;
-        let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "persister")
+        let retirement = amqp::Retirement::new();
+        let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "persister", &retirement)
             .await
             .context("connecting to RabbitMQ and declaring the topology")?;
         let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch.get())
             .await
             .context("consuming the persist partitions")?;
         schema::check_bus_settings(&db, &settings.amqp).await?;
-        let publish_conn =
-            amqp::connect(&settings.amqp, "persister publish", Duration::from_secs(30))
-                .await
-                .context("connecting to RabbitMQ to publish")?;
+        let publish_conn = amqp::connect(
+            &settings.amqp,
+            "persister publish",
+            Duration::from_secs(30),
+            &retirement,
+        )
+        .await
+        .context("connecting to RabbitMQ to publish")?;
         let notify = settings.notify.enabled();
         if notify {
             let channel = conn.create_channel().await?;
@@ -90,6 +99,7 @@ impl Persister {
             announcer,
             metrics,
             metrics_endpoint,
+            retirement,
         })
     }
 
@@ -115,14 +125,17 @@ impl Persister {
             announcer,
             metrics,
             metrics_endpoint,
+            retirement,
         } = self;
         let p = &settings.persister;
         let mut background = Background::new();
         let (dead_tx, dead) = watch::channel(false);
+        let (stuck_tx, mut stuck) = watch::channel(false);
         let watch = BrokerWatch {
             connections: vec![conn.clone(), publish_conn.clone()],
             channels: consumers.channels.clone(),
             signals: vec![(p.broker_dead, dead_tx)],
+            stuck: Some((settings.amqp.clone(), stuck_tx)),
         };
         background.watch_broker(watch, |_| {});
         let (listener, router) = metrics_endpoint.into_parts(dead);
@@ -142,10 +155,16 @@ impl Persister {
         for feeder in consumers.spawn(tx, dead_letter_channel, dead_lettered, budget.clone()) {
             background.adopt(feeder);
         }
+        // Stops at `shutdown`, or when the AMQP client is stuck: then the
+        // caller starts a fresh persister (`service::restarting`).
         let (stop_tx, stop) = watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
+        let stopper = tokio::spawn(async move {
+            let stuck = tokio::select! {
+                () = shutdown => false,
+                Ok(_) = stuck.wait_for(|stuck| *stuck) => true,
+            };
             let _ = stop_tx.send(true);
+            stuck
         });
         let limits = batch::Limits {
             max: p.batch_max.get(),
@@ -161,10 +180,16 @@ impl Persister {
             limits,
         };
         pipeline.run(rx, stop).await;
+        let stuck = stopper.is_finished() && stopper.await.unwrap_or(false);
         background.stop();
         let _ = conn.close(200, "persister shutdown".into()).await;
         let _ = publish_conn.close(200, "persister shutdown".into()).await;
         tracing::info!("persister stopped");
+        // From here on, lapin's reconnecting of these connections fails.
+        drop(retirement);
+        if stuck {
+            return Err(amqp::RecoveryStuck.into());
+        }
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use chat_shared::directory::Directory;
 use chat_shared::presence_state::{self, Keys};
 use chat_shared::schema;
 use chat_shared::service::{Background, BrokerWatch};
+use chat_shared::tls::{self, Backend};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::future::Future;
@@ -21,6 +22,10 @@ use std::time::Duration;
 pub struct Presence {
     metrics_endpoint: chat_shared::metrics::Endpoint,
     conn: std::sync::Arc<lapin::Connection>,
+    /// To tell a stuck AMQP client from an outage (`amqp::recovery`).
+    amqp: chat_shared::config::AmqpSettings,
+    /// Ends its connection's reconnecting when the service ends.
+    retirement: amqp::Retirement,
     broker_dead: Duration,
     consumer: Inbound,
     /// The channel it consumes on, watched with the connection.
@@ -34,11 +39,17 @@ pub struct Presence {
 
 impl Presence {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        tls::check_certificates(
+            &settings,
+            &[Backend::Postgres, Backend::RabbitMq, Backend::Redis],
+        )
+        .await?;
         let db = schema::connect(&settings.database)
             .await
             .context("connecting to Postgres")?;
         schema::check_bus_settings(&db, &settings.amqp).await?;
-        let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "presence")
+        let retirement = amqp::Retirement::new();
+        let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "presence", &retirement)
             .await
             .context("connecting to RabbitMQ and declaring the topology")?;
         let channel = conn.create_channel().await?;
@@ -80,6 +91,8 @@ impl Presence {
         Ok(Self {
             metrics_endpoint,
             conn: std::sync::Arc::new(conn),
+            amqp: settings.amqp.clone(),
+            retirement,
             broker_dead: settings.presence.broker_dead,
             consumer,
             channel,
@@ -104,6 +117,8 @@ impl Presence {
         let Self {
             metrics_endpoint,
             conn,
+            amqp: amqp_settings,
+            retirement,
             broker_dead,
             mut consumer,
             channel,
@@ -118,10 +133,12 @@ impl Presence {
             tracing::info!("unread webhook on");
         }
         let (dead_tx, dead) = tokio::sync::watch::channel(false);
+        let (stuck_tx, mut stuck) = tokio::sync::watch::channel(false);
         let watch = BrokerWatch {
             connections: vec![conn.clone()],
             channels: vec![channel],
             signals: vec![(broker_dead, dead_tx)],
+            stuck: Some((amqp_settings, stuck_tx)),
         };
         background.watch_broker(watch, |_| {});
         let (listener, router) = metrics_endpoint.into_parts(dead);
@@ -130,9 +147,15 @@ impl Presence {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         tracing::info!("presence running");
+        let mut stuck_client = false;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                true = async { stuck.wait_for(|stuck| *stuck).await.is_ok() } => {
+                    // the caller starts a fresh one (`service::restarting`)
+                    stuck_client = true;
+                    break;
+                }
                 _ = sweep.tick() => {
                     let swept = service.sweep().await;
                     service.metrics.redis_up.set(i64::from(swept.is_ok()));
@@ -149,6 +172,10 @@ impl Presence {
         background.stop();
         let _ = conn.close(200, "presence shutdown".into()).await;
         tracing::info!("presence stopped");
+        drop(retirement);
+        if stuck_client {
+            return Err(amqp::RecoveryStuck.into());
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 // Counts that must be at least 1 are `NonZero*`: a 0 in a file or variable
@@ -30,6 +31,14 @@ fn optional_addr<'de, D: serde::Deserializer<'de>>(
         .parse()
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// A file that may be left empty (`""`: not set).
+fn optional_path<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    Ok((!raw.trim().is_empty()).then(|| PathBuf::from(raw.trim())))
 }
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -151,6 +160,10 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
     pub connect_timeout: Duration,
+    /// The CA (PEM) that signed the server's certificate, for a URL with
+    /// `sslmode=verify-ca` or `verify-full` (shared/src/tls.rs).
+    #[serde(default, deserialize_with = "optional_path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -165,6 +178,14 @@ pub struct AmqpSettings {
     /// The type of the shared durable queues (persist partitions, dead
     /// letters, presence).
     pub queue_type: QueueType,
+    /// For `amqps://`: the CA (PEM) that signed the broker's certificate, and
+    /// a client certificate and its key (PEM, PKCS#8) when the broker asks.
+    #[serde(default, deserialize_with = "optional_path")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "optional_path")]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "optional_path")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// RabbitMQ queue types the services can declare their shared queues as.
@@ -182,6 +203,9 @@ pub enum QueueType {
 pub struct RedisSettings {
     pub url: String,
     pub prefix: String,
+    /// For `rediss://`: the CA (PEM) that signed the server's certificate.
+    #[serde(default, deserialize_with = "optional_path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +274,9 @@ pub struct GatewaySettings {
     /// elsewhere (close 1011) until it is back.
     #[serde(rename = "broker_lost_ms", deserialize_with = "millis")]
     pub broker_lost: Duration,
+    /// How long a new session waits for its shard's binding.
+    #[serde(rename = "bind_timeout_ms", deserialize_with = "millis")]
+    pub bind_timeout: Duration,
     /// A broker connection down this long makes `/health` answer 503, so a
     /// supervisor restarts a gateway whose AMQP client is stuck.
     #[serde(rename = "broker_dead_ms", deserialize_with = "millis")]
@@ -371,6 +398,7 @@ impl Settings {
         self.gateway.validate()?;
         self.amqp.validate()?;
         self.database.validate()?;
+        self.redis.validate()?;
         self.telemetry.validate()?;
         self.persister.validate()?;
         self.presence.validate()?;
@@ -416,7 +444,14 @@ impl TelemetrySettings {
 
 impl DatabaseSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        positive(&[("database.connect_timeout_ms", self.connect_timeout)])
+        positive(&[("database.connect_timeout_ms", self.connect_timeout)])?;
+        if self.ca_file.is_some() && !crate::tls::postgres_verifies(&self.url) {
+            return invalid(
+                "database.ca_file",
+                "is used only when database.url says sslmode=verify-full (or verify-ca)",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -425,6 +460,31 @@ impl AmqpSettings {
         positive(&[("amqp.confirm_timeout_ms", self.confirm_timeout)])?;
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             return invalid("amqp.prefix", "must be a non-empty word");
+        }
+        let tls = crate::tls::scheme_is(&self.url, "amqps");
+        for (key, file) in [
+            ("amqp.ca_file", &self.ca_file),
+            ("amqp.client_cert_file", &self.client_cert_file),
+            ("amqp.client_key_file", &self.client_key_file),
+        ] {
+            if file.is_some() && !tls {
+                return invalid(key, "is used only with an amqps:// amqp.url");
+            }
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return invalid(
+                "amqp.client_cert_file",
+                "and amqp.client_key_file go together: set both or neither",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl RedisSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.ca_file.is_some() && !crate::tls::scheme_is(&self.url, "rediss") {
+            return invalid("redis.ca_file", "is used only with a rediss:// redis.url");
         }
         Ok(())
     }
@@ -443,6 +503,7 @@ impl GatewaySettings {
             ("gateway.send_timeout_ms", self.send_timeout),
             ("gateway.write_timeout_ms", self.write_timeout),
             ("gateway.broker_lost_ms", self.broker_lost),
+            ("gateway.bind_timeout_ms", self.bind_timeout),
             ("gateway.broker_dead_ms", self.broker_dead),
             ("gateway.http_request_timeout_ms", self.http_request_timeout),
         ])?;

@@ -37,3 +37,4 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod tls;

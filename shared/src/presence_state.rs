@@ -13,7 +13,7 @@ pub use redis::RedisError;
 /// A connection that is made on first use and re-made after failures, so a
 /// service starts, and chat goes on, while Redis is down.
 pub fn connect(settings: &RedisSettings) -> Result<ConnectionManager, RedisError> {
-    let client = redis::Client::open(settings.url.as_str())?;
+    let client = crate::tls::redis_client(settings)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(1000)))

@@ -22,12 +22,15 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.connect_timeout)
         .sqlx_logging(false);
+    if let Some(ca) = settings.ca_file.clone() {
+        options.map_sqlx_postgres_opts(move |o| o.ssl_root_cert(ca.clone()));
+    }
     Database::connect(options).await
 }
 
 /// `postgresql://` (what CloudNativePG and libpq write) as `postgres://`,
 /// the only scheme sea-orm knows.
-fn postgres_scheme(url: &str) -> String {
+pub(crate) fn postgres_scheme(url: &str) -> String {
     match url.strip_prefix("postgresql://") {
         Some(rest) => format!("postgres://{rest}"),
         None => url.to_owned(),

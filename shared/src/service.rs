@@ -4,7 +4,7 @@
 //! all of it stopped together when the service stops (or is dropped); and
 //! the `main` of every service binary.
 
-use crate::config::Settings;
+use crate::config::{AmqpSettings, Settings};
 use crate::telemetry;
 use crate::{amqp, http_server};
 use anyhow::Context as _;
@@ -33,6 +33,9 @@ pub struct BrokerWatch {
     pub channels: Vec<Channel>,
     /// Each raised once they have been down this long (lowered when back).
     pub signals: Vec<(Duration, watch::Sender<bool>)>,
+    /// Raised for good when they stay down while the broker of these
+    /// settings accepts new connections ([`amqp::recovery`]).
+    pub stuck: Option<(AmqpSettings, watch::Sender<bool>)>,
 }
 
 impl Background {
@@ -53,6 +56,14 @@ impl Background {
     /// Watches the broker ([`amqp::watch_connections`]); `on_tick` hears
     /// every 100 ms whether all is connected.
     pub fn watch_broker(&mut self, watch: BrokerWatch, on_tick: impl FnMut(bool) + Send + 'static) {
+        if let Some((settings, stuck)) = watch.stuck {
+            self.spawn(amqp::watch_recovery(
+                watch.connections.clone(),
+                watch.channels.clone(),
+                settings,
+                stuck,
+            ));
+        }
         self.spawn(amqp::watch_connections(
             watch.connections,
             watch.channels,
@@ -88,6 +99,45 @@ impl Drop for Background {
             task.abort();
         }
     }
+}
+
+/// Runs a service until `shutdown`, starting it afresh, in this process,
+/// each time it ends because its AMQP client was stuck
+/// ([`amqp::RecoveryStuck`]): `start` builds and runs it until the future it
+/// is given resolves. Any other end, an error or `shutdown`, ends this too.
+/// `on_restart` hears each fresh start (a test counts them).
+pub async fn restarting<S, Fut>(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut on_restart: impl FnMut(),
+    mut start: S,
+) -> anyhow::Result<()>
+where
+    S: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let (stop, stopped) = watch::channel(false);
+    let relay = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let outcome = loop {
+        let mut until = stopped.clone();
+        let outcome = start(Box::pin(async move {
+            let _ = until.wait_for(|stop| *stop).await;
+        }))
+        .await;
+        let stopping = *stopped.borrow();
+        match outcome {
+            Err(e) if e.downcast_ref::<amqp::RecoveryStuck>().is_some() && !stopping => {
+                tracing::warn!(error = %e, "starting the service afresh");
+                on_restart();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other,
+        }
+    };
+    relay.abort();
+    outcome
 }
 
 /// A service binary's whole `main`: load the settings (the profile named by

@@ -4,8 +4,11 @@
 //! `restore` opens it again. `freeze` stops forwarding without closing
 //! anything; `strand` closes the service's side of the live connections but
 //! keeps the server's open (the server still counts them alive, as after a
-//! partition that only one side noticed). How a test breaks a dependency
-//! mid-way without touching the servers other tests share.
+//! partition that only one side noticed). `slam` drops the live
+//! connections and then accepts each new one only to close it after its
+//! first bytes (a server still starting, or a load balancer with no
+//! backend). How a test breaks a dependency mid-way without touching the
+//! servers other tests share.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +32,8 @@ struct State {
     links: Vec<Link>,
     /// Server sides of stranded connections, kept open until `cut`.
     stranded: Vec<std::net::TcpStream>,
+    /// New connections are closed after their first bytes (`slam`).
+    slamming: bool,
 }
 
 struct Link {
@@ -72,6 +77,10 @@ impl ChaosProxy {
         let frozen = self.frozen.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if state.lock().unwrap_or_else(|p| p.into_inner()).slamming {
+                    tokio::spawn(close_after_first_bytes(client));
+                    continue;
+                }
                 let frozen = frozen.clone();
                 let (strand, stranded) = tokio::sync::oneshot::channel();
                 let links = state.clone();
@@ -143,10 +152,26 @@ impl ChaosProxy {
         self.frozen.send_replace(false);
     }
 
-    /// Opens the port again (a no-op while it is open).
+    /// Drops every live connection; from now on each new one is accepted,
+    /// and closed once its first bytes arrive (the AMQP protocol header,
+    /// say), until `restore`.
+    pub fn slam(&self) {
+        let mut state = self.lock();
+        state.slamming = true;
+        for link in state.links.drain(..) {
+            link.task.abort();
+        }
+        state.stranded.clear();
+    }
+
+    /// Opens the port again, or forwards again after `slam`.
     pub fn restore(&self) {
-        if self.lock().accept.is_some() {
-            return;
+        {
+            let mut state = self.lock();
+            state.slamming = false;
+            if state.accept.is_some() {
+                return;
+            }
         }
         let listener = std::net::TcpListener::bind(self.addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -154,6 +179,14 @@ impl ChaosProxy {
             .unwrap_or_else(|e| panic!("proxy rebind {}: {e}", self.addr));
         self.accept(listener);
     }
+}
+
+/// Reads what the client sends first (at most a second's worth), then
+/// closes the connection.
+async fn close_after_first_bytes(mut client: TcpStream) {
+    use tokio::io::AsyncReadExt as _;
+    let mut first = [0u8; 64];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.read(&mut first)).await;
 }
 
 /// A connection to `target`, and a second handle on its socket that keeps

@@ -593,13 +593,20 @@ impl TestDatabase {
     /// How long dropping it may take before the test goes on without.
     const DROP_WAIT: Duration = Duration::from_secs(5);
 
-    /// Creates database `test_{suffix}` next to the one in `url`.
+    /// Creates database `test_{suffix}` next to the one in `url` (with the
+    /// same parameters, `?sslmode=disable` say).
     async fn create(url: &str, suffix: &str) -> Self {
-        let (base, _) = url.rsplit_once('/').unwrap_or((url, ""));
+        let (path, query) = url.split_once('?').map_or((url, ""), |(p, q)| (p, q));
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let (base, _) = path.rsplit_once('/').unwrap_or((path, ""));
         let database = TestDatabase {
-            admin_url: format!("{base}/postgres"),
+            admin_url: format!("{base}/postgres{query}"),
             name: format!("test_{suffix}"),
-            url: format!("{base}/test_{suffix}"),
+            url: format!("{base}/test_{suffix}{query}"),
         };
         let name = &database.name;
         let mut admin = sqlx::PgConnection::connect(&database.admin_url)

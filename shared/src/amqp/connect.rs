@@ -4,15 +4,45 @@
 use super::declare::{declare_fanout, declare_persist_path, declare_presence_path};
 use super::topology::Topology;
 use crate::config::AmqpSettings;
+use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// Owned by the service whose connections it was given to: once it is
+/// dropped (the service ended), those connections never connect again.
+/// lapin's recovery runs on a thread of its own that nothing else stops,
+/// so a connection left behind by a service started afresh
+/// ([`super::recovery`]) could otherwise come back later, consumers and
+/// all, and take deliveries that nobody handles.
+#[derive(Debug, Default)]
+pub struct Retirement {
+    retired: Arc<AtomicBool>,
+}
+
+impl Retirement {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Drop for Retirement {
+    fn drop(&mut self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Connects with lapin's automatic recovery (connection, channels, topology)
-/// switched on, retrying the first connection until `deadline` passes.
+/// switched on, retrying the first connection until `deadline` passes. The
+/// connection (and lapin's reconnections) stop connecting once
+/// `retirement` is dropped.
 pub async fn connect(
     settings: &AmqpSettings,
     name: &str,
     deadline: Duration,
+    retirement: &Retirement,
 ) -> Result<Connection, lapin::Error> {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
@@ -32,8 +62,11 @@ pub async fn connect(
                     .without_max_times()
             })
             .enable_auto_recover();
-        match Connection::connect(&settings.url, props).await {
+        let tls = crate::tls::amqp_config(settings).map_err(std::io::Error::other)?;
+        match open(&settings.url, props, tls, retirement.retired.clone()).await {
             Ok(conn) => return Ok(conn),
+            // a setting to fix, not an outage to wait out
+            Err(e) if crate::tls::certificate_refusal(&e).is_some() => return Err(e),
             Err(e) if started.elapsed() + delay < deadline => {
                 tracing::warn!(error = %e, "amqp connect failed, retrying");
                 tokio::time::sleep(delay).await;
@@ -42,6 +75,30 @@ pub async fn connect(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Opens a connection whose every TCP connect (the first and lapin's
+/// reconnections) is refused once `retired` is set.
+async fn open(
+    url: &str,
+    props: ConnectionProperties,
+    tls: OwnedTLSConfig,
+    retired: Arc<AtomicBool>,
+) -> Result<Connection, lapin::Error> {
+    let uri: AMQPUri = url
+        .parse()
+        .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let runtime = lapin::runtime::default_runtime()?;
+    let tcp = async move |uri: AMQPUri, runtime| {
+        if retired.load(Ordering::Relaxed) {
+            let why = "the service that made this connection has ended (started afresh)";
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, why).into());
+        }
+        uri.connect_with_config_async(tls.as_ref(), &runtime)
+            .await
+            .map_err(lapin::Error::from)
+    };
+    Connection::connector(uri, runtime, tcp, props).await
 }
 
 /// Watches broker connections and the channels a service cannot work
@@ -100,8 +157,9 @@ pub async fn watch_connections(
 pub async fn connect_and_declare(
     settings: &AmqpSettings,
     name: &str,
+    retirement: &Retirement,
 ) -> Result<(Connection, Topology), lapin::Error> {
-    let conn = connect(settings, name, Duration::from_secs(30)).await?;
+    let conn = connect(settings, name, Duration::from_secs(30), retirement).await?;
     let topo = Topology::new(settings);
     let channel = conn.create_channel().await?;
     declare_persist_path(&channel, &topo).await?;

@@ -3,7 +3,8 @@
 //! ([`connect`]), how to declare it ([`declare`]), one publish path with a
 //! publisher that only reports success once the broker has confirmed (and
 //! routed) the message ([`publish`]), the fan-out to the gateways
-//! ([`announce`]), and one consume path ([`inbound`]).
+//! ([`announce`]), one consume path ([`inbound`]), and a watch for an AMQP
+//! client whose recovery is stuck ([`recovery`]).
 //!
 //! Topology (prefix `chat` by default):
 //! - `chat.persist` direct exchange -> durable queues `chat.persist.0..N`
@@ -28,10 +29,11 @@ pub mod connect;
 pub mod declare;
 mod inbound;
 pub mod publish;
+pub mod recovery;
 pub mod topology;
 
 pub use announce::Announcer;
-pub use connect::{connect, connect_and_declare, watch_connections};
+pub use connect::{Retirement, connect, connect_and_declare, watch_connections};
 pub use declare::{
     DEAD_LETTERS_MAX, bounded_drop_head, declare_fanout, declare_gateway_queue,
     declare_notify_queue, declare_persist_path, declare_presence_path, gateway_dropped_queue,
@@ -40,4 +42,5 @@ pub use inbound::{Inbound, Received, Unreadable};
 pub use publish::{
     ConfirmedPublisher, Outgoing, PendingConfirm, PublishError, publish_unconfirmed,
 };
+pub use recovery::{RecoveryStuck, watch_recovery};
 pub use topology::Topology;

@@ -22,6 +22,7 @@ mod read_markers;
 mod redis_down;
 mod server_api;
 mod sessions;
+mod tls;
 mod typing;
 mod web;
 mod webhook;
