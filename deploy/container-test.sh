@@ -39,7 +39,9 @@
 # Environment: USERS (default 100), RATE (msg/s, 300), DURATION (s of load,
 # 40; longer when a fault needs it), FAULT_AT (10), FAULT_FOR (10), ROUNDS
 # (1), NODE (the RabbitMQ node the rabbit-* faults hit; default: the one
-# serving gateway1), AMQP_HEARTBEAT (s, 60), RABBITMQ_NET_TICKTIME (s, 60),
+# serving gateway1), GATHER=1 (first move gateway2 and both persisters onto
+# that node by restarting them: the fault then hits the node every one of
+# them depends on), AMQP_HEARTBEAT (s, 5), RABBITMQ_NET_TICKTIME (s, 60),
 # ROLL_PAUSE (10), PUBLIC_PORT (nginx on 127.0.0.1, 31080), CT_NET (the
 # network's /24 prefix, 172.30.31), KEEP=1, SKIP_IMAGES=1. Results: one JSON
 # line per run in .data/container-test/<time>/results.jsonl, the load's output and a log
@@ -52,7 +54,7 @@ USERS="${USERS:-100}" RATE="${RATE:-300}" DURATION="${DURATION:-40}"
 FAULT_AT="${FAULT_AT:-10}" FAULT_FOR="${FAULT_FOR:-10}" ROUNDS="${ROUNDS:-1}"
 PARTITION_LONG_FOR="${PARTITION_LONG_FOR:-90}"
 PUBLIC_PORT="${PUBLIC_PORT:-31080}" CT_NET="${CT_NET:-172.30.31}"
-AMQP_HEARTBEAT="${AMQP_HEARTBEAT:-60}" ROLL_PAUSE="${ROLL_PAUSE:-10}"
+AMQP_HEARTBEAT="${AMQP_HEARTBEAT:-5}" ROLL_PAUSE="${ROLL_PAUSE:-10}"
 PROJECT=mapmo-ct
 NETWORK="${PROJECT}_chat"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
@@ -228,6 +230,34 @@ target_node() {
   done
   echo rabbit3
 }
+# The RabbitMQ node addresses a service's AMQP connections are on.
+conn_hosts() {
+  rabbitctl list_connections --no-table-headers peer_host host |
+    awk -v ip="$(ip_of "$1")" '$1 == ip { print $2 }' | sort -u
+}
+# GATHER=1: before the load, restart gateway2 and the persisters until every
+# AMQP connection of theirs is on the node that serves gateway1 (Docker's DNS
+# hands each connection a node at random), so that a rabbit-* fault hits the
+# node that serves both gateways and both persisters, the storing one among
+# them: the worst case. Gives up on a service after 12 restarts (said in
+# the log).
+gather() {
+  local node svc try hosts
+  node=$(conn_hosts gateway1 | head -1)
+  [ -n "$node" ] || return 0
+  for svc in gateway2 persister1 persister2; do
+    for try in $(seq 12); do
+      hosts=$(conn_hosts "$svc")
+      if [ -n "$hosts" ] && [ "$hosts" = "$node" ]; then
+        echo "gather: $svc on $node after $((try - 1)) restarts"
+        break
+      fi
+      [ "$try" -lt 12 ] || { echo "gather: $svc not on $node after 11 restarts"; break; }
+      dc restart "$svc" >/dev/null 2>&1 || true
+      settle >/dev/null 2>&1 || true
+    done
+  done
+}
 # What a node holds: AMQP connections of which services, quorum leaders.
 holds() {
   local node=$1 ip conns leaders
@@ -325,6 +355,7 @@ run_fault() {
   name=$fault
   [ "$ROUNDS" = 1 ] || name="$fault.$round"
   result="$OUT/$name.out" log="$OUT/$name.log"
+  if [ "${GATHER:-}" = 1 ]; then gather >>"$log" 2>&1; fi
   settle >>"$log" 2>&1 || die "the system is not whole before $name (see $log)"
   {
     echo "# before the fault: quorum queue leaders, AMQP connections per node"
