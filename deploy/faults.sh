@@ -28,6 +28,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
 # not build first (as deploy/bench.sh).
 BIN="${CHAT_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 export CHAT_BIN_DIR="$BIN"
+# The load generator: from that folder if it has one, else the release build
+# (a folder of the three services alone gave every run "no result").
+LOAD="$BIN/chat-load"
+[ -x "$LOAD" ] || LOAD="$CARGO_TARGET_DIR/release/chat-load"
+[ -x "$LOAD" ] || { echo "[faults] no chat-load in $BIN or $CARGO_TARGET_DIR/release (cargo build --release -p chat-tests)" >&2; exit 1; }
 RUN="$REPO/.data/local/run"
 LOGS="$REPO/.data/local/logs"
 OUT="$REPO/.data/local/faults/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -59,7 +64,7 @@ restart_all() {
 # run_proxied NAME LISTEN TO: a service of up.sh restarted with its database
 # or broker URL through a cuttable proxy (chat-load proxy).
 proxy_start() {
-  nohup "$BIN/chat-load" proxy --listen "$1" --to "$2" >>"$LOGS/proxy-${1##*:}.log" 2>&1 &
+  nohup "$LOAD" proxy --listen "$1" --to "$2" >>"$LOGS/proxy-${1##*:}.log" 2>&1 &
   echo $! >"$RUN/proxy-${1##*:}.pid"
 }
 proxy_signal() { kill "-$2" "$(pid_of "proxy-$1")"; }
@@ -159,7 +164,7 @@ run_fault() {
   say "$fault: preparing"
   prepare "$fault" 2>>"$OUT/$fault.log"
   say "$fault: $RATE msg/s from $USERS users for $DURATION s; the fault at $FAULT_AT s for $FAULT_FOR s"
-  "$BIN/chat-load" chaos --url "$URL" --users "$USERS" --rate "$RATE" --duration "$DURATION" \
+  "$LOAD" chaos --url "$URL" --users "$USERS" --rate "$RATE" --duration "$DURATION" \
     >"$result" 2>"$OUT/$fault.log" &
   local load=$!
   sleep "$FAULT_AT"
