@@ -1,15 +1,10 @@
 use chat_gateway::Gateway;
-use chat_shared::{service, shutdown};
+use chat_shared::service;
 
 fn main() -> anyhow::Result<()> {
     service::main("chat-gateway", |settings| {
-        service::restarting(
-            shutdown::signal(),
-            || {},
-            move |stop| {
-                let settings = settings.clone();
-                async move { Gateway::build(settings).await?.run_until(stop).await }
-            },
-        )
+        service::run_until_signal(settings, |settings, stop| async move {
+            Gateway::build(settings).await?.run_until(stop).await
+        })
     })
 }

@@ -4,21 +4,16 @@
 use anyhow::Context;
 use chat_persister::Persister;
 use chat_shared::config::Settings;
-use chat_shared::{schema, service, shutdown};
+use chat_shared::{schema, service};
 
 fn main() -> anyhow::Result<()> {
     let command = std::env::args().nth(1);
     service::main("chat-persister", |settings| async move {
         match command.as_deref() {
             None => {
-                service::restarting(
-                    shutdown::signal(),
-                    || {},
-                    move |stop| {
-                        let settings = settings.clone();
-                        async move { Persister::build(settings).await?.run_until(stop).await }
-                    },
-                )
+                service::run_until_signal(settings, |settings, stop| async move {
+                    Persister::build(settings).await?.run_until(stop).await
+                })
                 .await
             }
             Some("migrate") => migrate(settings).await,

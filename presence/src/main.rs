@@ -1,15 +1,10 @@
 use chat_presence::Presence;
-use chat_shared::{service, shutdown};
+use chat_shared::service;
 
 fn main() -> anyhow::Result<()> {
     service::main("chat-presence", |settings| {
-        service::restarting(
-            shutdown::signal(),
-            || {},
-            move |stop| {
-                let settings = settings.clone();
-                async move { Presence::build(settings).await?.run_until(stop).await }
-            },
-        )
+        service::run_until_signal(settings, |settings, stop| async move {
+            Presence::build(settings).await?.run_until(stop).await
+        })
     })
 }

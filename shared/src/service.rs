@@ -140,6 +140,22 @@ where
     outcome
 }
 
+/// What every service binary runs: the service that `start` builds from the
+/// settings and runs until the future it is given resolves, until SIGTERM
+/// or Ctrl-C, started afresh after a stuck AMQP client ([`restarting`]).
+pub async fn run_until_signal<S, Fut>(settings: Settings, start: S) -> anyhow::Result<()>
+where
+    S: Fn(Settings, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    restarting(
+        crate::shutdown::signal(),
+        || {},
+        move |stop| start(settings.clone(), stop),
+    )
+    .await
+}
+
 /// A service binary's whole `main`: load the settings (the profile named by
 /// `CHAT_PROFILE`), start the Tokio runtime they size, set up telemetry as
 /// `name`, run `service`, and flush the traces it left.

@@ -44,6 +44,8 @@ pub async fn connect(
     deadline: Duration,
     retirement: &Retirement,
 ) -> Result<Connection, lapin::Error> {
+    // the CA and client files, read once for every try
+    let tls = crate::tls::amqp_config(settings).map_err(std::io::Error::other)?;
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
@@ -62,8 +64,14 @@ pub async fn connect(
                     .without_max_times()
             })
             .enable_auto_recover();
-        let tls = crate::tls::amqp_config(settings).map_err(std::io::Error::other)?;
-        match open(&settings.url, props, tls, retirement.retired.clone()).await {
+        match open(
+            &settings.url,
+            props,
+            tls.clone(),
+            retirement.retired.clone(),
+        )
+        .await
+        {
             Ok(conn) => return Ok(conn),
             // a setting to fix, not an outage to wait out
             Err(e) if crate::tls::certificate_refusal(&e).is_some() => return Err(e),
@@ -101,6 +109,12 @@ async fn open(
     Connection::connector(uri, runtime, tcp, props).await
 }
 
+/// Whether every connection and channel is up.
+pub(crate) fn all_connected(conns: &[std::sync::Arc<Connection>], channels: &[Channel]) -> bool {
+    conns.iter().all(|conn| conn.status().connected())
+        && channels.iter().all(|channel| channel.status().connected())
+}
+
 /// Watches broker connections and the channels a service cannot work
 /// without, every 100 ms, for as long as it runs. Each `(after, signal)` is
 /// raised once any of `conns` or `channels` has been down `after` (and
@@ -122,8 +136,7 @@ pub async fn watch_connections(
     loop {
         tick.tick().await;
         let now = tokio::time::Instant::now();
-        let connected = conns.iter().all(|conn| conn.status().connected())
-            && channels.iter().all(|channel| channel.status().connected());
+        let connected = all_connected(&conns, &channels);
         on_tick(connected);
         if connected {
             down_since = None;

@@ -89,10 +89,7 @@ pub async fn watch_recovery(
     settings: AmqpSettings,
     stuck: tokio::sync::watch::Sender<bool>,
 ) {
-    let connected = || {
-        conns.iter().all(|conn| conn.status().connected())
-            && channels.iter().all(|channel| channel.status().connected())
-    };
+    let connected = || super::connect::all_connected(&conns, &channels);
     let mut judge = Judge::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
