@@ -7,7 +7,7 @@
 //! One task publishes for the whole gateway. It takes whatever commands are
 //! waiting (up to [`MAX_COMMANDS_PER_MESSAGE`]), lingers up to
 //! `gateway.publish_linger_ms` for more, and publishes one AMQP message per
-//! partition: few to a message under light load, many under heavy load,
+//! partition (of at most [`bus::MAX_PERSIST_MESSAGE_BYTES`]): few to a message under light load, many under heavy load,
 //! which is what lets the broker keep up.
 //! One task on one channel also keeps every session's commands in order. At
 //! most [`MAX_IN_FLIGHT`] rounds await their confirms at once; while they do,
@@ -221,7 +221,8 @@ async fn publish_loop(
 /// One AMQP message of a round: its confirm, its commands, when it went.
 type Published = (PendingConfirm, Vec<PersistCommand>, Instant);
 
-/// Publishes one AMQP message per partition of `commands`. Once the
+/// Publishes one AMQP message per partition of `commands` (more when they
+/// exceed [`bus::MAX_PERSIST_MESSAGE_BYTES`]). Once the
 /// channel has not taken one message in time, the rest of the round is
 /// refused at once rather than each waiting as long.
 async fn publish_round(
@@ -238,19 +239,30 @@ async fn publish_round(
     }
     let mut round = Vec::with_capacity(by_partition.len());
     let mut stalled: Option<String> = None;
-    for (partition, commands) in by_partition {
-        if let Some(e) = &stalled {
-            refuse(refusals, &commands, e);
-            continue;
-        }
-        match publish_partition(partition, &commands, publisher, target, metrics).await {
-            Ok(confirm) => round.push((confirm, commands, Instant::now())),
-            Err(e) => {
-                if matches!(e, PublishError::Stalled(_)) {
-                    metrics.persist_publish_stalls.inc();
-                    stalled = Some(e.to_string());
+    for (partition, mut commands) in by_partition {
+        // At most MAX_PERSIST_MESSAGE_BYTES a message, which bounds what a
+        // persister holds (`persister.max_inflight_bytes`).
+        for (count, payload) in bus::encode_split(&commands, bus::MAX_PERSIST_MESSAGE_BYTES) {
+            let rest = commands.split_off(count);
+            let these = std::mem::replace(&mut commands, rest);
+            if let Some(e) = &stalled {
+                refuse(refusals, &these, e);
+                continue;
+            }
+            let message = Message {
+                partition,
+                commands: &these,
+                payload: &payload,
+            };
+            match publish_partition(message, publisher, target, metrics).await {
+                Ok(confirm) => round.push((confirm, these, Instant::now())),
+                Err(e) => {
+                    if matches!(e, PublishError::Stalled(_)) {
+                        metrics.persist_publish_stalls.inc();
+                        stalled = Some(e.to_string());
+                    }
+                    refuse(refusals, &these, &e.to_string());
                 }
-                refuse(refusals, &commands, &e.to_string());
             }
         }
     }
@@ -260,18 +272,27 @@ async fn publish_round(
     round
 }
 
-/// Publishes the commands of one partition as one AMQP message, linked to
-/// each traced send in it; its context goes out in the AMQP headers.
-async fn publish_partition(
+/// One AMQP message of a round: commands of one partition, encoded.
+struct Message<'a> {
     partition: u16,
-    commands: &[PersistCommand],
+    commands: &'a [PersistCommand],
+    payload: &'a [u8],
+}
+
+/// Publishes one message of persist commands, linked to each traced send
+/// in it; its context goes out in the AMQP headers.
+async fn publish_partition(
+    Message {
+        partition,
+        commands,
+        payload,
+    }: Message<'_>,
     publisher: &ConfirmedPublisher,
     target: &Target,
     metrics: &Metrics,
 ) -> Result<PendingConfirm, PublishError> {
     metrics.persist_publishes.inc();
     metrics.persist_commands.inc_by(commands.len() as u64);
-    let payload = bus::encode(commands);
     let key = partition.to_string();
     let span = spans::publish(
         "persist",
@@ -283,7 +304,7 @@ async fn publish_partition(
         exchange: &target.exchange,
         routing_key: &key,
         cc: &[],
-        payload: &payload,
+        payload,
         persistent: target.persistent,
         mandatory: true,
         reason: None,

@@ -23,9 +23,8 @@ use chat_shared::config::Settings;
 use chat_shared::directory::Directory;
 use chat_shared::http_server;
 use chat_shared::presence_state;
-use chat_shared::schema;
-use chat_shared::service::{Background, BrokerWatch};
-use chat_shared::tls::{self, Backend};
+use chat_shared::service::{Background, BrokerWatch, connect_database};
+use chat_shared::tls::Backend;
 use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 use std::future::Future;
@@ -68,6 +67,38 @@ struct Signals {
     broker_stuck: watch::Sender<bool>,
 }
 
+/// The receivers of [`Signals`].
+struct Watchers {
+    shutdown: watch::Receiver<bool>,
+    sessions_end: watch::Receiver<bool>,
+    broker_lost: watch::Receiver<bool>,
+    broker_dead: watch::Receiver<bool>,
+}
+
+impl Signals {
+    /// Every signal lowered, and their receivers.
+    fn new() -> (Self, Watchers) {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (sessions_end, sessions_end_rx) = watch::channel(false);
+        let (broker_lost, broker_lost_rx) = watch::channel(false);
+        let (broker_dead, broker_dead_rx) = watch::channel(false);
+        let signals = Self {
+            shutdown,
+            sessions_end,
+            broker_lost,
+            broker_dead,
+            broker_stuck: watch::Sender::new(false),
+        };
+        let watchers = Watchers {
+            shutdown: shutdown_rx,
+            sessions_end: sessions_end_rx,
+            broker_lost: broker_lost_rx,
+            broker_dead: broker_dead_rx,
+        };
+        (signals, watchers)
+    }
+}
+
 /// The broker side of a gateway, as `build` makes it.
 struct Broker {
     conn: lapin::Connection,
@@ -76,6 +107,21 @@ struct Broker {
     /// Declares the queue, binds it (the hub) and consumes it.
     setup: lapin::Channel,
     inbox: Inbox,
+}
+
+impl Broker {
+    /// The hub of the gateway's sessions, binding its queue to the shards
+    /// they need on the setup channel.
+    fn hub(&self, bind_timeout: Duration, metrics: &Arc<Metrics>) -> Arc<Hub> {
+        let bindings = AmqpBindings::new(self.setup.clone(), self.queue.clone(), &self.topo);
+        let shards = self.topo.route_shards;
+        Arc::new(Hub::new(
+            Arc::new(bindings),
+            shards,
+            bind_timeout,
+            metrics.clone(),
+        ))
+    }
 }
 
 /// What publishes for the gateway, and the channels it cannot work without.
@@ -88,28 +134,13 @@ struct Publishers {
 
 impl Gateway {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        tls::check_certificates(
-            &settings,
-            &[Backend::Postgres, Backend::RabbitMq, Backend::Redis],
-        )
-        .await?;
-        let db = schema::connect(&settings.database)
-            .await
-            .context("connecting to Postgres")?;
-        schema::check_bus_settings(&db, &settings.amqp).await?;
+        let backends = [Backend::Postgres, Backend::RabbitMq, Backend::Redis];
+        let db = connect_database(&settings, &backends).await?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let retirement = amqp::Retirement::new();
         let broker = connect_broker(&settings, &instance, &retirement).await?;
         let metrics = Arc::new(Metrics::new());
-        let bindings = AmqpBindings::new(broker.setup.clone(), broker.queue.clone(), &broker.topo);
-        let shards = broker.topo.route_shards;
-        let timeout = settings.gateway.bind_timeout;
-        let hub = Arc::new(Hub::new(
-            Arc::new(bindings),
-            shards,
-            timeout,
-            metrics.clone(),
-        ));
+        let hub = broker.hub(settings.gateway.bind_timeout, &metrics);
         let publishers = start_publishers(&settings, &broker, &hub, &metrics, &instance).await?;
         let listener = bind(settings.gateway.listen).await?;
         let metrics_listener = bind(settings.gateway.metrics_listen).await?;
@@ -117,10 +148,7 @@ impl Gateway {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let (sessions_end, sessions_end_rx) = watch::channel(false);
-        let (broker_lost, broker_lost_rx) = watch::channel(false);
-        let (broker_dead, broker_dead_rx) = watch::channel(false);
+        let (signals, watchers) = Signals::new();
         let store = Store::new(db.get_postgres_connection_pool().clone());
         let directory = Directory::new(db.get_postgres_connection_pool().clone());
         let limits = Arc::new(Limits::new(&settings.gateway.limits));
@@ -135,8 +163,8 @@ impl Gateway {
             limits: limits.clone(),
             metrics: metrics.clone(),
             reply_to: queue.clone(),
-            shutdown: sessions_end_rx,
-            broker_lost: broker_lost_rx.clone(),
+            shutdown: watchers.sessions_end,
+            broker_lost: watchers.broker_lost.clone(),
         });
         let mut amqp_channels = publishers.channels;
         amqp_channels.push(broker.setup);
@@ -164,9 +192,9 @@ impl Gateway {
             amqp_channels: amqp_channels.into(),
             presence: publishers.presence,
             queue,
-            shutdown: shutdown_rx,
-            broker_lost: broker_lost_rx,
-            broker_dead: broker_dead_rx,
+            shutdown: watchers.shutdown,
+            broker_lost: watchers.broker_lost,
+            broker_dead: watchers.broker_dead,
         };
         Ok(Self {
             listener,
@@ -175,13 +203,7 @@ impl Gateway {
             state,
             inbox: broker.inbox,
             retirement,
-            signals: Signals {
-                shutdown,
-                sessions_end,
-                broker_lost,
-                broker_dead,
-                broker_stuck: watch::Sender::new(false),
-            },
+            signals,
         })
     }
 
@@ -263,21 +285,13 @@ impl Gateway {
             state.presence.clone(),
         );
         http_server::serve(listener, http::router(state), header_timeout, grace, stop).await;
-        let sessions = hub.sessions();
         let without_broker = died.load(Ordering::Relaxed) || stuck.load(Ordering::Relaxed);
-        if !drain.is_zero() && !sessions.is_empty() && !without_broker {
-            tracing::info!(
-                sessions = sessions.len(),
-                drain_ms = drain.as_millis() as u64,
-                "draining: closing sessions one after another"
-            );
-            crate::drain::close_evenly(sessions, drain).await;
-        }
-        let _ = signals.sessions_end.send(true);
-        let deadline = tokio::time::Instant::now() + grace;
-        while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let drain = if without_broker {
+            Duration::ZERO
+        } else {
+            drain
+        };
+        wind_down(&hub, drain, grace, &signals).await;
         // The sessions' last presence events go out before the connection.
         presence.flushed(Duration::from_secs(1)).await;
         let _ = amqp.close(200, "gateway shutdown".into()).await;
@@ -291,6 +305,27 @@ impl Gateway {
             return Err(amqp::RecoveryStuck.into());
         }
         Ok(())
+    }
+}
+
+/// Ends the sessions left once the gateway stopped accepting: closes them
+/// one after another over `drain` (none when zero: a gateway without its
+/// broker closes them at once), then tells those left to end and gives them
+/// `grace` to finish.
+async fn wind_down(hub: &Hub, drain: Duration, grace: Duration, signals: &Signals) {
+    let sessions = hub.sessions();
+    if !drain.is_zero() && !sessions.is_empty() {
+        tracing::info!(
+            sessions = sessions.len(),
+            drain_ms = drain.as_millis() as u64,
+            "draining: closing sessions one after another"
+        );
+        crate::drain::close_evenly(sessions, drain).await;
+    }
+    let _ = signals.sessions_end.send(true);
+    let deadline = tokio::time::Instant::now() + grace;
+    while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -55,22 +55,16 @@ impl Announcer {
                     message,
                     members,
                 } => {
-                    let origin = send_of(*request).map(origin_of);
-                    if origin.is_none() {
+                    let send = send_of(*request);
+                    if send.is_none() {
                         tracing::error!(
                             request,
                             "a stored message names no send of its batch; delivered without its ack"
                         );
                     }
-                    if let Some(send) = send_of(*request).filter(|s| s.reply_when_stored) {
-                        let event = GatewayEvent::Reply {
-                            user_id: send.sender_id,
-                            session_id: send.session_id.clone(),
-                            outcome: SendOutcome::Stored {
-                                message: message.clone(),
-                            },
-                        };
-                        batch.to_queue(&send.reply_to, event);
+                    if let Some(send) = send.filter(|s| s.reply_when_stored) {
+                        let message = message.clone();
+                        reply(&mut batch, send, SendOutcome::Stored { message });
                     }
                     if self.notices.is_some() {
                         notices.push(notice_of(message, members));
@@ -78,7 +72,7 @@ impl Announcer {
                     let event = GatewayEvent::Stored {
                         message: message.clone(),
                         member_ids: members.clone(),
-                        origin,
+                        origin: send.map(origin_of),
                     };
                     batch.to_users(members, event);
                 }
@@ -97,18 +91,10 @@ impl Announcer {
                     };
                     batch.to_users(recipients, event);
                 }
-                Outcome::Reply { request, outcome } => {
-                    let Some(send) = send_of(*request) else {
-                        tracing::error!(request, "a reply names no send of its batch; dropped");
-                        continue;
-                    };
-                    let event = GatewayEvent::Reply {
-                        user_id: send.sender_id,
-                        session_id: send.session_id.clone(),
-                        outcome: outcome.clone(),
-                    };
-                    batch.to_queue(&send.reply_to, event);
-                }
+                Outcome::Reply { request, outcome } => match send_of(*request) {
+                    Some(send) => reply(&mut batch, send, outcome.clone()),
+                    None => tracing::error!(request, "a reply names no send of its batch; dropped"),
+                },
             }
         }
         if !contacts.is_empty() {
@@ -128,6 +114,20 @@ impl Announcer {
 pub struct Durable {
     pub confirms: Vec<PendingConfirm>,
     pub notices: Option<Confirmed>,
+}
+
+/// The answer to `send`, for its session (straight to its gateway's queue).
+fn reply<'a>(
+    batch: &mut chat_shared::amqp::Batch<'a>,
+    send: &'a SendCommand,
+    outcome: SendOutcome,
+) {
+    let event = GatewayEvent::Reply {
+        user_id: send.sender_id,
+        session_id: send.session_id.clone(),
+        outcome,
+    };
+    batch.to_queue(&send.reply_to, event);
 }
 
 /// What the unread notifier needs of a stored message.

@@ -26,8 +26,8 @@ pub struct Incoming {
     pub commands: Vec<PersistCommand>,
     /// The trace context of the publish that brought it (AMQP headers).
     pub via: Option<TraceHeaders>,
-    /// Its share of `persister.max_commands_in_memory`, given back when it
-    /// is dropped (after its ack).
+    /// Its share of `persister.max_inflight_bytes` (its body's length),
+    /// given back when it is dropped (after its ack).
     pub _budget: OwnedSemaphorePermit,
 }
 
@@ -38,12 +38,14 @@ pub struct PartitionConsumers {
 }
 
 impl PartitionConsumers {
+    /// Consumes every partition, each on a channel of its own with a
+    /// prefetch of `per_channel` deliveries
+    /// ([`chat_shared::config::PersisterSettings::prefetch_per_channel`]).
     pub async fn start(
         conn: &Connection,
         topo: &Topology,
-        prefetch: u16,
+        per_channel: u16,
     ) -> Result<Self, lapin::Error> {
-        let per_channel = (prefetch / topo.partitions.max(1)).max(1);
         let mut channels = Vec::new();
         let mut consumers = Vec::new();
         for partition in 0..topo.partitions {
@@ -75,7 +77,7 @@ impl PartitionConsumers {
     /// Undecodable commands are published to the dead-letter exchange on
     /// `dead_letter_channel` (of a connection that consumes nothing, so that
     /// a broker alarm blocking it cannot hold the acks) and counted in
-    /// `dead_lettered`; `budget` holds a permit per command in memory.
+    /// `dead_lettered`; `budget` holds a permit per byte in memory.
     pub fn spawn(
         self,
         tx: mpsc::Sender<Incoming>,
@@ -126,8 +128,8 @@ async fn dead_letter(channel: &Channel, exchange: &str, partition: u16, bad: &Un
     }
 }
 
-/// `persister.max_commands_in_memory`: a permit per command held between
-/// consuming and acking.
+/// `persister.max_inflight_bytes`: a permit per byte of the deliveries held
+/// between consuming and acking.
 #[derive(Clone)]
 pub struct Budget {
     permits: Arc<Semaphore>,
@@ -143,15 +145,15 @@ impl Budget {
         }
     }
 
-    /// Commands held now.
+    /// Bytes held now.
     pub fn in_use(&self) -> usize {
         self.max - self.permits.available_permits()
     }
 
-    /// Waits for room for `commands` (a message larger than the whole
-    /// budget waits for all of it); `None` once closed.
-    async fn take(&self, commands: usize) -> Option<OwnedSemaphorePermit> {
-        let wanted = u32::try_from(commands.clamp(1, self.max)).unwrap_or(u32::MAX);
+    /// Waits for room for `bytes` (a message larger than the whole budget
+    /// waits for all of it); `None` once closed.
+    async fn take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let wanted = u32::try_from(bytes.clamp(1, self.max)).unwrap_or(u32::MAX);
         self.permits.clone().acquire_many_owned(wanted).await.ok()
     }
 }
@@ -172,8 +174,8 @@ async fn feed(
                     dead_letter(&dead_letter_channel, &dead_letters, partition, bad).await;
                     dead_lettered.inc();
                 }
-                // Waits while the commands in memory are at the bound.
-                let Some(permit) = budget.take(decoded.events.len()).await else {
+                // Waits while the bytes in memory are at the bound.
+                let Some(permit) = budget.take(decoded.bytes).await else {
                     return; // closed: shutting down
                 };
                 let incoming = Incoming {

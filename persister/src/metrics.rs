@@ -22,8 +22,8 @@ pub struct Metrics {
     /// Sends refused because they could not be stored (poison), and
     /// batches retried after a conflict.
     pub poisoned: Counter,
-    /// Commands held between consuming and acking (at each batch).
-    pub commands_in_memory: prometheus_client::metrics::gauge::Gauge,
+    /// Bytes of deliveries held between consuming and acking (at each batch).
+    pub bytes_in_memory: prometheus_client::metrics::gauge::Gauge,
     /// Deliveries the broker gave again (a persister died holding them).
     pub redeliveries: Counter,
     /// Messages in each persist partition and the dead-letter queue.
@@ -45,7 +45,7 @@ impl Metrics {
             poisoned: Counter::default(),
             queue_messages: Default::default(),
             redeliveries: Counter::default(),
-            commands_in_memory: Default::default(),
+            bytes_in_memory: Default::default(),
             database_errors: Default::default(),
         };
         let mut r = Registry::default();
@@ -86,9 +86,9 @@ impl Metrics {
             m.poisoned.clone(),
         );
         r.register(
-            "persister_commands_in_memory",
-            "commands held between consuming and acking (persister.max_commands_in_memory bounds it)",
-            m.commands_in_memory.clone(),
+            "persister_bytes_in_memory",
+            "bytes of deliveries held between consuming and acking (persister.max_inflight_bytes bounds it)",
+            m.bytes_in_memory.clone(),
         );
         r.register(
             "persister_redeliveries",

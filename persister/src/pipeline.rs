@@ -136,7 +136,7 @@ impl Pipeline {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.batch_size.observe(requests.len() as f64);
-        metrics.commands_in_memory.set(self.budget.in_use() as i64);
+        metrics.bytes_in_memory.set(self.budget.in_use() as i64);
         metrics.batches.inc();
         let stored = outcomes
             .iter()
@@ -232,7 +232,7 @@ async fn announce(
 /// persister announces some 15-30 batches: with room for only 16 the
 /// pipeline stalled behind the acker, which added 4-8 ms to the 99th
 /// percentile of delivery (docs/benchmarks.md). The deliveries held are
-/// bounded by `persister.max_commands_in_memory` anyway.
+/// bounded by `persister.max_inflight_bytes` anyway.
 const ACKS_WAITING: usize = 1024;
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);

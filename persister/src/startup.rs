@@ -12,9 +12,8 @@ use anyhow::Context;
 use chat_shared::amqp::{self, ConfirmedPublisher};
 use chat_shared::batch;
 use chat_shared::config::Settings;
-use chat_shared::schema;
-use chat_shared::service::{Background, BrokerWatch};
-use chat_shared::tls::{self, Backend};
+use chat_shared::service::{Background, connect_database};
+use chat_shared::tls::Backend;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,18 +37,15 @@ pub struct Persister {
 
 impl Persister {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        tls::check_certificates(&settings, &[Backend::Postgres, Backend::RabbitMq]).await?;
-        let db = schema::connect(&settings.database)
-            .await
-            .context("connecting to Postgres")?;
+        let db = connect_database(&settings, &[Backend::Postgres, Backend::RabbitMq]).await?;
         let retirement = amqp::Retirement::new();
         let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "persister", &retirement)
             .await
             .context("connecting to RabbitMQ and declaring the topology")?;
-        let consumers = PartitionConsumers::start(&conn, &topo, settings.persister.prefetch.get())
+        let per_channel = settings.persister.prefetch_per_channel(topo.partitions);
+        let consumers = PartitionConsumers::start(&conn, &topo, per_channel)
             .await
             .context("consuming the persist partitions")?;
-        schema::check_bus_settings(&db, &settings.amqp).await?;
         let publish_conn = amqp::connect(
             &settings.amqp,
             "persister publish",
@@ -58,15 +54,13 @@ impl Persister {
         )
         .await
         .context("connecting to RabbitMQ to publish")?;
-        let notify = settings.notify.enabled();
-        if notify {
+        // The unread webhook's notices, when one is configured.
+        let notices = if settings.notify.enabled() {
             let channel = conn.create_channel().await?;
             amqp::declare_notify_queue(&channel, &topo)
                 .await
                 .context("declaring the notify queue")?;
             let _ = channel.close(200, "declared".into()).await;
-        }
-        let notices = if notify {
             let publisher =
                 ConfirmedPublisher::new(&publish_conn, settings.amqp.confirm_timeout).await?;
             Some(Notices::spawn(publisher, topo.notify_queue()))
@@ -115,44 +109,32 @@ impl Persister {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self {
-            settings,
-            conn,
-            publish_conn,
-            topo,
-            consumers,
-            writer,
-            announcer,
-            metrics,
-            metrics_endpoint,
-            retirement,
-        } = self;
-        let p = &settings.persister;
+        let p = &self.settings.persister;
         let mut background = Background::new();
-        let (dead_tx, dead) = watch::channel(false);
-        let (stuck_tx, mut stuck) = watch::channel(false);
-        let watch = BrokerWatch {
-            connections: vec![conn.clone(), publish_conn.clone()],
-            channels: consumers.channels.clone(),
-            signals: vec![(p.broker_dead, dead_tx)],
-            stuck: Some((settings.amqp.clone(), stuck_tx)),
-        };
-        background.watch_broker(watch, |_| {});
-        let (listener, router) = metrics_endpoint.into_parts(dead);
-        background.serve(listener, router);
-        let depths = metrics.queue_messages.clone();
-        background.spawn(crate::queues::watch(conn.clone(), topo, depths));
+        let mut stuck = background.watch_and_serve(
+            vec![self.conn.clone(), self.publish_conn.clone()],
+            self.consumers.channels.clone(),
+            p.broker_dead,
+            &self.settings.amqp,
+            self.metrics_endpoint,
+        );
+        let depths = self.metrics.queue_messages.clone();
+        background.spawn(crate::queues::watch(self.conn.clone(), self.topo, depths));
         let (tx, rx) = mpsc::channel::<Incoming>(usize::from(p.prefetch.get()));
-        let budget = Budget::new(p.max_commands_in_memory);
+        let budget = Budget::new(p.max_inflight_bytes.get());
         // Dead letters are published on the publishing connection: a
         // consuming connection that published would be blocked by a broker
         // alarm, and its acks with it.
-        let dead_letter_channel = publish_conn
+        let dead_letter_channel = self
+            .publish_conn
             .create_channel()
             .await
             .context("a channel for dead letters")?;
-        let dead_lettered = metrics.dead_lettered.clone();
-        for feeder in consumers.spawn(tx, dead_letter_channel, dead_lettered, budget.clone()) {
+        let dead_lettered = self.metrics.dead_lettered.clone();
+        let feeders = self
+            .consumers
+            .spawn(tx, dead_letter_channel, dead_lettered, budget.clone());
+        for feeder in feeders {
             background.adopt(feeder);
         }
         // Stops at `shutdown`, or when the AMQP client is stuck: then the
@@ -173,20 +155,23 @@ impl Persister {
             linger: p.linger,
         };
         let pipeline = Pipeline {
-            writer,
-            announcer,
-            metrics,
+            writer: self.writer,
+            announcer: self.announcer,
+            metrics: self.metrics,
             budget,
             limits,
         };
         pipeline.run(rx, stop).await;
         let stuck = stopper.is_finished() && stopper.await.unwrap_or(false);
         background.stop();
-        let _ = conn.close(200, "persister shutdown".into()).await;
-        let _ = publish_conn.close(200, "persister shutdown".into()).await;
+        let _ = self.conn.close(200, "persister shutdown".into()).await;
+        let _ = self
+            .publish_conn
+            .close(200, "persister shutdown".into())
+            .await;
         tracing::info!("persister stopped");
         // From here on, lapin's reconnecting of these connections fails.
-        drop(retirement);
+        drop(self.retirement);
         if stuck {
             return Err(amqp::RecoveryStuck.into());
         }

@@ -11,9 +11,8 @@ use chat_shared::bus::PresenceEvent;
 use chat_shared::config::Settings;
 use chat_shared::directory::Directory;
 use chat_shared::presence_state::{self, Keys};
-use chat_shared::schema;
-use chat_shared::service::{Background, BrokerWatch};
-use chat_shared::tls::{self, Backend};
+use chat_shared::service::{Background, connect_database};
+use chat_shared::tls::Backend;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::future::Future;
@@ -39,15 +38,8 @@ pub struct Presence {
 
 impl Presence {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        tls::check_certificates(
-            &settings,
-            &[Backend::Postgres, Backend::RabbitMq, Backend::Redis],
-        )
-        .await?;
-        let db = schema::connect(&settings.database)
-            .await
-            .context("connecting to Postgres")?;
-        schema::check_bus_settings(&db, &settings.amqp).await?;
+        let backends = [Backend::Postgres, Backend::RabbitMq, Backend::Redis];
+        let db = connect_database(&settings, &backends).await?;
         let retirement = amqp::Retirement::new();
         let (conn, topo) = amqp::connect_and_declare(&settings.amqp, "presence", &retirement)
             .await
@@ -132,17 +124,13 @@ impl Presence {
             background.spawn(crate::notify::deliver(notifier));
             tracing::info!("unread webhook on");
         }
-        let (dead_tx, dead) = tokio::sync::watch::channel(false);
-        let (stuck_tx, mut stuck) = tokio::sync::watch::channel(false);
-        let watch = BrokerWatch {
-            connections: vec![conn.clone()],
-            channels: vec![channel],
-            signals: vec![(broker_dead, dead_tx)],
-            stuck: Some((amqp_settings, stuck_tx)),
-        };
-        background.watch_broker(watch, |_| {});
-        let (listener, router) = metrics_endpoint.into_parts(dead);
-        background.serve(listener, router);
+        let mut stuck = background.watch_and_serve(
+            vec![conn.clone()],
+            vec![channel],
+            broker_dead,
+            &amqp_settings,
+            metrics_endpoint,
+        );
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);

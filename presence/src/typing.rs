@@ -39,6 +39,20 @@ impl Typing {
         format!("{conversation}:{user}")
     }
 
+    /// `pipe`, then: the start of `u` in `c` lapses `typing_lapse_ms`
+    /// from `now` (the sweep's schedule).
+    fn lapses(
+        &self,
+        mut pipe: redis::Pipeline,
+        c: ConversationId,
+        u: UserId,
+        now: i64,
+    ) -> redis::Pipeline {
+        let due = now + self.lapse_ms;
+        pipe.zadd(self.keys.typing_due(), Self::due_member(c, u), due);
+        pipe
+    }
+
     /// Whether a start would be throttled (then its lapse is pushed back).
     pub async fn refresh_if_recent(
         &self,
@@ -51,15 +65,9 @@ impl Typing {
         let last: Option<i64> = conn.get(&key).await?;
         match last {
             Some(last) if now - last < self.throttle_ms => {
-                let _: (bool, i64) = redis::pipe()
-                    .pexpire(&key, self.lapse_ms)
-                    .zadd(
-                        self.keys.typing_due(),
-                        Self::due_member(c, u),
-                        now + self.lapse_ms,
-                    )
-                    .query_async(conn)
-                    .await?;
+                let mut pipe = redis::pipe();
+                pipe.pexpire(&key, self.lapse_ms);
+                let _: (bool, i64) = self.lapses(pipe, c, u, now).query_async(conn).await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -74,15 +82,9 @@ impl Typing {
         u: UserId,
         now: i64,
     ) -> Result<()> {
-        let _: ((), i64) = redis::pipe()
-            .pset_ex(self.keys.typing(c, u), now, self.lapse_ms as u64)
-            .zadd(
-                self.keys.typing_due(),
-                Self::due_member(c, u),
-                now + self.lapse_ms,
-            )
-            .query_async(conn)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.pset_ex(self.keys.typing(c, u), now, self.lapse_ms as u64);
+        let _: ((), i64) = self.lapses(pipe, c, u, now).query_async(conn).await?;
         Ok(())
     }
 

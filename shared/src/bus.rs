@@ -221,6 +221,51 @@ pub fn encode<T: Serialize>(events: &[T]) -> Vec<u8> {
     serde_json::to_vec(events).unwrap_or_default()
 }
 
+/// Most bytes of one AMQP message of persist commands: a gateway splits the
+/// commands of one partition in a publish round into messages of at most
+/// this ([`encode_split`]), and a persister derives its prefetch from it
+/// (`persister.max_inflight_bytes`). One command is always smaller: config
+/// keeps `gateway.max_frame_bytes` at most [`MAX_COMMAND_BYTES`].
+pub const MAX_PERSIST_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The largest frame a gateway may take (`gateway.max_frame_bytes`): its
+/// command, with ids and a trace context, stays under
+/// [`MAX_PERSIST_MESSAGE_BYTES`].
+pub const MAX_COMMAND_BYTES: usize = MAX_PERSIST_MESSAGE_BYTES / 2;
+
+/// `events` as [`encode`] writes them, but in as many JSON arrays as keep
+/// each at most `max_bytes` long (an event longer alone goes alone), in
+/// order: each array with how many events it holds.
+pub fn encode_split<T: Serialize>(events: &[T], max_bytes: usize) -> Vec<(usize, Vec<u8>)> {
+    let mut arrays = Vec::new();
+    let mut current = vec![b'['];
+    let mut count = 0;
+    for event in events {
+        let comma = current.len();
+        if count > 0 {
+            current.push(b',');
+        }
+        // Serialising these plain data types cannot fail.
+        let _ = serde_json::to_writer(&mut current, event);
+        if count > 0 && current.len() + 1 > max_bytes {
+            // Too long with this event: the array closes without it, and
+            // it starts the next one.
+            let mut next = vec![b'['];
+            next.extend_from_slice(&current[comma + 1..]);
+            current.truncate(comma);
+            current.push(b']');
+            arrays.push((count, std::mem::replace(&mut current, next)));
+            count = 0;
+        }
+        count += 1;
+    }
+    current.push(b']');
+    if count > 0 || arrays.is_empty() {
+        arrays.push((count, current));
+    }
+    arrays
+}
+
 pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<Vec<T>, serde_json::Error> {
     serde_json::from_slice(payload)
 }
@@ -299,6 +344,26 @@ mod tests {
         let bytes = encode(std::slice::from_ref(&cmd));
         assert_eq!(decode::<PersistCommand>(&bytes).ok(), Some(vec![cmd]));
         assert!(decode::<PersistCommand>(b"{not json").is_err());
+    }
+
+    #[test]
+    fn a_split_encoding_keeps_every_event_in_order_in_arrays_of_at_most_the_bound() {
+        let events: Vec<String> = (0..40).map(|n| "x".repeat(n * 7)).collect();
+        for bound in [1, 50, 200, 1_000, 100_000] {
+            let arrays = encode_split(&events, bound);
+            let mut decoded = Vec::new();
+            for (count, payload) in &arrays {
+                let these: Vec<String> = decode(payload).unwrap();
+                assert_eq!(these.len(), *count);
+                // Over the bound only when one event alone is.
+                assert!(payload.len() <= bound || these.len() == 1, "bound {bound}");
+                decoded.extend(these);
+            }
+            assert_eq!(decoded, events, "bound {bound}");
+        }
+        // Under the bound: one array, byte for byte what encode writes.
+        assert_eq!(encode_split(&events, 100_000), vec![(40, encode(&events))]);
+        assert_eq!(encode_split::<String>(&[], 10), vec![(0, b"[]".to_vec())]);
     }
 
     #[test]

@@ -339,9 +339,11 @@ pub struct PersisterSettings {
     pub linger_until: usize,
     #[serde(rename = "linger_ms", deserialize_with = "millis")]
     pub linger: Duration,
+    /// The most unacknowledged deliveries (AMQP prefetch); fewer when
+    /// `max_inflight_bytes` asks for fewer ([`PersisterSettings::prefetch_per_channel`]).
     pub prefetch: NonZeroU16,
-    /// Most commands held between consuming and acking.
-    pub max_commands_in_memory: usize,
+    /// Most bytes of deliveries held between consuming and acking.
+    pub max_inflight_bytes: NonZeroUsize,
     pub metrics_listen: SocketAddr,
     /// A broker connection down this long makes `/health` answer 503.
     #[serde(rename = "broker_dead_ms", deserialize_with = "millis")]
@@ -513,6 +515,12 @@ impl GatewaySettings {
                 "must be longer than heartbeat_ms",
             );
         }
+        if self.max_frame_bytes > crate::bus::MAX_COMMAND_BYTES {
+            return invalid(
+                "gateway.max_frame_bytes",
+                "at most 131072 (a send must fit one message to the persister)",
+            );
+        }
         if self.max_body_chars == 0 || self.max_body_chars * 6 + 1024 > self.max_frame_bytes {
             return invalid(
                 "gateway.max_body_chars",
@@ -548,12 +556,6 @@ impl PersisterSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         positive(&[("persister.broker_dead_ms", self.broker_dead)])?;
         let batch_max = self.batch_max.get();
-        if self.max_commands_in_memory < batch_max {
-            return invalid(
-                "persister.max_commands_in_memory",
-                "must be at least persister.batch_max",
-            );
-        }
         if self.linger_from < 2
             || self.linger_until < self.linger_from
             || self.linger_until > batch_max
@@ -567,6 +569,18 @@ impl PersisterSettings {
             return invalid("persister.linger_ms", "at most 1000");
         }
         Ok(())
+    }
+
+    /// The AMQP prefetch of each of the `partitions` consuming channels: as
+    /// many deliveries as `max_inflight_bytes` holds when each is as large
+    /// as a gateway makes one ([`crate::bus::MAX_PERSIST_MESSAGE_BYTES`]),
+    /// shared among the partitions, at least one each and at most
+    /// `prefetch` in all.
+    pub fn prefetch_per_channel(&self, partitions: u16) -> u16 {
+        let partitions = usize::from(partitions.max(1));
+        let by_bytes = self.max_inflight_bytes.get() / crate::bus::MAX_PERSIST_MESSAGE_BYTES;
+        let total = by_bytes.min(usize::from(self.prefetch.get()));
+        u16::try_from(total / partitions).unwrap_or(u16::MAX).max(1)
     }
 }
 
@@ -713,6 +727,34 @@ mod tests {
 
     fn local() -> Settings {
         Settings::load_profile("local").unwrap()
+    }
+
+    #[test]
+    fn the_persister_prefetch_holds_max_inflight_bytes_of_the_largest_messages() {
+        let mut p = local().persister;
+        // 128 MiB / 256 KiB = 512 messages, over 8 partitions.
+        p.max_inflight_bytes = NonZeroUsize::new(128 << 20).unwrap();
+        assert_eq!(p.prefetch_per_channel(8), 64);
+        // Never more than `prefetch` in all.
+        p.prefetch = NonZeroU16::new(80).unwrap();
+        assert_eq!(p.prefetch_per_channel(8), 10);
+        // At least one each, however small the budget.
+        p.max_inflight_bytes = NonZeroUsize::new(1).unwrap();
+        assert_eq!(p.prefetch_per_channel(8), 1);
+        assert_eq!(p.prefetch_per_channel(0), 1);
+    }
+
+    #[test]
+    fn a_frame_that_would_not_fit_one_message_to_the_persister_is_refused() {
+        let mut settings = local();
+        settings.gateway.max_frame_bytes = crate::bus::MAX_COMMAND_BYTES + 1;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "gateway.max_frame_bytes",
+                ..
+            })
+        ));
     }
 
     #[test]

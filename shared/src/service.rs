@@ -6,9 +6,11 @@
 
 use crate::config::{AmqpSettings, Settings};
 use crate::telemetry;
-use crate::{amqp, http_server};
+use crate::tls::{self, Backend};
+use crate::{amqp, http_server, schema};
 use anyhow::Context as _;
 use lapin::{Channel, Connection};
+use sea_orm::DatabaseConnection;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +74,34 @@ impl Background {
         ));
     }
 
+    /// The broker watch and the internal endpoint of a service that needs
+    /// no other signal from them (the persister, presence): `/health` turns
+    /// unhealthy once its `connections` or `channels` have been down for
+    /// `dead_after`. Returns the signal raised for good when its AMQP client
+    /// is stuck ([`amqp::recovery`]): the service then ends with
+    /// [`amqp::RecoveryStuck`] and [`restarting`] starts it afresh.
+    pub fn watch_and_serve(
+        &mut self,
+        connections: Vec<Arc<Connection>>,
+        channels: Vec<Channel>,
+        dead_after: Duration,
+        amqp: &AmqpSettings,
+        endpoint: crate::metrics::Endpoint,
+    ) -> watch::Receiver<bool> {
+        let (dead_tx, dead) = watch::channel(false);
+        let (stuck_tx, stuck) = watch::channel(false);
+        let watch = BrokerWatch {
+            connections,
+            channels,
+            signals: vec![(dead_after, dead_tx)],
+            stuck: Some((amqp.clone(), stuck_tx)),
+        };
+        self.watch_broker(watch, |_| {});
+        let (listener, router) = endpoint.into_parts(dead);
+        self.serve(listener, router);
+        stuck
+    }
+
     /// Serves `router` on `listener` (the internal port: metrics, health)
     /// until the service stops; a request head must arrive within
     /// [`INTERNAL_HEADER_TIMEOUT`].
@@ -99,6 +129,22 @@ impl Drop for Background {
             task.abort();
         }
     }
+}
+
+/// What every service does first: refuses a TLS certificate of one of its
+/// `backends` that it cannot trust (naming the backend, see
+/// [`tls::check_certificates`]), connects to Postgres, and checks that its
+/// bus settings agree with those of the services already running.
+pub async fn connect_database(
+    settings: &Settings,
+    backends: &[Backend],
+) -> anyhow::Result<DatabaseConnection> {
+    tls::check_certificates(settings, backends).await?;
+    let db = schema::connect(&settings.database)
+        .await
+        .context("connecting to Postgres")?;
+    schema::check_bus_settings(&db, &settings.amqp).await?;
+    Ok(db)
 }
 
 /// Runs a service until `shutdown`, starting it afresh, in this process,

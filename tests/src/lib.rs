@@ -231,39 +231,51 @@ impl TestSystem {
             .expect("the test database")
     }
 
+    /// A service binary (`chat-gateway`, `chat-persister`) as a process of
+    /// its own, on this system's servers and names; killed when dropped.
+    pub fn service_process(&self, binary: &str) -> tokio::process::Command {
+        let path = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join(binary)))
+            .unwrap_or_else(|| panic!("cannot locate the {binary} binary"));
+        if !path.exists() {
+            panic!(
+                "{} is missing (build it: cargo build -p {})",
+                path.display(),
+                binary
+            );
+        }
+        let s = &self.settings;
+        let mut command = tokio::process::Command::new(path);
+        command
+            .env("CHAT_PROFILE", "test")
+            .env("CHAT_DATABASE__URL", &s.database.url)
+            .env("CHAT_AMQP__URL", &s.amqp.url)
+            .env("CHAT_AMQP__PREFIX", &s.amqp.prefix)
+            .env("CHAT_REDIS__URL", &s.redis.url)
+            .env("CHAT_REDIS__PREFIX", &s.redis.prefix)
+            .kill_on_drop(true);
+        command
+    }
+
     /// A gateway in its own process (the `chat-gateway` binary), so a test
     /// can kill it with SIGKILL.
     pub async fn spawn_gateway_process(&self) -> GatewayProcess {
-        let binary = std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.join("chat-gateway")))
-            .unwrap_or_else(|| panic!("cannot locate the chat-gateway binary"));
         let s = &self.settings;
         // The free port may be taken by another test before the process
         // binds it: then it exits at once, and another port is tried.
         for _attempt in 0..5 {
             let port = free_port();
-            let mut child = tokio::process::Command::new(&binary)
-                .env("CHAT_PROFILE", "test")
-                .env("CHAT_DATABASE__URL", &s.database.url)
-                .env("CHAT_AMQP__URL", &s.amqp.url)
-                .env("CHAT_AMQP__PREFIX", &s.amqp.prefix)
-                .env("CHAT_REDIS__URL", &s.redis.url)
-                .env("CHAT_REDIS__PREFIX", &s.redis.prefix)
+            let mut child = self
+                .service_process("chat-gateway")
                 .env(
                     "CHAT_PRESENCE__HEARTBEAT_MS",
                     s.presence.heartbeat.as_millis().to_string(),
                 )
                 .env("CHAT_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
                 .env("CHAT_GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
-                .kill_on_drop(true)
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "spawning {}: {e} (build it: cargo build -p chat-gateway)",
-                        binary.display()
-                    )
-                });
+                .unwrap_or_else(|e| panic!("spawning chat-gateway: {e}"));
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let ready = format!("http://{addr}/ready?require=broker,database");
             // Ready (true), or exited because its port was taken (false).

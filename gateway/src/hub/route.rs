@@ -48,6 +48,22 @@ pub fn route(
             Some(session) => reply(session, outcome, offer),
             None => Routed::default(), // gone: nobody to answer
         },
+        // A cache change, not a frame (the inbox handles it).
+        GatewayEvent::MembersChanged { .. } | GatewayEvent::BlocksChanged { .. } => {
+            Routed::default()
+        }
+        other => to_recipients(other, registry, offer),
+    }
+}
+
+/// An event with a list of recipients: one frame to each of their sessions
+/// here.
+fn to_recipients(
+    event: GatewayEvent,
+    registry: &Registry,
+    offer: &mut impl FnMut(&SessionHandle, Outbound),
+) -> Routed {
+    match event {
         GatewayEvent::Typing {
             conversation_id,
             user_id,
@@ -85,10 +101,6 @@ pub fn route(
                 last_seen,
             }
         }),
-        // A cache change, not a frame (the inbox handles it).
-        GatewayEvent::MembersChanged { .. } | GatewayEvent::BlocksChanged { .. } => {
-            Routed::default()
-        }
         GatewayEvent::Profile { user, recipients } => {
             to_each(recipients.iter(), registry, offer, || ServerFrame::User {
                 user: user.clone(),
@@ -102,6 +114,11 @@ pub fn route(
                 conversation: conversation.clone(),
             }
         }),
+        // Routed by `route` itself.
+        GatewayEvent::Stored { .. }
+        | GatewayEvent::Reply { .. }
+        | GatewayEvent::MembersChanged { .. }
+        | GatewayEvent::BlocksChanged { .. } => Routed::default(),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Received<T> {
     pub acker: Acker,
     pub delivery_tag: u64,
     pub redelivered: bool,
+    /// The length of its body.
+    pub bytes: usize,
 }
 
 /// A message whose body is not a JSON array of events at all.
@@ -79,6 +81,7 @@ impl Inbound {
                     acker: delivery.acker,
                     delivery_tag: delivery.delivery_tag,
                     redelivered: delivery.redelivered,
+                    bytes: delivery.data.len(),
                 }),
                 Err(error) => Err(Unreadable {
                     error,

@@ -32,7 +32,7 @@ pub mod publish;
 pub mod recovery;
 pub mod topology;
 
-pub use announce::Announcer;
+pub use announce::{Announcer, Batch};
 pub use connect::{Retirement, connect, connect_and_declare, watch_connections};
 pub use declare::{
     DEAD_LETTERS_MAX, bounded_drop_head, declare_fanout, declare_gateway_queue,

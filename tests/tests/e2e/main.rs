@@ -12,6 +12,7 @@ mod http_api;
 mod idempotency;
 mod limits;
 mod load;
+mod memory;
 mod messaging;
 mod observability;
 mod ordering;

@@ -215,9 +215,10 @@ async fn a_full_persist_queue_refuses_sends_at_once_instead_of_growing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persister_holds_at_most_its_command_budget_and_still_stores_everything() {
-    // Sends pile up while no persister runs; then one with room for 20
-    // commands at a time takes them all, 20 at a time at most.
+async fn a_persister_holds_at_most_its_byte_budget_and_still_stores_everything() {
+    // Sends pile up while no persister runs; then one with room for 4 KB
+    // at a time takes them all, 4 KB at a time at most (one delivery larger
+    // than that alone at most).
     let mut system = TestSystem::start_with(1, 0, |_| {}).await;
     let conversation = system.direct(1, 2).await;
     let mut an = system.connect(0, 1).await;
@@ -226,7 +227,7 @@ async fn a_persister_holds_at_most_its_command_budget_and_still_stores_everythin
             .await;
     }
     let mut settings = system.settings.clone();
-    settings.persister.max_commands_in_memory = 20;
+    settings.persister.max_inflight_bytes = std::num::NonZeroUsize::new(4096).unwrap();
     settings.persister.batch_max = std::num::NonZeroUsize::new(10).unwrap();
     settings.persister.linger_from = 2;
     settings.persister.linger_until = 10;
@@ -242,12 +243,12 @@ async fn a_persister_holds_at_most_its_command_budget_and_still_stores_everythin
     let metrics = system.persister_metrics_text(0).await;
     let held: i64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("persister_commands_in_memory "))
+        .find_map(|l| l.strip_prefix("persister_bytes_in_memory "))
         .and_then(|v| v.trim().parse().ok())
-        .expect("persister_commands_in_memory");
+        .expect("persister_bytes_in_memory");
     assert!(
-        (1..=20).contains(&held),
-        "{held} commands held at the last batch"
+        (1..=4096).contains(&held),
+        "{held} bytes held at the last batch"
     );
     assert_eq!(
         system.history(0, 1, conversation, "?limit=200").await.len(),
