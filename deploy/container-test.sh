@@ -29,12 +29,43 @@
 #                            storing, the standby takes over; started again
 #                            FAULT_FOR s later
 #
+# Postgres failover (issue 22; not in the default set; they run the Patroni
+# variant, deploy/compose.patroni.yaml: three PostgreSQL 15 nodes pg1-pg3
+# under Patroni, etcd1-etcd3, HAProxy as `postgres` sending connections to
+# the node whose Patroni answers GET /primary):
+#   pg-primary-kill          docker kill -s KILL the Patroni leader's
+#                            container; once another node is promoted, and
+#                            at least FAULT_FOR s after the kill, start it
+#                            again: it rejoins as a replica (pg_rewind)
+#   pg-switchover            patronictl switchover --force to the sync
+#                            standby (PG_SYNC=off: the replica with the
+#                            least lag); the old leader rejoins as a replica
+#
+#   ROUNDS=5 deploy/container-test.sh pg-primary-kill pg-switchover
+#   PG_SYNC=off ROUNDS=5 deploy/container-test.sh pg-primary-kill pg-switchover
+#
+# PG_SYNC=on (default) or off: Patroni's synchronous_mode (with
+# synchronous_mode_strict off), set when the cluster is bootstrapped.
+# PG_LAG_S=N (default 0): for pg-primary-kill, first hold back the WAL the
+# leader streams for N s, then kill it: its traffic to the two other nodes'
+# addresses is limited to 8 kbit/s (tc htb, u32 on the destination, in its
+# network namespace, from this host: needs root and tc; the namespace goes
+# with the kill), so the replicas lag by N s of WAL (about 150 kB a second
+# at 300 msg/s, below Patroni's maximum_lag_on_failover of 1 MB for N <= 5),
+# as a replica over a slow or congested link would. With PG_SYNC=on the
+# commits wait for the sync standby meanwhile.
+# PG=patroni runs any fault on the Patroni variant (the pg-* faults choose it
+# themselves). The detail of a pg-* run names the old and the new leader and
+# how long after the kill (or the switchover command) the new one answered
+# GET /primary (promoted_s in results.jsonl; the load runs FAULT_AT + 50 s).
+#
 # Needs Docker (Engine and Compose: `docker compose` or `docker-compose`),
 # root (deploy/images.sh runs debootstrap), and the release binaries in
 # $CARGO_TARGET_DIR/release (chat-gateway, chat-persister, chat-presence for
 # the images, chat-load for the load): this script never builds them
 # (`cargo build --release` first). Images: CHAT_SKIP_BUILD=1
-# deploy/images.sh --servers (SKIP_IMAGES=1: use the images as they are).
+# deploy/images.sh --servers (--patroni too for the Patroni variant;
+# SKIP_IMAGES=1: use the images as they are).
 #
 # Environment: USERS (default 100), RATE (msg/s, 300), DURATION (s of load,
 # 40; longer when a fault needs it), FAULT_AT (10), FAULT_FOR (10), ROUNDS
@@ -43,7 +74,9 @@
 # that node by restarting them: the fault then hits the node every one of
 # them depends on), AMQP_HEARTBEAT (s, 5), RABBITMQ_NET_TICKTIME (s, 60),
 # ROLL_PAUSE (10), PUBLIC_PORT (nginx on 127.0.0.1, 31080), CT_NET (the
-# network's /24 prefix, 172.30.31), KEEP=1, SKIP_IMAGES=1. Results: one JSON
+# network's /24 prefix, 172.30.31), KEEP=1, SKIP_IMAGES=1, WAIT_BUILD=1 (before
+# each run, wait while cargo or rustc runs; whether one ran beside the load
+# is recorded either way: build_samples), PG, PG_SYNC, PG_LAG_S (above). Results: one JSON
 # line per run in .data/container-test/<time>/results.jsonl, the load's output and a log
 # per run beside it, and a table on stdout. Exits non-zero if any verdict is
 # not ok (or a run gave none).
@@ -62,7 +95,8 @@ BIN="$CARGO_TARGET_DIR/release"
 OUT="$REPO/.data/container-test/$(date -u +%Y%m%dT%H%M%SZ)"
 URL="http://127.0.0.1:$PUBLIC_PORT"
 DEFAULT_FAULTS=(rabbit-node-stop rabbit-node-partition gateway-rolling-restart persister-kill)
-KNOWN_FAULTS=" ${DEFAULT_FAULTS[*]} rabbit-node-partition-long "
+KNOWN_FAULTS=" ${DEFAULT_FAULTS[*]} rabbit-node-partition-long pg-primary-kill pg-switchover "
+PG="${PG:-single}" PG_SYNC="${PG_SYNC:-on}" PG_LAG_S="${PG_LAG_S:-0}"
 
 say() { printf '[container-test] %s\n' "$*" >&2; }
 die() { printf '[container-test] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -86,7 +120,20 @@ FAULTS=("$@")
 [ ${#FAULTS[@]} -gt 0 ] || FAULTS=("${DEFAULT_FAULTS[@]}")
 for f in "${FAULTS[@]}"; do
   [[ "$KNOWN_FAULTS" == *" $f "* ]] || die "unknown fault $f (known:$KNOWN_FAULTS)"
+  case "$f" in pg-*) PG=patroni ;; esac
 done
+case "$PG" in single | patroni) ;; *) die "PG=$PG: expected single or patroni" ;; esac
+case "$PG_SYNC" in on | off) ;; *) die "PG_SYNC=$PG_SYNC: expected on or off" ;; esac
+[[ "$PG_LAG_S" =~ ^[0-9]+$ ]] || die "PG_LAG_S=$PG_LAG_S: expected whole seconds"
+if [ "$PG_LAG_S" != 0 ]; then
+  { command -v tc >/dev/null && command -v nsenter >/dev/null; } || die "PG_LAG_S needs tc and nsenter on this host"
+fi
+COMPOSE_FILES=(-f deploy/compose.yaml)
+IMAGE_ARGS=(--servers)
+if [ "$PG" = patroni ]; then
+  COMPOSE_FILES+=(-f deploy/compose.patroni.yaml)
+  IMAGE_ARGS+=(--patroni)
+fi
 
 mkdir -p "$OUT"
 ENV_FILE="$OUT/compose.env"
@@ -106,7 +153,7 @@ else
   PROFILE_ARGS=(--profile devlogin)
 fi
 
-dc() { "${COMPOSE[@]}" -p "$PROJECT" --env-file "$ENV_FILE" -f deploy/compose.yaml "${PROFILE_ARGS[@]}" "$@"; }
+dc() { "${COMPOSE[@]}" -p "$PROJECT" --env-file "$ENV_FILE" "${COMPOSE_FILES[@]}" "${PROFILE_ARGS[@]}" "$@"; }
 # The container of a compose service (running or not).
 cid() {
   docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
@@ -118,6 +165,7 @@ ip_of() {
     persister1) echo "$CT_NET.31" ;; persister2) echo "$CT_NET.32" ;;
     presence) echo "$CT_NET.33" ;; nginx) echo "$CT_NET.50" ;;
     rabbit1) echo "$CT_NET.21" ;; rabbit2) echo "$CT_NET.22" ;; rabbit3) echo "$CT_NET.23" ;;
+    pg1) echo "$CT_NET.61" ;; pg2) echo "$CT_NET.62" ;; pg3) echo "$CT_NET.63" ;;
   esac
 }
 http_ok() { [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; }
@@ -131,7 +179,7 @@ cleanup() {
   if [ -n "${LOAD_PID:-}" ] && kill -0 "$LOAD_PID" 2>/dev/null; then kill "$LOAD_PID" 2>/dev/null || true; fi
   if [ "${KEEP:-}" = 1 ]; then
     say "KEEP=1: the containers stay up (project $PROJECT); to stop them:"
-    say "  ${COMPOSE[*]} -p $PROJECT --env-file $ENV_FILE -f deploy/compose.yaml ${PROFILE_ARGS[*]} down -v"
+    say "  ${COMPOSE[*]} -p $PROJECT --env-file $ENV_FILE ${COMPOSE_FILES[*]} ${PROFILE_ARGS[*]} down -v"
   elif [ -f "$ENV_FILE" ]; then
     # The services' own logs, for what the verdicts cannot say.
     dc logs --no-color --timestamps >"$OUT/services.log" 2>&1 || true
@@ -172,11 +220,58 @@ services_ready() {
       -d '{"user_id": 1}' "$URL/api/dev/token")" = 200 ] || return 1
   fi
 }
+# --- Patroni (PG=patroni) ---
+# A Patroni node's REST API, from this host.
+patroni_get() { curl -s -m 1 "http://$(ip_of "$1"):8008$2" 2>/dev/null; }
+is_primary() { [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$(ip_of "$1"):8008/primary" 2>/dev/null)" = 200 ]; }
+# The cluster (/cluster) as the first node that answers sees it.
+pg_cluster() {
+  local n
+  for n in pg1 pg2 pg3; do patroni_get "$n" /cluster && return 0; done
+  return 1
+}
+# pg_member ROLE: the running member with that role (leader, sync_standby);
+# ROLE replica: the running standby with the least lag.
+pg_member() {
+  pg_cluster | python3 -c '
+import json, sys
+try:
+    ms = [m for m in json.load(sys.stdin)["members"] if m.get("state") == "running"]
+except Exception:
+    sys.exit(0)
+role = sys.argv[1]
+if role == "replica":
+    ms = sorted((m for m in ms if m["role"] != "leader" and isinstance(m.get("lag"), int)), key=lambda m: m["lag"])
+else:
+    ms = [m for m in ms if m["role"] == role]
+print(ms[0]["name"] if ms else "")' "$1"
+}
+# The leader streams WAL to NAMEs (every other node when none is named),
+# one of them synchronously when PG_SYNC=on.
+# shellcheck disable=SC2120 # (called with names through wait_until)
+pg_streams_to() {
+  local leader
+  leader=$(pg_member leader)
+  [ -n "$leader" ] && is_primary "$leader" || return 1
+  patroni_get "$leader" / | python3 -c '
+import json, sys
+want = sys.argv[2:] or [n for n in ("pg1", "pg2", "pg3") if n != sys.argv[1]]
+try:
+    r = {x["application_name"]: x for x in json.load(sys.stdin).get("replication", []) if x.get("state") == "streaming"}
+except Exception:
+    sys.exit(1)
+sys.exit(0 if all(n in r for n in want) else 1)' "$leader" "$@" && { [ $# -gt 0 ] || [ "$PG_SYNC" = off ] || [ -n "$(pg_member sync_standby)" ]; }
+}
+# shellcheck disable=SC2119
+pg_whole() { pg_streams_to; }
+
 # Everything as it was before any fault: three nodes in one cluster, every
-# quorum queue with three members online, every service ready.
+# quorum queue with three members online, (PG=patroni) a leader streaming to
+# both replicas, one of them synchronous with PG_SYNC=on, every service ready.
 settle() {
   wait_until 180 "RabbitMQ nodes healthy" rabbits_healthy &&
     wait_until 180 "cluster whole" cluster_whole &&
+    { [ "$PG" != patroni ] || wait_until 180 "Patroni cluster whole" pg_whole; } &&
     wait_until 120 "services ready" services_ready
 }
 
@@ -184,22 +279,24 @@ up() {
   say "secrets: $ENV_FILE (random, removed at the end)"
   (
     umask 077
-    for v in JWT_SECRET POSTGRES_PASSWORD RABBITMQ_PASSWORD RABBITMQ_ERLANG_COOKIE REDIS_PASSWORD; do
+    for v in JWT_SECRET POSTGRES_PASSWORD RABBITMQ_PASSWORD RABBITMQ_ERLANG_COOKIE REDIS_PASSWORD \
+      PG_SUPERUSER_PASSWORD PG_REPLICATION_PASSWORD; do
       printf '%s=%s\n' "$v" "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     done
     printf 'PUBLIC_PORT=%s\nCT_NET=%s\nAMQP_HEARTBEAT=%s\n' "$PUBLIC_PORT" "$CT_NET" "$AMQP_HEARTBEAT"
     printf 'RABBITMQ_NET_TICKTIME=%s\n' "${RABBITMQ_NET_TICKTIME:-}"
+    printf 'PG_SYNC=%s\n' "$PG_SYNC"
     # every client of the load comes from this host's one address
     printf 'CONNECTIONS_PER_IP=4096\n'
     if [ "$TOKENS" = devlogin ]; then printf 'NGINX_DEV_TOKEN=127.0.0.1:8090\n'; fi
   ) >"$ENV_FILE"
   if [ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ]; then
     say "removing the containers of an earlier run (project $PROJECT)"
-    "${COMPOSE[@]}" -p "$PROJECT" --env-file "$ENV_FILE" -f deploy/compose.yaml --profile devlogin \
-      down -v --remove-orphans >>"$OUT/compose.log" 2>&1
+    "${COMPOSE[@]}" -p "$PROJECT" --env-file "$ENV_FILE" -f deploy/compose.yaml -f deploy/compose.patroni.yaml \
+      --profile devlogin down -v --remove-orphans >>"$OUT/compose.log" 2>&1
   fi
   local t=$SECONDS
-  say "starting the system (${COMPOSE[*]} -p $PROJECT up -d; tokens: $TOKENS)"
+  say "starting the system (${COMPOSE[*]} -p $PROJECT ${COMPOSE_FILES[*]} up -d; tokens: $TOKENS; Postgres: $PG$([ "$PG" = single ] || echo ", PG_SYNC=$PG_SYNC"))"
   dc up -d >>"$OUT/compose.log" 2>&1 || { tail -20 "$OUT/compose.log" >&2; die "compose up failed"; }
   settle || { dc ps >&2; die "the system did not become ready (see $OUT/compose.log, ${COMPOSE[*]} logs)"; }
   UP_SECONDS=$((SECONDS - t))
@@ -340,11 +437,153 @@ fault_persister_kill() {
   DETAIL="$victim killed ($rates), started ${FAULT_FOR} s later"
 }
 
+# --- Postgres failover (PG=patroni) ---
+# Seconds since a date +%s.%N.
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+# wait_primary SECONDS NODE...: the first of the NODEs whose Patroni answers
+# GET /primary with 200 (as HAProxy asks it), polled every 0.2 s.
+wait_primary() {
+  local deadline n
+  deadline=$(($(date +%s) + $1))
+  shift
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    for n in "$@"; do
+      if is_primary "$n"; then
+        echo "$n"
+        return 0
+      fi
+    done
+    sleep 0.2
+  done
+  return 1
+}
+pg_state() {
+  echo "# patronictl list"
+  timeout 20 docker exec "$(cid "$1")" patronictl list 2>&1 || true
+}
+# How NAME came back, from its Patroni's log since ISO: pg_rewind, a new
+# base backup, or simply following the new leader.
+rejoin_how() {
+  local lines
+  lines=$(docker logs --since "$2" "$(cid "$1")" 2>&1 | grep -iE 'pg_rewind|rewind|reinitiali|basebackup|crash recovery' || true)
+  printf '%s\n' "$lines" | sed 's/^/  /' | tail -8
+  if grep -q 'pg_rewind exit code=0' <<<"$lines"; then
+    REJOIN_HOW=pg_rewind
+  elif grep -qi 'reinitiali\|basebackup' <<<"$lines"; then
+    REJOIN_HOW="new base backup"
+  elif grep -qi 'rewind' <<<"$lines"; then
+    REJOIN_HOW="pg_rewind (see the log)"
+  else
+    REJOIN_HOW="no rewind needed"
+  fi
+}
+
+# hold_back_wal NODE OTHER...: NODE's packets to the OTHERs at 8 kbit/s.
+hold_back_wal() {
+  local pid n
+  pid=$(docker inspect -f '{{.State.Pid}}' "$(cid "$1")")
+  shift
+  nsenter -t "$pid" -n tc qdisc add dev eth0 root handle 1: htb default 10 &&
+    nsenter -t "$pid" -n tc class add dev eth0 parent 1: classid 1:10 htb rate 10gbit &&
+    nsenter -t "$pid" -n tc class add dev eth0 parent 1: classid 1:20 htb rate 8kbit ceil 8kbit || return 1
+  for n in "$@"; do
+    nsenter -t "$pid" -n tc filter add dev eth0 parent 1: protocol ip prio 1 u32 \
+      match ip dst "$(ip_of "$n")/32" flowid 1:20 || return 1
+  done
+}
+# The replay position of the other nodes (Patroni's lag), for the log.
+pg_lags() {
+  pg_cluster | python3 -c '
+import json, sys
+try:
+    print(", ".join("%s %s lag %s" % (m["name"], m.get("role"), m.get("lag")) for m in json.load(sys.stdin)["members"]))
+except Exception:
+    print("no answer")'
+}
+
+fault_pg_primary_kill() {
+  local old sync new c t0 n wait_s start_iso started_s lag="" others=()
+  old=$(pg_member leader) sync=$(pg_member sync_standby)
+  [ -n "$old" ] || { DETAIL="no leader found"; return 1; }
+  for n in pg1 pg2 pg3; do [ "$n" = "$old" ] || others+=("$n"); done
+  pg_state "$old"
+  c=$(cid "$old")
+  if [ "$PG_LAG_S" != 0 ]; then
+    echo "$(stamp) $old: WAL to ${others[*]} held back (8 kbit/s) for $PG_LAG_S s"
+    if hold_back_wal "$old" "${others[@]}"; then
+      sleep "$PG_LAG_S"
+      echo "$(stamp) lag (bytes, as Patroni last saw it): $(pg_lags)"
+      lag=" after its WAL was held back $PG_LAG_S s"
+    else
+      echo "$(stamp) tc failed: no hold-back"
+      lag=" (the hold-back failed)"
+    fi
+  fi
+  echo "$(stamp) docker kill -s KILL $old (the leader; sync standby ${sync:-none})"
+  t0=$(date +%s.%N)
+  docker kill -s KILL "$c" >/dev/null
+  PG_OLD=$old PG_PROMOTED_S="" PG_REJOINED_S=""
+  if new=$(wait_primary 120 "${others[@]}"); then
+    PG_NEW=$new PG_PROMOTED_S=$(since "$t0")
+    echo "$(stamp) $new answers GET /primary, $PG_PROMOTED_S s after the kill"
+  else
+    PG_NEW=none
+    echo "$(stamp) no new primary within 120 s of the kill"
+  fi
+  # Started again only once replaced (before its leader key expires, its
+  # Patroni would find itself still the leader), and FAULT_FOR s after the
+  # kill at the earliest.
+  wait_s=$(awk -v f="$FAULT_FOR" -v e="$(since "$t0")" 'BEGIN { d = f - e; printf "%.1f", (d > 0 ? d : 0) }')
+  sleep "$wait_s"
+  start_iso=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ) started_s=$(since "$t0")
+  echo "$(stamp) docker start $old"
+  docker start "$c" >/dev/null
+  if wait_until 180 "$old streaming from the new leader" pg_streams_to "$old"; then
+    PG_REJOINED_S=$(since "$t0")
+    echo "$(stamp) $old streams from $PG_NEW again ($PG_REJOINED_S s after the kill)"
+  fi
+  rejoin_how "$old" "$start_iso"
+  pg_state "$PG_NEW"
+  DETAIL="$old (leader) killed$lag; $PG_NEW (was $([ "$PG_NEW" = "$sync" ] && echo "the sync standby" || echo "a replica; sync standby ${sync:-none}")) primary ${PG_PROMOTED_S:-never} s later; $old started $started_s s after the kill, streaming again ${PG_REJOINED_S:-never} s after it ($REJOIN_HOW)"
+}
+
+fault_pg_switchover() {
+  local old cand how pid t0 start_iso
+  old=$(pg_member leader) cand=$(pg_member sync_standby) how="the sync standby"
+  [ -n "$old" ] || { DETAIL="no leader found"; return 1; }
+  if [ -z "$cand" ]; then
+    cand=$(pg_member replica) how="the replica with the least lag"
+  fi
+  pg_state "$old"
+  PG_OLD=$old PG_NEW=$cand PG_PROMOTED_S="" PG_REJOINED_S=""
+  echo "$(stamp) patronictl switchover --leader $old --candidate $cand --force ($how)"
+  start_iso=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+  t0=$(date +%s.%N)
+  timeout 120 docker exec "$(cid "$old")" patronictl switchover --leader "$old" --candidate "$cand" --force &
+  pid=$!
+  if wait_primary 120 "$cand" >/dev/null; then
+    PG_PROMOTED_S=$(since "$t0")
+    echo "$(stamp) $cand answers GET /primary, $PG_PROMOTED_S s after the command"
+  else
+    echo "$(stamp) $cand not primary within 120 s"
+  fi
+  wait "$pid" || echo "$(stamp) patronictl switchover failed"
+  if wait_until 180 "$old streaming from $cand" pg_streams_to "$old"; then
+    PG_REJOINED_S=$(since "$t0")
+    echo "$(stamp) $old streams from $cand ($PG_REJOINED_S s after the command)"
+  fi
+  rejoin_how "$old" "$start_iso"
+  pg_state "$cand"
+  DETAIL="switchover $old -> $cand ($how): primary ${PG_PROMOTED_S:-never} s after the command; $old streaming again ${PG_REJOINED_S:-never} s after it ($REJOIN_HOW)"
+}
+
 # How long the load must run: past the fault's repair, with 20 s to spare.
 load_duration() {
   local need=$DURATION
   case "$1" in
     rabbit-node-partition-long) need=$((FAULT_AT + PARTITION_LONG_FOR + 30)) ;;
+    # past a 30 s failover with 20 s to spare
+    pg-*) need=$((FAULT_AT + 50)) ;;
   esac
   ((need > DURATION)) || need=$DURATION
   echo "$need"
@@ -355,6 +594,12 @@ run_fault() {
   name=$fault
   [ "$ROUNDS" = 1 ] || name="$fault.$round"
   result="$OUT/$name.out" log="$OUT/$name.log"
+  if [ "${WAIT_BUILD:-}" = 1 ]; then
+    while pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; do
+      say "$name: WAIT_BUILD=1: cargo or rustc is running; waiting (every 30 s)"
+      sleep 30
+    done
+  fi
   if [ "${GATHER:-}" = 1 ]; then gather >>"$log" 2>&1; fi
   settle >>"$log" 2>&1 || die "the system is not whole before $name (see $log)"
   {
@@ -370,11 +615,21 @@ run_fault() {
   esac
   say "$name: $RATE msg/s from $USERS users for $duration s; the fault at $FAULT_AT s"
   DETAIL="" LOAD_STARTED=$(date +%s.%N)
+  PG_OLD="" PG_NEW="" PG_PROMOTED_S="" PG_REJOINED_S="" REJOIN_HOW=
   local started_iso
   started_iso=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   "$BIN/chat-load" chaos --url "$URL" --users "$USERS" --rate "$RATE" --duration "$duration" \
     >"$result" 2>>"$log" &
   load=$! LOAD_PID=$!
+  # a build beside the load (2 s samples) is recorded with the run
+  local builds="$OUT/$name.builds"
+  (
+    while kill -0 "$load" 2>/dev/null; do
+      if pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; then echo "$(stamp) cargo/rustc running"; fi
+      sleep 2
+    done
+  ) >"$builds" 2>/dev/null &
+  local sampler=$!
   sleep "$FAULT_AT"
   say "$name: injecting"
   local fn="fault_${fault//-/_}"
@@ -382,17 +637,25 @@ run_fault() {
   echo "$(stamp) repaired" >>"$log"
   say "$name: repaired ($DETAIL); waiting for the load to finish"
   wait "$load" || say "$name: the load reports a failed verification"
-  python3 - "$result" "$fault" "$round" "$started_iso" "$DETAIL" "$TOKENS" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS" <<'PY'
+  wait "$sampler" || true
+  python3 - "$result" "$fault" "$round" "$started_iso" "$DETAIL" "$TOKENS" "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    "$(wc -l <"$builds")" "$PG" "$PG_SYNC:$PG_LAG_S" "$PG_OLD" "$PG_NEW" "$PG_PROMOTED_S" "$PG_REJOINED_S" "$REJOIN_HOW" >>"$RESULTS" <<'PY'
 import json, sys
-path, fault, rnd, started, detail, tokens, loadavg = sys.argv[1:]
+path, fault, rnd, started, detail, tokens, loadavg, builds, pg, sync, old, new, promoted, rejoined, how = sys.argv[1:]
 summary = None
 try:
     lines = [l for l in open(path) if l.startswith("{")]
     summary = json.loads(lines[-1]) if lines else None
 except Exception:
     pass
-print(json.dumps({"fault": fault, "round": int(rnd), "started": started, "detail": detail,
-                  "tokens": tokens, "loadavg_after": loadavg, "result": summary}))
+row = {"fault": fault, "round": int(rnd), "started": started, "detail": detail,
+       "tokens": tokens, "loadavg_after": loadavg, "build_samples": int(builds), "result": summary}
+if pg == "patroni":
+    f = lambda v: float(v) if v else None
+    sync, lag = sync.split(":")
+    row["pg"] = {"sync": sync, "lag_s": int(lag) if fault == "pg-primary-kill" else 0, "old_leader": old, "new_leader": new, "promoted_s": f(promoted),
+                 "rejoined_s": f(rejoined), "rejoined_how": how}
+print(json.dumps(row))
 PY
 }
 
@@ -406,8 +669,8 @@ main() {
   fi
   local t=$SECONDS
   if [ "${SKIP_IMAGES:-}" != 1 ]; then
-    say "images: CHAT_SKIP_BUILD=1 deploy/images.sh --servers (from the release binaries in $BIN)"
-    CHAT_SKIP_BUILD=1 deploy/images.sh --servers >"$OUT/images.log" 2>&1 ||
+    say "images: CHAT_SKIP_BUILD=1 deploy/images.sh ${IMAGE_ARGS[*]} (from the release binaries in $BIN)"
+    CHAT_SKIP_BUILD=1 deploy/images.sh "${IMAGE_ARGS[@]}" >"$OUT/images.log" 2>&1 ||
       { tail -20 "$OUT/images.log" >&2; die "deploy/images.sh failed (see $OUT/images.log)"; }
   fi
   IMAGES_SECONDS=$((SECONDS - t))
@@ -415,6 +678,12 @@ main() {
   if [ "$TOKENS" = jwt-secret ]; then
     CHAT_LOAD_JWT_SECRET="$(sed -n 's/^JWT_SECRET=//p' "$ENV_FILE")"
     export CHAT_LOAD_JWT_SECRET
+  fi
+  local pg_packages=""
+  if [ "$PG" = patroni ]; then
+    pg_packages=$(docker run --rm --entrypoint dpkg-query "mapmo-chat/patroni:${TAG:-dev}" \
+      -W -f '${Package} ${Version}, ' postgresql-15 patroni etcd-server haproxy 2>/dev/null || true)
+    say "Patroni variant: ${pg_packages%, }; PG_SYNC=$PG_SYNC"
   fi
   python3 - "$OUT/run.json" <<PY
 import json, subprocess, sys, os
@@ -426,7 +695,8 @@ json.dump({"commit": sh("git describe --always --dirty"), "cpus": os.cpu_count()
            "docker": sh("docker version --format '{{.Server.Version}}'"),
            "compose": "${COMPOSE[*]}", "users": $USERS, "rate": $RATE, "duration": $DURATION,
            "fault_at": $FAULT_AT, "fault_for": $FAULT_FOR, "rounds": $ROUNDS, "tokens": "$TOKENS",
-           "images_s": $IMAGES_SECONDS, "up_s": $UP_SECONDS}, open(sys.argv[1], "w"))
+           "images_s": $IMAGES_SECONDS, "up_s": $UP_SECONDS, "pg": "$PG", "pg_sync": "$PG_SYNC", "pg_lag_s": $PG_LAG_S,
+           "pg_packages": "${pg_packages%, }"}, open(sys.argv[1], "w"))
 PY
   local round fault
   for round in $(seq 1 "$ROUNDS"); do
@@ -462,19 +732,39 @@ for r in rows:
     print(f"| {name} | {s['sent']} | {s['acked']} | {s['acked_lost']} | {s['duplicates_in_history']} | "
           f"{s['seq_gaps']} | {s['missing_deliveries']} | {retried} | {s['reconnects']} | "
           f"{s['longest_ack_gap_ms']:.0f} | {s['send_to_ack_ms']['p99']:.0f} / {s['send_to_ack_ms']['max']:.0f} | {s['ok']} |")
+def mm(v, fmt=",.0f"):
+    return f"{statistics.median(v):{fmt}} ({min(v):{fmt}}-{max(v):{fmt}})" if v else "-"
+pg = [r for r in rows if r.get("pg")]
+if pg:
+    print()
+    lag = pg[0]['pg'].get('lag_s') or 0
+    print(f"Postgres failover (Patroni, PG_SYNC={pg[0]['pg']['sync']}{f', PG_LAG_S={lag}' if lag else ''}):")
+    print()
+    print("| fault | leader before -> after | new primary after (s) | old leader streaming again after (s) "
+          "| how it rejoined | acked lost | longest ack gap (ms) | build beside the load (2 s samples) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in pg:
+        name = r["fault"] if rounds == 1 else f"{r['fault']} ({r['round']})"
+        p, s = r["pg"], r["result"] or {}
+        fs = lambda v: "never" if v is None else f"{v:.1f}"
+        gap = s.get("longest_ack_gap_ms")
+        print(f"| {name} | {p['old_leader']} -> {p['new_leader']} | {fs(p['promoted_s'])} | {fs(p['rejoined_s'])} "
+              f"| {p['rejoined_how']} | {s.get('acked_lost', '-')} | {'-' if gap is None else f'{gap:.0f}'} "
+              f"| {r.get('build_samples', 0)} |")
 if rounds > 1:
     print()
-    print("| fault | runs ok | longest ack gap (ms) | send to ack max (ms) |")
-    print("| --- | --- | --- | --- |")
+    print("| fault | runs ok | acked lost (per run) | longest ack gap (ms) | send to ack max (ms) | new primary after (s) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     faults = list(dict.fromkeys(r["fault"] for r in rows))
-    def mm(v):
-        return f"{statistics.median(v):,.0f} ({min(v):,.0f}-{max(v):,.0f})" if v else "-"
     for f in faults:
-        rs = [r["result"] for r in rows if r["fault"] == f]
+        rf = [r for r in rows if r["fault"] == f]
+        rs = [r["result"] for r in rf]
         ok = sum(1 for s in rs if s and s.get("ok") is True)
+        lost = ", ".join(str(s["acked_lost"]) if s else "?" for s in rs)
         gaps = [s["longest_ack_gap_ms"] for s in rs if s]
         maxes = [s["send_to_ack_ms"]["max"] for s in rs if s]
-        print(f"| {f} | {ok} of {len(rs)} | {mm(gaps)} | {mm(maxes)} |")
+        prom = [r["pg"]["promoted_s"] for r in rf if r.get("pg") and r["pg"]["promoted_s"] is not None]
+        print(f"| {f} | {ok} of {len(rs)} | {lost} | {mm(gaps)} | {mm(maxes)} | {mm(prom, '.1f')} |")
 PY
 }
 

@@ -23,9 +23,19 @@
 #   mapmo-chat/postgres:TAG (PostgreSQL 15)  mapmo-chat/rabbitmq:TAG  mapmo-chat/redis:TAG
 #   mapmo-chat/nginx:TAG (the gateways' load balancer of deploy/compose.yaml)
 #
+# and, with `--patroni`, the image of the Postgres failover variant
+# (deploy/compose.patroni.yaml, issue 22): Debian 12's PostgreSQL 15,
+# Patroni 3.0.2, etcd 3.4 and HAProxy 2.6 in one image whose entrypoint
+# (deploy/images/patroni-entrypoint.sh) runs one of them by its first
+# argument (patroni, etcd or haproxy):
+#
+#   mapmo-chat/patroni:TAG
+#
 #   deploy/images.sh                 build (TAG=dev by default)
 #   deploy/images.sh --servers       also the server images
 #   deploy/images.sh --servers-only  only the server images (no binaries needed)
+#   deploy/images.sh --patroni ...   also mapmo-chat/patroni (with any of the above;
+#                                    --patroni alone: the chat images and it)
 #   TAG=1.0 deploy/images.sh
 #   CHAT_SKIP_BUILD=1 ...       use the release binaries as they are
 #   TAG=1.0 deploy/images.sh --push REGISTRY >digests.txt
@@ -50,17 +60,18 @@ VERSION="$(git describe --always --dirty 2>/dev/null || echo unknown)"
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
 
-SERVERS=0 CHAT=1 PUSH=""
+SERVERS=0 CHAT=1 PUSH="" PATRONI=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --servers) SERVERS=1 ;;
+    --patroni) PATRONI=1 ;;
     --servers-only) SERVERS=1 CHAT=0 ;;
     --push)
       [ $# -ge 2 ] || die "--push needs a registry (host[:port][/path])"
       PUSH="${2%/}"
       shift
       ;;
-    *) die "unknown argument $1 (expected --servers, --servers-only or --push REGISTRY)" ;;
+    *) die "unknown argument $1 (expected --servers, --servers-only, --patroni or --push REGISTRY)" ;;
   esac
   shift
 done
@@ -70,7 +81,7 @@ if [ -n "$PUSH" ]; then
   [[ "$PUSH" =~ ^([a-z0-9-]+\.[a-z0-9.-]+|[a-z0-9.-]+:[0-9]+|localhost)(/[a-z0-9._-]+)*$ ]] ||
     die "--push $PUSH: not a registry host with an optional path (registry.mapmo.vn/chat)"
   [ "$CHAT" = 1 ] || die "--push pushes the service images: not with --servers-only"
-  [ -n "${TAG_SET:-}" ] && [ "$TAG" != dev ] ||
+  { [ -n "${TAG_SET:-}" ] && [ "$TAG" != dev ]; } ||
     die "--push: set TAG to the release's version (TAG=1.0 deploy/images.sh --push $PUSH)"
 fi
 
@@ -221,6 +232,13 @@ elif [ -n "$PUSH" ]; then
   # Production runs this one server image of ours (k8s/redis); Postgres and
   # RabbitMQ come from their operators' images.
   server redis redis-server redis /var/lib/redis 6379
+fi
+if [ "$PATRONI" = 1 ]; then
+  # python3-etcd: Patroni's etcd3 client builds on it (the package lists it
+  # as the first of alternatives, which debootstrap does not resolve);
+  # etcd-client for etcdctl, when looking at the cluster by hand.
+  server patroni postgresql-15,patroni,python3-etcd,etcd-server,etcd-client,haproxy \
+    postgres /var/lib/postgresql/data 5432 8008 2379 2380
 fi
 
 # 6. With --push: tag, push, and print each digest as k8s/release.sh reads
