@@ -12,7 +12,6 @@ mod http_api;
 mod idempotency;
 mod limits;
 mod load;
-mod memory;
 mod messaging;
 mod observability;
 mod ordering;

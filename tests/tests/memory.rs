@@ -2,6 +2,13 @@
 //! (`persister.max_inflight_bytes`, issue 22), whatever the size of the
 //! messages waiting for it: a backlog of large messages is taken in, stored
 //! and acked a bounded slice at a time.
+//!
+//! A test binary of its own, not one of `e2e`'s: it moves 640 MB through
+//! the gateway, the broker, a persister and Postgres, and `cargo test` runs
+//! test binaries one after another, so it never loads the machine beside
+//! the end-to-end tests that measure time (the drain's spread, the bind
+//! timeouts). Run through `deploy/test.sh` (the servers), or alone:
+//! `cargo test -p chat-tests --test memory -- --nocapture`.
 
 use chat_tests::{TestSystem, eventually_within};
 use std::time::Duration;
