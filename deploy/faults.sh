@@ -11,7 +11,14 @@
 #
 # Faults: kill-gateway kill-persister rabbit-restart rabbit-restart-persistent
 # pg-restart redis-restart redis-flushall cut-persister-db cut-gateway-broker
-# memory-alarm disk-alarm term-gateway.
+# memory-alarm disk-alarm term-gateway; and, only when named, storm: a
+# reconnect storm (issue 22's target 7), STORM_USERS users (default 12000),
+# the first STORM_PINNED (default 10000) connected straight to gateway 1 and
+# the others to gateway 2, STORM_RATE msg/s (default 500) across all; at
+# FAULT_AT gateway 1 is killed (-9) and every one of its sessions moves to
+# gateway 2. Its summary adds what the move cost (`storm` in the JSON: close
+# to caught up per session, split into back-off, upgrade, hello and history;
+# the other users' delivery latency before, during and after, and per second).
 #
 # Environment: RATE (msg/s, default 1000), USERS (default 200), DURATION
 # (seconds of load, default 40), FAULT_AT (seconds into the load, default 10),
@@ -23,6 +30,7 @@ cd "$(dirname "$0")/.."
 REPO="$(pwd -P)"
 RATE="${RATE:-1000}" USERS="${USERS:-200}" DURATION="${DURATION:-40}"
 FAULT_AT="${FAULT_AT:-10}" FAULT_FOR="${FAULT_FOR:-10}"
+STORM_USERS="${STORM_USERS:-12000}" STORM_PINNED="${STORM_PINNED:-10000}" STORM_RATE="${STORM_RATE:-500}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
 # CHAT_BIN_DIR: run the binaries of another folder; CHAT_SKIP_BUILD=1: do
 # not build first (as deploy/bench.sh).
@@ -100,6 +108,7 @@ restart_server() {
 inject() {
   case "$1" in
     kill-gateway) stop gateway-1 KILL; sleep "$FAULT_FOR"; up ;;
+    storm) mark "$1" stop; stop gateway-1 KILL; sleep "$FAULT_FOR"; up ;;
     term-gateway) stop gateway-1 TERM; sleep "$FAULT_FOR"; up ;;
     kill-persister) stop persister KILL; sleep "$FAULT_FOR"; up ;;
     rabbit-restart | rabbit-restart-persistent) restart_server "$1" rabbitmq ;;
@@ -163,10 +172,20 @@ run_fault() {
   result="$OUT/$fault.json"
   say "$fault: preparing"
   prepare "$fault" 2>>"$OUT/$fault.log"
-  say "$fault: $RATE msg/s from $USERS users for $DURATION s; the fault at $FAULT_AT s for $FAULT_FOR s"
-  "$LOAD" chaos --url "$URL" --users "$USERS" --rate "$RATE" --duration "$DURATION" \
+  local load_args=(--url "$URL" --users "$USERS" --rate "$RATE")
+  if [ "$fault" = storm ]; then
+    load_args=(--url "http://127.0.0.1:28081,http://127.0.0.1:28082" --users "$STORM_USERS"
+      --pinned "$STORM_PINNED" --rate "$STORM_RATE")
+  fi
+  say "$fault: ${load_args[*]} for $DURATION s; the fault at $FAULT_AT s (after every user is connected) for $FAULT_FOR s"
+  "$LOAD" chaos "${load_args[@]}" --duration "$DURATION" \
     >"$result" 2>"$OUT/$fault.log" &
   local load=$!
+  # The load starts once every user is connected: the fault waits for that.
+  local waited=0
+  until grep -q '^chaos: .* connected after' "$OUT/$fault.log" 2>/dev/null || [ $waited -ge 120 ]; do
+    sleep 1; waited=$((waited + 1))
+  done
   sleep "$FAULT_AT"
   say "$fault: injecting"
   inject "$fault" >>"$OUT/$fault.log" 2>&1
@@ -213,6 +232,28 @@ except (OSError, KeyError, ValueError):
 print(f"| {fault} | {s['sent']} | {s['acked']} | {s['acked_lost']} | {s['duplicates_in_history']} | "
       f"{s['seq_gaps']} | {s['missing_deliveries']} | {retried} | {s['reconnects']} | "
       f"{s['longest_ack_gap_ms']:.0f} | {back} | {s['send_to_ack_ms']['p99']:.0f} / {s['send_to_ack_ms']['max']:.0f} | {s['ok']} |")
+PY
+  done
+  for fault in "${faults[@]}"; do
+    python3 - "$OUT/$fault.json" "$fault" <<'PY'
+import json, sys
+try:
+    s = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+except Exception:
+    sys.exit()
+t = s.get("storm")
+if not t:
+    sys.exit()
+f = lambda d: f"{d['p50']:.0f} / {d['p99']:.0f} / {d['max']:.0f}"
+o = t["others"]
+print(f"\n{sys.argv[2]}: {t['sessions_moved']} sessions moved ({t['users_moved']} users) in {t['span_ms']:.0f} ms, "
+      f"{t['failed_attempts']} failed attempts, {t['history_pages']} history pages")
+print("| close to caught up | back-off | upgrade | hello | history | others before | others during | others after |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+st = t["steps_ms"]
+print(f"| {f(t['close_to_caught_up_ms'])} | {f(st['back_off'])} | {f(st['upgrade'])} | {f(st['hello'])} | "
+      f"{f(st['catch_up'])} | {f(o['delivery_before_ms'])} | {f(o['delivery_during_ms'])} | {f(o['delivery_after_ms'])} |")
+print("(ms, p50 / p99 / max; 'others': live deliveries to the users that did not move)")
 PY
   done
   say "results in $OUT"

@@ -29,6 +29,8 @@ const USAGE: &str = "usage:
                  [--duration S] [--warmup S] [--drain S] [--skip-history]
   chat-load chaos [--url URL[,URL...]] [--users N] [--rate MSG_PER_S] [--duration S] [--drain S]
                   [--jwt-secret S]   (or CHAT_LOAD_JWT_SECRET; without it tokens come from the dev login)
+                  [--pinned N]       (the first N users start on the first URL, the others
+                                      on the rest: a reconnect storm when that gateway goes)
   chat-load proxy --listen ADDR --to ADDR    (SIGUSR1 cuts, SIGUSR2 restores)
   chat-load idle [--url URL] [--connections N] [--pid GATEWAY_PID] [--jwt-secret S] [--hold S]";
 
@@ -82,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
                     "--duration",
                     "--drain",
                     "--jwt-secret",
+                    "--pinned",
                 ],
                 &[],
                 USAGE,
@@ -96,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
                     .value("--jwt-secret")
                     .map(str::to_owned)
                     .or_else(|| std::env::var("CHAT_LOAD_JWT_SECRET").ok()),
+                pinned: args.number("--pinned", 0)?,
             };
             if scenario.users < 2 || !scenario.users.is_multiple_of(2) {
                 bail!("--users must be an even number");

@@ -9,13 +9,16 @@
 //! - [`report`]: histograms, the table and the JSON line;
 //! - [`idle`]: hold N idle connections and measure the gateway's memory;
 //! - [`resilient`]: users that behave like an app under faults (reconnect,
-//!   resend, catch up), for the fault runs (`chat-load chaos`).
+//!   resend, catch up), for the fault runs (`chat-load chaos`);
+//! - [`storm`]: what the sessions that had to move (and the users that did
+//!   not) saw of a reconnect storm.
 
 pub mod idle;
 pub mod report;
 pub mod resilient;
 pub mod run;
 pub mod setup;
+pub mod storm;
 pub mod verify;
 
 /// What one run does.

@@ -13,6 +13,7 @@
 
 use super::run::{Acked, Plan, ReaderResult, RunResult};
 use super::setup::{self, Socket};
+use super::storm::{self, Delivery, Move};
 use super::verify::{self, Verdict};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -37,6 +38,10 @@ pub struct ChaosScenario {
     /// The gateways' JWT secret: tokens are signed here with it. `None`:
     /// from the dev login.
     pub jwt_secret: Option<String>,
+    /// The first `pinned` users start on the first URL, the others on the
+    /// rest (a reconnect storm: every session of one gateway moves when it
+    /// goes); 0 spreads every user over every URL.
+    pub pinned: usize,
 }
 
 /// A send not yet acked.
@@ -67,6 +72,10 @@ struct UserOutcome {
     reconnects: u64,
     failed_connects: u64,
     unacked: usize,
+    /// Each time this user's session dropped and came back.
+    moves: Vec<Move>,
+    /// Messages of the other member that came live (not from history).
+    deliveries: Vec<Delivery>,
 }
 
 #[derive(Default)]
@@ -75,6 +84,8 @@ struct Live {
     acked: AtomicU64,
     reconnects: AtomicU64,
     retried: AtomicU64,
+    /// Users whose first connection is open.
+    connected: AtomicU64,
 }
 
 /// The run's figures and the verdict.
@@ -125,7 +136,7 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
             user,
             user_id: users[user],
             urls: scenario.urls.clone(),
-            url: scenario.urls[user % scenario.urls.len()].clone(),
+            url: first_url(scenario, user).to_owned(),
             token: token.clone(),
             conversation: plan.conversation_of[user],
             http: http.clone(),
@@ -135,13 +146,31 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
         tasks.push(tokio::spawn(client.run(rx, stop.clone())));
     }
 
-    // Open loop: message i is due at i / rate, from user i mod users.
+    // The load starts once every user is connected (or after a minute), so
+    // that the first connections are not part of what is measured.
+    let connecting_until = Instant::now() + Duration::from_secs(60);
+    while live.connected.load(Ordering::Relaxed) < users.len() as u64
+        && Instant::now() < connecting_until
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "chaos: {} of {} users connected after {:.1} s; sending",
+        live.connected.load(Ordering::Relaxed),
+        users.len(),
+        base.elapsed().as_secs_f64()
+    );
+    // Open loop: message i is due at i / rate, from user i mod users; its
+    // body says when it was due (for the delivery latency).
+    let start = Instant::now();
     let total = (scenario.duration_secs * scenario.rate) as u64;
     let mut last_progress = Instant::now();
     for i in 0..total {
-        tokio::time::sleep_until(base + Duration::from_secs_f64(i as f64 / scenario.rate)).await;
+        let due = start + Duration::from_secs_f64(i as f64 / scenario.rate);
+        tokio::time::sleep_until(due).await;
         let user = (i % users.len() as u64) as usize;
-        let _ = inboxes[user].send((format!("f{i}"), format!("chaos {i}")));
+        let due_us = (due - base).as_micros();
+        let _ = inboxes[user].send((format!("f{i}"), format!("chaos {i} {due_us}")));
         live.sent.fetch_add(1, Ordering::Relaxed);
         if last_progress.elapsed() >= Duration::from_secs(1) {
             progress(base, &live);
@@ -177,6 +206,19 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
     let mut summary = summarize(scenario, &outcomes, total, &verdict);
     summary["started_unix_ms"] = json!(base_unix_ms);
     Ok(ChaosReport { summary, verdict })
+}
+
+/// Where `user` connects first: the first URL for the pinned users, the
+/// others round-robin over the rest (or over all when none are pinned).
+fn first_url(scenario: &ChaosScenario, user: usize) -> &str {
+    let urls = &scenario.urls;
+    if scenario.pinned == 0 || urls.len() == 1 {
+        &urls[user % urls.len()]
+    } else if user < scenario.pinned {
+        &urls[0]
+    } else {
+        &urls[1 + user % (urls.len() - 1)]
+    }
 }
 
 /// The first of `urls` that answers `/health` (a fault may have taken
@@ -250,6 +292,8 @@ struct State {
     me: Value,
     own: std::collections::HashSet<String>,
     outcome: UserOutcome,
+    /// The session dropped and is not back and caught up yet.
+    moving: Option<Move>,
 }
 
 impl UserClient {
@@ -291,15 +335,29 @@ impl UserClient {
                 reconnects: 0,
                 failed_connects: 0,
                 unacked: 0,
+                moves: Vec::new(),
+                deliveries: Vec::new(),
             },
+            moving: None,
         };
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
         while !*stop.borrow() {
-            let socket = match setup::connect(&self.url, &self.token).await {
-                Ok(socket) => socket,
+            let attempt_us = self.now_us();
+            let socket = match setup::connect_timed(&self.url, &self.token).await {
+                Ok((socket, times)) => {
+                    if let Some(moving) = &mut state.moving {
+                        moving.attempt_us = attempt_us;
+                        moving.upgraded_us = attempt_us + times.upgrade.as_micros() as u64;
+                        moving.hello_us = moving.upgraded_us + times.hello.as_micros() as u64;
+                    }
+                    socket
+                }
                 Err(_) => {
                     state.outcome.failed_connects += 1;
+                    if let Some(moving) = &mut state.moving {
+                        moving.failed_attempts += 1;
+                    }
                     self.rotate();
                     if pause(jitter(backoff), &mut stop).await {
                         break;
@@ -308,13 +366,24 @@ impl UserClient {
                     continue;
                 }
             };
-            if !first {
+            if first {
+                self.live.connected.fetch_add(1, Ordering::Relaxed);
+            } else {
                 state.outcome.reconnects += 1;
                 self.live.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             first = false;
             backoff = Duration::from_millis(100);
-            match self.serve(socket, &mut state, &mut inbox, &mut stop).await {
+            let dropped = self.serve(socket, &mut state, &mut inbox, &mut stop).await;
+            if !matches!(dropped, Dropped::Stopped) {
+                // A drop before the last one was caught up counts from the first.
+                let closed_us = self.now_us();
+                state.moving.get_or_insert_with(|| Move {
+                    closed_us,
+                    ..Move::default()
+                });
+            }
+            match dropped {
                 Dropped::Stopped => break,
                 Dropped::Restart => self.rotate(),
                 Dropped::Other => {
@@ -338,8 +407,13 @@ impl UserClient {
         stop: &mut watch::Receiver<bool>,
     ) -> Dropped {
         let (mut sink, mut stream) = socket.split();
-        if self.catch_up(state).await.is_err() {
+        let Ok(pages) = self.catch_up(state).await else {
             return Dropped::Other;
+        };
+        if let Some(mut moved) = state.moving.take() {
+            moved.caught_up_us = self.now_us();
+            moved.pages = pages;
+            state.outcome.moves.push(moved);
         }
         // Everything unacked goes again (a new connection: no answer to
         // the old one's sends will come), within the window, once the server
@@ -464,6 +538,17 @@ impl UserClient {
             }
             Some("message") => {
                 let message = &frame["message"];
+                let due_us = message["body"]
+                    .as_str()
+                    .and_then(|body| body.rsplit(' ').next()?.parse::<u64>().ok());
+                if let Some(due_us) = due_us {
+                    let at_us = self.now_us();
+                    let latency_us = at_us.saturating_sub(due_us);
+                    state
+                        .outcome
+                        .deliveries
+                        .push(Delivery { at_us, latency_us });
+                }
                 self.saw_message(message, state);
                 self.saw_seq(message["seq"].as_i64().unwrap_or_default(), state)
                     .await?;
@@ -534,9 +619,12 @@ impl UserClient {
         Ok(())
     }
 
-    /// Reads history after the highest seq seen, page by page.
-    async fn catch_up(&self, state: &mut State) -> Result<(), reqwest::Error> {
+    /// Reads history after the highest seq seen, page by page; returns how
+    /// many pages it read.
+    async fn catch_up(&self, state: &mut State) -> Result<u32, reqwest::Error> {
+        let mut pages = 0;
         loop {
+            pages += 1;
             let page: Value = self
                 .http
                 .get(format!(
@@ -551,7 +639,7 @@ impl UserClient {
                 .await?;
             let messages = page["messages"].as_array().cloned().unwrap_or_default();
             if messages.is_empty() {
-                return Ok(());
+                return Ok(pages);
             }
             for message in &messages {
                 if !self.is_mine(message, state) {
@@ -661,8 +749,15 @@ fn summarize(
         }
     }
     let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
+    let views: Vec<storm::UserView<'_>> = outcomes
+        .iter()
+        .map(|o| storm::UserView {
+            moves: &o.moves,
+            deliveries: &o.deliveries,
+        })
+        .collect();
     json!({
-        "scenario": {"users": scenario.users, "rate": scenario.rate, "duration_s": scenario.duration_secs, "targets": scenario.urls},
+        "scenario": {"users": scenario.users, "pinned": scenario.pinned, "rate": scenario.rate, "duration_s": scenario.duration_secs, "targets": scenario.urls},
         "sent": total,
         "acked": verdict.acked,
         "unacked": sum(&|o| o.unacked as u64),
@@ -684,6 +779,10 @@ fn summarize(
             "p99": ms(wait.value_at_quantile(0.99)),
             "max": ms(wait.max()),
         },
+        // Messages of the other member that came live, from when they were
+        // due to be sent.
+        "delivery_ms": storm::deliveries(&views),
+        "storm": storm::summarize(&views),
         "ok": verdict.ok() && outcomes.iter().all(|o| o.unacked == 0),
     })
 }

@@ -109,6 +109,22 @@ pub async fn conversations(
 
 /// Opens an authenticated WebSocket and waits for `hello`.
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Socket> {
+    Ok(connect_timed(url, token).await?.0)
+}
+
+/// How long a connection took to open: the WebSocket upgrade (TCP, the
+/// HTTP exchange, the gateway's checks and the header token), then the
+/// session's set-up until its `hello` (the hub's registration, the shard's
+/// binding on the broker).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectTimes {
+    pub upgrade: std::time::Duration,
+    pub hello: std::time::Duration,
+}
+
+/// [`connect`], and how long its two steps took.
+pub async fn connect_timed(url: &str, token: &str) -> anyhow::Result<(Socket, ConnectTimes)> {
+    let start = tokio::time::Instant::now();
     let mut request = format!("{}/ws", url.replacen("http", "ws", 1)).into_client_request()?;
     request
         .headers_mut()
@@ -119,11 +135,16 @@ pub async fn connect(url: &str, token: &str) -> anyhow::Result<Socket> {
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let (mut socket, _) =
         tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+    let upgraded = tokio::time::Instant::now();
     while let Some(frame) = socket.next().await {
         if let tokio_tungstenite::tungstenite::Message::Text(text) = frame? {
             let hello: Value = serde_json::from_str(&text)?;
             if hello["type"] == "hello" {
-                return Ok(socket);
+                let times = ConnectTimes {
+                    upgrade: upgraded - start,
+                    hello: upgraded.elapsed(),
+                };
+                return Ok((socket, times));
             }
             bail!("expected hello, got {text}");
         }

@@ -33,7 +33,8 @@ async fn a_short_load_run_over_both_gateways_verifies_every_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run() {
+async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run_and_each_of_its_users_moves_and_catches_up()
+ {
     let mut system = TestSystem::start_with(1, 1, |_| {}).await;
     let mut doomed = system.spawn_gateway_process().await;
     let urls = vec![
@@ -48,6 +49,8 @@ async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run() {
         drain_secs: 20.0,
         // Signed here, as against a production gateway without dev login.
         jwt_secret: Some(system.settings.auth.jwt_secret.expose().to_owned()),
+        // The first 10 users on the doomed gateway, the other 10 beside.
+        pinned: 10,
     };
     let kill = async {
         tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
@@ -60,9 +63,15 @@ async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run() {
     assert_eq!(s["acked"], 400, "{s}");
     assert_eq!(s["acked_lost"], 0, "{s}");
     assert_eq!(s["duplicates_in_history"], 0, "{s}");
+    // Every user of the killed gateway moved and caught up; none of the others did.
+    let storm = &s["storm"];
+    assert_eq!(storm["users_moved"], 10, "{s}");
+    assert_eq!(storm["others"]["users"], 10, "{s}");
+    assert!(s["reconnects"].as_u64().unwrap() >= 10, "{s}");
     assert!(
-        s["reconnects"].as_u64().unwrap() >= 1,
-        "half the users were on the killed gateway: {s}"
+        storm["others"]["delivery_during_ms"]["count"].is_u64(),
+        "{s}"
     );
+    assert!(s["delivery_ms"]["count"].as_u64().unwrap() > 0, "{s}");
     system.stop_gateway(0);
 }
