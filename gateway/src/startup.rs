@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 pub struct Gateway {
@@ -142,7 +142,10 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let hub = broker.hub(settings.gateway.bind_timeout, &metrics);
         let publishers = start_publishers(&settings, &broker, &hub, &metrics, &instance).await?;
-        let listener = bind(settings.gateway.listen).await?;
+        let listener = listen(
+            settings.gateway.listen,
+            settings.gateway.listen_backlog.get(),
+        )?;
         let metrics_listener = bind(settings.gateway.metrics_listen).await?;
         let server_api_listener = match settings.gateway.server_api_listen {
             Some(addr) => Some(bind(addr).await?),
@@ -408,6 +411,25 @@ async fn start_publishers(
         presence,
         channels,
     })
+}
+
+/// The public listener, with its accept queue as long as configured
+/// (`TcpListener::bind`, through Rust's standard library, asks for 128).
+fn listen(addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("opening the listening socket")?;
+    // As std's bind: a restarted gateway gets its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    socket
+        .listen(backlog)
+        .with_context(|| format!("listening on {addr}"))
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -6,7 +6,7 @@
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::num::{NonZeroU16, NonZeroUsize};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -248,6 +248,12 @@ pub struct AuthSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewaySettings {
     pub listen: SocketAddr,
+    /// Connections the kernel queues on `listen` before the gateway accepts
+    /// them (capped by the host's `net.core.somaxconn`): when a gateway
+    /// goes, its sessions all reconnect within a fraction of a second, and
+    /// each connection over this queue loses its SYN and retries 1, 3, 7 s
+    /// later.
+    pub listen_backlog: NonZeroU32,
     #[serde(rename = "heartbeat_ms", deserialize_with = "millis")]
     pub heartbeat: Duration,
     #[serde(rename = "heartbeat_timeout_ms", deserialize_with = "millis")]

@@ -160,15 +160,18 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
         users.len(),
         base.elapsed().as_secs_f64()
     );
-    // Open loop: message i is due at i / rate, from user i mod users; its
-    // body says when it was due (for the delivery latency).
+    // Open loop: message i is due at i / rate, from user i * stride mod
+    // users (every user in turn, but consecutive messages from users far
+    // apart, so that the pinned users and the others send alike in any
+    // second); its body says when it was due (for the delivery latency).
     let start = Instant::now();
     let total = (scenario.duration_secs * scenario.rate) as u64;
+    let stride = stride(users.len() as u64);
     let mut last_progress = Instant::now();
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / scenario.rate);
         tokio::time::sleep_until(due).await;
-        let user = (i % users.len() as u64) as usize;
+        let user = ((i % users.len() as u64) * stride % users.len() as u64) as usize;
         let due_us = (due - base).as_micros();
         let _ = inboxes[user].send((format!("f{i}"), format!("chaos {i} {due_us}")));
         live.sent.fetch_add(1, Ordering::Relaxed);
@@ -203,9 +206,23 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
     for problem in verdict.history_problems.iter().take(10) {
         eprintln!("  {problem}");
     }
-    let mut summary = summarize(scenario, &outcomes, total, &verdict);
+    let load_start_us = (start - base).as_micros() as u64;
+    let mut summary = summarize(scenario, &outcomes, total, &verdict, load_start_us);
     summary["started_unix_ms"] = json!(base_unix_ms);
     Ok(ChaosReport { summary, verdict })
+}
+
+/// A step through `0..users` that visits every user once per round (prime
+/// to `users`) and jumps far (about 0.618 of them) from one to the next.
+fn stride(users: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let mut step = (users as f64 * 0.618) as u64;
+    while step > 1 && gcd(step, users) != 1 {
+        step += 1;
+    }
+    step.max(1)
 }
 
 /// Where `user` connects first: the first URL for the pinned users, the
@@ -722,6 +739,7 @@ fn summarize(
     outcomes: &[UserOutcome],
     total: u64,
     verdict: &Verdict,
+    load_start_us: u64,
 ) -> Value {
     let mut waits: Vec<(u64, u64)> = outcomes.iter().flat_map(|o| o.waits.clone()).collect();
     waits.sort_by_key(|(_, at)| *at);
@@ -782,7 +800,26 @@ fn summarize(
         // Messages of the other member that came live, from when they were
         // due to be sent.
         "delivery_ms": storm::deliveries(&views),
-        "storm": storm::summarize(&views),
+        "storm": storm::summarize(&views, load_start_us),
         "ok": verdict.ok() && outcomes.iter().all(|o| o.unacked == 0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stride;
+
+    #[test]
+    fn the_stride_visits_every_user_once_per_round() {
+        for users in [2, 20, 200, 12_000] {
+            let step = stride(users);
+            let mut seen: Vec<u64> = (0..users).map(|i| i * step % users).collect();
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..users).collect::<Vec<_>>(),
+                "{users} users, stride {step}"
+            );
+        }
+    }
 }

@@ -39,9 +39,15 @@ pub struct UserView<'a> {
     pub deliveries: &'a [Delivery],
 }
 
-/// The storm as one JSON object (`null` when no session moved).
-pub fn summarize(users: &[UserView<'_>]) -> Value {
-    let moves: Vec<&Move> = users.iter().flat_map(|u| u.moves).collect();
+/// The storm as one JSON object (`null` when no session moved): the moves
+/// from `since_us` on (the load's start: a session dropped while thousands
+/// connected at first is not part of it).
+pub fn summarize(users: &[UserView<'_>], since_us: u64) -> Value {
+    let moves: Vec<&Move> = users
+        .iter()
+        .flat_map(|u| u.moves)
+        .filter(|m| m.closed_us >= since_us)
+        .collect();
     let (Some(from), Some(to)) = (
         moves.iter().map(|m| m.closed_us).min(),
         moves.iter().map(|m| m.caught_up_us).max(),
@@ -52,7 +58,7 @@ pub fn summarize(users: &[UserView<'_>]) -> Value {
     // The users that never had to move: what the storm did to them.
     let stayed: Vec<&Delivery> = users
         .iter()
-        .filter(|u| u.moves.is_empty())
+        .filter(|u| !moved(u, since_us))
         .flat_map(|u| u.deliveries)
         .collect();
     let window = |keep: &dyn Fn(u64) -> bool| {
@@ -66,7 +72,8 @@ pub fn summarize(users: &[UserView<'_>]) -> Value {
     };
     json!({
         "sessions_moved": moves.len(),
-        "users_moved": users.iter().filter(|u| !u.moves.is_empty()).count(),
+        "users_moved": users.iter().filter(|u| moved(u, since_us)).count(),
+        "sessions_moved_before": users.iter().flat_map(|u| u.moves).count() - moves.len(),
         "from_ms": ms(from),
         "to_ms": ms(to),
         "span_ms": ms(to - from),
@@ -80,13 +87,17 @@ pub fn summarize(users: &[UserView<'_>]) -> Value {
         "failed_attempts": moves.iter().map(|m| u64::from(m.failed_attempts)).sum::<u64>(),
         "history_pages": moves.iter().map(|m| u64::from(m.pages)).sum::<u64>(),
         "others": {
-            "users": users.iter().filter(|u| u.moves.is_empty()).count(),
+            "users": users.iter().filter(|u| !moved(u, since_us)).count(),
             "delivery_before_ms": window(&|at| at < from),
             "delivery_during_ms": window(&|at| (from..=to).contains(&at)),
             "delivery_after_ms": window(&|at| at > to),
             "p99_by_second": by_second(&stayed, from.saturating_sub(5_000_000), to + 5_000_000),
         },
     })
+}
+
+fn moved(user: &UserView<'_>, since_us: u64) -> bool {
+    user.moves.iter().any(|m| m.closed_us >= since_us)
 }
 
 /// Every live delivery, all users together.
@@ -172,7 +183,7 @@ mod tests {
             moves: &[],
             deliveries: &deliveries,
         }];
-        assert_eq!(summarize(&users), Value::Null);
+        assert_eq!(summarize(&users, 0), Value::Null);
     }
 
     #[test]
@@ -202,7 +213,7 @@ mod tests {
                 deliveries: &stayed,
             },
         ];
-        let storm = summarize(&users);
+        let storm = summarize(&users, 0);
         assert_eq!(storm["sessions_moved"], 2);
         assert_eq!(storm["from_ms"], 10_000.0);
         assert_eq!(storm["span_ms"], 5_000.0);
@@ -215,6 +226,27 @@ mod tests {
         assert_eq!(storm["others"]["delivery_after_ms"]["p99"], 3.0);
         assert_eq!(storm["others"]["p99_by_second"][0], json!([5, 1, 2.0]));
         assert_eq!(deliveries(&users)["max"], 9_000.0);
+    }
+
+    #[test]
+    fn sessions_that_moved_before_the_load_started_are_not_part_of_the_storm() {
+        let early = [moved(1, 2)];
+        let late = [moved(10, 12)];
+        let users = [
+            UserView {
+                moves: &early,
+                deliveries: &[],
+            },
+            UserView {
+                moves: &late,
+                deliveries: &[],
+            },
+        ];
+        let storm = summarize(&users, 5_000_000);
+        assert_eq!(storm["sessions_moved"], 1);
+        assert_eq!(storm["sessions_moved_before"], 1);
+        assert_eq!(storm["from_ms"], 10_000.0);
+        assert_eq!(storm["others"]["users"], 1);
     }
 
     #[test]

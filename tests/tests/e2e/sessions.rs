@@ -68,6 +68,37 @@ async fn a_gateway_shutting_down_closes_its_sessions_with_1012() {
     );
 }
 
+/// When a gateway goes, all its sessions reconnect to the others within a
+/// fraction of a second: a connection that finds the accept queue full loses
+/// its SYN and retries 1, 3, 7 s later. So the public port's queue is as
+/// long as `gateway.listen_backlog` (`TcpListener::bind` asks for 128), up to the host's
+/// `net.core.somaxconn`; `ss` shows a listening socket's queue as Send-Q.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_port_queues_as_many_connections_as_the_listen_backlog_says() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("/proc/sys/net/core/somaxconn")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        somaxconn >= 2000,
+        "this host caps listen queues at {somaxconn}: raise net.core.somaxconn to run this test"
+    );
+    let system = TestSystem::start_with(1, 0, |s| {
+        s.gateway.listen_backlog = std::num::NonZeroU32::new(2000).unwrap();
+    })
+    .await;
+    let port = system.gateways[0].port();
+    let ss = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (Debian's iproute2) must be installed");
+    let listing = String::from_utf8_lossy(&ss.stdout);
+    // State Recv-Q Send-Q Local-Address:Port Peer-Address:Port
+    let queue: Vec<&str> = listing.split_whitespace().collect();
+    assert_eq!(queue.get(2), Some(&"2000"), "ss -ltn: {listing}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_persister_a_send_gets_unavailable_not_a_false_ack() {
     // No persister runs: the broker takes the message, nobody stores it, and
