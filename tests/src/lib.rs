@@ -570,7 +570,13 @@ pub async fn eventually_within<T, E: std::fmt::Display>(
 pub fn http_client() -> reqwest::Client {
     #[allow(deprecated)] // ring lacks post-quantum key exchange; tests need none
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    // Idle connections kept for reuse, per host: reqwest keeps every one
+    // (for 90 s) by default, and the load generator's thousands of set-up
+    // requests then held thousands of descriptors it needed for sockets.
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"))
 }
 
 pub fn free_port() -> u16 {

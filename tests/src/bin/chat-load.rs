@@ -31,6 +31,8 @@ const USAGE: &str = "usage:
                   [--jwt-secret S]   (or CHAT_LOAD_JWT_SECRET; without it tokens come from the dev login)
                   [--pinned N]       (the first N users start on the first URL, the others
                                       on the rest: a reconnect storm when that gateway goes)
+                  [--id-offset N]    (added to every user id, for two runs at once)
+                  [--deliveries-out FILE]  (every live delivery: unix_ms,latency_ms,moved)
   chat-load proxy --listen ADDR --to ADDR    (SIGUSR1 cuts, SIGUSR2 restores)
   chat-load idle [--url URL] [--connections N] [--pid GATEWAY_PID] [--jwt-secret S] [--hold S]";
 
@@ -85,6 +87,8 @@ async fn main() -> anyhow::Result<()> {
                     "--drain",
                     "--jwt-secret",
                     "--pinned",
+                    "--id-offset",
+                    "--deliveries-out",
                 ],
                 &[],
                 USAGE,
@@ -100,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
                     .map(str::to_owned)
                     .or_else(|| std::env::var("CHAT_LOAD_JWT_SECRET").ok()),
                 pinned: args.number("--pinned", 0)?,
+                id_offset: args.number("--id-offset", 0)?,
+                deliveries_out: args.value("--deliveries-out").map(Into::into),
             };
             if scenario.users < 2 || !scenario.users.is_multiple_of(2) {
                 bail!("--users must be an even number");

@@ -51,6 +51,8 @@ async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run_and_each
         jwt_secret: Some(system.settings.auth.jwt_secret.expose().to_owned()),
         // The first 10 users on the doomed gateway, the other 10 beside.
         pinned: 10,
+        id_offset: 0,
+        deliveries_out: None,
     };
     let kill = async {
         tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
