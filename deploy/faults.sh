@@ -21,7 +21,8 @@
 # what the move cost (`storm` in storm.json: close to caught up per session,
 # split into back-off, upgrade, hello and history) and the others' delivery
 # latency before, during and after it (from storm-others.csv). LOAD_NICE
-# (default 0) runs the (moving users') load generator at that niceness.
+# and OTHERS_NICE (default 0 both) run the moving users' and the others'
+# load generators at those nicenesses.
 #
 # Environment: RATE (msg/s, default 1000), USERS (default 200), DURATION
 # (seconds of load, default 40), FAULT_AT (seconds into the load, default 10),
@@ -38,6 +39,10 @@ STORM_USERS="${STORM_USERS:-10000}" STORM_OTHERS="${STORM_OTHERS:-2000}" STORM_R
 # the others' stays at 0): 10 gives the servers the CPU first, as clients on
 # their own devices would.
 LOAD_NICE="${LOAD_NICE:-0}"
+# The niceness of the storm's other users' load generator: below 0 (root
+# only) it runs before the servers and the moving users, as the others'
+# own devices would, so that their delivery times are the servers'.
+OTHERS_NICE="${OTHERS_NICE:-0}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mapmo-chat/target}"
 # CHAT_BIN_DIR: run the binaries of another folder; CHAT_SKIP_BUILD=1: do
 # not build first (as deploy/bench.sh).
@@ -205,7 +210,7 @@ run_fault() {
     local rate
     rate=$(awk -v r="$STORM_RATE" -v a="$STORM_USERS" -v b="$STORM_OTHERS" 'BEGIN { printf "%.3f", r * b / (a + b) }')
     say "$fault: and $STORM_OTHERS other users on gateway 2, $rate msg/s"
-    "$LOAD" chaos --url http://127.0.0.1:28082 --users "$STORM_OTHERS" --rate "$rate" \
+    nice -n "$OTHERS_NICE" "$LOAD" chaos --url http://127.0.0.1:28082 --users "$STORM_OTHERS" --rate "$rate" \
       --duration "$DURATION" --id-offset 50000000 --deliveries-out "$OUT/storm-others.csv" \
       >"$OUT/storm-others.json" 2>"$OUT/storm-others.log" &
     others=$!
