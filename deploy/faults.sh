@@ -287,7 +287,7 @@ def spread(values):
     return f"{q(0.5):.0f} / {q(0.99):.0f} / {max(values):.0f} ({len(values)})"
 f = lambda d: f"{d['p50']:.0f} / {d['p99']:.0f} / {d['max']:.0f}"
 print(f"\n{sys.argv[2]}: {t['sessions_moved']} sessions moved ({t['users_moved']} users; "
-      f"{t['sessions_moved_before']} before the load) in {t['span_ms']:.0f} ms, "
+      f"{t['sessions_moved_apart']} more apart from the storm) in {t['span_ms']:.0f} ms, "
       f"{t['failed_attempts']} failed attempts {s.get('connect_errors', {})}, {t['history_pages']} history pages")
 print("| close to caught up | back-off | upgrade | hello | history |")
 print("| --- | --- | --- | --- | --- |")

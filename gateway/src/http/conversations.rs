@@ -183,8 +183,8 @@ pub async fn history(
         (None, Some(seq)) => Page::After(seq),
         (None, None) => Page::Before(i64::MAX),
     };
-    member_of(&state, id, &caller).await?;
-    let messages = state.store.history(id, page, limit).await?;
+    let (membership, messages) = state.store.history(id, caller.user_id, page, limit).await?;
+    allowed(membership)?;
     Ok(Json(MessagePage { messages }))
 }
 
@@ -325,7 +325,12 @@ async fn member_of(
     id: ConversationId,
     caller: &AuthUser,
 ) -> Result<(), ApiError> {
-    match state.store.membership(id, caller.user_id).await? {
+    allowed(state.store.membership(id, caller.user_id).await?)
+}
+
+/// A member may; others are told why not.
+fn allowed(membership: Membership) -> Result<(), ApiError> {
+    match membership {
         Membership::Member => Ok(()),
         Membership::NotMember => Err(ApiError::forbidden("not a member of this conversation")),
         Membership::NoSuchConversation => Err(ApiError::not_found("no such conversation")),

@@ -409,21 +409,40 @@ impl Store {
         rows.iter().map(conversation_from_row).collect()
     }
 
+    /// A page of `conversation`'s history as `user` may read it: the
+    /// membership check and the page in one statement (one round trip and
+    /// one pooled connection: after a gateway goes, each of its thousands
+    /// of clients reads history at once). The page is empty unless `user`
+    /// is a member.
     pub async fn history(
         &self,
         conversation: ConversationId,
+        user: UserId,
         page: Page,
         limit: i64,
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<(Membership, Vec<Message>), StoreError> {
+        // One row per message (at least one row, its message columns NULL,
+        // when the conversation exists but the page is empty or hidden).
         let sql = match page {
             Page::Before(_) => {
-                "SELECT * FROM (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
-                   FROM messages WHERE conversation_id = $1 AND seq < $2
-                  ORDER BY seq DESC LIMIT $3) newest ORDER BY seq ASC"
+                "SELECT c.member, m.* FROM
+                   (SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS member
+                      FROM conversations WHERE id = $1) c
+                   LEFT JOIN LATERAL
+                   (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
+                      FROM messages WHERE c.member AND conversation_id = $1 AND seq < $2
+                     ORDER BY seq DESC LIMIT $3) m ON true
+                 ORDER BY m.seq ASC"
             }
             Page::After(_) => {
-                "SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
-                   FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
+                "SELECT c.member, m.* FROM
+                   (SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS member
+                      FROM conversations WHERE id = $1) c
+                   LEFT JOIN LATERAL
+                   (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
+                      FROM messages WHERE c.member AND conversation_id = $1 AND seq > $2
+                     ORDER BY seq ASC LIMIT $3) m ON true
+                 ORDER BY m.seq ASC"
             }
         };
         let (Page::Before(seq) | Page::After(seq)) = page;
@@ -431,9 +450,21 @@ impl Store {
             .bind(conversation.get())
             .bind(seq)
             .bind(limit)
+            .bind(user.get())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| message_from_row(r, 0)).collect()
+        let Some(first) = rows.first() else {
+            return Ok((Membership::NoSuchConversation, Vec::new()));
+        };
+        if !first.try_get::<bool, _>(0)? {
+            return Ok((Membership::NotMember, Vec::new()));
+        }
+        let messages = rows
+            .iter()
+            .filter(|r| r.try_get::<Option<i64>, _>(1).is_ok_and(|id| id.is_some()))
+            .map(|r| message_from_row(r, 1))
+            .collect::<Result<_, _>>()?;
+        Ok((Membership::Member, messages))
     }
 }
 

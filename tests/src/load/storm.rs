@@ -40,13 +40,20 @@ pub struct UserView<'a> {
 }
 
 /// The storm as one JSON object (`null` when no session moved): the moves
-/// from `since_us` on (the load's start: a session dropped while thousands
-/// connected at first is not part of it).
+/// whose close falls within a second before and two after the second in
+/// which most sessions closed, from `since_us` on (the load's start: a
+/// session dropped while thousands connected at first is not part of it).
+/// A session that drops before or after (a connection lost alone) is
+/// counted apart, and its user is not one of the others.
 pub fn summarize(users: &[UserView<'_>], since_us: u64) -> Value {
+    let Some(storm) = storm_window(users, since_us) else {
+        return Value::Null;
+    };
+    let in_storm = |m: &&Move| storm.contains(&m.closed_us);
     let moves: Vec<&Move> = users
         .iter()
         .flat_map(|u| u.moves)
-        .filter(|m| m.closed_us >= since_us)
+        .filter(in_storm)
         .collect();
     let (Some(from), Some(to)) = (
         moves.iter().map(|m| m.closed_us).min(),
@@ -72,8 +79,8 @@ pub fn summarize(users: &[UserView<'_>], since_us: u64) -> Value {
     };
     json!({
         "sessions_moved": moves.len(),
-        "users_moved": users.iter().filter(|u| moved(u, since_us)).count(),
-        "sessions_moved_before": users.iter().flat_map(|u| u.moves).count() - moves.len(),
+        "users_moved": users.iter().filter(|u| u.moves.iter().any(|m| in_storm(&m))).count(),
+        "sessions_moved_apart": users.iter().flat_map(|u| u.moves).count() - moves.len(),
         "from_ms": ms(from),
         "to_ms": ms(to),
         "span_ms": ms(to - from),
@@ -98,6 +105,22 @@ pub fn summarize(users: &[UserView<'_>], since_us: u64) -> Value {
 
 fn moved(user: &UserView<'_>, since_us: u64) -> bool {
     user.moves.iter().any(|m| m.closed_us >= since_us)
+}
+
+/// From a second before the second in which most sessions closed (from
+/// `since_us` on) to two seconds after it.
+fn storm_window(users: &[UserView<'_>], since_us: u64) -> Option<std::ops::Range<u64>> {
+    let mut per_second = std::collections::BTreeMap::<u64, usize>::new();
+    for m in users.iter().flat_map(|u| u.moves) {
+        if m.closed_us >= since_us {
+            *per_second.entry(m.closed_us / 1_000_000).or_default() += 1;
+        }
+    }
+    let peak = per_second
+        .iter()
+        .max_by_key(|(second, count)| (**count, std::cmp::Reverse(**second)))
+        .map(|(second, _)| *second)?;
+    Some(peak.saturating_sub(1) * 1_000_000..(peak + 3) * 1_000_000)
 }
 
 /// Every live delivery, all users together.
@@ -244,9 +267,41 @@ mod tests {
         ];
         let storm = summarize(&users, 5_000_000);
         assert_eq!(storm["sessions_moved"], 1);
-        assert_eq!(storm["sessions_moved_before"], 1);
+        assert_eq!(storm["sessions_moved_apart"], 1);
         assert_eq!(storm["from_ms"], 10_000.0);
         assert_eq!(storm["others"]["users"], 1);
+    }
+
+    #[test]
+    fn the_storm_is_where_most_sessions_closed_and_a_lone_drop_before_is_apart() {
+        let lone = [moved(3, 4)];
+        let storm_a = [moved(20, 25)];
+        let storm_b = [moved(20, 22)];
+        let storm_c = [moved(21, 28)];
+        let users = [
+            UserView {
+                moves: &lone,
+                deliveries: &[],
+            },
+            UserView {
+                moves: &storm_a,
+                deliveries: &[],
+            },
+            UserView {
+                moves: &storm_b,
+                deliveries: &[],
+            },
+            UserView {
+                moves: &storm_c,
+                deliveries: &[],
+            },
+        ];
+        let storm = summarize(&users, 0);
+        assert_eq!(storm["from_ms"], 20_000.0);
+        assert_eq!(storm["span_ms"], 8_000.0);
+        assert_eq!(storm["sessions_moved"], 3);
+        assert_eq!(storm["sessions_moved_apart"], 1);
+        assert_eq!(storm["users_moved"], 3);
     }
 
     #[test]
