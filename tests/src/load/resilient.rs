@@ -138,6 +138,18 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
         .map_or(0, |d| d.as_millis() as u64);
     let live = Arc::new(Live::default());
     let (stop_tx, stop) = watch::channel(false);
+    // Users come from many loopback addresses (setup::loopback_source), for
+    // their WebSockets and their history reads alike.
+    let sources: Vec<std::net::IpAddr> = (0..SOURCES).map(setup::loopback_source).collect();
+    let clients = sources
+        .iter()
+        .map(|&ip| {
+            reqwest::Client::builder()
+                .local_address(ip)
+                .pool_max_idle_per_host(4)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut inboxes = Vec::new();
     let mut tasks = Vec::new();
     for (user, token) in tokens.iter().enumerate() {
@@ -150,7 +162,8 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
             url: first_url(scenario, user).to_owned(),
             token: token.clone(),
             conversation: plan.conversation_of[user],
-            http: http.clone(),
+            http: clients[user % SOURCES].clone(),
+            source: sources[user % SOURCES],
             base,
             live: live.clone(),
         };
@@ -310,9 +323,14 @@ struct UserClient {
     token: String,
     conversation: i64,
     http: reqwest::Client,
+    /// The address this user connects from.
+    source: std::net::IpAddr,
     base: Instant,
     live: Arc<Live>,
 }
+
+/// How many client addresses the users share.
+const SOURCES: usize = 64;
 
 /// Most sends of one user awaiting their answer at once (the window's
 /// ceiling; it starts there), and the least it shrinks to: some sends in
@@ -402,7 +420,8 @@ impl UserClient {
         let mut first = true;
         while !*stop.borrow() {
             let attempt_us = self.now_us();
-            let socket = match setup::connect_timed(&self.url, &self.token).await {
+            let socket = match setup::connect_from(&self.url, &self.token, Some(self.source)).await
+            {
                 Ok((socket, times)) => {
                     if let Some(moving) = &mut state.moving {
                         moving.attempt_us = attempt_us;

@@ -124,6 +124,25 @@ pub struct ConnectTimes {
 
 /// [`connect`], and how long its two steps took.
 pub async fn connect_timed(url: &str, token: &str) -> anyhow::Result<(Socket, ConnectTimes)> {
+    connect_from(url, token, None).await
+}
+
+/// A client address on the loopback network, one of many: all of
+/// 127.0.0.0/8 reaches this host, and thousands of connections from one
+/// address to one port made the kernel search its ports on every connect
+/// (`__inet_hash_connect`: two thirds of the load generator's CPU in a
+/// reconnect storm). Real clients come from many addresses anyway.
+pub fn loopback_source(i: usize) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 1, (i / 250 % 250) as u8, (i % 250 + 1) as u8).into()
+}
+
+/// [`connect_timed`] from the address `from` (when the gateway is on the
+/// loopback network; elsewhere it is ignored).
+pub async fn connect_from(
+    url: &str,
+    token: &str,
+    from: Option<std::net::IpAddr>,
+) -> anyhow::Result<(Socket, ConnectTimes)> {
     let start = tokio::time::Instant::now();
     let mut request = format!("{}/ws", url.replacen("http", "ws", 1)).into_client_request()?;
     request
@@ -133,8 +152,27 @@ pub async fn connect_timed(url: &str, token: &str) -> anyhow::Result<(Socket, Co
     // every read: with thousands of sockets that memset alone was a third of
     // the generator's CPU at 8,000 msg/s. Frames here are small; 4 KiB grows when needed.
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+    let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .context("the gateway's address does not resolve")?;
+    let stream = match from {
+        Some(from) if target.ip().is_loopback() && from.is_ipv4() == target.is_ipv4() => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(from, 0))?;
+            socket.connect(target).await?
+        }
+        _ => tokio::net::TcpStream::connect(target).await?,
+    };
+    stream.set_nodelay(true)?;
+    let (mut socket, _) = tokio_tungstenite::client_async_with_config(
+        request,
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await?;
     let upgraded = tokio::time::Instant::now();
     while let Some(frame) = socket.next().await {
         if let tokio_tungstenite::tungstenite::Message::Text(text) = frame? {
