@@ -153,6 +153,7 @@ impl Gateway {
         };
         let (signals, watchers) = Signals::new();
         let store = Store::new(db.get_postgres_connection_pool().clone());
+        let gates = Arc::new(gate_store(&settings).await?);
         let directory = Directory::new(db.get_postgres_connection_pool().clone());
         let limits = Arc::new(Limits::new(&settings.gateway.limits));
         let queue: Arc<str> = broker.queue.into();
@@ -160,8 +161,8 @@ impl Gateway {
             rules: Rules::from_settings(&settings.gateway),
             timing: Timing::from_settings(&settings.gateway),
             sender: publishers.sender.clone(),
-            members: Arc::new(Memberships::new(Arc::new(store.clone()))),
-            blocks: Arc::new(Blocks::new(Arc::new(store.clone()))),
+            members: Arc::new(Memberships::new(gates.clone())),
+            blocks: Arc::new(Blocks::new(gates)),
             presence: publishers.presence.clone(),
             limits: limits.clone(),
             metrics: metrics.clone(),
@@ -411,6 +412,19 @@ async fn start_publishers(
         presence,
         channels,
     })
+}
+
+/// The sessions' own Postgres pool (`gateway.gate_connections`), for their
+/// membership and block checks.
+async fn gate_store(settings: &Settings) -> anyhow::Result<Store> {
+    let gates = chat_shared::config::DatabaseSettings {
+        max_connections: settings.gateway.gate_connections.get(),
+        ..settings.database.clone()
+    };
+    let db = chat_shared::schema::connect(&gates)
+        .await
+        .context("connecting to Postgres (the sessions' pool)")?;
+    Ok(Store::new(db.get_postgres_connection_pool().clone()))
 }
 
 /// The public listener, with its accept queue as long as configured

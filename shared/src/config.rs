@@ -254,6 +254,11 @@ pub struct GatewaySettings {
     /// each connection over this queue loses its SYN and retries 1, 3, 7 s
     /// later.
     pub listen_backlog: NonZeroU32,
+    /// Postgres connections of the sessions' own (membership and block
+    /// checks of sends), apart from `database.max_connections`: thousands
+    /// of history reads after a reconnect storm never make a send wait for
+    /// a connection.
+    pub gate_connections: NonZeroU32,
     #[serde(rename = "heartbeat_ms", deserialize_with = "millis")]
     pub heartbeat: Duration,
     #[serde(rename = "heartbeat_timeout_ms", deserialize_with = "millis")]

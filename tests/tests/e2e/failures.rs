@@ -682,3 +682,60 @@ async fn a_send_that_keeps_timing_out_is_answered_unavailable_and_stored_once_se
     let history = system.history(0, 1, conversation, "").await;
     assert_eq!(history.len(), 1);
 }
+
+/// After a gateway goes, its clients' history reads fill the HTTP API's
+/// Postgres pool for seconds. The sessions' own checks of a send (the
+/// conversation's members, a block between the two) have connections of
+/// their own (`gateway.gate_connections`), so a send is still checked and
+/// answered at once. Here the API's only connection waits on a history read
+/// that a lock holds, and a send to someone who blocked the sender is
+/// answered `blocked` by the gate all the same (sharing the pool, the check
+/// waited for the connection, gave up and let the send through, to wait on
+/// the lock in turn until it timed out `unavailable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_is_checked_at_once_while_history_reads_hold_every_api_connection() {
+    let system = TestSystem::start_with(1, 1, |s| s.database.max_connections = 1).await;
+    let conversation = system.direct(1, 2).await;
+    let token = system.token(2).await;
+    let (status, body) = system
+        .put(0, "/api/blocks/1", Some(&token), json!({}))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let mut an = system.connect(0, 1).await;
+    // The test's own pool: one connection holds the lock, one looks on.
+    let mut own = system.settings.database.clone();
+    own.max_connections = 2;
+    let db = chat_shared::schema::connect(&own).await.unwrap();
+    let pool = db.get_postgres_connection_pool();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let history = reqwest::Client::new()
+        .get(system.url(0, &format!("/api/conversations/{conversation}/messages")))
+        .bearer_auth(system.token(1).await)
+        .send();
+    let reader = tokio::spawn(history);
+    chat_tests::eventually("the history read waits on the lock", async || {
+        let waiting: (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        waiting.0 == 1
+    })
+    .await;
+
+    an.send_message(conversation, "to-a-blocker", "xin chào")
+        .await;
+    let answer = an.next().await;
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["code"], "blocked", "{answer}");
+
+    lock.rollback().await.unwrap();
+    let read = reader.await.unwrap().unwrap();
+    assert_eq!(read.status(), 200);
+}
