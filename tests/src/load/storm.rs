@@ -40,8 +40,9 @@ pub struct UserView<'a> {
 }
 
 /// The storm as one JSON object (`null` when no session moved): the moves
-/// whose close falls within a second before and two after the second in
-/// which most sessions closed, from `since_us` on (the load's start: a
+/// whose close falls within two seconds before and ten after the second in
+/// which most sessions closed (a client busy reconnecting notices a close
+/// late), from `since_us` on (the load's start: a
 /// session dropped while thousands connected at first is not part of it).
 /// A session that drops before or after (a connection lost alone) is
 /// counted apart, and its user is not one of the others.
@@ -107,8 +108,8 @@ fn moved(user: &UserView<'_>, since_us: u64) -> bool {
     user.moves.iter().any(|m| m.closed_us >= since_us)
 }
 
-/// From a second before the second in which most sessions closed (from
-/// `since_us` on) to two seconds after it.
+/// From two seconds before the second in which most sessions closed (from
+/// `since_us` on) to ten seconds after it.
 fn storm_window(users: &[UserView<'_>], since_us: u64) -> Option<std::ops::Range<u64>> {
     let mut per_second = std::collections::BTreeMap::<u64, usize>::new();
     for m in users.iter().flat_map(|u| u.moves) {
@@ -120,7 +121,7 @@ fn storm_window(users: &[UserView<'_>], since_us: u64) -> Option<std::ops::Range
         .iter()
         .max_by_key(|(second, count)| (**count, std::cmp::Reverse(**second)))
         .map(|(second, _)| *second)?;
-    Some(peak.saturating_sub(1) * 1_000_000..(peak + 3) * 1_000_000)
+    Some(peak.saturating_sub(2) * 1_000_000..(peak + 11) * 1_000_000)
 }
 
 /// Every live delivery, all users together.
