@@ -23,8 +23,6 @@ pub struct Limits {
     pub http: KeyedBuckets<UserId>,
     /// Server API requests per key (by its index).
     pub server_api: KeyedBuckets<usize>,
-    /// Sessions being set up ([`LimitSettings::session_setups`]).
-    pub session_setups: Arc<tokio::sync::Semaphore>,
 }
 
 impl Limits {
@@ -40,7 +38,6 @@ impl Limits {
                 settings.server_api_per_second,
                 settings.server_api_burst,
             ),
-            session_setups: Arc::new(tokio::sync::Semaphore::new(settings.session_setups.get())),
         }
     }
 }

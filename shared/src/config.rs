@@ -330,9 +330,6 @@ pub struct GatewaySettings {
 pub struct LimitSettings {
     pub connections_per_ip: NonZeroUsize,
     pub connections_per_user: NonZeroUsize,
-    /// WebSocket sessions being set up at once (from the upgrade to the
-    /// hub's registration); more wait their turn.
-    pub session_setups: NonZeroUsize,
     pub sends_per_second: f64,
     pub sends_burst: u32,
     pub user_sends_per_second: f64,

@@ -423,7 +423,6 @@ mod tests {
         Arc::new(Limits::new(&LimitSettings {
             connections_per_ip: std::num::NonZeroUsize::new(10).unwrap(),
             connections_per_user: std::num::NonZeroUsize::new(10).unwrap(),
-            session_setups: std::num::NonZeroUsize::new(4).unwrap(),
             sends_per_second: 10.0,
             sends_burst: 5,
             user_sends_per_second: 10.0,

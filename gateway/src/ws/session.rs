@@ -61,13 +61,6 @@ pub async fn run(
             }
         },
     };
-    // Authenticated sessions take their turn to be set up
-    // (gateway.limits.session_setups): a storm of reconnections waits here,
-    // parked, instead of in the run queue ahead of the sessions already
-    // served. (After the auth frame: a client that sends none holds no turn.)
-    let Ok(setup) = state.limits.session_setups.clone().acquire_owned().await else {
-        return;
-    };
     state.profiles.token_used(&user);
     let user_id = user.user_id;
     let session_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
@@ -94,7 +87,6 @@ pub async fn run(
             return;
         }
     }
-    drop(setup);
     state.metrics.connections_opened.inc();
     tracing::debug!(user.id = %user_id, session.id = %session_id, "session opened");
     let session = Session::new(socket, state.sessions.clone(), user, session_id.clone());

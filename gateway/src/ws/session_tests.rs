@@ -87,7 +87,6 @@ fn limits() -> LimitSettings {
     LimitSettings {
         connections_per_ip: std::num::NonZeroUsize::new(10).unwrap(),
         connections_per_user: std::num::NonZeroUsize::new(10).unwrap(),
-        session_setups: std::num::NonZeroUsize::new(4).unwrap(),
         sends_per_second: 100.0,
         sends_burst: 100,
         user_sends_per_second: 100.0,
