@@ -200,6 +200,17 @@ mod tests {
         }
     }
 
+    /// Users with these moves each, and no deliveries.
+    fn movers(moves: &[Vec<Move>]) -> Vec<UserView<'_>> {
+        moves
+            .iter()
+            .map(|m| UserView {
+                moves: m,
+                deliveries: &[],
+            })
+            .collect()
+    }
+
     #[test]
     fn a_run_where_no_session_moved_has_no_storm() {
         let deliveries = [delivered(1.0, 5)];
@@ -254,18 +265,8 @@ mod tests {
 
     #[test]
     fn sessions_that_moved_before_the_load_started_are_not_part_of_the_storm() {
-        let early = [moved(1, 2)];
-        let late = [moved(10, 12)];
-        let users = [
-            UserView {
-                moves: &early,
-                deliveries: &[],
-            },
-            UserView {
-                moves: &late,
-                deliveries: &[],
-            },
-        ];
+        let moves = [vec![moved(1, 2)], vec![moved(10, 12)]];
+        let users = movers(&moves);
         let storm = summarize(&users, 5_000_000);
         assert_eq!(storm["sessions_moved"], 1);
         assert_eq!(storm["sessions_moved_apart"], 1);
@@ -275,28 +276,13 @@ mod tests {
 
     #[test]
     fn the_storm_is_where_most_sessions_closed_and_a_lone_drop_before_is_apart() {
-        let lone = [moved(3, 4)];
-        let storm_a = [moved(20, 25)];
-        let storm_b = [moved(20, 22)];
-        let storm_c = [moved(21, 28)];
-        let users = [
-            UserView {
-                moves: &lone,
-                deliveries: &[],
-            },
-            UserView {
-                moves: &storm_a,
-                deliveries: &[],
-            },
-            UserView {
-                moves: &storm_b,
-                deliveries: &[],
-            },
-            UserView {
-                moves: &storm_c,
-                deliveries: &[],
-            },
+        let moves = [
+            vec![moved(3, 4)],
+            vec![moved(20, 25)],
+            vec![moved(20, 22)],
+            vec![moved(21, 28)],
         ];
+        let users = movers(&moves);
         let storm = summarize(&users, 0);
         assert_eq!(storm["from_ms"], 20_000.0);
         assert_eq!(storm["span_ms"], 8_000.0);
