@@ -424,7 +424,15 @@ async fn gate_store(settings: &Settings) -> anyhow::Result<Store> {
     let db = chat_shared::schema::connect(&gates)
         .await
         .context("connecting to Postgres (the sessions' pool)")?;
-    Ok(Store::new(db.get_postgres_connection_pool().clone()))
+    let pool = db.get_postgres_connection_pool().clone();
+    // The pool connects lazily: open one connection now, so that the first
+    // send does not wait for a connection's set-up (authentication
+    // included). Postgres answered a moment ago; should it not now, the
+    // first send connects.
+    if let Err(e) = sea_orm::sqlx::query("SELECT 1").execute(&pool).await {
+        tracing::warn!(error = %e, "the sessions' Postgres pool could not connect yet");
+    }
+    Ok(Store::new(pool))
 }
 
 /// The public listener, with its accept queue as long as configured
