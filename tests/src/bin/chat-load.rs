@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
                 pinned: args.number("--pinned", 0)?,
                 id_offset: args.number("--id-offset", 0)?,
                 deliveries_out: args.value("--deliveries-out").map(Into::into),
+                load_started: None,
             };
             if scenario.users < 2 || !scenario.users.is_multiple_of(2) {
                 bail!("--users must be an even number");

@@ -48,6 +48,9 @@ pub struct ChaosScenario {
     /// ms; its latency, ms; whether its user moved during the load), for a
     /// storm measured across processes (deploy/faults.sh storm).
     pub deliveries_out: Option<std::path::PathBuf>,
+    /// Told when every user is connected and the load begins (a test
+    /// breaks something only then).
+    pub load_started: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A send not yet acked.
@@ -189,6 +192,9 @@ pub async fn execute(scenario: &ChaosScenario) -> anyhow::Result<ChaosReport> {
     // apart, so that the pinned users and the others send alike in any
     // second); its body says when it was due (for the delivery latency).
     let start = Instant::now();
+    if let Some(started) = &scenario.load_started {
+        started.notify_one();
+    }
     let total = (scenario.duration_secs * scenario.rate) as u64;
     let stride = stride(users.len() as u64);
     let mut last_progress = Instant::now();

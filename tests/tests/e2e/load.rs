@@ -41,6 +41,7 @@ async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run_and_each
         format!("http://{}", doomed.addr),
         system.url(0, "").trim_end_matches('/').to_owned(),
     ];
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
     let scenario = chaos::ChaosScenario {
         urls,
         users: 20,
@@ -53,9 +54,13 @@ async fn app_like_clients_lose_nothing_when_a_gateway_is_killed_mid_run_and_each
         pinned: 10,
         id_offset: 0,
         deliveries_out: None,
+        load_started: Some(started.clone()),
     };
+    // A second into the load (the set-up before it takes a while on a busy
+    // machine, and a move before the load is not the storm's).
     let kill = async {
-        tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+        started.notified().await;
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
         doomed.kill_9().await;
     };
     let (report, ()) = tokio::join!(chaos::execute(&scenario), kill);
