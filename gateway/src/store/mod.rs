@@ -79,6 +79,29 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// The history statement (`Store::history`) for a page before (`<`, the
+/// newest first) or after (`>`) a seq. One row per message; at least one
+/// row, its message columns NULL, when the conversation exists but the page
+/// is empty or hidden.
+macro_rules! history_sql {
+    ($cmp:literal, $order:literal) => {
+        concat!(
+            "SELECT c.member, m.* FROM
+               (SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS member
+                  FROM conversations WHERE id = $1) c
+               LEFT JOIN LATERAL
+               (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
+                  FROM messages WHERE c.member AND conversation_id = $1 AND seq ",
+            $cmp,
+            " $2
+                 ORDER BY seq ",
+            $order,
+            " LIMIT $3) m ON true
+             ORDER BY m.seq ASC"
+        )
+    };
+}
+
 impl Store {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
@@ -421,29 +444,9 @@ impl Store {
         page: Page,
         limit: i64,
     ) -> Result<(Membership, Vec<Message>), StoreError> {
-        // One row per message (at least one row, its message columns NULL,
-        // when the conversation exists but the page is empty or hidden).
         let sql = match page {
-            Page::Before(_) => {
-                "SELECT c.member, m.* FROM
-                   (SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS member
-                      FROM conversations WHERE id = $1) c
-                   LEFT JOIN LATERAL
-                   (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
-                      FROM messages WHERE c.member AND conversation_id = $1 AND seq < $2
-                     ORDER BY seq DESC LIMIT $3) m ON true
-                 ORDER BY m.seq ASC"
-            }
-            Page::After(_) => {
-                "SELECT c.member, m.* FROM
-                   (SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS member
-                      FROM conversations WHERE id = $1) c
-                   LEFT JOIN LATERAL
-                   (SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at, card::text
-                      FROM messages WHERE c.member AND conversation_id = $1 AND seq > $2
-                     ORDER BY seq ASC LIMIT $3) m ON true
-                 ORDER BY m.seq ASC"
-            }
+            Page::Before(_) => history_sql!("<", "DESC"),
+            Page::After(_) => history_sql!(">", "ASC"),
         };
         let (Page::Before(seq) | Page::After(seq)) = page;
         let rows = sqlx::query(sql)

@@ -109,7 +109,7 @@ pub async fn conversations(
 
 /// Opens an authenticated WebSocket and waits for `hello`.
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Socket> {
-    Ok(connect_timed(url, token).await?.0)
+    Ok(connect_from(url, token, None).await?.0)
 }
 
 /// How long a connection took to open: the WebSocket upgrade (TCP, the
@@ -122,11 +122,6 @@ pub struct ConnectTimes {
     pub hello: std::time::Duration,
 }
 
-/// [`connect`], and how long its two steps took.
-pub async fn connect_timed(url: &str, token: &str) -> anyhow::Result<(Socket, ConnectTimes)> {
-    connect_from(url, token, None).await
-}
-
 /// A client address on the loopback network, one of many: all of
 /// 127.0.0.0/8 reaches this host, and thousands of connections from one
 /// address to one port made the kernel search its ports on every connect
@@ -136,8 +131,9 @@ pub fn loopback_source(i: usize) -> std::net::IpAddr {
     std::net::Ipv4Addr::new(127, 1, (i / 250 % 250) as u8, (i % 250 + 1) as u8).into()
 }
 
-/// [`connect_timed`] from the address `from` (when the gateway is on the
-/// loopback network; elsewhere it is ignored).
+/// [`connect`] from the address `from` (when the gateway is on the
+/// loopback network; elsewhere it is ignored), and how long its two steps
+/// took.
 pub async fn connect_from(
     url: &str,
     token: &str,
